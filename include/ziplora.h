@@ -1,0 +1,12 @@
+/* ziplora public API: the umbrella header. Each part lives in include/ziplora/. */
+#ifndef ZIPLORA_H
+#define ZIPLORA_H
+
+#define ZIPLORA_VERSION "0.1.0"
+
+#include "ziplora/core.h"
+#include "ziplora/fileio.h"
+#include "ziplora/progress.h"
+#include "ziplora/safetensors.h"
+
+#endif

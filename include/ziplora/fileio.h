@@ -1,0 +1,37 @@
+/* Atomic output files: write to a temporary file in the target folder, then
+ * fsync + rename on commit. Abort (or a failed commit) leaves nothing behind. */
+#ifndef ZIPLORA_FILEIO_H
+#define ZIPLORA_FILEIO_H
+
+#include <stdio.h>
+
+#include "ziplora/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct {
+    char *path;
+    char *tmp;
+    FILE *fp;
+} zl_afile;
+
+/* Open a temporary file next to `path`. Refuses if `path` is one of `inputs`. */
+int zl_afile_open(zl_afile *af, const char *path, const char *const *inputs, int n_inputs);
+/* Flush, fsync, rename onto path. On failure removes the temporary file. */
+int zl_afile_commit(zl_afile *af);
+/* Remove the temporary file (safe to call after a failed commit, or twice). */
+void zl_afile_abort(zl_afile *af);
+
+/* Whole-file helpers. */
+int zl_write_file_atomic(const char *path, const void *data, size_t len, const char *const *inputs, int n_inputs);
+/* Read a whole file; *out is NUL-terminated (len excludes the NUL). */
+int zl_read_file(const char *path, char **out, size_t *len);
+int zl_file_exists(const char *path);
+int zl_is_dir(const char *path);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

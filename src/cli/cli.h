@@ -1,0 +1,27 @@
+/* Shared pieces of the command-line tool: the subcommand signature, exit
+ * codes (0 ok, 1 runtime failure, 2 usage error) and option helpers. */
+#ifndef ZL_CLI_H
+#define ZL_CLI_H
+
+#include "ziplora.h"
+
+#define ZL_EXIT_OK 0
+#define ZL_EXIT_FAIL 1
+#define ZL_EXIT_USAGE 2
+
+/* Each subcommand: argv[0] is the subcommand name. */
+typedef int (*zl_cmd_fn)(int argc, char **argv);
+
+/* Print "ziplora: <msg>" (and the library error, if rc != 0) to stderr and
+ * return the exit code for rc: ZL_EINVAL -> 2, others -> 1. */
+int zl_cli_fail(int rc, const char *context);
+/* Print a usage error "ziplora CMD: msg\nTry 'ziplora CMD --help'." and return 2. */
+int zl_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Parse numbers strictly; on failure print a usage error naming the flag. */
+int zl_cli_int(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out);
+int zl_cli_float(const char *cmd, const char *flag, const char *s, double *out);
+/* Common flags handled by every subcommand: -q, -v, --threads N. Returns 1 if
+ * argv[*i] was consumed (advancing *i over a value), 0 if not, -1 on error. */
+int zl_cli_common(const char *cmd, int argc, char **argv, int *i);
+
+#endif

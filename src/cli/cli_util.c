@@ -1,0 +1,65 @@
+/* Helpers shared by the subcommands: error reporting and strict number parsing. */
+#include <errno.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli.h"
+
+int zl_cli_fail(int rc, const char *context) {
+    const char *m = zl_errmsg();
+    if (context && m[0]) fprintf(stderr, "ziplora: %s: %s\n", context, m);
+    else if (context) fprintf(stderr, "ziplora: %s\n", context);
+    else fprintf(stderr, "ziplora: %s\n", m[0] ? m : zl_status_name(rc));
+    return rc == ZL_EINVAL ? ZL_EXIT_USAGE : ZL_EXIT_FAIL;
+}
+
+int zl_cli_usage(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "ziplora %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "\nTry 'ziplora %s --help'.\n", cmd);
+    return ZL_EXIT_USAGE;
+}
+
+int zl_cli_int(const char *cmd, const char *flag, const char *s, long lo, long hi, long *out) {
+    char *end;
+    errno = 0;
+    long v = s ? strtol(s, &end, 10) : 0;
+    if (!s || !*s || *end || errno || v < lo || v > hi) {
+        zl_cli_usage(cmd, "%s expects an integer in [%ld, %ld], got '%s'", flag, lo, hi, s ? s : "");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int zl_cli_float(const char *cmd, const char *flag, const char *s, double *out) {
+    char *end;
+    errno = 0;
+    double v = s ? strtod(s, &end) : 0;
+    if (!s || !*s || *end || errno || !isfinite(v)) {
+        zl_cli_usage(cmd, "%s expects a number, got '%s'", flag, s ? s : "");
+        return -1;
+    }
+    *out = v;
+    return 0;
+}
+
+int zl_cli_common(const char *cmd, int argc, char **argv, int *i) {
+    const char *a = argv[*i];
+    if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) { zl_set_verbosity(-1); return 1; }
+    if (!strcmp(a, "-v") || !strcmp(a, "--verbose")) { zl_set_verbosity(1); return 1; }
+    if (!strcmp(a, "--threads")) {
+        long n;
+        if (*i + 1 >= argc) { zl_cli_usage(cmd, "--threads needs a value"); return -1; }
+        if (zl_cli_int(cmd, "--threads", argv[++*i], 0, 1024, &n)) return -1;
+        zl_set_threads((int)n);
+        return 1;
+    }
+    return 0;
+}

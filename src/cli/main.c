@@ -1,0 +1,73 @@
+/* The ziplora command-line tool: dispatches to one function per subcommand.
+ * Subcommands live in src/cli/cmd_*.c; a subcommand whose file is not part of
+ * this build is reported as unavailable (weak symbols). */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli.h"
+
+#define ZL_CMD(name) int name(int argc, char **argv) __attribute__((weak));
+ZL_CMD(zl_cmd_inspect)
+ZL_CMD(zl_cmd_merge)
+ZL_CMD(zl_cmd_convert)
+ZL_CMD(zl_cmd_zip)
+ZL_CMD(zl_cmd_eval_merge)
+ZL_CMD(zl_cmd_generate)
+ZL_CMD(zl_cmd_run)
+
+static const struct {
+    const char *name;
+    const char *help;
+} g_cmds[] = {
+    {"inspect", "show a LoRA's layers, ranks, norms, sparsity; compare two LoRAs"},
+    {"merge", "merge two LoRAs exactly (rank-concatenated), with weights or mergers"},
+    {"convert", "rewrite a LoRA in kohya or PEFT layout"},
+    {"zip", "learn ZipLoRA mergers for a subject and a style LoRA"},
+    {"eval-merge", "measure how well a merged LoRA reproduces each input LoRA"},
+    {"generate", "text to image with any LoRAs"},
+    {"run", "run one pipeline stage on tensors from a file (unet, text, vae-encode, vae-decode)"},
+};
+
+static zl_cmd_fn lookup(const char *name) {
+    if (!strcmp(name, "inspect")) return zl_cmd_inspect;
+    if (!strcmp(name, "merge")) return zl_cmd_merge;
+    if (!strcmp(name, "convert")) return zl_cmd_convert;
+    if (!strcmp(name, "zip")) return zl_cmd_zip;
+    if (!strcmp(name, "eval-merge")) return zl_cmd_eval_merge;
+    if (!strcmp(name, "generate")) return zl_cmd_generate;
+    if (!strcmp(name, "run")) return zl_cmd_run;
+    return NULL;
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "ziplora %s: ZipLoRA and LoRA tools for Stable Diffusion XL and SD 1.x, on the CPU.\n\n"
+               "usage: ziplora COMMAND [options]   (ziplora COMMAND --help for details)\n\ncommands:\n",
+            ZIPLORA_VERSION);
+    for (size_t i = 0; i < sizeof g_cmds / sizeof g_cmds[0]; i++)
+        if (lookup(g_cmds[i].name)) fprintf(f, "  %-11s %s\n", g_cmds[i].name, g_cmds[i].help);
+    fprintf(f, "\ncommon options: -q (quiet), -v (verbose), --threads N\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return ZL_EXIT_USAGE;
+    }
+    const char *c = argv[1];
+    if (!strcmp(c, "--help") || !strcmp(c, "-h") || !strcmp(c, "help")) {
+        usage(stdout);
+        return ZL_EXIT_OK;
+    }
+    if (!strcmp(c, "--version")) {
+        printf("ziplora %s\n", ZIPLORA_VERSION);
+        return ZL_EXIT_OK;
+    }
+    zl_cmd_fn fn = lookup(c);
+    if (!fn) {
+        fprintf(stderr, "ziplora: unknown command '%s'\n\n", c);
+        usage(stderr);
+        return ZL_EXIT_USAGE;
+    }
+    zl_set_threads(0);
+    return fn(argc - 1, argv + 1);
+}

@@ -1,0 +1,113 @@
+/* Neural-network ops: forward and backward kernels as plain C functions with
+ * explicit shapes (llm.c style). Threaded with OpenMP; matrix products go
+ * through OpenBLAS sgemm.
+ *
+ * Conventions
+ * - Row-major. Image activations are [B, C, H, W]; token activations [B, T, C]
+ *   (heads interleaved in C as h*d + j, as a Linear projection produces them).
+ * - Forward functions overwrite their output (never read it first).
+ * - Backward functions ACCUMULATE (+=) into every gradient output; a NULL
+ *   gradient pointer means "not needed" and is skipped. Callers zero buffers.
+ * - Results do not depend on the thread count beyond float reassociation
+ *   inside sgemm (reductions are split the same way for any thread count).
+ */
+#ifndef ZL_NN_OPS_H
+#define ZL_NN_OPS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- GEMM ---------------------------------------------------------------
+ * C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; op = transpose if tX.
+ * With beta == 0, C is never read (NaNs in C do not propagate). */
+void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+              float beta, float *C, int ldc);
+
+/* ---- Linear ---------------------------------------------------------------
+ * x [N, in], W [out, in], b [out] or NULL -> y [N, out]. */
+void zl_linear_fwd(float *y, const float *x, const float *W, const float *b, int N, int in, int out);
+/* dx [N,in] += dy W ; dW [out,in] += dy^T x ; db [out] += sum_n dy */
+void zl_linear_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N, int in,
+                   int out);
+
+/* ---- Conv2d ---------------------------------------------------------------
+ * x [B, Cin, H, W], Wt [Cout, Cin, kh, kw], b [Cout] or NULL -> y [B, Cout, Ho, Wo]
+ * Ho = (H + pad_t + pad_b - kh) / stride + 1, likewise Wo. Zero padding.
+ * (The VAE downsampler pads right/bottom only: pad_t = pad_l = 0, pad_b = pad_r = 1.) */
+typedef struct {
+    int B, Cin, H, W, Cout, kh, kw, stride;
+    int pad_t, pad_l, pad_b, pad_r;
+} zl_conv_shape;
+int zl_conv_out_h(const zl_conv_shape *s);
+int zl_conv_out_w(const zl_conv_shape *s);
+void zl_conv2d_fwd(float *y, const float *x, const float *Wt, const float *b, const zl_conv_shape *s);
+void zl_conv2d_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *Wt,
+                   const zl_conv_shape *s);
+
+/* ---- Normalisation ----------------------------------------------------------
+ * GroupNorm over x [B, C, HW] with G groups (C % G == 0), affine gamma/beta [C].
+ * Saves mean/rstd [B, G] for backward (may be NULL in inference). y may equal x. */
+void zl_groupnorm_fwd(float *y, float *mean, float *rstd, const float *x, const float *gamma, const float *beta, int B,
+                      int C, int HW, int G, float eps);
+void zl_groupnorm_bwd(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
+                      const float *rstd, const float *gamma, int B, int C, int HW, int G);
+/* LayerNorm over the last dim: x [N, C] -> y; mean/rstd [N] (may be NULL). y may equal x. */
+void zl_layernorm_fwd(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b, int N, int C,
+                      float eps);
+void zl_layernorm_bwd(float *dx, float *dg, float *db, const float *dy, const float *x, const float *mean,
+                      const float *rstd, const float *g, int N, int C);
+
+/* ---- Activations (y may equal x in forward) ------------------------------- */
+void zl_silu_fwd(float *y, const float *x, size_t n);
+void zl_silu_bwd(float *dx, const float *dy, const float *x, size_t n);
+void zl_gelu_fwd(float *y, const float *x, size_t n); /* exact: 0.5 x (1 + erf(x / sqrt 2)) */
+void zl_gelu_bwd(float *dx, const float *dy, const float *x, size_t n);
+void zl_quickgelu_fwd(float *y, const float *x, size_t n); /* x * sigmoid(1.702 x) */
+void zl_quickgelu_bwd(float *dx, const float *dy, const float *x, size_t n);
+/* GEGLU: x [N, 2D] -> y [N, D] = x[:, :D] * gelu(x[:, D:]) (first half value, second gate). */
+void zl_geglu_fwd(float *y, const float *x, int N, int D);
+void zl_geglu_bwd(float *dx, const float *dy, const float *x, int N, int D);
+
+/* ---- Attention --------------------------------------------------------------
+ * Multi-head softmax(q k^T / sqrt(d)) v, computed in tiles with an online
+ * softmax so that no Tq x Tk matrix is ever materialised.
+ * q [B, Tq, H*d], k and v [B, Tk, H*d] (row strides given: ldq/ldk/ldv >= H*d,
+ * so q/k/v may be slices of one fused [B, T, 3*H*d] buffer) -> o [B, Tq, H*d].
+ * lse [B, H, Tq] receives the log-sum-exp of each row for backward (may be NULL).
+ * causal: key j is masked for query i when j > i (CLIP). */
+void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                      int B, int Tq, int Tk, int H, int d, int causal);
+/* Backward from the saved o and lse. dq/dk/dv use the same strides as q/k/v. */
+void zl_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, int ldq, const float *k,
+                      int ldk, const float *v, int ldv, const float *o, const float *lse, int B, int Tq, int Tk, int H,
+                      int d, int causal);
+
+/* ---- Shape ops ------------------------------------------------------------ */
+/* Nearest x2: x [B, C, H, W] -> y [B, C, 2H, 2W] */
+void zl_upsample2x_fwd(float *y, const float *x, int B, int C, int H, int W);
+void zl_upsample2x_bwd(float *dx, const float *dy, int B, int C, int H, int W);
+/* Channel concat: a [B, Ca, HW], b [B, Cb, HW] -> y [B, Ca+Cb, HW] */
+void zl_concat_fwd(float *y, const float *a, const float *b, int B, int Ca, int Cb, int HW);
+void zl_concat_bwd(float *da, float *db, const float *dy, int B, int Ca, int Cb, int HW);
+/* [B, C, T] <-> [B, T, C] */
+void zl_transpose_ct(float *y, const float *x, int B, int C, int T);
+/* y = a + b (y may alias a or b); y += a */
+void zl_add(float *y, const float *a, const float *b, size_t n);
+void zl_acc(float *y, const float *a, size_t n);
+void zl_scale(float *y, float s, size_t n);
+/* x [B, C, HW] += v [B, C] broadcast over HW (the resnet time-embedding add) */
+void zl_add_channel_bias(float *x, const float *v, int B, int C, int HW);
+/* dv [B, C] += sum over HW of dx */
+void zl_add_channel_bias_bwd(float *dv, const float *dx, int B, int C, int HW);
+
+/* ---- Embeddings ------------------------------------------------------------
+ * Sinusoidal timestep embedding (diffusers get_timestep_embedding):
+ * half = dim/2; f_i = exp(-ln(10000) * i / (half - freq_shift)); args = t * f;
+ * emb = [sin, cos], or [cos, sin] when flip_sin_to_cos. t [N] -> emb [N, dim]. */
+void zl_timestep_embedding(float *emb, const float *t, int N, int dim, int flip_sin_to_cos, float freq_shift);
+
+/* ---- Losses ----------------------------------------------------------------- */
+/* mean((a - b)^2) in double; if grad, grad += 2 (a - b) / n * gscale */
+double zl_mse(const float *a, const float *b, size_t n, float *grad, float gscale);
+
+#endif

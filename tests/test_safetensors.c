@@ -1,0 +1,331 @@
+/* safetensors reader/writer and dtype conversion tests: the Rust reference's
+ * test vectors, every validation rule, fixture files, writer layout, atomicity. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "testlib.h"
+
+/* Build a file image: 8-byte length + header + data. */
+static size_t mk(uint8_t *buf, const char *hdr, size_t pad_to, const void *data, size_t dlen) {
+    size_t n = strlen(hdr);
+    size_t N = pad_to > n ? pad_to : n;
+    for (int i = 0; i < 8; i++) buf[i] = (uint8_t)((uint64_t)N >> (8 * i));
+    memcpy(buf + 8, hdr, n);
+    memset(buf + 8 + n, ' ', N - n);
+    if (dlen) memcpy(buf + 8 + N, data, dlen);
+    return 8 + N + dlen;
+}
+
+static int parse(const uint8_t *buf, size_t len) {
+    zl_st_file *f = NULL;
+    int rc = zl_st_parse(buf, len, "vec", &f);
+    zl_st_close(f);
+    return rc;
+}
+
+static void test_reference_vectors(void) {
+    uint8_t buf[4096], zeros[64] = {0};
+    /* valid: N=60 + 16 zero bytes */
+    const char *h1 = "{\"test\":{\"dtype\":\"I32\",\"shape\":[2,2],\"data_offsets\":[0,16]}}";
+    CHECK(strlen(h1) == 60);
+    size_t n = mk(buf, h1, 0, zeros, 16);
+    zl_st_file *f = NULL;
+    CHECK_OK(zl_st_parse(buf, n, "vec", &f));
+    if (f) {
+        CHECK(zl_st_count(f) == 1);
+        const zl_st_tensor *t = zl_st_find(f, "test");
+        CHECK(t && t->dtype == ZL_DT_I32 && t->ndim == 2 && t->numel == 4 && t->nbytes == 16);
+        zl_st_close(f);
+    }
+    /* valid empty file */
+    n = mk(buf, "{}", 8, NULL, 0);
+    CHECK_OK(parse(buf, n));
+    /* 10 tensors all at [0,16]: invalid offsets */
+    char h[2048] = "{";
+    for (int i = 0; i < 10; i++) {
+        char e[128];
+        snprintf(e, sizeof e, "%s\"t%d\":{\"dtype\":\"I32\",\"shape\":[2,2],\"data_offsets\":[0,16]}", i ? "," : "", i);
+        strcat(h, e);
+    }
+    strcat(h, "}");
+    n = mk(buf, h, 0, zeros, 16);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    CHECK(strstr(zl_errmsg(), "data_offsets") != NULL);
+    /* [0,4] for a 2x2 I32: invalid info */
+    n = mk(buf, "{\"test\":{\"dtype\":\"I32\",\"shape\":[2,2],\"data_offsets\":[0,4]}}", 0, zeros, 4);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    CHECK(strstr(zl_errmsg(), "'test'") != NULL);
+}
+
+static void test_rejections(void) {
+    uint8_t buf[4096], zeros[64] = {0};
+    size_t n;
+    /* shorter than 8 */
+    CHECK(parse((const uint8_t *)"abc", 3) == ZL_EFORMAT);
+    CHECK(strstr(zl_errmsg(), "vec:") == zl_errmsg());
+    /* N too large */
+    memset(buf, 0, 16);
+    buf[3] = 0x10; /* 0x10000000 > 1e8 */
+    CHECK(parse(buf, 16) == ZL_EFORMAT);
+    CHECK(strstr(zl_errmsg(), "100000000") != NULL);
+    /* N past the end */
+    n = mk(buf, "{}", 8, NULL, 0);
+    CHECK(parse(buf, n - 1) == ZL_EFORMAT);
+    /* invalid JSON, invalid UTF-8 */
+    n = mk(buf, "{\"a\":", 0, NULL, 0);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    n = mk(buf, "{\"\xff\xfe\":{}}", 0, NULL, 0);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    /* not an object */
+    n = mk(buf, "[1,2]", 0, NULL, 0);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    /* unknown dtype */
+    n = mk(buf, "{\"x\":{\"dtype\":\"F17\",\"shape\":[1],\"data_offsets\":[0,4]}}", 0, zeros, 4);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    CHECK(strstr(zl_errmsg(), "F17") != NULL);
+    /* offsets: three entries, negative, float */
+    n = mk(buf, "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4,8]}}", 0, zeros, 4);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    n = mk(buf, "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[-4,0]}}", 0, zeros, 4);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    n = mk(buf, "{\"x\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0.0,4]}}", 0, zeros, 4);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    /* gap between tensors */
+    n = mk(buf, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[8,12]}}", 0, zeros, 12);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    CHECK(strstr(zl_errmsg(), "'b'") != NULL);
+    /* overlap */
+    n = mk(buf, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]},\"b\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 0, zeros, 8);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    /* shape overflow */
+    n = mk(buf, "{\"a\":{\"dtype\":\"F32\",\"shape\":[4611686018427387904,4611686018427387904],\"data_offsets\":[0,4]}}", 0, zeros, 4);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    /* trailing bytes, and a short data buffer */
+    n = mk(buf, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]}}", 0, zeros, 8);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    CHECK(strstr(zl_errmsg(), "trailing") != NULL);
+    n = mk(buf, "{\"a\":{\"dtype\":\"F32\",\"shape\":[2],\"data_offsets\":[0,8]}}", 0, zeros, 8);
+    CHECK(parse(buf, n - 4) == ZL_EFORMAT);
+    /* duplicate keys (the Rust reader does not check; we do) */
+    n = mk(buf, "{\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4]},\"a\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[4,8]}}", 0, zeros, 8);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    CHECK(strstr(zl_errmsg(), "duplicate") != NULL);
+    /* metadata value not a string */
+    n = mk(buf, "{\"__metadata__\":{\"k\":1}}", 0, NULL, 0);
+    CHECK(parse(buf, n) == ZL_EFORMAT);
+    CHECK(strstr(zl_errmsg(), "'k'") != NULL);
+}
+
+static void test_scalars_and_dtypes(void) {
+    uint8_t buf[4096], data[64];
+    /* 0-rank F16 scalar (value 2.0 = 0x4000), zero-size tensor, every integer type */
+    memset(data, 0, sizeof data);
+    data[0] = 0x00; data[1] = 0x40;                /* F16 2.0 */
+    data[2] = 0x80; data[3] = 0x3f;                /* BF16 1.0 */
+    int64_t i64 = -7; memcpy(data + 4, &i64, 8);   /* I64 */
+    data[12] = 1;                                  /* BOOL */
+    data[13] = 200;                                /* U8 */
+    data[14] = (uint8_t)-3;                        /* I8 */
+    int16_t i16 = -300; memcpy(data + 15, &i16, 2);
+    int32_t i32 = 70000; memcpy(data + 17, &i32, 4);
+    double f64 = 0.25; memcpy(data + 21, &f64, 8);
+    const char *h = "{\"s\":{\"dtype\":\"F16\",\"shape\":[],\"data_offsets\":[0,2]},"
+                    "\"b\":{\"dtype\":\"BF16\",\"shape\":[],\"data_offsets\":[2,4]},"
+                    "\"z\":{\"dtype\":\"F32\",\"shape\":[0,3],\"data_offsets\":[4,4]},"
+                    "\"l\":{\"dtype\":\"I64\",\"shape\":[1],\"data_offsets\":[4,12]},"
+                    "\"o\":{\"dtype\":\"BOOL\",\"shape\":[1],\"data_offsets\":[12,13]},"
+                    "\"u\":{\"dtype\":\"U8\",\"shape\":[1],\"data_offsets\":[13,14]},"
+                    "\"i\":{\"dtype\":\"I8\",\"shape\":[1],\"data_offsets\":[14,15]},"
+                    "\"w\":{\"dtype\":\"I16\",\"shape\":[1],\"data_offsets\":[15,17]},"
+                    "\"d\":{\"dtype\":\"I32\",\"shape\":[1],\"data_offsets\":[17,21]},"
+                    "\"e\":{\"dtype\":\"F64\",\"shape\":[1],\"data_offsets\":[21,29]},"
+                    "\"__metadata__\":{\"format\":\"pt\"}}";
+    size_t n = mk(buf, h, 0, data, 29);
+    zl_st_file *f = NULL;
+    CHECK_OK(zl_st_parse(buf, n, "dt", &f));
+    if (!f) return;
+    const struct { const char *name; float v; } want[] = {
+        {"s", 2.0f}, {"b", 1.0f}, {"l", -7.0f}, {"o", 1.0f}, {"u", 200.0f}, {"i", -3.0f}, {"w", -300.0f}, {"d", 70000.0f}, {"e", 0.25f}};
+    for (size_t k = 0; k < sizeof want / sizeof want[0]; k++) {
+        const zl_st_tensor *t = zl_st_find(f, want[k].name);
+        float v = -1;
+        CHECKM(t != NULL, "tensor %s", want[k].name);
+        if (t) { zl_st_read_f32(t, &v); CHECKM(v == want[k].v, "%s = %g, want %g", want[k].name, v, want[k].v); }
+    }
+    const zl_st_tensor *s = zl_st_find(f, "s");
+    CHECK(s && s->ndim == 0 && s->numel == 1);
+    const zl_st_tensor *z = zl_st_find(f, "z");
+    CHECK(z && z->numel == 0 && z->nbytes == 0);
+    CHECK(zl_st_meta(f, "format") && !strcmp(zl_st_meta(f, "format"), "pt"));
+    zl_st_close(f);
+}
+
+/* f16 <-> f32 against the compiler's own _Float16 (an independent implementation). */
+static void test_half_conversion(void) {
+    int bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float a = zl_f16_to_f32((uint16_t)h);
+        _Float16 c;
+        uint16_t hh = (uint16_t)h;
+        memcpy(&c, &hh, 2);
+        float b = (float)c;
+        if (!(a == b || (isnan(a) && isnan(b)))) bad++;
+        if (!isnan(a) && zl_f32_to_f16(a) != hh) bad++; /* exact round trip */
+    }
+    CHECKM(bad == 0, "f16 exhaustive: %d mismatches", bad);
+    /* f32 -> f16 rounding on a pseudo-random sweep over all exponents */
+    bad = 0;
+    uint32_t x = 12345;
+    for (int i = 0; i < 2000000; i++) {
+        x = x * 1664525u + 1013904223u;
+        float f;
+        memcpy(&f, &x, 4);
+        if (isnan(f)) continue;
+        _Float16 c = (_Float16)f;
+        uint16_t want;
+        memcpy(&want, &c, 2);
+        if (zl_f32_to_f16(f) != want) bad++;
+    }
+    CHECKM(bad == 0, "f32->f16 rounding: %d mismatches", bad);
+    /* bf16: exact widening, round-to-nearest-even narrowing (checked in double) */
+    bad = 0;
+    for (uint32_t h = 0; h < 65536; h++) {
+        float a = zl_bf16_to_f32((uint16_t)h);
+        uint32_t u = h << 16;
+        float b;
+        memcpy(&b, &u, 4);
+        if (!(a == b || (isnan(a) && isnan(b)))) bad++;
+        if (!isnan(a) && zl_f32_to_bf16(a) != h) bad++;
+    }
+    x = 777;
+    for (int i = 0; i < 2000000; i++) {
+        x = x * 1664525u + 1013904223u;
+        float f;
+        memcpy(&f, &x, 4);
+        if (isnan(f) || isinf(f)) continue;
+        uint16_t r = zl_f32_to_bf16(f);
+        /* the two bf16 neighbours of f, and which is nearer */
+        uint32_t lo = x & 0xffff0000u, hi = lo + 0x10000u;
+        float flo, fhi;
+        memcpy(&flo, &lo, 4);
+        memcpy(&fhi, &hi, 4);
+        double dlo = fabs((double)f - flo), dhi = isinf(fhi) ? INFINITY : fabs((double)fhi - f);
+        if (isinf(fhi)) dhi = fabs(ldexp(1.0, 128) * (f < 0 ? -1 : 1) - (double)f); /* overflow threshold */
+        uint16_t want = dlo < dhi ? (uint16_t)(lo >> 16) : dhi < dlo ? (uint16_t)(hi >> 16) : ((lo >> 16) & 1) ? (uint16_t)(hi >> 16) : (uint16_t)(lo >> 16);
+        if (r != want) bad++;
+    }
+    CHECKM(bad == 0, "bf16 conversion: %d mismatches", bad);
+    CHECK(isnan(zl_f16_to_f32(zl_f32_to_f16(NAN))));
+    CHECK(isnan(zl_bf16_to_f32(zl_f32_to_bf16(NAN))));
+    CHECK(zl_f16_to_f32(zl_f32_to_f16(1e6f)) == INFINITY);
+}
+
+static void test_fixture_files(void) {
+    const char *files[] = {"mini-sdxl/unet/diffusion_pytorch_model.safetensors", "mini-sdxl/single_file.safetensors",
+                           "tiny-sd15/single_file.safetensors", "mini-sdxl/loras/style.kohya_sgm.safetensors",
+                           "mini-sdxl/zip_io.safetensors", "tiny-sdxl/loras/content.peft.safetensors"};
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        zl_st_file *f = NULL;
+        CHECK_OK(zl_st_open(zt_data(files[i]), &f));
+        if (f) {
+            CHECK(zl_st_count(f) > 0);
+            zl_st_close(f);
+        }
+    }
+    zl_st_file *f = NULL;
+    CHECK_OK(zl_st_open(zt_data("mini-sdxl/loras/content.kohya_sgm.safetensors"), &f));
+    if (f) {
+        CHECK(zl_st_meta(f, "ss_network_dim") && !strcmp(zl_st_meta(f, "ss_network_dim"), "4"));
+        const zl_st_tensor *t = zl_st_find(f, "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_k.alpha");
+        CHECK(t && t->ndim == 0 && t->dtype == ZL_DT_F16);
+        float a = 0;
+        if (t) zl_st_read_f32(t, &a);
+        CHECK(a == 4.0f);
+        zl_st_close(f);
+    }
+    /* a missing file names the path */
+    CHECK(zl_st_open("/nonexistent/x.safetensors", &f) == ZL_EIO);
+    CHECK(strstr(zl_errmsg(), "/nonexistent/x.safetensors") != NULL);
+}
+
+static void test_writer(void) {
+    float a[6] = {1, 2, 3, 4, 5, 6};
+    uint16_t h[3] = {zl_f32_to_f16(1.5f), zl_f32_to_f16(-2.0f), zl_f32_to_f16(0.25f)};
+    double s = 3.0;
+    zl_st_entry e[3] = {
+        {.name = "b.half", .dtype = ZL_DT_F16, .ndim = 1, .shape = {3}, .data = h},
+        {.name = "a.float", .dtype = ZL_DT_F32, .ndim = 2, .shape = {2, 3}, .data = a},
+        {.name = "c.scalar", .dtype = ZL_DT_F64, .ndim = 0, .data = &s},
+    };
+    zl_st_meta_kv m[2] = {{"ss_network_dim", "4"}, {"quote\"d", "va\"l\n"}};
+    const char *path = zt_tmp("w.safetensors");
+    CHECK_OK(zl_st_write(path, e, 3, m, 2, NULL, 0));
+    char *raw;
+    size_t len;
+    CHECK_OK(zl_read_file(path, &raw, &len));
+    if (!raw) return;
+    uint64_t N = 0;
+    for (int i = 7; i >= 0; i--) N = (N << 8) | (uint8_t)raw[i];
+    CHECK(N % 8 == 0);
+    CHECK(raw[8] == '{' && raw[9] == '"');
+    /* largest alignment first: the F64 scalar begins the data */
+    double first;
+    memcpy(&first, raw + 8 + N, 8);
+    CHECK(first == 3.0);
+    free(raw);
+    zl_st_file *f = NULL;
+    CHECK_OK(zl_st_open(path, &f));
+    if (f) {
+        const zl_st_tensor *t = zl_st_find(f, "a.float");
+        float got[6];
+        CHECK(t && t->ndim == 2 && t->shape[0] == 2 && t->shape[1] == 3);
+        if (t) { zl_st_read_f32(t, got); CHECK(memcmp(got, a, sizeof a) == 0); }
+        t = zl_st_find(f, "b.half");
+        if (t) { zl_st_read_f32(t, got); CHECK(got[0] == 1.5f && got[1] == -2.0f && got[2] == 0.25f); }
+        CHECK(zl_st_meta(f, "quote\"d") && !strcmp(zl_st_meta(f, "quote\"d"), "va\"l\n"));
+        zl_st_close(f);
+    }
+    /* refuse to overwrite an input, even through another name */
+    const char *inputs[1] = {path};
+    char alias[1100];
+    snprintf(alias, sizeof alias, "%s/./w.safetensors", zt_tmpdir());
+    CHECK(zl_st_write(alias, e, 3, NULL, 0, inputs, 1) == ZL_EINVAL);
+    /* a failing fill callback leaves no file and no temporary */
+    zl_st_entry bad = {.name = "x", .dtype = ZL_DT_F32, .ndim = 1, .shape = {2}, .data = NULL, .fill = NULL};
+    const char *p2 = zt_tmp("bad.safetensors");
+    CHECK(zl_st_write(p2, &bad, 1, NULL, 0, NULL, 0) != ZL_OK);
+    CHECK(!zl_file_exists(p2));
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "ls -a '%s' | grep -q ziplora-", zt_tmpdir());
+    CHECK(system(cmd) != 0);
+    /* a folder that does not exist */
+    CHECK(zl_st_write("/nonexistent-dir/o.safetensors", e, 3, NULL, 0, NULL, 0) == ZL_EIO);
+    /* duplicate names */
+    zl_st_entry dup[2] = {e[1], e[1]};
+    CHECK(zl_st_write(zt_tmp("dup.safetensors"), dup, 2, NULL, 0, NULL, 0) == ZL_EINVAL);
+}
+
+static void test_sha256(void) {
+    uint8_t d[32];
+    zl_sha256("abc", 3, d);
+    const uint8_t want[4] = {0xba, 0x78, 0x16, 0xbf};
+    CHECK(memcmp(d, want, 4) == 0 && d[31] == 0xad);
+    char hex[65];
+    const char *p = zt_tmp("sha.txt");
+    CHECK_OK(zl_write_file_atomic(p, "abc", 3, NULL, 0));
+    CHECK_OK(zl_sha256_file(p, hex));
+    CHECK(strcmp(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad") == 0);
+}
+
+int main(void) {
+    test_reference_vectors();
+    test_rejections();
+    test_scalars_and_dtypes();
+    test_half_conversion();
+    test_fixture_files();
+    test_writer();
+    test_sha256();
+    return zt_done();
+}

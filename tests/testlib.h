@@ -1,0 +1,43 @@
+/* A minimal test harness: CHECK macros that count failures, fixture paths,
+ * tensor comparison with the FIXTURES.md tolerance, and running the CLI.
+ * Each test program prints "N passed, N failed" and exits non-zero on failure. */
+#ifndef ZL_TESTLIB_H
+#define ZL_TESTLIB_H
+
+#include <stdio.h>
+#include <stdint.h>
+
+#include "ziplora.h"
+
+extern int zt_pass, zt_fail;
+
+#define CHECK(cond) zt_check(!!(cond), #cond, __FILE__, __LINE__, NULL)
+#define CHECKM(cond, ...) zt_checkf(!!(cond), __FILE__, __LINE__, __VA_ARGS__)
+#define CHECK_OK(expr) do { int _rc = (expr); zt_checkf(_rc == ZL_OK, __FILE__, __LINE__, "%s -> %d: %s", #expr, _rc, zl_errmsg()); } while (0)
+#define CHECK_ERR(expr) do { int _rc = (expr); zt_checkf(_rc != ZL_OK, __FILE__, __LINE__, "%s should fail", #expr); } while (0)
+
+void zt_check(int ok, const char *expr, const char *file, int line, const char *msg);
+void zt_checkf(int ok, const char *file, int line, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* Path under tests/data (static buffer rotation; valid for a few calls). */
+const char *zt_data(const char *rel);
+/* A fresh temporary folder for this test program (removed at exit). */
+const char *zt_tmpdir(void);
+/* Path inside the temporary folder. */
+const char *zt_tmp(const char *name);
+
+/* FIXTURES.md tolerance: max|a-b| <= tol * max(1, max|ref|). Returns 1 if within;
+ * reports the worst element on failure. */
+int zt_close(const char *what, const float *got, const float *ref, int64_t n, double tol);
+/* Relative error ||a-b|| / ||ref||. */
+double zt_relerr(const float *got, const float *ref, int64_t n);
+
+/* Run the CLI with a shell-quoted argument string; returns the exit code.
+ * stdout/stderr go to files whose contents are then in zt_out / zt_err. */
+int zt_cli(const char *args_fmt, ...) __attribute__((format(printf, 1, 2)));
+extern char *zt_out, *zt_err;
+
+/* Print the summary line and return the exit status. */
+int zt_done(void);
+
+#endif
