@@ -6,6 +6,8 @@
 
 #include "ziplora/core.h"
 #include "ziplora/fileio.h"
+#include "ziplora/lora.h"
+#include "ziplora/model.h"
 #include "ziplora/progress.h"
 #include "ziplora/safetensors.h"
 

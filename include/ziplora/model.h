@@ -59,7 +59,7 @@ typedef struct {
 } zl_clip_config;
 
 /* Locations of a model's parts. M is a diffusers folder (model_index.json,
- * unet/, vae/, text_encoder*/) or a single .safetensors checkpoint. */
+ * unet/, vae/, text_encoder, text_encoder_2) or a single .safetensors checkpoint. */
 typedef struct {
     int single_file;
     char *root;              /* the path given */
