@@ -61,6 +61,18 @@ typedef struct {
 
 static inline float zl_lora_scale(const zl_lora_layer *l) { return l->alpha / (float)l->rank; }
 
+/* Options for loading. All fields may be zero/NULL. */
+typedef struct {
+    const char *adapter_config;        /* PEFT adapter_config.json (else <file>.adapter_config.json or
+                                          adapter_config.json next to the file is looked for) */
+    const zl_unet_config *unet_config; /* the target model's UNet (else the family's standard config) */
+    zl_family expect_family;           /* if set, a LoRA for another family is an error */
+} zl_lora_load_opts;
+
+/* Load any supported layout into canonical form. Unsupported kinds (LoHa, LoKr,
+ * Tucker lora_mid, DoRA dora_scale) and keys that map to no module are refused
+ * with a message naming the keys. */
+int zl_lora_load(const char *path, const zl_lora_load_opts *opts, zl_lora **out);
 void zl_lora_free(zl_lora *l);
 /* Find a layer by part and canonical module name (NULL if absent). */
 const zl_lora_layer *zl_lora_find(const zl_lora *l, zl_part part, const char *module);
