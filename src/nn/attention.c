@@ -1,0 +1,222 @@
+/* Multi-head softmax attention, forward and backward, flash-attention style:
+ * queries are processed in tiles of ZL_ATT_BQ rows against key tiles of
+ * ZL_ATT_BK columns with an online softmax, so memory is O(tile) and no
+ * Tq x Tk matrix ever exists. The forward saves the row log-sum-exp; the
+ * backward recomputes each probability tile from q, k and lse.
+ * Each (batch, head, tile) task is independent and runs single-threaded
+ * sgemm inside one OpenMP thread, so results do not depend on the thread count. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/ops.h"
+#include "nn/vexp.h"
+
+#define ZL_ATT_BQ 128
+#define ZL_ATT_BK 256
+
+/* Keys visible to query row i of a tile starting at key j0, among n keys. */
+static inline int visible(int causal, int i, int j0, int n) {
+    if (!causal) return n;
+    int v = i - j0 + 1;
+    return v < 0 ? 0 : v > n ? n : v;
+}
+
+void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
+                      int B, int Tq, int Tk, int H, int d, int causal) {
+    const int HD = H * d, nqt = (Tq + ZL_ATT_BQ - 1) / ZL_ATT_BQ;
+    const float scale = 1.0f / sqrtf((float)d);
+    const long ntask = (long)B * H * nqt;
+    int oom = 0;
+    #pragma omp parallel
+    {
+        float *S = malloc(sizeof(float) * ZL_ATT_BQ * ZL_ATT_BK);  // [BQ, BK] scores, then probabilities
+        float *acc = malloc(sizeof(float) * ZL_ATT_BQ * d);        // [BQ, d] unnormalised output
+        float *m = malloc(sizeof(float) * ZL_ATT_BQ * 2), *l = m ? m + ZL_ATT_BQ : NULL; // running max, sum
+        if (!S || !acc || !m) {
+            #pragma omp atomic write
+            oom = 1;
+        }
+        #pragma omp for schedule(dynamic, 1)
+        for (long t = 0; t < ntask; t++) {
+            if (!S || !acc || !m) continue;
+            const int qt = (int)(t % nqt), h = (int)((t / nqt) % H), b = (int)(t / ((long)nqt * H));
+            const int i0 = qt * ZL_ATT_BQ, mq = Tq - i0 < ZL_ATT_BQ ? Tq - i0 : ZL_ATT_BQ;
+            const float *qp = q + ((size_t)b * Tq + i0) * ldq + (size_t)h * d;
+            memset(acc, 0, sizeof(float) * mq * d);
+            for (int r = 0; r < mq; r++) {
+                m[r] = -INFINITY;
+                l[r] = 0.0f;
+            }
+            /* Causal: key tiles starting after the tile's last query are fully masked. */
+            const int kend = causal ? (i0 + mq < Tk ? i0 + mq : Tk) : Tk;
+            for (int j0 = 0; j0 < kend; j0 += ZL_ATT_BK) {
+                const int n = kend - j0 < ZL_ATT_BK ? kend - j0 : ZL_ATT_BK;
+                const float *kp = k + ((size_t)b * Tk + j0) * ldk + (size_t)h * d;
+                const float *vp = v + ((size_t)b * Tk + j0) * ldv + (size_t)h * d;
+                zl_sgemm(0, 1, mq, n, d, scale, qp, ldq, kp, ldk, 0.0f, S, n);
+                for (int r = 0; r < mq; r++) {
+                    float *sr = S + (size_t)r * n;
+                    const int nv = visible(causal, i0 + r, j0, n);
+                    float mx = m[r];
+                    for (int c = 0; c < nv; c++) mx = sr[c] > mx ? sr[c] : mx;
+                    if (nv == 0) {
+                        memset(sr, 0, sizeof(float) * n);
+                        continue;
+                    }
+                    const float corr = expf(m[r] - mx); /* 0 on the first tile (m = -inf) */
+                    l[r] = l[r] * corr + zl_exp_sub_sum(sr, nv, mx);
+                    for (int c = nv; c < n; c++) sr[c] = 0.0f;
+                    m[r] = mx;
+                    if (corr != 1.0f) {
+                        float *ar = acc + (size_t)r * d;
+                        for (int j = 0; j < d; j++) ar[j] *= corr;
+                    }
+                }
+                zl_sgemm(0, 0, mq, d, n, 1.0f, S, n, vp, ldv, 1.0f, acc, d);
+            }
+            for (int r = 0; r < mq; r++) {
+                const float inv = 1.0f / l[r];
+                float *orow = o + ((size_t)b * Tq + i0 + r) * HD + (size_t)h * d;
+                const float *ar = acc + (size_t)r * d;
+                for (int j = 0; j < d; j++) orow[j] = ar[j] * inv;
+                if (lse) lse[((size_t)b * H + h) * Tq + i0 + r] = m[r] + logf(l[r]);
+            }
+        }
+        free(S);
+        free(acc);
+        free(m);
+    }
+    if (oom)
+        for (size_t i = 0; i < (size_t)B * Tq * HD; i++) o[i] = NAN;
+}
+
+/* P = exp(scale q k^T - lse) for one tile, masked entries 0. S [mq, n]. */
+static void probs(float *S, const float *qp, int ldq, const float *kp, int ldk, const float *lse_rows, int mq, int n,
+                  int d, float scale, int causal, int i0, int j0) {
+    zl_sgemm(0, 1, mq, n, d, scale, qp, ldq, kp, ldk, 0.0f, S, n);
+    for (int r = 0; r < mq; r++) {
+        float *sr = S + (size_t)r * n;
+        const int nv = visible(causal, i0 + r, j0, n);
+        zl_exp_sub_sum(sr, nv, lse_rows[r]);
+        for (int c = nv; c < n; c++) sr[c] = 0.0f;
+    }
+}
+
+/* dS = P * (dP - D) in place in dP. */
+static void dsoftmax(float *dP, const float *P, const float *Drows, int mq, int n) {
+    for (int r = 0; r < mq; r++) {
+        float *dr = dP + (size_t)r * n;
+        const float *pr = P + (size_t)r * n;
+        const float Dr = Drows[r];
+        for (int c = 0; c < n; c++) dr[c] = pr[c] * (dr[c] - Dr);
+    }
+}
+
+void zl_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const float *q, int ldq, const float *k,
+                      int ldk, const float *v, int ldv, const float *o, const float *lse, int B, int Tq, int Tk, int H,
+                      int d, int causal) {
+    const int HD = H * d;
+    const float scale = 1.0f / sqrtf((float)d);
+    /* D [B, H, Tq] = rowsum(dout * o): the softmax-backward correction per query. */
+    int oom = 0;
+    float *D = malloc(sizeof(float) * (size_t)B * H * Tq);
+    if (!D) {
+        oom = 1;
+        goto poison;
+    }
+    #pragma omp parallel for schedule(static) if ((size_t)B * Tq * HD > 65536)
+    for (long bt = 0; bt < (long)B * Tq; bt++) {
+        const int b = (int)(bt / Tq), i = (int)(bt % Tq);
+        const float *dr = dout + (size_t)bt * HD, *orow = o + (size_t)bt * HD;
+        for (int h = 0; h < H; h++) {
+            float s = 0.0f;
+            for (int j = 0; j < d; j++) s += dr[h * d + j] * orow[h * d + j];
+            D[((size_t)b * H + h) * Tq + i] = s;
+        }
+    }
+    /* Pass 1: dK and dV, one task per (b, h, key tile), looping over query tiles. */
+    if (dk || dv) {
+        const int nkt = (Tk + ZL_ATT_BK - 1) / ZL_ATT_BK;
+        const long ntask = (long)B * H * nkt;
+        #pragma omp parallel
+        {
+            float *P = malloc(sizeof(float) * 2 * ZL_ATT_BQ * ZL_ATT_BK), *dP = P ? P + ZL_ATT_BQ * ZL_ATT_BK : NULL;
+            if (!P) {
+                #pragma omp atomic write
+                oom = 1;
+            }
+            #pragma omp for schedule(dynamic, 1)
+            for (long t = 0; t < ntask; t++) {
+                if (!P) continue;
+                const int kt = (int)(t % nkt), h = (int)((t / nkt) % H), b = (int)(t / ((long)nkt * H));
+                const int j0 = kt * ZL_ATT_BK, n = Tk - j0 < ZL_ATT_BK ? Tk - j0 : ZL_ATT_BK;
+                const float *kp = k + ((size_t)b * Tk + j0) * ldk + (size_t)h * d;
+                const float *vp = v + ((size_t)b * Tk + j0) * ldv + (size_t)h * d;
+                /* Causal: query tiles ending before key j0 see none of these keys. */
+                const int istart = causal ? (j0 / ZL_ATT_BQ) * ZL_ATT_BQ : 0;
+                for (int i0 = istart; i0 < Tq; i0 += ZL_ATT_BQ) {
+                    const int mq = Tq - i0 < ZL_ATT_BQ ? Tq - i0 : ZL_ATT_BQ;
+                    const float *qp = q + ((size_t)b * Tq + i0) * ldq + (size_t)h * d;
+                    const float *dop = dout + ((size_t)b * Tq + i0) * HD + (size_t)h * d;
+                    const size_t row = ((size_t)b * H + h) * Tq + i0;
+                    probs(P, qp, ldq, kp, ldk, lse + row, mq, n, d, scale, causal, i0, j0);
+                    if (dv)
+                        zl_sgemm(1, 0, n, d, mq, 1.0f, P, n, dop, HD, 1.0f,
+                                 dv + ((size_t)b * Tk + j0) * ldv + (size_t)h * d, ldv);
+                    if (dk) {
+                        zl_sgemm(0, 1, mq, n, d, 1.0f, dop, HD, vp, ldv, 0.0f, dP, n);
+                        dsoftmax(dP, P, D + row, mq, n);
+                        zl_sgemm(1, 0, n, d, mq, scale, dP, n, qp, ldq, 1.0f,
+                                 dk + ((size_t)b * Tk + j0) * ldk + (size_t)h * d, ldk);
+                    }
+                }
+            }
+            free(P);
+        }
+    }
+    /* Pass 2: dQ, one task per (b, h, query tile), looping over key tiles. */
+    if (dq) {
+        const int nqt = (Tq + ZL_ATT_BQ - 1) / ZL_ATT_BQ;
+        const long ntask = (long)B * H * nqt;
+        #pragma omp parallel
+        {
+            float *P = malloc(sizeof(float) * 2 * ZL_ATT_BQ * ZL_ATT_BK), *dP = P ? P + ZL_ATT_BQ * ZL_ATT_BK : NULL;
+            if (!P) {
+                #pragma omp atomic write
+                oom = 1;
+            }
+            #pragma omp for schedule(dynamic, 1)
+            for (long t = 0; t < ntask; t++) {
+                if (!P) continue;
+                const int qt = (int)(t % nqt), h = (int)((t / nqt) % H), b = (int)(t / ((long)nqt * H));
+                const int i0 = qt * ZL_ATT_BQ, mq = Tq - i0 < ZL_ATT_BQ ? Tq - i0 : ZL_ATT_BQ;
+                const float *qp = q + ((size_t)b * Tq + i0) * ldq + (size_t)h * d;
+                const float *dop = dout + ((size_t)b * Tq + i0) * HD + (size_t)h * d;
+                const size_t row = ((size_t)b * H + h) * Tq + i0;
+                const int kend = causal ? (i0 + mq < Tk ? i0 + mq : Tk) : Tk;
+                for (int j0 = 0; j0 < kend; j0 += ZL_ATT_BK) {
+                    const int n = kend - j0 < ZL_ATT_BK ? kend - j0 : ZL_ATT_BK;
+                    const float *kp = k + ((size_t)b * Tk + j0) * ldk + (size_t)h * d;
+                    const float *vp = v + ((size_t)b * Tk + j0) * ldv + (size_t)h * d;
+                    probs(P, qp, ldq, kp, ldk, lse + row, mq, n, d, scale, causal, i0, j0);
+                    zl_sgemm(0, 1, mq, n, d, 1.0f, dop, HD, vp, ldv, 0.0f, dP, n);
+                    dsoftmax(dP, P, D + row, mq, n);
+                    zl_sgemm(0, 0, mq, d, n, scale, dP, n, kp, ldk, 1.0f, dq + ((size_t)b * Tq + i0) * ldq + (size_t)h * d,
+                             ldq);
+                }
+            }
+            free(P);
+        }
+    }
+poison:
+    free(D);
+    if (!oom) return;
+    /* No status to return: poison the gradients so a finite check catches it. */
+    for (size_t bt = 0; bt < (size_t)B * Tq; bt++)
+        if (dq) for (int j = 0; j < HD; j++) dq[bt * ldq + j] = NAN;
+    for (size_t bt = 0; bt < (size_t)B * Tk; bt++) {
+        if (dk) for (int j = 0; j < HD; j++) dk[bt * ldk + j] = NAN;
+        if (dv) for (int j = 0; j < HD; j++) dv[bt * ldv + j] = NAN;
+    }
+}
