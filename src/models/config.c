@@ -159,7 +159,7 @@ int zl_unet_config_parse(const char *json, const char *label, zl_unet_config *c)
     if ((rc = get_int(root, "cross_attention_dim", 768, &c->cross_attention_dim, label))) goto done;
     if ((rc = get_int(root, "norm_num_groups", 32, &c->norm_num_groups, label))) goto done;
     if ((rc = get_int(root, "sample_size", 64, &c->sample_size, label))) goto done;
-    if ((rc = get_int(root, "time_embedding_dim", 4 * c->block_out_channels[0], &c->time_embed_dim, label))) goto done;
+    if ((rc = get_int(root, "time_embedding_dim", c->block_out_channels[0] > 0 && c->block_out_channels[0] <= 0x1fffffff ? 4 * c->block_out_channels[0] : 0, &c->time_embed_dim, label))) goto done;
     json_t *eps = json_object_get(root, "norm_eps");
     c->norm_eps = json_is_number(eps) ? (float)json_number_value(eps) : 1e-5f;
     json_t *fs = json_object_get(root, "freq_shift");
@@ -203,7 +203,7 @@ int zl_unet_config_parse(const char *json, const char *label, zl_unet_config *c)
             goto done;
         }
     }
-    if (c->layers_per_block < 1 || c->in_channels < 1 || c->out_channels < 1 || c->cross_attention_dim < 1) {
+    if (c->layers_per_block < 1 || c->in_channels < 1 || c->out_channels < 1 || c->cross_attention_dim < 1 || c->time_embed_dim < 1) {
         rc = zl_set_error(ZL_EFORMAT, "%s: invalid sizes", label);
         goto done;
     }
