@@ -1,0 +1,105 @@
+/* Noise schedules, samplers and the seedable RNG.
+ *
+ * The training schedule is diffusers' "scaled_linear" one (betas =
+ * linspace(sqrt(b0), sqrt(b1), N)^2, alphas_cumprod = cumprod(1 - beta), kept in
+ * float32). Samplers work in the "sigma" (variance exploding) space of
+ * diffusers' EulerDiscreteScheduler: latents start at noise * init_noise_sigma,
+ * the UNet is fed x * zl_sampler_input_scale() together with the timestep,
+ * and each step consumes the UNet's epsilon prediction.
+ *
+ * Samplers (all with "leading" timestep spacing and steps_offset, as SDXL and
+ * SD 1.x ship them):
+ *  - ZL_SAMPLER_EULER: EulerDiscreteScheduler.
+ *  - ZL_SAMPLER_EULER_A: EulerAncestralDiscreteScheduler (noise from zl_rng).
+ *  - ZL_SAMPLER_DPMPP_2M: DPMSolverMultistepScheduler (dpmsolver++, order 2,
+ *    midpoint, lower_order_final, final_sigmas_type "zero"), which diffusers
+ *    runs in the variance preserving space; it is the same update written in
+ *    sigma space (x_vp = x / sqrt(sigma^2 + 1)), so it shares the interface.
+ *    Its "leading" grid differs from Euler's: step = N_train // (steps + 1).
+ */
+#ifndef ZIPLORA_SAMPLE_H
+#define ZIPLORA_SAMPLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ziplora/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ZL_MAX_TRAIN_STEPS 4000
+
+typedef struct {
+    int n_train;                    /* 1000 */
+    float beta_start, beta_end;     /* 0.00085, 0.012 */
+    int steps_offset;               /* 1 */
+    float alphas_cumprod[ZL_MAX_TRAIN_STEPS]; /* [n_train], float32 as diffusers keeps it */
+    float train_sigmas[ZL_MAX_TRAIN_STEPS];   /* sqrt((1 - a) / a), float32 */
+} zl_schedule;
+
+/* The SD/SDXL schedule: 1000 steps, scaled_linear 0.00085..0.012, steps_offset 1. */
+void zl_schedule_default(zl_schedule *s);
+/* Any scaled_linear schedule. */
+int zl_schedule_init(zl_schedule *s, int n_train, float beta_start, float beta_end, int steps_offset);
+
+/* DDPM forward noising: out = sqrt(a_t) x0 + sqrt(1 - a_t) noise, n values of one
+ * sample at integer timestep t (0 <= t < n_train). out may alias x0 or noise. */
+int zl_schedule_add_noise(const zl_schedule *s, int t, const float *x0, const float *noise, float *out, size_t n);
+
+/* ---- RNG -------------------------------------------------------------------
+ * Counter-based: Philox4x32-10 keyed by the 64-bit seed, with the counter
+ * (pair index, stream). Element i of stream s is a standard normal drawn by
+ * Box-Muller from the two 32-bit words of its pair's block (even i: cos, odd
+ * i: sin branch), so every value depends only on (seed, stream, i) -- never on
+ * how a buffer is split among threads, nor on what was drawn before.
+ * Streams used by the library: 0 = initial latent noise; 1000 + k = the noise
+ * of sampler step k (Euler ancestral). */
+typedef struct {
+    uint64_t seed;
+    uint64_t stream;
+} zl_rng;
+
+void zl_rng_init(zl_rng *r, uint64_t seed, uint64_t stream);
+/* out[j] = normal(seed, stream, offset + j) for j < n. Threaded, deterministic. */
+void zl_rng_normal(const zl_rng *r, uint64_t offset, float *out, size_t n);
+/* out[j] = uniform in [0, 1) (24-bit) for element offset + j. */
+void zl_rng_uniform(const zl_rng *r, uint64_t offset, float *out, size_t n);
+/* The raw generator, for tests: Philox4x32-10 of (counter, key). */
+void zl_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
+
+/* ---- Samplers ------------------------------------------------------------- */
+typedef enum { ZL_SAMPLER_EULER = 0, ZL_SAMPLER_EULER_A = 1, ZL_SAMPLER_DPMPP_2M = 2 } zl_sampler_kind;
+
+/* "euler", "euler_a", "dpmpp_2m" (also the A1111 names "Euler", "Euler a",
+ * "DPM++ 2M"); -1 if unknown. */
+int zl_sampler_from_name(const char *name);
+const char *zl_sampler_name(zl_sampler_kind k);   /* A1111 spelling, for PNG parameters */
+
+typedef struct {
+    zl_sampler_kind kind;
+    int n_steps;
+    float *timesteps;        /* [n_steps], what the UNet gets */
+    float *sigmas;           /* [n_steps + 1], final 0 */
+    float init_noise_sigma;  /* sqrt(sigma_max^2 + 1) */
+    zl_rng rng;              /* Euler ancestral noise */
+    /* DPM++ 2M state */
+    size_t n;                /* elements per step (set on first step) */
+    float *prev_x0;          /* [n] previous data prediction */
+    int n_lower;             /* steps taken so far (order warm-up) */
+} zl_sampler;
+
+/* Build the timesteps and sigmas of `kind` for n_steps (1..n_train). */
+int zl_sampler_init(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind kind, int n_steps, uint64_t seed);
+void zl_sampler_free(zl_sampler *s);
+/* Model input scale at step k: 1 / sqrt(sigma_k^2 + 1). */
+float zl_sampler_input_scale(const zl_sampler *s, int k);
+/* One step k (0-based, in order): x [n] is updated in place from the model's
+ * epsilon prediction eps [n] (made from x * input_scale and timesteps[k]). */
+int zl_sampler_step(zl_sampler *s, int k, float *x, const float *eps, size_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

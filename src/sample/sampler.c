@@ -1,0 +1,162 @@
+/* Samplers over the sigma grid of a zl_schedule: Euler (diffusers'
+ * EulerDiscreteScheduler), Euler ancestral (EulerAncestralDiscreteScheduler)
+ * and DPM++ 2M (DPMSolverMultistepScheduler, dpmsolver++ / midpoint / order 2 /
+ * lower_order_final / final_sigmas_type "zero").
+ *
+ * All three keep the latent in the sigma space of Euler (x = x0 + sigma * eps),
+ * so a pipeline drives them the same way. DPM-Solver++ is written in the
+ * variance preserving space in diffusers; dividing its update by alpha_t gives
+ * exactly the form used here, with lambda = -log(sigma). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "ziplora/sample.h"
+
+int zl_sampler_from_name(const char *name) {
+    if (!name) return -1;
+    if (!strcasecmp(name, "euler")) return ZL_SAMPLER_EULER;
+    if (!strcasecmp(name, "euler_a") || !strcasecmp(name, "euler a") || !strcasecmp(name, "euler_ancestral"))
+        return ZL_SAMPLER_EULER_A;
+    if (!strcasecmp(name, "dpmpp_2m") || !strcasecmp(name, "dpm++ 2m") || !strcasecmp(name, "dpm++2m"))
+        return ZL_SAMPLER_DPMPP_2M;
+    return -1;
+}
+
+const char *zl_sampler_name(zl_sampler_kind k) {
+    switch (k) {
+    case ZL_SAMPLER_EULER: return "Euler";
+    case ZL_SAMPLER_EULER_A: return "Euler a";
+    case ZL_SAMPLER_DPMPP_2M: return "DPM++ 2M";
+    }
+    return "?";
+}
+
+/* np.interp(t, arange(n), sigmas): linear between integer points, clamped at the ends. */
+static double interp_sigma(const zl_schedule *sch, double t) {
+    if (t <= 0) return sch->train_sigmas[0];
+    if (t >= sch->n_train - 1) return sch->train_sigmas[sch->n_train - 1];
+    int i = (int)floor(t);
+    double f = t - i;
+    return (1.0 - f) * sch->train_sigmas[i] + f * sch->train_sigmas[i + 1];
+}
+
+void zl_sampler_free(zl_sampler *s) {
+    if (!s) return;
+    free(s->timesteps);
+    free(s->sigmas);
+    free(s->prev_x0);
+    memset(s, 0, sizeof *s);
+}
+
+int zl_sampler_init(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind kind, int n_steps, uint64_t seed) {
+    memset(s, 0, sizeof *s);
+    if (kind != ZL_SAMPLER_EULER && kind != ZL_SAMPLER_EULER_A && kind != ZL_SAMPLER_DPMPP_2M)
+        return zl_set_error(ZL_EINVAL, "sampler: unknown kind %d", (int)kind);
+    if (n_steps < 1 || n_steps > sch->n_train)
+        return zl_set_error(ZL_EINVAL, "sampler: --steps %d outside [1, %d]", n_steps, sch->n_train);
+    /* "leading" spacing. Euler-family: ratio = N_train // steps, t_k = k*ratio.
+     * DPM-Solver: ratio = N_train // (steps + 1) over steps + 1 points, dropping t = 0. */
+    int ratio = kind == ZL_SAMPLER_DPMPP_2M ? sch->n_train / (n_steps + 1) : sch->n_train / n_steps;
+    if (ratio < 1)
+        return zl_set_error(ZL_EINVAL, "sampler: --steps %d too large for %d training steps", n_steps, sch->n_train);
+    s->kind = kind;
+    s->n_steps = n_steps;
+    s->timesteps = malloc(sizeof(float) * (size_t)n_steps);
+    s->sigmas = malloc(sizeof(float) * (size_t)(n_steps + 1));
+    if (!s->timesteps || !s->sigmas) {
+        zl_sampler_free(s);
+        return zl_set_error(ZL_ENOMEM, "sampler: out of memory");
+    }
+    float smax = 0;
+    for (int k = 0; k < n_steps; k++) {
+        int j = kind == ZL_SAMPLER_DPMPP_2M ? n_steps - k : n_steps - 1 - k;
+        double t = (double)j * ratio + sch->steps_offset;
+        s->timesteps[k] = (float)t;
+        s->sigmas[k] = (float)interp_sigma(sch, t);
+        if (s->sigmas[k] > smax) smax = s->sigmas[k];
+    }
+    s->sigmas[n_steps] = 0.0f;
+    s->init_noise_sigma = sqrtf(smax * smax + 1.0f);
+    zl_rng_init(&s->rng, seed, 0);
+    return ZL_OK;
+}
+
+float zl_sampler_input_scale(const zl_sampler *s, int k) {
+    float sg = s->sigmas[k];
+    return 1.0f / sqrtf(sg * sg + 1.0f);
+}
+
+static void euler(float *x, const float *eps, size_t n, float sigma, float sigma_next) {
+    float dt = sigma_next - sigma;
+    for (size_t i = 0; i < n; i++) {
+        float x0 = x[i] - sigma * eps[i];
+        float d = (x[i] - x0) / sigma;
+        x[i] = x[i] + d * dt;
+    }
+}
+
+static int euler_ancestral(zl_sampler *s, int k, float *x, const float *eps, size_t n) {
+    float sf = s->sigmas[k], st = s->sigmas[k + 1];
+    float up = sqrtf(st * st * (sf * sf - st * st) / (sf * sf));
+    float down = sqrtf(st * st - up * up);
+    euler(x, eps, n, sf, down);
+    if (up > 0) {
+        float *z = malloc(sizeof(float) * n);
+        if (!z) return zl_set_error(ZL_ENOMEM, "sampler: out of memory for %zu noise values", n);
+        zl_rng r;
+        zl_rng_init(&r, s->rng.seed, 1000 + (uint64_t)k);
+        zl_rng_normal(&r, 0, z, n);
+        for (size_t i = 0; i < n; i++) x[i] += z[i] * up;
+        free(z);
+    }
+    return ZL_OK;
+}
+
+static int dpmpp_2m(zl_sampler *s, int k, float *x, const float *eps, size_t n) {
+    if (!s->prev_x0) {
+        s->prev_x0 = malloc(sizeof(float) * n);
+        if (!s->prev_x0) return zl_set_error(ZL_ENOMEM, "sampler: out of memory for %zu values", n);
+        s->n = n;
+    } else if (s->n != n) {
+        return zl_set_error(ZL_EINVAL, "sampler: step %d has %zu values, earlier steps had %zu", k, n, s->n);
+    }
+    double ss = s->sigmas[k], st = s->sigmas[k + 1];
+    /* first order on the first step (no history) and on the last (sigma -> 0) */
+    int second = s->n_lower >= 1 && k != s->n_steps - 1 && st > 0;
+    if (st == 0) {
+        for (size_t i = 0; i < n; i++) {
+            float m0 = x[i] - (float)ss * eps[i];
+            s->prev_x0[i] = m0;
+            x[i] = m0;
+        }
+    } else {
+        double h = log(ss) - log(st); /* lambda_t - lambda_s with lambda = -log(sigma) */
+        double ratio = st / ss, em1 = expm1(-h);
+        double r0 = 0;
+        if (second) {
+            double sp = s->sigmas[k - 1];
+            r0 = (log(sp) - log(ss)) / h;
+        }
+        for (size_t i = 0; i < n; i++) {
+            double m0 = (double)x[i] - ss * eps[i];
+            double d = m0;
+            if (second) d = m0 + 0.5 * (m0 - s->prev_x0[i]) / r0;
+            x[i] = (float)(ratio * x[i] - em1 * d);
+            s->prev_x0[i] = (float)m0;
+        }
+    }
+    s->n_lower++;
+    return ZL_OK;
+}
+
+int zl_sampler_step(zl_sampler *s, int k, float *x, const float *eps, size_t n) {
+    if (k < 0 || k >= s->n_steps) return zl_set_error(ZL_EINVAL, "sampler: step %d outside [0, %d)", k, s->n_steps);
+    switch (s->kind) {
+    case ZL_SAMPLER_EULER: euler(x, eps, n, s->sigmas[k], s->sigmas[k + 1]); return ZL_OK;
+    case ZL_SAMPLER_EULER_A: return euler_ancestral(s, k, x, eps, n);
+    case ZL_SAMPLER_DPMPP_2M: return dpmpp_2m(s, k, x, eps, n);
+    }
+    return zl_set_error(ZL_EINVAL, "sampler: unknown kind");
+}

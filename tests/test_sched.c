@@ -1,0 +1,392 @@
+/* Schedulers, samplers and the RNG: diffusers' EulerDiscreteScheduler numbers
+ * from scheduler_cases.json / sched_io.safetensors; Euler ancestral and DPM++ 2M
+ * against formulas re-derived here (DPM++ in diffusers' variance preserving
+ * form) and against the closed-form answer for Gaussian data; Philox known
+ * answers and thread-count independence of the noise. */
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testlib.h"
+#include "ziplora/sample.h"
+
+static const char *k_families[] = {"mini-sdxl", "tiny-sd15"};
+
+static void test_scheduler_cases(const char *fam) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "%s/scheduler_cases.json", fam);
+    json_error_t jerr;
+    json_t *root = json_load_file(zt_data(rel), 0, &jerr);
+    CHECKM(root != NULL, "%s: %s", rel, jerr.text);
+    if (!root) return;
+    json_t *cfg = json_object_get(root, "config");
+    zl_schedule sch;
+    CHECK_OK(zl_schedule_init(&sch, (int)json_integer_value(json_object_get(cfg, "num_train_timesteps")),
+                              (float)json_real_value(json_object_get(cfg, "beta_start")),
+                              (float)json_real_value(json_object_get(cfg, "beta_end")),
+                              (int)json_integer_value(json_object_get(cfg, "steps_offset"))));
+    CHECK(!strcmp(json_string_value(json_object_get(cfg, "timestep_spacing")), "leading"));
+    CHECK(!strcmp(json_string_value(json_object_get(cfg, "beta_schedule")), "scaled_linear"));
+    json_t *runs = json_object_get(root, "runs");
+    CHECK(json_array_size(runs) == 5);
+    size_t i;
+    json_t *run;
+    json_array_foreach(runs, i, run) {
+        int n = (int)json_integer_value(json_object_get(run, "num_inference_steps"));
+        zl_sampler s;
+        CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_EULER, n, 0));
+        json_t *ts = json_object_get(run, "timesteps"), *sg = json_object_get(run, "sigmas");
+        CHECK((int)json_array_size(ts) == n && (int)json_array_size(sg) == n + 1);
+        float *ref_t = malloc(sizeof(float) * n), *ref_s = malloc(sizeof(float) * (n + 1));
+        for (int k = 0; k < n; k++) ref_t[k] = (float)json_number_value(json_array_get(ts, k));
+        for (int k = 0; k <= n; k++) ref_s[k] = (float)json_number_value(json_array_get(sg, k));
+        int same_t = 1;
+        for (int k = 0; k < n; k++) same_t &= s.timesteps[k] == ref_t[k];
+        CHECKM(same_t, "%s: timesteps for %d steps", fam, n);
+        char what[64];
+        snprintf(what, sizeof what, "%s sigmas(%d)", fam, n);
+        zt_close(what, s.sigmas, ref_s, n + 1, 1e-4);
+        CHECK(s.sigmas[n] == 0.0f);
+        float ins = (float)json_number_value(json_object_get(run, "init_noise_sigma"));
+        CHECKM(fabsf(s.init_noise_sigma - ins) <= 1e-4f * fmaxf(1, ins), "%s init_noise_sigma(%d): %g vs %g", fam, n,
+               s.init_noise_sigma, ins);
+        free(ref_t);
+        free(ref_s);
+        zl_sampler_free(&s);
+    }
+    json_t *loop = json_object_get(root, "euler_loop");
+    CHECK(json_integer_value(json_object_get(loop, "num_inference_steps")) == 8);
+    /* the stand-in model this test implements below */
+    CHECK(!strcmp(json_string_value(json_object_get(loop, "model")), "eps = 0.1 * scale_model_input(x, t) + 0.001 * t"));
+    json_decref(root);
+}
+
+static void test_sched_io(const char *fam) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "%s/sched_io.safetensors", fam);
+    zl_st_file *f = NULL;
+    CHECK_OK(zl_st_open(zt_data(rel), &f));
+    if (!f) return;
+    zl_schedule sch;
+    zl_schedule_default(&sch);
+    int64_t n;
+    float *ac = zl_st_load_f32(f, "alphas_cumprod", &n);
+    CHECK(ac && n == 1000);
+    if (ac) zt_close("alphas_cumprod", sch.alphas_cumprod, ac, 1000, 1e-4);
+    free(ac);
+
+    /* add_noise: three samples, each at its own timestep */
+    int64_t nx, nn, nt, no;
+    float *x0 = zl_st_load_f32(f, "add_noise_x0", &nx), *noise = zl_st_load_f32(f, "add_noise_noise", &nn);
+    float *t = zl_st_load_f32(f, "add_noise_t", &nt), *ref = zl_st_load_f32(f, "add_noise_out", &no);
+    CHECK(x0 && noise && t && ref && nt == 3 && nx == nn && nx == no);
+    if (x0 && noise && t && ref) {
+        float *out = malloc(sizeof(float) * nx);
+        int64_t per = nx / nt;
+        for (int b = 0; b < nt; b++)
+            CHECK_OK(zl_schedule_add_noise(&sch, (int)t[b], x0 + b * per, noise + b * per, out + b * per, (size_t)per));
+        zt_close("add_noise", out, ref, nx, 1e-4);
+        CHECK_ERR(zl_schedule_add_noise(&sch, 1000, x0, noise, out, 1));
+        free(out);
+    }
+    free(x0); free(noise); free(t); free(ref);
+
+    /* the 8-step Euler loop with eps = 0.1 * scale_model_input(x, t) + 0.001 * t */
+    int64_t ntr;
+    float *traj = zl_st_load_f32(f, "euler_traj", &ntr);
+    const zl_st_tensor *tt = zl_st_find(f, "euler_traj");
+    CHECK(traj && tt && tt->shape[0] == 9);
+    if (traj) {
+        int64_t per = ntr / 9;
+        zl_sampler s;
+        CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_EULER, 8, 0));
+        float *x = malloc(sizeof(float) * per), *eps = malloc(sizeof(float) * per);
+        memcpy(x, traj, sizeof(float) * per);
+        for (int k = 0; k < 8; k++) {
+            float sc = zl_sampler_input_scale(&s, k);
+            for (int64_t i = 0; i < per; i++) eps[i] = 0.1f * (x[i] * sc) + 0.001f * s.timesteps[k];
+            CHECK_OK(zl_sampler_step(&s, k, x, eps, (size_t)per));
+            char what[64];
+            snprintf(what, sizeof what, "%s euler_traj[%d]", fam, k + 1);
+            zt_close(what, x, traj + (k + 1) * per, per, 1e-4);
+        }
+        free(x); free(eps);
+        zl_sampler_free(&s);
+    }
+    free(traj);
+    zl_st_close(f);
+}
+
+static void test_philox_kat(void) {
+    /* Random123 kat_vectors, philox4x32 10 */
+    const uint32_t ctr[3][4] = {{0, 0, 0, 0}, {~0u, ~0u, ~0u, ~0u}, {0x243f6a88, 0x85a308d3, 0x13198a2e, 0x03707344}};
+    const uint32_t key[3][2] = {{0, 0}, {~0u, ~0u}, {0xa4093822, 0x299f31d0}};
+    const uint32_t want[3][4] = {{0x6627e8d5, 0xe169c58d, 0xbc57ac4c, 0x9b00dbd8},
+                                 {0x408f276d, 0x41c83b0e, 0xa20bc7c6, 0x6d5451fd},
+                                 {0xd16cfe09, 0x94fdcceb, 0x5001e420, 0x24126ea1}};
+    for (int c = 0; c < 3; c++) {
+        uint32_t out[4];
+        zl_philox4x32(ctr[c], key[c], out);
+        CHECKM(!memcmp(out, want[c], sizeof out), "philox KAT %d: %08x %08x %08x %08x", c, out[0], out[1], out[2], out[3]);
+    }
+}
+
+static void test_rng(void) {
+    const size_t n = 300001; /* above the threading threshold, odd on purpose */
+    float *a = malloc(sizeof(float) * n), *b = malloc(sizeof(float) * n), *c = malloc(sizeof(float) * n);
+    zl_rng r;
+    zl_rng_init(&r, 42, 0);
+    int saved = zl_get_threads();
+    zl_set_threads(1);
+    zl_rng_normal(&r, 0, a, n);
+    zl_set_threads(2);
+    zl_rng_normal(&r, 0, b, n);
+    zl_set_threads(saved);
+    CHECK(!memcmp(a, b, sizeof(float) * n));
+    /* any split of the index range gives the same values */
+    zl_rng_normal(&r, 0, c, 1001);
+    zl_rng_normal(&r, 1001, c + 1001, n - 1001);
+    CHECK(!memcmp(a, c, sizeof(float) * n));
+    /* moments of N(0,1): standard errors are 1/sqrt(n) = 0.0018 for the mean, sqrt(2/n) = 0.0026
+     * for the variance; allow 5 of them */
+    double m = 0, v = 0, m3 = 0;
+    for (size_t i = 0; i < n; i++) m += a[i];
+    m /= n;
+    for (size_t i = 0; i < n; i++) { double d = a[i] - m; v += d * d; m3 += d * d * d; }
+    v /= n;
+    m3 /= n;
+    CHECKM(fabs(m) < 5 * 0.0018, "normal mean %g", m);
+    CHECKM(fabs(v - 1) < 5 * 0.0026, "normal variance %g", v);
+    CHECKM(fabs(m3) < 5 * sqrt(15.0 / n), "normal third moment %g", m3);
+    int finite = 1;
+    for (size_t i = 0; i < n; i++) finite &= isfinite(a[i]);
+    CHECK(finite);
+    /* different seeds and streams differ */
+    zl_rng r2;
+    zl_rng_init(&r2, 43, 0);
+    zl_rng_normal(&r2, 0, b, 64);
+    CHECK(memcmp(a, b, sizeof(float) * 64) != 0);
+    zl_rng_init(&r2, 42, 1);
+    zl_rng_normal(&r2, 0, b, 64);
+    CHECK(memcmp(a, b, sizeof(float) * 64) != 0);
+    /* uniforms in [0, 1) with mean 1/2 */
+    zl_rng_uniform(&r, 0, c, n);
+    double um = 0;
+    int inrange = 1;
+    for (size_t i = 0; i < n; i++) { um += c[i]; inrange &= c[i] >= 0 && c[i] < 1; }
+    CHECK(inrange);
+    CHECKM(fabs(um / n - 0.5) < 5 * sqrt(1.0 / 12 / n), "uniform mean %g", um / n);
+    free(a); free(b); free(c);
+}
+
+/* Gaussian data x0 ~ N(mu, s^2): the exact denoiser's epsilon at noise level sigma. */
+static double gauss_eps(double x, double sigma, double mu, double s) { return sigma * (x - mu) / (s * s + sigma * sigma); }
+
+/* DPM-Solver++(2M) exactly as diffusers writes it, in the variance preserving
+ * space: alpha_t = 1/sqrt(sigma^2+1), sigma_t = sigma * alpha_t,
+ * lambda = log alpha_t - log sigma_t; x0 = (x - sigma_t eps) / alpha_t;
+ * first order x_t = (sigma_t/sigma_s) x - alpha_t (e^-h - 1) m0;
+ * second order adds D1 = (m0 - m1) / r0 with weight -0.5 alpha_t (e^-h - 1).
+ * The leading grid is re-derived here: ratio = 1000 // (N+1). */
+static void test_dpmpp_vs_vp_formula(void) {
+    zl_schedule sch;
+    zl_schedule_default(&sch);
+    const int N = 20;
+    const size_t n = 64;
+    zl_sampler s;
+    CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_DPMPP_2M, N, 0));
+    int ratio = 1000 / (N + 1);
+    int grid_ok = 1;
+    for (int k = 0; k < N; k++) grid_ok &= s.timesteps[k] == (float)((N - k) * ratio + 1);
+    CHECK(grid_ok);
+    float *noise = malloc(sizeof(float) * n), *x = malloc(sizeof(float) * n), *eps = malloc(sizeof(float) * n);
+    double *xv = malloc(sizeof(double) * n), *m_prev = malloc(sizeof(double) * n);
+    zl_rng r;
+    zl_rng_init(&r, 7, 0);
+    zl_rng_normal(&r, 0, noise, n);
+    const double mu = 0.3, sd = 0.7;
+    for (size_t i = 0; i < n; i++) { x[i] = noise[i] * s.init_noise_sigma; xv[i] = noise[i]; }
+    for (int k = 0; k < N; k++) {
+        double sg = sch.train_sigmas[(N - k) * ratio + 1];
+        double sn = k + 1 < N ? sch.train_sigmas[(N - k - 1) * ratio + 1] : 0.0;
+        /* ours, in sigma space */
+        float sc = zl_sampler_input_scale(&s, k);
+        for (size_t i = 0; i < n; i++) eps[i] = (float)gauss_eps(x[i], s.sigmas[k], mu, sd);
+        (void)sc;
+        CHECK_OK(zl_sampler_step(&s, k, x, eps, n));
+        /* reference, VP space */
+        double as = 1 / sqrt(sg * sg + 1), ss = sg * as;
+        double at = 1 / sqrt(sn * sn + 1), st = sn * at;
+        double ls = log(as) - log(ss);
+        for (size_t i = 0; i < n; i++) {
+            double e = gauss_eps(xv[i] / as, sg, mu, sd); /* the model sees x_vp = x_ve * alpha */
+            double m0 = (xv[i] - ss * e) / as;
+            if (sn == 0) {
+                xv[i] = m0; /* first order with sigma_t = 0, alpha_t = 1 */
+            } else {
+                double lt = log(at) - log(st), h = lt - ls;
+                double v = (st / ss) * xv[i] - at * (exp(-h) - 1) * m0;
+                if (k > 0) {
+                    double sp = sch.train_sigmas[(N - k + 1) * ratio + 1];
+                    double ap = 1 / sqrt(sp * sp + 1), lp = log(ap) - log(sp * ap);
+                    double r0 = (ls - lp) / h;
+                    v -= 0.5 * at * (exp(-h) - 1) * (m0 - m_prev[i]) / r0;
+                }
+                xv[i] = v;
+            }
+            m_prev[i] = m0;
+        }
+        /* compare in VP units: x_vp = x_ve * alpha at the new level */
+        double maxd = 0, maxr = 0;
+        for (size_t i = 0; i < n; i++) {
+            double ours = x[i] * at;
+            maxd = fmax(maxd, fabs(ours - xv[i]));
+            maxr = fmax(maxr, fabs(xv[i]));
+        }
+        CHECKM(maxd <= 1e-4 * fmax(1, maxr), "dpm++ 2m step %d: max diff %g", k, maxd);
+    }
+    free(noise); free(x); free(eps); free(xv); free(m_prev);
+    zl_sampler_free(&s);
+}
+
+/* Euler ancestral against its formula written out here (diffusers'
+ * EulerAncestralDiscreteScheduler.step), with the noise taken from the
+ * documented RNG stream 1000 + k. */
+static void test_euler_a_formula(void) {
+    zl_schedule sch;
+    zl_schedule_default(&sch);
+    const int N = 10;
+    const size_t n = 256;
+    zl_sampler s;
+    CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_EULER_A, N, 1234));
+    float *x = malloc(sizeof(float) * n), *eps = malloc(sizeof(float) * n), *z = malloc(sizeof(float) * n);
+    double *xr = malloc(sizeof(double) * n);
+    zl_rng r;
+    zl_rng_init(&r, 1234, 0);
+    zl_rng_normal(&r, 0, x, n);
+    for (size_t i = 0; i < n; i++) { x[i] *= s.init_noise_sigma; xr[i] = x[i]; }
+    int ok = 1;
+    for (int k = 0; k < N; k++) {
+        double sf = s.sigmas[k], st = s.sigmas[k + 1];
+        for (size_t i = 0; i < n; i++) eps[i] = (float)gauss_eps(x[i], sf, 0.0, 1.0);
+        CHECK_OK(zl_sampler_step(&s, k, x, eps, n));
+        double up = sqrt(st * st * (sf * sf - st * st) / (sf * sf));
+        double down = sqrt(st * st - up * up);
+        zl_rng rk;
+        zl_rng_init(&rk, 1234, 1000 + (uint64_t)k);
+        zl_rng_normal(&rk, 0, z, n);
+        double maxd = 0, maxr = 0;
+        for (size_t i = 0; i < n; i++) {
+            double e = gauss_eps(xr[i], sf, 0.0, 1.0);
+            double x0 = xr[i] - sf * e;
+            xr[i] = xr[i] + (xr[i] - x0) / sf * (down - sf) + z[i] * up;
+            maxd = fmax(maxd, fabs(xr[i] - x[i]));
+            maxr = fmax(maxr, fabs(xr[i]));
+        }
+        ok &= maxd <= 1e-4 * fmax(1, maxr);
+    }
+    CHECK(ok);
+    free(x); free(eps); free(z); free(xr);
+    zl_sampler_free(&s);
+}
+
+/* With the exact denoiser of Gaussian data N(mu, s^2), the probability-flow ODE
+ * dx/dsigma = sigma (x - mu) / (s^2 + sigma^2) has the solution
+ * x - mu ~ sqrt(s^2 + sigma^2), so from x_T at sigma_max the deterministic
+ * samplers must land at mu + (x_T - mu) s / sqrt(s^2 + sigma_max^2); the ancestral
+ * sampler must produce samples distributed as N(mu, s^2). Returns the relative
+ * error of the final scaling (deterministic) or of the final std (ancestral). */
+static double gaussian_run(zl_sampler_kind kind, int steps, double *mean_out) {
+    zl_schedule sch;
+    zl_schedule_default(&sch);
+    const double mu = 0.5, sd = 0.8;
+    const size_t n = 20000;
+    float *x = malloc(sizeof(float) * n), *eps = malloc(sizeof(float) * n), *noise = malloc(sizeof(float) * n);
+    zl_rng r;
+    zl_rng_init(&r, 99, 0);
+    zl_rng_normal(&r, 0, noise, n);
+    zl_sampler s;
+    CHECK_OK(zl_sampler_init(&s, &sch, kind, steps, 5));
+    double smax = s.sigmas[0], err = 0;
+    for (size_t i = 0; i < n; i++) x[i] = (float)(mu + noise[i] * s.init_noise_sigma);
+    for (int k = 0; k < s.n_steps; k++) {
+        for (size_t i = 0; i < n; i++) eps[i] = (float)gauss_eps(x[i], s.sigmas[k], mu, sd);
+        CHECK_OK(zl_sampler_step(&s, k, x, eps, n));
+    }
+    double m = 0, v = 0;
+    for (size_t i = 0; i < n; i++) m += x[i];
+    m /= n;
+    for (size_t i = 0; i < n; i++) v += (x[i] - m) * (x[i] - m);
+    *mean_out = m;
+    if (kind == ZL_SAMPLER_EULER_A) {
+        err = sqrt(v / n) / sd - 1;
+    } else {
+        /* every element is scaled by the same factor; measure it on the largest */
+        size_t imax = 0;
+        for (size_t i = 0; i < n; i++) if (fabsf(noise[i]) > fabsf(noise[imax])) imax = i;
+        double want = noise[imax] * s.init_noise_sigma * sd / sqrt(sd * sd + smax * smax);
+        err = (x[imax] - mu) / want - 1;
+    }
+    zl_sampler_free(&s);
+    free(x); free(eps); free(noise);
+    return err;
+}
+
+static void test_gaussian_closed_form(void) {
+    double m, e25, e200;
+    /* Euler is first order: 8x the steps should cut the error by about 8 */
+    e25 = gaussian_run(ZL_SAMPLER_EULER, 25, &m);
+    e200 = gaussian_run(ZL_SAMPLER_EULER, 200, &m);
+    CHECKM(fabs(e200) < 0.015 && fabs(e25) / fabs(e200) > 4, "euler: error %g at 25 steps, %g at 200", e25, e200);
+    CHECKM(fabs(m - 0.5) < 1e-2, "euler: mean %g", m);
+    /* DPM++ 2M is second order inside, but its last step is a first-order jump from the last
+     * grid sigma s_l to 0, which scales x - mu by s^2/(s^2+s_l^2) instead of s/sqrt(s^2+s_l^2):
+     * a relative error of about -s_l^2 / (2 s^2). That term must dominate. */
+    zl_schedule sch;
+    zl_schedule_default(&sch);
+    for (int steps = 25; steps <= 200; steps *= 2) {
+        zl_sampler s;
+        CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_DPMPP_2M, steps, 0));
+        double sl = s.sigmas[steps - 1], lead = -sl * sl / (2 * 0.8 * 0.8);
+        zl_sampler_free(&s);
+        double e = gaussian_run(ZL_SAMPLER_DPMPP_2M, steps, &m);
+        CHECKM(fabs(e - lead) < 0.25 * fabs(lead), "dpm++ 2m %d steps: error %g, last-step term %g", steps, e, lead);
+    }
+    /* Euler ancestral: the std of the samples converges to s (first order in the step) */
+    double a50 = gaussian_run(ZL_SAMPLER_EULER_A, 50, &m);
+    double a400 = gaussian_run(ZL_SAMPLER_EULER_A, 400, &m);
+    /* sampling error of the std is 1/sqrt(2n) = 0.5%, of the mean 0.8/sqrt(n) = 0.006 */
+    CHECKM(fabs(a400) < 0.025 && fabs(a400) < fabs(a50), "euler a: std error %g at 50 steps, %g at 400", a50, a400);
+    CHECKM(fabs(m - 0.5) < 0.03, "euler a: mean %g", m);
+}
+
+static void test_errors_and_names(void) {
+    zl_schedule sch;
+    zl_schedule_default(&sch);
+    zl_sampler s;
+    CHECK(zl_sampler_init(&s, &sch, ZL_SAMPLER_EULER, 0, 0) == ZL_EINVAL);
+    CHECK(zl_sampler_init(&s, &sch, ZL_SAMPLER_EULER, 1001, 0) == ZL_EINVAL);
+    CHECK(strstr(zl_errmsg(), "steps") != NULL);
+    CHECK(zl_sampler_init(&s, &sch, ZL_SAMPLER_DPMPP_2M, 1000, 0) == ZL_EINVAL);
+    CHECK(zl_schedule_init(&sch, 1, 0.1f, 0.2f, 0) == ZL_EINVAL);
+    CHECK(zl_sampler_from_name("euler") == ZL_SAMPLER_EULER);
+    CHECK(zl_sampler_from_name("Euler a") == ZL_SAMPLER_EULER_A);
+    CHECK(zl_sampler_from_name("dpmpp_2m") == ZL_SAMPLER_DPMPP_2M);
+    CHECK(zl_sampler_from_name("ddim") == -1);
+    CHECK(!strcmp(zl_sampler_name(ZL_SAMPLER_DPMPP_2M), "DPM++ 2M"));
+}
+
+int main(void) {
+    for (int i = 0; i < 2; i++) {
+        test_scheduler_cases(k_families[i]);
+        test_sched_io(k_families[i]);
+    }
+    test_philox_kat();
+    test_rng();
+    test_dpmpp_vs_vp_formula();
+    test_euler_a_formula();
+    test_gaussian_closed_form();
+    test_errors_and_names();
+    return zt_done();
+}
