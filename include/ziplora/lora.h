@@ -67,15 +67,165 @@ typedef struct {
                                           adapter_config.json next to the file is looked for) */
     const zl_unet_config *unet_config; /* the target model's UNet (else the family's standard config) */
     zl_family expect_family;           /* if set, a LoRA for another family is an error */
+    const zl_clip_config *te1_config;  /* the target's text encoders: when given, text-encoder */
+    const zl_clip_config *te2_config;  /* layers must match their shapes (else names only) */
 } zl_lora_load_opts;
 
 /* Load any supported layout into canonical form. Unsupported kinds (LoHa, LoKr,
  * Tucker lora_mid, DoRA dora_scale) and keys that map to no module are refused
- * with a message naming the keys. */
+ * with a message naming the keys.
+ *
+ * Names are looked up in the name tables (src/models/names.h) of the model's
+ * UNet config when opts->unet_config is given (then shapes must match it
+ * exactly), else of the family's standard config (then only the structure is
+ * checked: module kind and kernel size, not channel counts, so small test
+ * models load too).
+ *
+ * Base family, first rule that decides: opts->unet_config; metadata
+ * (ss_base_model_version "sdxl..."/"sd_v1...", modelspec.architecture
+ * "stable-diffusion-xl..."/"stable-diffusion-v1..."); key prefixes (lora_te1_,
+ * lora_te2_, text_encoder_2. -> SDXL; lora_te_ -> SD 1.x); cross-attention
+ * context width (an attn2.to_k/to_v input of 2048 -> SDXL, 768 -> SD 1.x);
+ * structure (every UNet key fits the standard SDXL table but not the SD 1.x one,
+ * or the reverse); opts->expect_family; else unknown. */
 int zl_lora_load(const char *path, const zl_lora_load_opts *opts, zl_lora **out);
 void zl_lora_free(zl_lora *l);
+/* Loading a file already open (path is used in messages and to find a PEFT
+ * adapter_config.json beside it). */
+struct zl_st_file;
+int zl_lora_load_st(const struct zl_st_file *f, const char *path, const zl_lora_load_opts *opts, zl_lora **out);
 /* Find a layer by part and canonical module name (NULL if absent). */
 const zl_lora_layer *zl_lora_find(const zl_lora *l, zl_part part, const char *module);
+
+
+/* ------------------------------------------------------------------------------------------------
+ * Writing, merging, re-ranking and inspecting LoRAs.
+ * Owner: the LoRA-writing helper (src/lora/lora_write.c, merge.c, svd.c, inspect.c).
+ * ------------------------------------------------------------------------------------------------ */
+
+typedef enum {
+    ZL_FORMAT_KOHYA = 0, /* lora_unet_<module>.lora_down/lora_up.weight + .alpha (ldm names for SDXL) */
+    ZL_FORMAT_PEFT = 1,  /* unet.<module>.lora_A/lora_B.weight, scale folded into B (alpha = rank) */
+} zl_lora_format;
+
+/* Parse "kohya" / "peft"; -1 if neither. */
+int zl_lora_format_parse(const char *s);
+
+typedef struct {
+    zl_lora_format format;
+    zl_dtype dtype;                    /* F32/F16/BF16, or ZL_DT_INVALID: each layer's own dtype */
+    const zl_unet_config *unet_config; /* names for kohya SDXL (else the family's standard config) */
+    const char *title;                 /* modelspec.title (else the output file's base name) */
+    const char *method;                /* ziplora_method (e.g. "convert", "merge"); NULL: none */
+    const char *params_json;           /* ziplora_params (a JSON object as text); NULL: none */
+    const char *const *inputs;         /* input files: their sha256 go into ziplora_inputs, and */
+    int n_inputs;                      /* the output may not replace any of them */
+    const char *const *input_sha256;   /* optional precomputed hex digests of `inputs` */
+} zl_lora_write_opts;
+
+/* Where a streamed writer gets a layer's values: fill `dst` with layer i's down
+ * ([rank, in*kh*kw], which = 0) or up ([out, rank], which = 1) in float32, as
+ * they would be in a zl_lora (unscaled: the layer's alpha still applies). */
+typedef struct {
+    int (*get)(void *ctx, int i, int which, float *dst);
+    void *ctx;
+} zl_lora_source;
+
+/* Write `l` (every layer's down/up filled) atomically. Never overwrites an input. */
+int zl_lora_write(const char *path, const zl_lora *l, const zl_lora_write_opts *opts);
+/* Same, but the values come from `src` one tensor at a time; the layers of
+ * `layout` need only names, kinds, shapes, ranks, alphas and dtypes (down/up may
+ * be NULL). The output is never all in memory at once. */
+int zl_lora_write_stream(const char *path, const zl_lora *layout, const zl_lora_source *src,
+                         const zl_lora_write_opts *opts);
+/* The key stem a layer gets in a format: "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q"
+ * (kohya, before ".lora_down.weight") or "unet.down_blocks.1....to_q" (PEFT, before ".lora_A.weight"). */
+int zl_lora_key(const zl_lora_layer *l, zl_family family, zl_lora_format format,
+                const zl_unet_config *unet_config, char *buf, size_t n);
+
+/* Merger vectors (one value per input feature) for the layers of a merge.
+ * File format (docs/formats.md): safetensors with "<module>.merger_content" and
+ * "<module>.merger_style", any float dtype, shape [in_features]; <module> is the
+ * canonical diffusers name for the UNet, and "te1.<module>" / "te2.<module>" for
+ * the text encoders (HF CLIP names). */
+typedef struct zl_mergers zl_mergers;
+int zl_mergers_load(const char *path, zl_mergers **out);
+void zl_mergers_free(zl_mergers *m);
+/* The merger of one side (0 content, 1 style) for a layer, or NULL; *n is its length. */
+const float *zl_mergers_find(const zl_mergers *m, zl_part part, const char *module, int style, int *n);
+
+typedef struct {
+    float w_content, w_style;  /* weights of each LoRA's dW (1, 1 for the plain sum) */
+    const zl_mergers *mergers; /* optional per-input-feature scales */
+    int rank;                  /* > 0: re-rank layers above this rank by truncated SVD */
+    zl_dtype dtype;            /* output dtype; ZL_DT_INVALID: the inputs' common dtype, else F32 */
+} zl_merge_opts;
+
+/* What a merge did, per output layer (sorted like the output). */
+typedef struct {
+    int n;
+    zl_part *part;
+    char **module;
+    int *rank_in;       /* rank of the exact merge */
+    int *rank_out;      /* after re-ranking */
+    double *rel_err;    /* ||dW - dW_k||_F / ||dW||_F (0 for layers kept exact) */
+    double *norm;       /* ||dW||_F of the exact merged layer (only computed with a re-rank) */
+    double overall;     /* sqrt(sum over layers of dropped sigma^2 / sum of ||dW||^2) */
+    int n_merged, n_content_only, n_style_only;
+} zl_merge_report;
+void zl_merge_report_free(zl_merge_report *r);
+
+/* dW_out = w_c * dW_c * diag(m_c) + w_s * dW_s * diag(m_s) for every layer, as an exact
+ * rank-concatenated LoRA (rank r_c + r_s, alpha = rank); one-sided layers pass through
+ * (scaled by their weight, keeping rank and alpha). Both LoRAs must be of the same family,
+ * with equal shapes for shared modules. `report` may be NULL. */
+int zl_lora_merge(const zl_lora *content, const zl_lora *style, const zl_merge_opts *opts,
+                  zl_lora **out, zl_merge_report *report);
+/* The same, written straight to a file without holding the merged LoRA in memory. */
+int zl_lora_merge_write(const char *path, const zl_lora *content, const zl_lora *style,
+                        const zl_merge_opts *opts, const zl_lora_write_opts *wopts,
+                        zl_merge_report *report);
+
+/* Best rank-k approximation of up [out, r] @ down [r, n] (k <= r), exact: QR of up and of
+ * down^T, SVD of the small core, in double. new_up [out, k] = U_k * S_k, new_down [k, n] = V_k^T.
+ * *rel_err = ||UD - new_up new_down||_F / ||UD||_F, *norm = ||UD||_F (either may be NULL). */
+int zl_lowrank_truncate(const float *up, const float *down, int out, int r, int n, int k,
+                        float *new_up, float *new_down, double *rel_err, double *norm);
+
+/* Numbers `inspect` shows for one layer; dW = scale * up @ down. */
+typedef struct {
+    double norm;     /* ||dW||_F */
+    double prune80;  /* ||dW - dW with its 80 % smallest-|.| entries zeroed||_F / ||dW||_F */
+    double prune90;  /* the same for 90 % */
+} zl_layer_stats;
+/* Builds this one layer's dense dW (and nothing more). */
+int zl_layer_stats_compute(const zl_lora_layer *l, zl_layer_stats *out);
+/* Mean over input features j of |cos(dW_a[:, j], dW_b[:, j])| (for convs, column j is every
+ * weight of input channel j), computed from the factors without a dense dW. Columns where
+ * either dW is zero are skipped; *n_used says how many counted. Shapes must match. */
+int zl_column_cosine(const zl_lora_layer *a, const zl_lora_layer *b, double *mean_abs_cos, int *n_used);
+
+typedef struct {
+    zl_part part;
+    const char *module;
+    const zl_lora_layer *a, *b; /* either may be NULL (layer only in the other LoRA) */
+    zl_layer_stats sa, sb;
+    double cos;                 /* mean |cos| (NAN unless both) */
+} zl_inspect_row;
+
+typedef struct {
+    int n;
+    zl_inspect_row *rows;       /* sorted: part, then module */
+    int n_common;
+    double mean_cos;            /* mean over common layers of the per-layer mean |cos| */
+} zl_inspect_result;
+
+/* Inspect one LoRA (b NULL) or compare two. */
+int zl_inspect(const zl_lora *a, const zl_lora *b, zl_inspect_result *out);
+void zl_inspect_result_free(zl_inspect_result *r);
+/* Draw per-layer similarity and sparsity as an SVG (atomic write). */
+int zl_inspect_plot(const char *path, const zl_inspect_result *r, const char *label_a,
+                    const char *label_b, const char *const *inputs, int n_inputs);
 
 #ifdef __cplusplus
 }

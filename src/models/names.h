@@ -12,13 +12,16 @@
 typedef enum {
     ZL_MOD_LINEAR = 0, /* weight [out, in] (+ bias) */
     ZL_MOD_CONV = 1,   /* weight [out, in, kh, kw] (+ bias) */
-    ZL_MOD_NORM = 2,   /* GroupNorm / LayerNorm: weight [C], bias [C] */
+    ZL_MOD_NORM = 2,   /* GroupNorm / LayerNorm: weight [C], bias [C] (in = out = C) */
+    ZL_MOD_EMBED = 3,  /* nn.Embedding: weight [in (entries), out (dim)], no bias */
 } zl_module_kind;
 
 typedef struct {
     const char *diffusers;  /* "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q" */
     const char *ldm;        /* "input_blocks.4.1.transformer_blocks.0.attn1.to_q" (UNet);
-                               for text encoders: the single-file name (see names.c) */
+                               for text encoders the HF name again: CLIP-L single files keep HF
+                               names under a family-specific prefix, and bigG's OpenCLIP layout
+                               (fused in_proj) is mapped by the text encoder itself */
     zl_module_kind kind;
     int in, out, kh, kw;
     int has_bias;
@@ -28,8 +31,13 @@ typedef struct zl_name_table zl_name_table;
 
 /* Every UNet module with weights, for this config. */
 int zl_name_table_unet(const zl_unet_config *cfg, zl_name_table **out);
-/* CLIP text encoder modules (HF names: text_model.encoder.layers.N.self_attn.q_proj, ...). */
+/* CLIP text encoder modules (HF names: text_model.encoder.layers.N.self_attn.q_proj, ...).
+ * text_projection (no bias) is listed when cfg->has_projection. */
 int zl_name_table_clip(const zl_clip_config *cfg, zl_name_table **out);
+/* Standard text encoder configs: CLIP ViT-L/14 (SD 1.x, SDXL's first) and OpenCLIP
+ * ViT-bigG/14 (SDXL's second, with projection). */
+void zl_names_clip_l_config(zl_clip_config *cfg);
+void zl_names_clip_bigg_config(zl_clip_config *cfg);
 void zl_name_table_free(zl_name_table *t);
 
 int zl_name_table_count(const zl_name_table *t);

@@ -1,0 +1,885 @@
+/* LoRA loading: every common on-disk layout (kohya on ldm or diffusers names,
+ * PEFT lora_A/B, diffusers .lora.down/up and the attention-processor form,
+ * text-encoder parts, LoCon convs) into the canonical zl_lora. A key is first
+ * split into (part, name, role) by its syntax alone; the name is then looked
+ * up in the name tables of the target model (src/models/names.c), so an
+ * underscore-flattened kohya name is only ever matched exactly, never split.
+ * Alpha comes from .alpha tensors, PEFT adapter metadata or an
+ * adapter_config.json, in that order, else alpha = rank. Variants we cannot
+ * load exactly (LoHa, LoKr, Tucker, DoRA, OFT) are refused by name. */
+#include <jansson.h>
+#include <limits.h>
+#include <math.h>
+#include <regex.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "models/names.h"
+#include "ziplora/fileio.h"
+#include "ziplora/lora.h"
+#include "ziplora/safetensors.h"
+
+typedef enum { ROLE_DOWN = 0, ROLE_UP = 1, ROLE_ALPHA = 2 } role_t;
+
+/* One tensor of the file, parsed by syntax. */
+typedef struct {
+    const char *key;
+    const zl_st_tensor *t;
+    char *name;              /* kohya: flat base without prefix; else the dotted module path */
+    int flat;                /* 1 for kohya keys */
+    zl_part part;
+    role_t role;
+    zl_lora_layout layout;   /* PEFT / DIFFUSERS_OLD for dotted keys; 0 for kohya (decided by lookup) */
+} entry;
+
+/* All tensors of one module. */
+typedef struct {
+    entry *e[3];             /* by role */
+    const zl_module_info *mod;
+    int is_ldm;
+} group;
+
+/* ---------------------------------------------------------------- key syntax */
+
+static int starts(const char *s, const char *p) { return !strncmp(s, p, strlen(p)); }
+
+/* Length of s without suffix `suf`, or -1 if s does not end with it (or would be empty). */
+static long base_len(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n > m && !strcmp(s + n - m, suf) ? (long)(n - m) : -1;
+}
+
+static char *strndup_(const char *s, size_t n) {
+    char *p = malloc(n + 1);
+    if (p) {
+        memcpy(p, s, n);
+        p[n] = 0;
+    }
+    return p;
+}
+
+/* LyCORIS and PEFT variants whose math is not LoRA's up @ down: refuse them by
+ * name rather than load something else. */
+static const struct {
+    const char *marker;
+    const char *what;
+} refused[] = {
+    {".hada_", "LoHa (LyCORIS hada_* tensors)"},
+    {".lokr_", "LoKr (LyCORIS lokr_* tensors)"},
+    {".lora_mid.", "Tucker-decomposed LoCon (lora_mid)"},
+    {".dora_scale", "DoRA (dora_scale)"},
+    {"lora_magnitude_vector", "DoRA (PEFT lora_magnitude_vector)"},
+    {".oft_", "OFT (oft_* tensors)"},
+    {".boft_", "BOFT (boft_* tensors)"},
+    {"lora_embedding_", "embedding LoRA (lora_embedding_A/B)"},
+    {".ia3_", "IA3"},
+};
+#define N_REFUSED ((int)(sizeof refused / sizeof refused[0]))
+
+static int refused_kind(const char *key) {
+    for (int i = 0; i < N_REFUSED; i++)
+        if (strstr(key, refused[i].marker)) return i;
+    return -1;
+}
+
+static const struct {
+    const char *prefix;
+    zl_part part;
+} kohya_prefix[] = {
+    {"lora_unet_", ZL_PART_UNET},
+    {"lora_te1_", ZL_PART_TE1},
+    {"lora_te2_", ZL_PART_TE2},
+    {"lora_te_", ZL_PART_TE1}, /* SD 1.x: its only text encoder */
+};
+
+/* Parse one key. Returns 0 if understood, 1 if not; ENOMEM on allocation failure.
+ * *plain_te is set for SD1's "lora_te_" prefix (family evidence). */
+static int parse_key(const char *key, entry *e, int *plain_te) {
+    memset(e, 0, sizeof *e);
+    e->key = key;
+    for (size_t i = 0; i < sizeof kohya_prefix / sizeof kohya_prefix[0]; i++) {
+        size_t pl = strlen(kohya_prefix[i].prefix);
+        if (strncmp(key, kohya_prefix[i].prefix, pl)) continue;
+        /* kohya: the base name never contains a dot, so the first dot ends it */
+        const char *dot = strchr(key, '.');
+        if (!dot || dot == key + pl) return 1;
+        const char *suf = dot + 1;
+        if (!strcmp(suf, "lora_down.weight")) e->role = ROLE_DOWN;
+        else if (!strcmp(suf, "lora_up.weight")) e->role = ROLE_UP;
+        else if (!strcmp(suf, "alpha")) e->role = ROLE_ALPHA;
+        else return 1;
+        e->flat = 1;
+        e->part = kohya_prefix[i].part;
+        if (i == 3) *plain_te = 1;
+        e->name = strndup_(key + pl, (size_t)(dot - key - (long)pl));
+        return e->name ? 0 : ZL_ENOMEM;
+    }
+
+    /* Dotted keys: a component prefix, the module path, a role suffix. */
+    const char *r = key;
+    int part = -1;
+    if (starts(r, "unet.")) r += 5, part = ZL_PART_UNET;
+    else if (starts(r, "text_encoder_2.")) r += 15, part = ZL_PART_TE2;
+    else if (starts(r, "text_encoder.")) r += 13, part = ZL_PART_TE1;
+    else if (starts(r, "base_model.model.")) r += 17;
+    if (part < 0) /* PEFT's own adapter files (or bare keys): the module path says which network */
+        part = starts(r, "text_model.") || starts(r, "text_projection.") ? ZL_PART_TE1 : ZL_PART_UNET;
+    e->part = (zl_part)part;
+
+    static const struct {
+        const char *suf;
+        role_t role;
+        zl_lora_layout layout;
+    } sufs[] = {
+        {".lora_A.weight", ROLE_DOWN, ZL_LAYOUT_PEFT},
+        {".lora_B.weight", ROLE_UP, ZL_LAYOUT_PEFT},
+        {".lora.down.weight", ROLE_DOWN, ZL_LAYOUT_DIFFUSERS_OLD},
+        {".lora.up.weight", ROLE_UP, ZL_LAYOUT_DIFFUSERS_OLD},
+        {".lora_linear_layer.down.weight", ROLE_DOWN, ZL_LAYOUT_DIFFUSERS_OLD},
+        {".lora_linear_layer.up.weight", ROLE_UP, ZL_LAYOUT_DIFFUSERS_OLD},
+        {".lora_down.weight", ROLE_DOWN, ZL_LAYOUT_DIFFUSERS_OLD},
+        {".lora_up.weight", ROLE_UP, ZL_LAYOUT_DIFFUSERS_OLD},
+        {".alpha", ROLE_ALPHA, ZL_LAYOUT_UNKNOWN},
+    };
+    for (size_t i = 0; i < sizeof sufs / sizeof sufs[0]; i++) {
+        long n = base_len(r, sufs[i].suf);
+        if (n <= 0) continue;
+        e->role = sufs[i].role;
+        e->layout = sufs[i].layout;
+        e->name = strndup_(r, (size_t)n);
+        return e->name ? 0 : ZL_ENOMEM;
+    }
+    /* PEFT with the adapter name kept: <module>.lora_A.<adapter>.weight */
+    for (int ab = 0; ab < 2; ab++) {
+        const char *tag = ab ? ".lora_B." : ".lora_A.";
+        const char *p = NULL, *q = r;
+        while ((q = strstr(q, tag))) p = q++;
+        if (!p || p == r) continue;
+        const char *adapter = p + 8, *w = strchr(adapter, '.');
+        if (!w || w == adapter || strcmp(w, ".weight")) continue;
+        e->role = ab ? ROLE_UP : ROLE_DOWN;
+        e->layout = ZL_LAYOUT_PEFT;
+        e->name = strndup_(r, (size_t)(p - r));
+        return e->name ? 0 : ZL_ENOMEM;
+    }
+    /* Attention-processor form: <attn>[.processor].to_q_lora.down.weight; to_out_lora is
+     * to_out.0 in a UNet. Old diffusers text-encoder files use the same names on self_attn. */
+    static const char *const proc[4] = {"to_q", "to_k", "to_v", "to_out"};
+    static const char *const unet_mod[4] = {"to_q", "to_k", "to_v", "to_out.0"};
+    static const char *const te_mod[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+    for (int ud = 0; ud < 2; ud++) {
+        long n = base_len(r, ud ? "_lora.up.weight" : "_lora.down.weight");
+        if (n <= 0) continue;
+        for (int k = 0; k < 4; k++) {
+            size_t pl = strlen(proc[k]);
+            if ((size_t)n <= pl + 1 || strncmp(r + n - (long)pl, proc[k], pl) || r[n - (long)pl - 1] != '.') continue;
+            size_t parent = (size_t)n - pl - 1;
+            if (parent > 10 && !strncmp(r + parent - 10, ".processor", 10)) parent -= 10;
+            const char *mod = e->part == ZL_PART_UNET ? unet_mod[k] : te_mod[k];
+            e->name = malloc(parent + strlen(mod) + 2);
+            if (!e->name) return ZL_ENOMEM;
+            memcpy(e->name, r, parent);
+            e->name[parent] = '.';
+            strcpy(e->name + parent + 1, mod);
+            e->role = ud ? ROLE_UP : ROLE_DOWN;
+            e->layout = ZL_LAYOUT_DIFFUSERS_OLD;
+            return 0;
+        }
+    }
+    return 1;
+}
+
+static int cmp_entry(const void *a, const void *b) {
+    const entry *x = a, *y = b;
+    if (x->part != y->part) return x->part < y->part ? -1 : 1;
+    if (x->flat != y->flat) return x->flat < y->flat ? -1 : 1;
+    int c = strcmp(x->name, y->name);
+    if (c) return c;
+    return (int)x->role - (int)y->role;
+}
+
+/* ---------------------------------------------------------------- family */
+
+static const char *part_name(zl_part p) {
+    return p == ZL_PART_UNET ? "UNet" : p == ZL_PART_TE1 ? "text encoder 1" : "text encoder 2";
+}
+
+/* -1: SD 2.x (refused); else a zl_family. */
+static int family_from_meta(const zl_st_file *f, char *why, size_t whyn) {
+    const char *v = zl_st_meta(f, "ss_base_model_version");
+    if (v) {
+        snprintf(why, whyn, "metadata ss_base_model_version '%s'", v);
+        if (starts(v, "sdxl")) return ZL_FAMILY_SDXL;
+        if (starts(v, "sd_v1") || starts(v, "sd_1") || starts(v, "v1")) return ZL_FAMILY_SD1;
+        if (starts(v, "sd_v2") || starts(v, "sd_2") || starts(v, "v2")) return -1;
+    }
+    v = zl_st_meta(f, "modelspec.architecture");
+    if (v) {
+        snprintf(why, whyn, "metadata modelspec.architecture '%s'", v);
+        if (starts(v, "stable-diffusion-xl")) return ZL_FAMILY_SDXL;
+        if (starts(v, "stable-diffusion-v1")) return ZL_FAMILY_SD1;
+        if (starts(v, "stable-diffusion-v2")) return -1;
+    }
+    return ZL_FAMILY_UNKNOWN;
+}
+
+/* Can this LoRA (by its down tensor) sit on module m? Linear wants [r, in];
+ * a conv wants [r, in, kh, kw] with the conv's own kernel ([r, in] for 1x1). */
+static int compatible(const zl_module_info *m, const zl_st_tensor *down) {
+    if (!down) return 1;
+    if (m->kind == ZL_MOD_LINEAR) return down->ndim == 2;
+    if (m->kind == ZL_MOD_CONV) {
+        if (down->ndim == 4) return down->shape[2] == m->kh && down->shape[3] == m->kw;
+        return down->ndim == 2 && m->kh == 1 && m->kw == 1;
+    }
+    return 0;
+}
+
+static const zl_module_info *find_module(const zl_name_table *t, const entry *e, int *is_ldm) {
+    *is_ldm = 0;
+    if (!t) return NULL;
+    return e->flat ? zl_name_find_kohya(t, e->name, is_ldm) : zl_name_find_diffusers(t, e->name);
+}
+
+static const entry *first_entry(const group *g) { return g->e[0] ? g->e[0] : g->e[1] ? g->e[1] : g->e[2]; }
+
+/* How many UNet groups fit table t (name found and kernel compatible). */
+static int count_fit(const zl_name_table *t, const group *g, int ng) {
+    int c = 0, ldm;
+    for (int i = 0; i < ng; i++) {
+        const entry *e = first_entry(&g[i]);
+        if (e->part != ZL_PART_UNET) continue;
+        const zl_module_info *m = find_module(t, e, &ldm);
+        if (m && compatible(m, g[i].e[ROLE_DOWN] ? g[i].e[ROLE_DOWN]->t : NULL)) c++;
+    }
+    return c;
+}
+
+static int is_attn2_kv(const entry *e) {
+    const char *s[4] = {"attn2_to_k", "attn2_to_v", "attn2.to_k", "attn2.to_v"};
+    for (int i = 0; i < 4; i++)
+        if (base_len(e->name, s[i]) > 0) return 1;
+    return 0;
+}
+
+/* ---------------------------------------------------------------- PEFT alpha */
+
+typedef struct {
+    int present;
+    double lora_alpha;
+    int r;                   /* 0 if not given */
+    int rslora;
+    json_t *alpha_pattern;   /* borrowed from root */
+    json_t *rank_pattern;
+    json_t *root;            /* owned (a reference) */
+    char src[512];           /* for messages */
+} peft_cfg;
+
+static void peft_cfg_free(peft_cfg *c) {
+    if (c->root) json_decref(c->root);
+    memset(c, 0, sizeof *c);
+}
+
+static json_t *jget(json_t *o, const char *prefix, const char *name) {
+    char k[128];
+    snprintf(k, sizeof k, "%s%s", prefix, name);
+    return json_object_get(o, k);
+}
+
+/* Read a LoraConfig dict (keys optionally prefixed by "unet." etc.). Returns
+ * ZL_OK with c->present = 0 when the object holds no LoRA settings. */
+static int peft_cfg_read(json_t *o, const char *prefix, const char *src, peft_cfg *c) {
+    memset(c, 0, sizeof *c);
+    json_t *a = jget(o, prefix, "lora_alpha"), *r = jget(o, prefix, "r"), *pt = jget(o, prefix, "peft_type");
+    if (!a && !r) return ZL_OK;
+    if (json_is_string(pt) && strcmp(json_string_value(pt), "LORA"))
+        return zl_set_error(ZL_EUNSUPPORTED, "%s: peft_type '%s' is not supported (only LORA)", src,
+                            json_string_value(pt));
+    c->present = 1;
+    snprintf(c->src, sizeof c->src, "%s", src);
+    c->lora_alpha = 8; /* LoraConfig's default */
+    if (a && !json_is_number(a)) return zl_set_error(ZL_EFORMAT, "%s: '%slora_alpha' is not a number", src, prefix);
+    if (a) c->lora_alpha = json_number_value(a);
+    if (r && !json_is_integer(r)) return zl_set_error(ZL_EFORMAT, "%s: '%sr' is not an integer", src, prefix);
+    if (r) c->r = (int)json_integer_value(r);
+    c->rslora = json_is_true(jget(o, prefix, "use_rslora"));
+    c->alpha_pattern = jget(o, prefix, "alpha_pattern");
+    c->rank_pattern = jget(o, prefix, "rank_pattern");
+    if (c->alpha_pattern && !json_is_object(c->alpha_pattern)) c->alpha_pattern = NULL;
+    if (c->rank_pattern && !json_is_object(c->rank_pattern)) c->rank_pattern = NULL;
+    c->root = json_incref(o);
+    return ZL_OK;
+}
+
+/* PEFT matches a pattern key against the module path as the regex
+ * (.*\.)?(KEY)$ from the start. */
+static int pattern_match(const char *pat, const char *module) {
+    size_t n = strlen(pat) + 16;
+    char *re_s = malloc(n);
+    if (!re_s) return 0;
+    snprintf(re_s, n, "^(.*\\.)?(%s)$", pat);
+    regex_t re;
+    int ok;
+    if (!regcomp(&re, re_s, REG_EXTENDED | REG_NOSUB)) {
+        ok = !regexec(&re, module, 0, NULL, 0);
+        regfree(&re);
+    } else { /* not a POSIX regex: fall back to a literal (.*\.)?KEY match */
+        long b = base_len(module, pat);
+        ok = !strcmp(module, pat) || (b > 0 && module[b - 1] == '.');
+    }
+    free(re_s);
+    return ok;
+}
+
+static json_t *pattern_lookup(json_t *patterns, const char *module) {
+    if (!patterns) return NULL;
+    const char *k;
+    json_t *v;
+    json_object_foreach(patterns, k, v) if (pattern_match(k, module)) return v;
+    return NULL;
+}
+
+/* alpha such that alpha / rank is PEFT's scale for this module. */
+static int peft_alpha(const peft_cfg *c, const char *module, int rank, const char *key, float *alpha) {
+    double a = c->lora_alpha;
+    int r = c->r;
+    json_t *v = pattern_lookup(c->alpha_pattern, module);
+    if (json_is_number(v)) a = json_number_value(v);
+    v = pattern_lookup(c->rank_pattern, module);
+    if (json_is_integer(v)) r = (int)json_integer_value(v);
+    if (r > 0 && r != rank)
+        return zl_set_error(ZL_ESHAPE, "%s says rank %d for module '%s', but tensor '%s' has rank %d", c->src, r,
+                            module, key, rank);
+    /* rsLoRA scales by alpha / sqrt(r) */
+    double eff = c->rslora ? a * sqrt((double)rank) : a;
+    if (!isfinite(eff)) return zl_set_error(ZL_EFORMAT, "%s: lora_alpha for '%s' is not finite", c->src, module);
+    *alpha = (float)eff;
+    return ZL_OK;
+}
+
+static int load_json_file(const char *path, json_t **out) {
+    char *s;
+    int rc = zl_read_file(path, &s, NULL);
+    if (rc) return rc;
+    json_error_t je;
+    *out = json_loads(s, 0, &je);
+    free(s);
+    if (!*out || !json_is_object(*out)) {
+        if (*out) json_decref(*out);
+        *out = NULL;
+        return zl_set_error(ZL_EFORMAT, "%s: not a JSON object (line %d: %s)", path, je.line, je.text);
+    }
+    return ZL_OK;
+}
+
+/* The adapter_config.json for `path`: opts, else <stem>.adapter_config.json for each
+ * stem of the file name (content.peft.safetensors -> content.peft, content), else
+ * adapter_config.json in the same folder. */
+static int find_adapter_config(const char *path, const char *given, peft_cfg *c) {
+    memset(c, 0, sizeof *c);
+    json_t *o = NULL;
+    int rc;
+    if (given) {
+        if ((rc = load_json_file(given, &o))) return rc;
+        rc = peft_cfg_read(o, "", given, c);
+        json_decref(o);
+        if (!rc && !c->present)
+            rc = zl_set_error(ZL_EFORMAT, "%s: no 'lora_alpha' or 'r' in this adapter config", given);
+        return rc;
+    }
+    size_t n = strlen(path);
+    char *buf = malloc(n + 32), *stem = strdup(path);
+    if (!buf || !stem) {
+        free(buf);
+        free(stem);
+        return zl_set_error(ZL_ENOMEM, "out of memory");
+    }
+    const char *slash = strrchr(stem, '/');
+    char *fname = slash ? stem + (slash - stem) + 1 : stem;
+    rc = ZL_OK;
+    for (;;) {
+        char *dot = strrchr(fname, '.');
+        if (!dot || dot == fname) break;
+        *dot = 0;
+        snprintf(buf, n + 32, "%s.adapter_config.json", stem);
+        if (zl_file_exists(buf) && !zl_is_dir(buf)) goto found;
+    }
+    snprintf(buf, n + 32, "%.*sadapter_config.json", (int)(fname - stem), stem);
+    if (zl_file_exists(buf) && !zl_is_dir(buf)) goto found;
+    free(buf);
+    free(stem);
+    return ZL_OK;
+found:
+    if (!(rc = load_json_file(buf, &o))) {
+        rc = peft_cfg_read(o, "", buf, c);
+        json_decref(o);
+    }
+    free(buf);
+    free(stem);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- loading */
+
+typedef struct {
+    const zl_st_file *f;
+    const char *path;
+    const zl_lora_load_opts *o;
+    entry *ent;
+    int nent;
+    group *g;
+    int ng;
+    zl_name_table *unet_std[2]; /* standard SDXL, SD1 */
+    zl_name_table *unet_cfg;    /* from opts->unet_config */
+    zl_name_table *te[3];       /* by part (index 1, 2) */
+    int te_strict[3];
+    peft_cfg meta_cfg[3], file_cfg;
+    int file_cfg_loaded;
+} loader;
+
+static void loader_free(loader *L) {
+    for (int i = 0; i < L->nent; i++) free(L->ent[i].name);
+    free(L->ent);
+    free(L->g);
+    zl_name_table_free(L->unet_std[0]);
+    zl_name_table_free(L->unet_std[1]);
+    zl_name_table_free(L->unet_cfg);
+    for (int i = 0; i < 3; i++) {
+        zl_name_table_free(L->te[i]);
+        peft_cfg_free(&L->meta_cfg[i]);
+    }
+    peft_cfg_free(&L->file_cfg);
+}
+
+/* Append up to `max` quoted keys to a message buffer. */
+static void list_keys(char *buf, size_t n, const char *const *keys, int nk, int max) {
+    size_t len = strlen(buf);
+    for (int i = 0; i < nk && i < max && len + 8 < n; i++) {
+        snprintf(buf + len, n - len, "%s'%s'", i ? ", " : "", keys[i]);
+        len = strlen(buf);
+    }
+    if (nk > max && len + 24 < n) snprintf(buf + len, n - len, ", ... (%d in all)", nk);
+}
+
+static int parse_all(loader *L, int *plain_te) {
+    int n = zl_st_count(L->f);
+    L->ent = calloc((size_t)(n ? n : 1), sizeof *L->ent);
+    if (!L->ent) return zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
+    const char **bad = calloc((size_t)(n ? n : 1), sizeof *bad);
+    const char **unk = calloc((size_t)(n ? n : 1), sizeof *unk);
+    if (!bad || !unk) {
+        free(bad);
+        free(unk);
+        return zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
+    }
+    int nbad = 0, nunk = 0, kind = -1, rc = ZL_OK;
+    for (int i = 0; i < n; i++) {
+        const zl_st_tensor *t = zl_st_at(L->f, i);
+        int k = refused_kind(t->name);
+        if (k >= 0) {
+            if (kind < 0) kind = k;
+            if (k == kind) bad[nbad++] = t->name;
+            continue;
+        }
+        entry *e = &L->ent[L->nent];
+        int r = parse_key(t->name, e, plain_te);
+        if (r == ZL_ENOMEM) {
+            rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
+            goto done;
+        }
+        if (r) {
+            free(e->name);
+            unk[nunk++] = t->name;
+            continue;
+        }
+        e->t = t;
+        L->nent++;
+    }
+    char msg[1024];
+    if (nbad) {
+        snprintf(msg, sizeof msg, "%s: %s is not supported; refusing tensors ", L->path, refused[kind].what);
+        list_keys(msg, sizeof msg, bad, nbad, 3);
+        rc = zl_set_error(ZL_EUNSUPPORTED, "%s", msg);
+    } else if (nunk) {
+        snprintf(msg, sizeof msg, "%s: %d tensor%s not LoRA weights of a known layout: ", L->path, nunk,
+                 nunk > 1 ? "s are" : " is");
+        list_keys(msg, sizeof msg, unk, nunk, 4);
+        rc = zl_set_error(ZL_EFORMAT, "%s", msg);
+    } else if (!L->nent) {
+        rc = zl_set_error(ZL_EFORMAT, "%s: no LoRA tensors in this file", L->path);
+    }
+done:
+    free(bad);
+    free(unk);
+    return rc;
+}
+
+static const char *role_suffix(role_t r) { return r == ROLE_DOWN ? "down" : r == ROLE_UP ? "up" : "alpha"; }
+
+static int group_all(loader *L) {
+    qsort(L->ent, (size_t)L->nent, sizeof *L->ent, cmp_entry);
+    L->g = calloc((size_t)L->nent, sizeof *L->g);
+    if (!L->g) return zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
+    for (int i = 0; i < L->nent; i++) {
+        entry *e = &L->ent[i];
+        group *g = L->ng ? &L->g[L->ng - 1] : NULL;
+        const entry *p = g ? first_entry(g) : NULL;
+        if (!p || p->part != e->part || p->flat != e->flat || strcmp(p->name, e->name)) g = &L->g[L->ng++];
+        if (g->e[e->role])
+            return zl_set_error(ZL_EFORMAT, "%s: tensors '%s' and '%s' are both the %s of module '%s'", L->path,
+                                g->e[e->role]->key, e->key, role_suffix(e->role), e->name);
+        g->e[e->role] = e;
+    }
+    for (int i = 0; i < L->ng; i++) {
+        group *g = &L->g[i];
+        if (!g->e[ROLE_DOWN] || !g->e[ROLE_UP]) {
+            const entry *e = first_entry(g);
+            return zl_set_error(ZL_EFORMAT, "%s: tensor '%s' has no matching %s tensor for module '%s'", L->path,
+                                e->key, g->e[ROLE_DOWN] ? "up (lora_up / lora_B)" : "down (lora_down / lora_A)",
+                                e->name);
+        }
+    }
+    return ZL_OK;
+}
+
+/* Decide the family and the UNet table; see the rule in lora.h. */
+static int choose_family(loader *L, int plain_te, zl_family *fam, const zl_name_table **unet_t, int *strict) {
+    char why[300] = "";
+    int meta = family_from_meta(L->f, why, sizeof why);
+    if (meta < 0) return zl_set_error(ZL_EUNSUPPORTED, "%s: a Stable Diffusion 2.x LoRA (%s) is not supported", L->path, why);
+    int has_unet = 0, has_te2 = 0, ctx_fam = ZL_FAMILY_UNKNOWN;
+    const char *ctx_key = NULL;
+    for (int i = 0; i < L->ng; i++) {
+        const entry *e = first_entry(&L->g[i]);
+        if (e->part == ZL_PART_TE2) has_te2 = 1;
+        if (e->part != ZL_PART_UNET) continue;
+        has_unet = 1;
+        const zl_st_tensor *d = L->g[i].e[ROLE_DOWN]->t;
+        if (ctx_fam == ZL_FAMILY_UNKNOWN && is_attn2_kv(e) && d->ndim == 2) {
+            if (d->shape[1] == 2048) ctx_fam = ZL_FAMILY_SDXL, ctx_key = L->g[i].e[ROLE_DOWN]->key;
+            else if (d->shape[1] == 768) ctx_fam = ZL_FAMILY_SD1, ctx_key = L->g[i].e[ROLE_DOWN]->key;
+        }
+    }
+    int key_fam = has_te2 ? ZL_FAMILY_SDXL : plain_te ? ZL_FAMILY_SD1 : ZL_FAMILY_UNKNOWN;
+    if (has_te2 && plain_te)
+        return zl_set_error(ZL_EFORMAT, "%s: mixes SD 1.x 'lora_te_' keys with SDXL second-text-encoder keys", L->path);
+    if (!meta && key_fam) snprintf(why, sizeof why, "%s keys", has_te2 ? "second text encoder" : "'lora_te_'");
+    int evid = meta ? meta : key_fam;
+
+    *strict = 0;
+    if (L->o->unet_config) {
+        const zl_unet_config *c = L->o->unet_config;
+        if (evid && evid != (int)c->family)
+            return zl_set_error(ZL_EINVAL, "%s: this is a %s LoRA (%s) but the model is %s", L->path,
+                                zl_family_name((zl_family)evid), why, zl_family_name(c->family));
+        int rc = zl_name_table_unet(c, &L->unet_cfg);
+        if (rc) return zl_error_prefix(rc, "%s", L->path);
+        *fam = c->family;
+        *unet_t = L->unet_cfg;
+        *strict = 1;
+        return ZL_OK;
+    }
+    zl_unet_config sx, s1;
+    zl_unet_config_sdxl_base(&sx);
+    zl_unet_config_sd15(&s1);
+    int rc;
+    if ((rc = zl_name_table_unet(&sx, &L->unet_std[0])) || (rc = zl_name_table_unet(&s1, &L->unet_std[1])))
+        return zl_error_prefix(rc, "%s", L->path);
+    int f = evid;
+    if (!f && ctx_fam) {
+        f = ctx_fam;
+        snprintf(why, sizeof why, "cross-attention width of '%s'", ctx_key);
+    }
+    int nu = 0;
+    for (int i = 0; i < L->ng; i++) nu += first_entry(&L->g[i])->part == ZL_PART_UNET;
+    int fit_x = count_fit(L->unet_std[0], L->g, L->ng), fit_1 = count_fit(L->unet_std[1], L->g, L->ng);
+    if (!f && has_unet) {
+        if (fit_x == nu && fit_1 < nu) f = ZL_FAMILY_SDXL;
+        else if (fit_1 == nu && fit_x < nu) f = ZL_FAMILY_SD1;
+        if (f) snprintf(why, sizeof why, "its modules exist only in the %s UNet", zl_family_name((zl_family)f));
+    }
+    zl_family ex = L->o->expect_family;
+    if (f && ex && (int)ex != f)
+        return zl_set_error(ZL_EINVAL, "%s: this is a %s LoRA (%s) but the model is %s", L->path,
+                            zl_family_name((zl_family)f), why, zl_family_name(ex));
+    if (!f) f = ex;
+    *fam = (zl_family)f;
+    if (f == ZL_FAMILY_SDXL) *unet_t = L->unet_std[0];
+    else if (f == ZL_FAMILY_SD1) *unet_t = L->unet_std[1];
+    else *unet_t = fit_1 > fit_x ? L->unet_std[1] : L->unet_std[0]; /* both fit alike: names agree */
+    return ZL_OK;
+}
+
+static int make_te_tables(loader *L, zl_family fam) {
+    zl_clip_config l, g;
+    zl_names_clip_l_config(&l);
+    zl_names_clip_bigg_config(&g);
+    const zl_clip_config *c1 = L->o->te1_config ? L->o->te1_config : &l;
+    const zl_clip_config *c2 = L->o->te2_config ? L->o->te2_config : &g;
+    L->te_strict[1] = L->o->te1_config != NULL;
+    L->te_strict[2] = L->o->te2_config != NULL;
+    int rc = zl_name_table_clip(c1, &L->te[1]);
+    if (!rc && fam != ZL_FAMILY_SD1) rc = zl_name_table_clip(c2, &L->te[2]);
+    return rc ? zl_error_prefix(rc, "%s", L->path) : ZL_OK;
+}
+
+static void shape_str(char *buf, size_t n, const zl_st_tensor *t) {
+    size_t len = 0;
+    buf[0] = 0;
+    len += (size_t)snprintf(buf, n, "[");
+    for (int i = 0; i < t->ndim && len < n; i++)
+        len += (size_t)snprintf(buf + len, n - len, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (len < n) snprintf(buf + len, n - len, "]");
+}
+
+static const char *mod_kind_name(zl_module_kind k) {
+    return k == ZL_MOD_LINEAR ? "Linear" : k == ZL_MOD_CONV ? "Conv2d" : k == ZL_MOD_NORM ? "norm" : "embedding";
+}
+
+static int read_values(loader *L, const zl_st_tensor *t, float **out) {
+    *out = malloc((size_t)t->numel * sizeof(float));
+    if (!*out) return zl_set_error(ZL_ENOMEM, "%s: out of memory reading '%s'", L->path, t->name);
+    zl_st_read_f32(t, *out);
+    for (int64_t i = 0; i < t->numel; i++)
+        if (!isfinite((*out)[i]))
+            return zl_set_error(ZL_ENUMERIC, "%s: tensor '%s' holds %s at element %lld", L->path, t->name,
+                                isnan((*out)[i]) ? "NaN" : "Inf", (long long)i);
+    return ZL_OK;
+}
+
+/* Check shapes and build one canonical layer (module already resolved). */
+static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
+    const zl_st_tensor *d = g->e[ROLE_DOWN]->t, *u = g->e[ROLE_UP]->t;
+    const zl_module_info *m = g->mod;
+    const char *dk = g->e[ROLE_DOWN]->key, *uk = g->e[ROLE_UP]->key;
+    char ds[96], us[96];
+    shape_str(ds, sizeof ds, d);
+    shape_str(us, sizeof us, u);
+    if (!(d->ndim == 2 || d->ndim == 4) || !(u->ndim == 2 || (u->ndim == 4 && u->shape[2] == 1 && u->shape[3] == 1)))
+        return zl_set_error(ZL_ESHAPE, "%s: '%s' %s / '%s' %s: expected down [r, in] or [r, in, kh, kw] and up [out, r] or [out, r, 1, 1]",
+                            L->path, dk, ds, uk, us);
+    for (int i = 0; i < d->ndim; i++)
+        if (d->shape[i] < 1 || d->shape[i] > INT_MAX / 16)
+            return zl_set_error(ZL_ESHAPE, "%s: '%s' has shape %s", L->path, dk, ds);
+    for (int i = 0; i < u->ndim; i++)
+        if (u->shape[i] < 1 || u->shape[i] > INT_MAX / 16)
+            return zl_set_error(ZL_ESHAPE, "%s: '%s' has shape %s", L->path, uk, us);
+    if (d->shape[0] != u->shape[1])
+        return zl_set_error(ZL_ESHAPE, "%s: '%s' has shape %s but its down '%s' has shape %s: rank %lld vs %lld",
+                            L->path, uk, us, dk, ds, (long long)u->shape[1], (long long)d->shape[0]);
+    if (!compatible(m, d))
+        return zl_set_error(ZL_ESHAPE, "%s: '%s' %s does not fit module '%s' (%s %dx%d kernel)", L->path, dk, ds,
+                            m->diffusers, mod_kind_name(m->kind), m->kh, m->kw);
+    y->rank = (int)d->shape[0];
+    y->in_features = (int)d->shape[1];
+    y->kh = d->ndim == 4 ? (int)d->shape[2] : 1;
+    y->kw = d->ndim == 4 ? (int)d->shape[3] : 1;
+    y->out_features = (int)u->shape[0];
+    y->kind = m->kind == ZL_MOD_CONV ? ZL_LORA_CONV : ZL_LORA_LINEAR;
+    if (strict && (y->in_features != m->in || y->out_features != m->out))
+        return zl_set_error(ZL_ESHAPE, "%s: '%s' %s / '%s' %s do not fit module '%s' (%s %d -> %d)", L->path, dk, ds,
+                            uk, us, m->diffusers, mod_kind_name(m->kind), m->in, m->out);
+    y->dtype = d->dtype;
+    int rc = read_values(L, d, &y->down);
+    if (!rc) rc = read_values(L, u, &y->up);
+    return rc;
+}
+
+static int alpha_of(loader *L, group *g, zl_lora_layer *y) {
+    const entry *ae = g->e[ROLE_ALPHA];
+    if (ae) {
+        const zl_st_tensor *t = ae->t;
+        if (t->numel != 1 || t->dtype == ZL_DT_BOOL)
+            return zl_set_error(ZL_EFORMAT, "%s: alpha tensor '%s' must hold one number", L->path, ae->key);
+        float a;
+        zl_st_read_f32(t, &a);
+        if (!isfinite(a)) return zl_set_error(ZL_ENUMERIC, "%s: alpha tensor '%s' is %s", L->path, ae->key, isnan(a) ? "NaN" : "Inf");
+        y->alpha = a;
+    } else if (!first_entry(g)->flat) {
+        /* PEFT/diffusers: adapter metadata, else an adapter_config.json, else alpha = r */
+        const peft_cfg *c = L->o->adapter_config ? NULL : &L->meta_cfg[y->part];
+        if (!c || !c->present) {
+            if (!L->file_cfg_loaded) {
+                int rc = find_adapter_config(L->path, L->o->adapter_config, &L->file_cfg);
+                if (rc) return rc;
+                L->file_cfg_loaded = 1;
+            }
+            c = &L->file_cfg;
+        }
+        if (c->present) {
+            int rc = peft_alpha(c, y->module, y->rank, g->e[ROLE_DOWN]->key, &y->alpha);
+            if (rc) return zl_error_prefix(rc, "%s", L->path);
+        } else {
+            y->alpha = (float)y->rank;
+        }
+    } else {
+        y->alpha = (float)y->rank; /* kohya without alpha: scale 1 */
+    }
+    if (y->alpha == 0.0f) y->alpha = (float)y->rank;
+    return ZL_OK;
+}
+
+static int read_meta_cfg(loader *L) {
+    const char *s = zl_st_meta(L->f, "lora_adapter_metadata");
+    if (!s) return ZL_OK;
+    json_error_t je;
+    json_t *o = json_loads(s, 0, &je);
+    if (!o || !json_is_object(o)) {
+        if (o) json_decref(o);
+        return zl_set_error(ZL_EFORMAT, "%s: metadata 'lora_adapter_metadata' is not a JSON object (%s)", L->path, je.text);
+    }
+    char src[600];
+    snprintf(src, sizeof src, "%s: lora_adapter_metadata", L->path);
+    int rc = peft_cfg_read(o, "", src, &L->meta_cfg[0]);
+    if (!rc && L->meta_cfg[0].present) {
+        /* one config for every part */
+        rc = peft_cfg_read(o, "", src, &L->meta_cfg[1]);
+        if (!rc) rc = peft_cfg_read(o, "", src, &L->meta_cfg[2]);
+    } else if (!rc) {
+        /* diffusers packs each component's config under "<component>." */
+        static const char *const pre[3] = {"unet.", "text_encoder.", "text_encoder_2."};
+        for (int p = 0; p < 3 && !rc; p++) rc = peft_cfg_read(o, pre[p], src, &L->meta_cfg[p]);
+    }
+    json_decref(o);
+    return rc;
+}
+
+static int cmp_layer(const void *a, const void *b) {
+    const zl_lora_layer *x = a, *y = b;
+    if (x->part != y->part) return x->part < y->part ? -1 : 1;
+    return strcmp(x->module, y->module);
+}
+
+int zl_lora_load_st(const zl_st_file *f, const char *path, const zl_lora_load_opts *opts, zl_lora **out) {
+    *out = NULL;
+    zl_lora_load_opts none;
+    memset(&none, 0, sizeof none);
+    loader L;
+    memset(&L, 0, sizeof L);
+    L.f = f;
+    L.path = path ? path : zl_st_path(f);
+    L.o = opts ? opts : &none;
+    zl_lora *lo = calloc(1, sizeof *lo);
+    int rc = lo ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory");
+    int plain_te = 0, strict = 0;
+    const zl_name_table *unet_t = NULL;
+    zl_family fam = ZL_FAMILY_UNKNOWN;
+    if (rc) goto fail;
+    if ((rc = parse_all(&L, &plain_te))) goto fail;
+    if ((rc = group_all(&L))) goto fail;
+    if ((rc = choose_family(&L, plain_te, &fam, &unet_t, &strict))) goto fail;
+    if ((rc = make_te_tables(&L, fam))) goto fail;
+    if ((rc = read_meta_cfg(&L))) goto fail;
+
+    /* Resolve every module; report all that map to nothing at once. */
+    const char **unmapped = calloc((size_t)L.ng, sizeof *unmapped);
+    if (!unmapped) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto fail; }
+    int nun = 0, lay_seen[ZL_LAYOUT_MIXED + 1] = {0}, te_kohya = 0;
+    for (int i = 0; i < L.ng; i++) {
+        group *g = &L.g[i];
+        const entry *e = first_entry(g);
+        const zl_name_table *t = e->part == ZL_PART_UNET ? unet_t : L.te[e->part];
+        g->mod = find_module(t, e, &g->is_ldm);
+        if (!g->mod) {
+            unmapped[nun++] = g->e[ROLE_DOWN]->key;
+            continue;
+        }
+        if (e->flat && e->part != ZL_PART_UNET) te_kohya = 1;
+        else if (e->flat) lay_seen[g->is_ldm ? ZL_LAYOUT_KOHYA_LDM : ZL_LAYOUT_KOHYA_DIFFUSERS] = 1;
+        else lay_seen[g->e[ROLE_DOWN]->layout] = 1;
+    }
+    if (nun) {
+        char msg[1200];
+        snprintf(msg, sizeof msg, "%s: %d LoRA module%s map%s to no module of the %s model: ", L.path, nun,
+                 nun > 1 ? "s" : "", nun > 1 ? "" : "s", zl_family_name(fam));
+        list_keys(msg, sizeof msg, unmapped, nun, 4);
+        free(unmapped);
+        rc = zl_set_error(ZL_ENOTFOUND, "%s", msg);
+        goto fail;
+    }
+    free(unmapped);
+
+    lo->layers = calloc((size_t)L.ng, sizeof *lo->layers);
+    const char **src_key = calloc((size_t)L.ng, sizeof *src_key);
+    if (!lo->layers || !src_key) {
+        free(src_key);
+        rc = zl_set_error(ZL_ENOMEM, "out of memory");
+        goto fail;
+    }
+    for (int i = 0; i < L.ng; i++) {
+        group *g = &L.g[i];
+        zl_lora_layer *y = &lo->layers[lo->n++];
+        zl_part part = first_entry(g)->part;
+        y->part = part;
+        y->module = strdup(g->mod->diffusers);
+        if (!y->module) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); break; }
+        int st = part == ZL_PART_UNET ? strict : L.te_strict[part];
+        if ((rc = build_layer(&L, g, st, y))) break;
+        if ((rc = alpha_of(&L, g, y))) break;
+        src_key[i] = g->e[ROLE_DOWN]->key;
+    }
+    if (!rc) {
+        /* Sort; a copy of the unsorted order maps each module string back to its key,
+         * so a duplicate can name both source tensors. */
+        zl_lora_layer *tmp = malloc((size_t)lo->n * sizeof *tmp);
+        if (!tmp) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+        else {
+            memcpy(tmp, lo->layers, (size_t)lo->n * sizeof *tmp);
+            qsort(lo->layers, (size_t)lo->n, sizeof *lo->layers, cmp_layer);
+            for (int i = 1; i < lo->n && !rc; i++) {
+                if (lo->layers[i].part != lo->layers[i - 1].part || strcmp(lo->layers[i].module, lo->layers[i - 1].module))
+                    continue;
+                const char *k1 = "?", *k2 = "?";
+                for (int j = 0; j < lo->n; j++) {
+                    if (tmp[j].module == lo->layers[i - 1].module) k1 = src_key[j];
+                    if (tmp[j].module == lo->layers[i].module) k2 = src_key[j];
+                }
+                rc = zl_set_error(ZL_EFORMAT, "%s: tensors '%s' and '%s' are for the same module '%s' (%s)", L.path,
+                                  k1, k2, lo->layers[i].module, part_name(lo->layers[i].part));
+            }
+            free(tmp);
+        }
+    }
+    free(src_key);
+    if (rc) goto fail;
+
+    int nlay = 0;
+    lo->layout = ZL_LAYOUT_UNKNOWN;
+    for (int k = 1; k < ZL_LAYOUT_MIXED; k++)
+        if (lay_seen[k]) nlay++, lo->layout = (zl_lora_layout)k;
+    if (nlay > 1) lo->layout = ZL_LAYOUT_MIXED;
+    if (!nlay && te_kohya) lo->layout = ZL_LAYOUT_KOHYA_DIFFUSERS; /* text encoders only: HF names */
+    lo->family = fam;
+    lo->path = strdup(L.path);
+    int nm = zl_st_meta_count(f);
+    if (nm) {
+        lo->meta_k = calloc((size_t)nm, sizeof *lo->meta_k);
+        lo->meta_v = calloc((size_t)nm, sizeof *lo->meta_v);
+        if (!lo->meta_k || !lo->meta_v) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto fail; }
+        for (int i = 0; i < nm; i++) {
+            lo->meta_k[i] = strdup(zl_st_meta_key(f, i));
+            lo->meta_v[i] = strdup(zl_st_meta_value(f, i));
+            lo->n_meta++;
+            if (!lo->meta_k[i] || !lo->meta_v[i]) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto fail; }
+        }
+    }
+    if (!lo->path) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto fail; }
+    loader_free(&L);
+    *out = lo;
+    return ZL_OK;
+fail:
+    loader_free(&L);
+    zl_lora_free(lo);
+    return rc;
+}
+
+int zl_lora_load(const char *path, const zl_lora_load_opts *opts, zl_lora **out) {
+    *out = NULL;
+    zl_st_file *f;
+    int rc = zl_st_open(path, &f);
+    if (rc) return rc;
+    rc = zl_lora_load_st(f, path, opts, out);
+    zl_st_close(f);
+    return rc;
+}
