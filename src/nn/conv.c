@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/conv_tiles.h"
 #include "nn/ops.h"
 
 /* Column-buffer budget per tile: big enough that sgemm sees N >= ~1000
@@ -125,6 +126,15 @@ static void fill_bias(float *y, const float *b, int Cout, size_t HW) {
 }
 
 void zl_conv2d_fwd(float *y, const float *x, const float *Wt, const float *b, const zl_conv_shape *s) {
+    zl_conv2d_fwd_rows(y, x, Wt, b, s, 0);
+}
+
+void zl_conv2d_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *Wt,
+                   const zl_conv_shape *s) {
+    zl_conv2d_bwd_rows(dx, dW, db, dy, x, Wt, s, 0);
+}
+
+void zl_conv2d_fwd_rows(float *y, const float *x, const float *Wt, const float *b, const zl_conv_shape *s, int rows) {
     const int Ho = zl_conv_out_h(s), Wo = zl_conv_out_w(s);
     const size_t HWo = (size_t)Ho * Wo, HWi = (size_t)s->H * s->W;
     const int K = s->Cin * s->kh * s->kw;
@@ -138,7 +148,7 @@ void zl_conv2d_fwd(float *y, const float *x, const float *Wt, const float *b, co
         }
         return;
     }
-    int R = tile_rows(s, Ho, Wo);
+    int R = rows > 0 ? (rows < Ho ? rows : Ho) : tile_rows(s, Ho, Wo);
     float *col = alloc_col(K, Wo, &R); // [K, R*Wo]
     if (!col) {
         poison(y, (size_t)s->B * s->Cout * HWo);
@@ -157,8 +167,8 @@ void zl_conv2d_fwd(float *y, const float *x, const float *Wt, const float *b, co
     free(col);
 }
 
-void zl_conv2d_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *Wt,
-                   const zl_conv_shape *s) {
+void zl_conv2d_bwd_rows(float *dx, float *dW, float *db, const float *dy, const float *x, const float *Wt,
+                        const zl_conv_shape *s, int rows) {
     const int Ho = zl_conv_out_h(s), Wo = zl_conv_out_w(s);
     const size_t HWo = (size_t)Ho * Wo, HWi = (size_t)s->H * s->W;
     const int K = s->Cin * s->kh * s->kw;
@@ -187,7 +197,7 @@ void zl_conv2d_bwd(float *dx, float *dW, float *db, const float *dy, const float
         }
         return;
     }
-    int R = tile_rows(s, Ho, Wo);
+    int R = rows > 0 ? (rows < Ho ? rows : Ho) : tile_rows(s, Ho, Wo);
     float *col = alloc_col(K, Wo, &R); // [K, R*Wo], im2col of x or dcol
     if (!col) {
         if (dx) poison(dx, (size_t)s->B * s->Cin * HWi);
