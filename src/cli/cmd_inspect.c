@@ -1,0 +1,208 @@
+/* `ziplora inspect A [B]`: per layer kind, shape, rank, alpha, scale, ||dW||,
+ * the paper's sparsity observation, and with two LoRAs the per-layer column
+ * cosine similarity (paper Fig. 3). A table on stdout, --json for machines,
+ * --plot FILE.svg for people. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "lora_cli.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: ziplora inspect A.safetensors [B.safetensors] [--json] [--plot FILE.svg] [options]\n\n"
+            "Per layer: kind, shape, rank, alpha, scale = alpha/rank, ||dW||_F (dW = scale * up @ down), and the\n"
+            "relative change ||dW - dW_pruned|| / ||dW|| when the 80 %% / 90 %% smallest-magnitude entries of dW\n"
+            "are zeroed. With two LoRAs also the mean |cosine| between matching columns (input features) of\n"
+            "dW_A and dW_B per layer, and its mean over the shared layers.\n\n"
+            "options:\n"
+            "  --json                machine-readable output on stdout\n"
+            "  --plot FILE.svg       draw per-layer similarity and sparsity\n"
+            "  --model M             name layers with this model's UNet config\n"
+            "  --adapter-config F    PEFT adapter_config.json for the inputs' alpha\n"
+            "  -q, -v, --threads N   quiet, verbose, threads\n");
+}
+
+static const char *part_name(zl_part p) { return p == ZL_PART_UNET ? "unet" : p == ZL_PART_TE1 ? "te1" : "te2"; }
+
+static const char *layout_name(zl_lora_layout l) {
+    switch (l) {
+    case ZL_LAYOUT_KOHYA_LDM: return "kohya (ldm names)";
+    case ZL_LAYOUT_KOHYA_DIFFUSERS: return "kohya (diffusers names)";
+    case ZL_LAYOUT_PEFT: return "peft";
+    case ZL_LAYOUT_DIFFUSERS_OLD: return "diffusers (old)";
+    case ZL_LAYOUT_MIXED: return "mixed";
+    default: return "unknown";
+    }
+}
+
+static void shape_str(const zl_lora_layer *l, char *b, size_t n) {
+    if (l->kind == ZL_LORA_CONV) snprintf(b, n, "%dx%dx%dx%d", l->out_features, l->in_features, l->kh, l->kw);
+    else snprintf(b, n, "%dx%d", l->out_features, l->in_features);
+}
+
+static void json_num(FILE *fp, double v) {
+    if (isfinite(v)) fprintf(fp, "%.17g", v);
+    else fprintf(fp, "null");
+}
+
+static void json_side(FILE *fp, const zl_lora_layer *l, const zl_layer_stats *s) {
+    if (!l) {
+        fprintf(fp, "null");
+        return;
+    }
+    fprintf(fp, "{\"rank\":%d,\"alpha\":", l->rank);
+    json_num(fp, l->alpha);
+    fprintf(fp, ",\"scale\":");
+    json_num(fp, zl_lora_scale(l));
+    fprintf(fp, ",\"dtype\":\"%s\",\"norm\":", zl_dtype_name(l->dtype));
+    json_num(fp, s->norm);
+    fprintf(fp, ",\"prune80\":");
+    json_num(fp, s->prune80);
+    fprintf(fp, ",\"prune90\":");
+    json_num(fp, s->prune90);
+    fprintf(fp, "}");
+}
+
+static void print_json(const zl_lora *a, const zl_lora *b, const zl_inspect_result *r) {
+    FILE *fp = stdout;
+    fprintf(fp, "{\"files\":[");
+    for (int k = 0; k < (b ? 2 : 1); k++) {
+        const zl_lora *l = k ? b : a;
+        fprintf(fp, "%s{\"path\":", k ? "," : "");
+        zl_lora_cli_json_str(fp, l->path ? l->path : "");
+        fprintf(fp, ",\"family\":\"%s\",\"layout\":\"%s\",\"layers\":%d}", zl_family_name(l->family),
+                layout_name(l->layout), l->n);
+    }
+    fprintf(fp, "],\n\"layers\":[\n");
+    for (int i = 0; i < r->n; i++) {
+        const zl_inspect_row *q = &r->rows[i];
+        const zl_lora_layer *l = q->a ? q->a : q->b;
+        fprintf(fp, "%s{\"part\":\"%s\",\"module\":", i ? ",\n" : "", part_name(q->part));
+        zl_lora_cli_json_str(fp, q->module);
+        fprintf(fp, ",\"kind\":\"%s\",\"shape\":", l->kind == ZL_LORA_CONV ? "conv" : "linear");
+        if (l->kind == ZL_LORA_CONV) fprintf(fp, "[%d,%d,%d,%d]", l->out_features, l->in_features, l->kh, l->kw);
+        else fprintf(fp, "[%d,%d]", l->out_features, l->in_features);
+        fprintf(fp, ",\"a\":");
+        json_side(fp, q->a, &q->sa);
+        if (b) {
+            fprintf(fp, ",\"b\":");
+            json_side(fp, q->b, &q->sb);
+            fprintf(fp, ",\"mean_abs_cos\":");
+            json_num(fp, q->cos);
+        }
+        fprintf(fp, "}");
+    }
+    fprintf(fp, "\n]");
+    if (b) {
+        fprintf(fp, ",\n\"n_common\":%d,\"mean_abs_cos\":", r->n_common);
+        json_num(fp, r->mean_cos);
+    }
+    fprintf(fp, "}\n");
+}
+
+static void print_side(const zl_lora_layer *l, const zl_layer_stats *s) {
+    if (!l) {
+        printf(" %5s %7s %6s %10s %6s %6s", "-", "-", "-", "-", "-", "-");
+        return;
+    }
+    printf(" %5d %7.4g %6.3g %10.4g %5.1f%% %5.1f%%", l->rank, (double)l->alpha, (double)zl_lora_scale(l), s->norm,
+           100 * s->prune80, 100 * s->prune90);
+}
+
+static void print_table(const zl_lora *a, const zl_lora *b, const zl_inspect_result *r) {
+    int w = 20;
+    for (int i = 0; i < r->n; i++) {
+        int n = (int)strlen(r->rows[i].module);
+        if (n > w) w = n;
+    }
+    for (int k = 0; k < (b ? 2 : 1); k++) {
+        const zl_lora *l = k ? b : a;
+        printf("%s: %s  (family %s, layout %s, %d layers)\n", k ? "B" : "A", l->path ? l->path : "?",
+               zl_family_name(l->family), layout_name(l->layout), l->n);
+    }
+    printf("\n%-4s %-*s %-6s %-14s", "part", w, "module", "kind", "shape");
+    const char *hdr = " %5s %7s %6s %10s %6s %6s";
+    printf(hdr, "rank", "alpha", "scale", "||dW||", "-80%", "-90%");
+    if (b) {
+        printf(" |");
+        printf(hdr, "rank", "alpha", "scale", "||dW||", "-80%", "-90%");
+        printf(" | %7s", "|cos|");
+    }
+    printf("\n");
+    for (int i = 0; i < r->n; i++) {
+        const zl_inspect_row *q = &r->rows[i];
+        const zl_lora_layer *l = q->a ? q->a : q->b;
+        char sh[64];
+        shape_str(l, sh, sizeof sh);
+        printf("%-4s %-*s %-6s %-14s", part_name(q->part), w, q->module, l->kind == ZL_LORA_CONV ? "conv" : "linear", sh);
+        print_side(q->a, &q->sa);
+        if (b) {
+            printf(" |");
+            print_side(q->b, &q->sb);
+            if (isfinite(q->cos)) printf(" | %7.4f", q->cos);
+            else printf(" | %7s", "-");
+        }
+        printf("\n");
+    }
+    printf("\n-80%%/-90%%: relative change of dW when its 80%%/90%% smallest-magnitude entries are zeroed.\n");
+    if (b) {
+        if (r->n_common) printf("mean |cos| between matching columns over %d shared layers: %.6f\n", r->n_common, r->mean_cos);
+        else printf("the two LoRAs share no layer\n");
+    }
+}
+
+static const char *base(const char *p) {
+    const char *s = strrchr(p, '/');
+    return s ? s + 1 : p;
+}
+
+int zl_cmd_inspect(int argc, char **argv) {
+    const char *pa = NULL, *pb = NULL, *plot = NULL;
+    int json = 0;
+    zl_lora_cli_flags lf;
+    memset(&lf, 0, sizeof lf);
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int c = zl_cli_common("inspect", argc, argv, &i);
+        if (c < 0) return ZL_EXIT_USAGE;
+        if (c) continue;
+        c = zl_lora_cli_flag("inspect", argc, argv, &i, &lf);
+        if (c < 0) return ZL_EXIT_USAGE;
+        if (c) continue;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return ZL_EXIT_OK;
+        }
+        if (!strcmp(a, "--json")) json = 1;
+        else if (!strcmp(a, "--plot")) {
+            if (i + 1 >= argc) return zl_cli_usage("inspect", "--plot needs a file name");
+            plot = argv[++i];
+        } else if (a[0] == '-' && a[1]) return zl_cli_usage("inspect", "unknown option '%s'", a);
+        else if (!pa) pa = a;
+        else if (!pb) pb = a;
+        else return zl_cli_usage("inspect", "at most two LoRAs can be inspected (got '%s')", a);
+    }
+    if (!pa) return zl_cli_usage("inspect", "no LoRA given");
+    int rc = zl_lora_cli_prepare(&lf);
+    if (rc) return zl_cli_fail(rc, NULL);
+    zl_lora *a = NULL, *b = NULL;
+    rc = zl_lora_cli_load(pa, &lf, &a);
+    if (!rc && pb) rc = zl_lora_cli_load(pb, &lf, &b);
+    zl_inspect_result r;
+    memset(&r, 0, sizeof r);
+    if (!rc) rc = zl_inspect(a, b, &r);
+    if (!rc) {
+        if (json) print_json(a, b, &r);
+        else print_table(a, b, &r);
+        if (plot) {
+            const char *inputs[2] = {pa, pb};
+            rc = zl_inspect_plot(plot, &r, base(pa), pb ? base(pb) : NULL, inputs, pb ? 2 : 1);
+            if (!rc) zl_info("wrote %s", plot);
+        }
+    }
+    zl_inspect_result_free(&r);
+    zl_lora_free(a);
+    zl_lora_free(b);
+    return rc ? zl_cli_fail(rc == ZL_EINVAL ? ZL_EFORMAT : rc, NULL) : ZL_EXIT_OK;
+}

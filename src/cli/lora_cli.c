@@ -1,0 +1,67 @@
+/* Flag handling shared by the LoRA subcommands (see lora_cli.h). */
+#include "lora_cli.h"
+
+#include <stdio.h>
+#include <string.h>
+
+int zl_lora_cli_flag(const char *cmd, int argc, char **argv, int *i, zl_lora_cli_flags *f) {
+    const char *a = argv[*i];
+    const char **dst = !strcmp(a, "--model") ? &f->model : !strcmp(a, "--adapter-config") ? &f->adapter_config : NULL;
+    if (!dst) return 0;
+    if (*i + 1 >= argc) {
+        zl_cli_usage(cmd, "%s needs a value", a);
+        return -1;
+    }
+    *dst = argv[++*i];
+    return 1;
+}
+
+int zl_lora_cli_prepare(zl_lora_cli_flags *f) {
+    f->have_cfg = 0;
+    if (!f->model) return ZL_OK;
+    zl_model_paths mp;
+    int rc = zl_model_paths_resolve(f->model, &mp);
+    if (rc) return rc;
+    if (mp.unet_config) {
+        rc = zl_unet_config_load(mp.unet_config, &f->cfg);
+        if (!rc) f->have_cfg = 1;
+    } else if (mp.family == ZL_FAMILY_SDXL) {
+        zl_unet_config_sdxl_base(&f->cfg);
+        f->have_cfg = 1;
+    } else if (mp.family == ZL_FAMILY_SD1) {
+        zl_unet_config_sd15(&f->cfg);
+        f->have_cfg = 1;
+    }
+    zl_model_paths_free(&mp);
+    return rc;
+}
+
+int zl_lora_cli_load(const char *path, const zl_lora_cli_flags *f, zl_lora **out) {
+    zl_lora_load_opts o;
+    memset(&o, 0, sizeof o);
+    o.adapter_config = f->adapter_config;
+    o.unet_config = f->have_cfg ? &f->cfg : NULL;
+    return zl_lora_load(path, &o, out);
+}
+
+int zl_lora_cli_dtype(const char *cmd, const char *s, zl_dtype *out) {
+    if (!strcmp(s, "f32") || !strcmp(s, "fp32") || !strcmp(s, "float32")) *out = ZL_DT_F32;
+    else if (!strcmp(s, "f16") || !strcmp(s, "fp16") || !strcmp(s, "float16")) *out = ZL_DT_F16;
+    else if (!strcmp(s, "bf16") || !strcmp(s, "bfloat16")) *out = ZL_DT_BF16;
+    else {
+        zl_cli_usage(cmd, "--dtype expects f32, f16 or bf16, got '%s'", s);
+        return -1;
+    }
+    return 0;
+}
+
+void zl_lora_cli_json_str(FILE *fp, const char *s) {
+    fputc('"', fp);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') fprintf(fp, "\\%c", c);
+        else if (c < 0x20) fprintf(fp, "\\u%04x", c);
+        else fputc(c, fp);
+    }
+    fputc('"', fp);
+}
