@@ -1,0 +1,106 @@
+/* Inside the UNet: its modules (one per weight-bearing diffusers module), the
+ * block structs that mirror diffusers' nesting, the runtime LoRA branches, and
+ * the forward's work buffers. Shared by unet.c (build, load, forward) and
+ * unet_lora.c (attach, fold, mergers); the ZipLoRA backward is meant to build
+ * on these same structs: every branch keeps its merger and slot, and the
+ * forward is a sequence of block-level functions (zl_unet_resnet_fwd,
+ * zl_unet_transformer_fwd) whose inputs are explicit, so a backward can save
+ * or recompute them per block. */
+#ifndef ZL_MODELS_UNET_INTERNAL_H
+#define ZL_MODELS_UNET_INTERNAL_H
+
+#include "models/names.h"
+#include "nn/weight.h"
+#include "ziplora/unet.h"
+
+#define ZL_UNET_MAX_RES 9 /* layers_per_block + 1 resnets in an up level */
+
+/* One runtime LoRA branch on a module: y += w * s * up @ (down @ (m ⊙ x)). */
+typedef struct {
+    int slot;          /* which zl_unet_add_lora call attached it */
+    float w, s;        /* user weight, alpha/rank */
+    int rank;
+    const float *down; /* [rank, in * kh * kw] (owned by the zl_lora) */
+    const float *up;   /* [out, rank] */
+    float *merger;     /* [in] owned; all ones until set */
+    int merger_set;    /* 0: merger is all ones and the multiply is skipped */
+} zl_unet_branch;
+
+typedef struct {
+    char *name;        /* diffusers module name */
+    zl_module_kind kind;
+    int in, out, kh, kw; /* norms: in = out = C */
+    int has_bias;
+    zl_weight w;       /* Linear [out, in], conv [out, in, kh, kw], norm gamma [C] */
+    zl_weight b;       /* bias / beta [out] (always resident f32), numel 0 if none */
+    int folded;        /* w.f32 holds W + folded LoRA deltas */
+    int n_br;
+    zl_unet_branch *br;
+} zl_unet_mod;
+
+typedef struct {
+    int cin, cout;
+    zl_unet_mod *norm1, *conv1, *temb, *norm2, *conv2, *shortcut; /* shortcut NULL if cin == cout */
+} zl_unet_resnet;
+
+typedef struct {
+    zl_unet_mod *norm1, *q1, *k1, *v1, *o1;
+    zl_unet_mod *norm2, *q2, *k2, *v2, *o2;
+    zl_unet_mod *norm3, *ff0, *ff2;
+} zl_unet_tblock;
+
+typedef struct {
+    int C, heads, depth;
+    zl_unet_mod *norm, *proj_in, *proj_out;
+    zl_unet_tblock *blocks; /* [depth] */
+} zl_unet_transformer;
+
+typedef struct {
+    int n_res;
+    zl_unet_resnet res[ZL_UNET_MAX_RES];
+    int has_attn;
+    zl_unet_transformer attn[ZL_UNET_MAX_RES];
+    zl_unet_mod *sampler; /* downsampler (stride 2) or upsampler conv; NULL at the end */
+} zl_unet_level;
+
+/* Work buffers of one forward, sized for (B, H, W, T) and reused while they fit. */
+typedef struct {
+    int B, H, W, T, max_rank;
+    size_t act_n;   /* floats in each activation buffer */
+    float *cur, *nxt, *cat, *t[5];
+    float *bt;      /* branch input (x ⊙ m), act_n */
+    float *ba;      /* branch rank activations, B*H*W*max_rank */
+    float *temb;    /* [B, time_embed_dim]: SiLU(time embedding), shared by all resnets */
+    float *tproj;   /* [B, max channels] */
+} zl_unet_ws;
+
+struct zl_unet {
+    zl_unet_config cfg;
+    zl_st_file *file;
+    int single_file;
+    zl_unet_weight_mode mode;
+    int n_mods, cap_mods;
+    zl_unet_mod **mods;   /* build order */
+    zl_unet_mod **sorted; /* by name, for lookups */
+    zl_unet_mod *conv_in, *time1, *time2, *add1, *add2, *norm_out, *conv_out;
+    zl_unet_level down[ZL_MAX_LEVELS], up[ZL_MAX_LEVELS];
+    zl_unet_resnet mid_res[2];
+    zl_unet_transformer mid_attn;
+    float *wscratch; /* one weight widened at a time */
+    size_t wscratch_n;
+    int n_slots;
+    zl_unet_ws ws;
+};
+
+zl_unet_mod *zl_unet_find_mod(const zl_unet *u, const char *name);
+
+/* Module applications (base weight + runtime branches). */
+void zl_unet_linear(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, int N);
+void zl_unet_conv(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, int B, int H, int W, int stride);
+
+/* Block forwards. x and out must not alias; both [B, C, H*W]. */
+void zl_unet_resnet_fwd(zl_unet *u, const zl_unet_resnet *r, const float *x, float *out, int B, int H, int W);
+void zl_unet_transformer_fwd(zl_unet *u, const zl_unet_transformer *t, const float *x, const float *ctx, float *out,
+                             int B, int H, int W, int T);
+
+#endif
