@@ -1,0 +1,131 @@
+/* The text side of Stable Diffusion: the CLIP BPE tokenizer, the CLIP text
+ * encoders (OpenAI CLIP-L and OpenCLIP bigG, from a diffusers folder or a
+ * single checkpoint, with text-encoder LoRAs folded in), and the conditioning
+ * the UNet expects (SDXL: concatenated penultimate states + pooled projection;
+ * SD 1.x: CLIP-L's last hidden state). */
+#ifndef ZIPLORA_TEXT_H
+#define ZIPLORA_TEXT_H
+
+#include "ziplora/core.h"
+#include "ziplora/lora.h"
+#include "ziplora/model.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ZL_CLIP_CTX 77        /* tokens per prompt, start and end included */
+#define ZL_CLIP_MAX_TOKENS 75 /* prompt tokens kept */
+#define ZL_CLIP_BOS 49406     /* <|startoftext|> */
+#define ZL_CLIP_EOS 49407     /* <|endoftext|> */
+#define ZL_CLIP_VOCAB 49408
+#define ZL_CLIP_PAD_L 49407   /* CLIP-L pads with the end token */
+#define ZL_CLIP_PAD_BIGG 0    /* OpenCLIP bigG pads with 0 */
+
+/* ---- Tokenizer ------------------------------------------------------------
+ * The vocabulary is embedded in the library (decompressed when the tokenizer
+ * is created), so no data files are needed at run time. A tokenizer is
+ * immutable once made and may be shared between threads. */
+typedef struct zl_tokenizer zl_tokenizer;
+
+int zl_tokenizer_new(zl_tokenizer **out);
+void zl_tokenizer_free(zl_tokenizer *t);
+
+/* The clean-up CLIP applies before splitting (html-unescape twice, strip,
+ * collapse whitespace, lowercase). `text` must be UTF-8 (ZL_EINVAL if not);
+ * *out is malloc'd UTF-8. */
+int zl_clip_clean_text(const char *text, char **out);
+
+/* BPE ids of `text` (no start/end tokens). *ids is malloc'd (may be NULL when *n == 0). */
+int zl_tokenize(const zl_tokenizer *t, const char *text, int32_t **ids, int *n);
+
+/* Text of ids as CLIP decodes it (word ends become spaces, trailing space
+ * removed). *out is malloc'd. */
+int zl_tokenizer_decode(const zl_tokenizer *t, const int32_t *ids, int n, char **out);
+
+/* Encoder input: [BOS] + ids[:75] + [EOS], padded to 77 with pad_id.
+ * *n_dropped (may be NULL) receives how many prompt tokens were cut; when
+ * `warn` is set and tokens were cut, a warning quotes the dropped text. */
+int zl_tokenize_clip(const zl_tokenizer *t, const char *text, int32_t pad_id, int warn, int32_t ids[ZL_CLIP_CTX],
+                     int *n_dropped);
+
+/* ---- One CLIP text encoder -------------------------------------------------- */
+typedef struct zl_clip zl_clip;
+
+typedef struct {
+    /* config.json of the encoder. NULL: read nothing, infer from the weights'
+     * shapes (heads = hidden / 64, as in every released CLIP). For a single
+     * checkpoint this is how a non-standard head count is given. */
+    const char *config_json;
+} zl_clip_load_opts;
+
+/* Load `part` (ZL_PART_TE1: CLIP-L; ZL_PART_TE2: OpenCLIP bigG) from a
+ * safetensors file: a diffusers text_encoder[_2]/model.safetensors (HF names),
+ * an SDXL checkpoint (conditioner.embedders.0.transformer.text_model.* and
+ * conditioner.embedders.1.model.* with OpenCLIP names) or an SD 1.x checkpoint
+ * (cond_stage_model.transformer[.text_model].*). Weights stay mapped in their
+ * stored dtype. opts may be NULL. */
+int zl_clip_load(const char *weights, zl_part part, const zl_clip_load_opts *opts, zl_clip **out);
+void zl_clip_free(zl_clip *c);
+const zl_clip_config *zl_clip_get_config(const zl_clip *c);
+
+/* Fold every layer of `lora` that belongs to this encoder's part into its
+ * weights: W += weight * (alpha / rank) * up @ down. Module names are HF's
+ * (text_model.encoder.layers.N.self_attn.q_proj, ..., mlp.fc1/fc2); for
+ * OpenCLIP checkpoints q/k/v land on the right row block of in_proj. Layers
+ * of other parts are ignored; an unknown module or a shape mismatch is an
+ * error (nothing is changed then). */
+int zl_clip_apply_lora(zl_clip *c, const zl_lora *lora, float weight);
+
+/* Outputs of a forward pass; every pointer may be NULL (not computed). */
+typedef struct {
+    float *penultimate; /* [B, T, C] hidden state before the last layer, no final LayerNorm */
+    float *last_hidden; /* [B, T, C] after the last layer and the final LayerNorm */
+    float *pooled;      /* [B, C] last_hidden at the first end token (the argmax id) */
+    float *projected;   /* [B, P] pooled @ text_projection (encoders with a projection) */
+} zl_clip_out;
+
+/* ids [B, T] (T <= max_position_embeddings; ids < vocab). */
+int zl_clip_forward(const zl_clip *c, const int32_t *ids, int B, int T, const zl_clip_out *out);
+
+/* ---- Conditioning for a model ------------------------------------------------ */
+typedef struct zl_text zl_text;
+
+typedef struct {
+    const char *te1_config; /* overrides for single checkpoints (see zl_clip_load_opts) */
+    const char *te2_config;
+} zl_text_load_opts;
+
+/* Both encoders of an SDXL model, or CLIP-L of an SD 1.x model, plus the tokenizer. */
+int zl_text_load(const zl_model_paths *paths, const zl_text_load_opts *opts, zl_text **out);
+void zl_text_free(zl_text *t);
+zl_family zl_text_family(const zl_text *t);
+zl_clip *zl_text_encoder(zl_text *t, zl_part part); /* NULL if absent */
+const zl_tokenizer *zl_text_tokenizer(const zl_text *t);
+/* Fold a LoRA's text-encoder layers into the encoders (see zl_clip_apply_lora). */
+int zl_text_apply_lora(zl_text *t, const zl_lora *lora, float weight);
+/* Width of prompt_embeds (SDXL: C_L + C_G; SD1: C_L) and of the pooled vector (SDXL: P; SD1: 0). */
+int zl_text_context_dim(const zl_text *t);
+int zl_text_pooled_dim(const zl_text *t);
+
+/* Everything `ziplora run text` writes; NULL pointers are skipped. */
+typedef struct {
+    float *prompt_embeds;   /* [B, 77, context_dim] */
+    float *pooled;          /* [B, P] (SDXL) */
+    zl_clip_out te1, te2;   /* per-encoder outputs (te2: SDXL) */
+} zl_text_cond;
+
+/* ids_l [B, 77] CLIP-L ids (pads 49407); ids_g [B, 77] bigG ids (pads 0; SDXL only). */
+int zl_text_encode_ids(const zl_text *t, const int32_t *ids_l, const int32_t *ids_g, int B, const zl_text_cond *out);
+
+/* Tokenize + encode one prompt: prompt_embeds [77, context_dim], pooled [P]
+ * (SDXL; may be NULL). With zero_if_empty (SDXL's force_zeros_for_empty_prompt,
+ * for the negative prompt) an empty prompt gives zeros without running the
+ * encoders. A prompt longer than 75 tokens is cut with a warning. */
+int zl_text_encode_prompt(const zl_text *t, const char *prompt, int zero_if_empty, float *prompt_embeds,
+                          float *pooled);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
