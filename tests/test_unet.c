@@ -321,7 +321,7 @@ static void test_cli(void) {
     const char *outp = zt_tmp("run_unet_out.safetensors");
     char op[1024];
     snprintf(op, sizeof op, "%s", outp);
-    int rc = zt_cli("run unet -q --model '%s' --lora '%s:0.8' --lora '%s:0.5' --runtime --in '%s' -o '%s'", mdl, c, s, io,
+    int rc = zt_cli("run unet -q --threads 1 --model '%s' --lora '%s:0.8' --lora '%s:0.5' --runtime --in '%s' -o '%s'", mdl, c, s, io,
                     op);
     CHECKM(rc == 0, "run unet exit %d: %s", rc, zt_err);
     zl_st_file *f = NULL, *ref = NULL;
@@ -340,7 +340,7 @@ static void test_cli(void) {
     snprintf(sf, sizeof sf, "%s", zt_data("tiny-sd15/single_file.safetensors"));
     snprintf(sio, sizeof sio, "%s", zt_data("tiny-sd15/unet_io.safetensors"));
     snprintf(scfg, sizeof scfg, "%s", zt_data("tiny-sd15/unet/config.json"));
-    rc = zt_cli("run unet -q --model '%s' --unet-config '%s' --in '%s' -o '%s'", sf, scfg, sio, op);
+    rc = zt_cli("run unet -q --threads 1 --model '%s' --unet-config '%s' --in '%s' -o '%s'", sf, scfg, sio, op);
     CHECKM(rc == 0, "run unet single file exit %d: %s", rc, zt_err);
     if (rc == 0 && zl_st_open(op, &f) == ZL_OK && zl_st_open(sio, &ref) == ZL_OK) {
         float *got = load(f, "out"), *want = load(ref, "out_base");
@@ -377,6 +377,8 @@ static void test_cli(void) {
 }
 
 int main(void) {
+    /* One thread keeps this fast on a shared machine; test_threads covers two. */
+    zl_set_threads(1);
     const char *fx[] = {"tiny-sdxl", "mini-sdxl", "tiny-sd15"};
     for (int i = 0; i < 3; i++) test_fixture(fx[i]);
     test_single_file("mini-sdxl");

@@ -17,7 +17,8 @@
  * context width, linear vs conv projections and the added embedding come from
  * shapes. Head counts and the GroupNorm group count cannot be read from shapes:
  * the rule is SDXL family -> head_dim 64 (heads = C/64), SD1 family -> 8 heads,
- * groups 32, and SDXL's addition_time_embed_dim 256. A file whose shapes equal
+ * groups 32. SDXL's addition_time_embed_dim is (added input - pooled) / 6 with
+ * the pooled width from bigG's text_projection in the same file (else 256). A file whose shapes equal
  * the standard SDXL base or SD 1.5 UNet gets exactly the built-in config. For a
  * non-standard single file, pass the diffusers config of the same model.
  *

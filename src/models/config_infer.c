@@ -1,9 +1,10 @@
 /* A UNet config inferred from the ldm key shapes of a single-file checkpoint.
  * Shapes give the levels, channels, layers per block, block types, transformer
  * depths, context width, projection kind and the added embedding. They cannot
- * give head counts, the GroupNorm group count or the width of SDXL's time-id
- * embedding, so those follow the real models: SDXL heads of dim 64, SD1 8 heads,
- * 32 groups, addition_time_embed_dim 256. With that rule the SDXL base and SD 1.5
+ * give head counts or the GroupNorm group count, so those follow the real
+ * models: SDXL heads of dim 64, SD1 8 heads, 32 groups. SDXL's time-id embedding
+ * width is (added input - pooled) / 6, the pooled width read from bigG's
+ * text_projection when the file has it, else the real 256. With that rule the SDXL base and SD 1.5
  * files get exactly their diffusers configs; other files need their config.json
  * (zl_unet_load_opts.config_path), and we warn when a guess was needed. */
 #include <stdio.h>
@@ -91,13 +92,18 @@ int zl_unet_config_infer(const zl_st_file *f, const char *prefix, zl_unet_config
     c->has_text_time = le != NULL;
     c->family = c->has_text_time ? ZL_FAMILY_SDXL : ZL_FAMILY_SD1;
     if (le) {
-        c->addition_time_embed_dim = 256;
-        c->projection_class_embeddings_input_dim = le->ndim == 2 ? (int)le->shape[1] : 0;
-        if (c->projection_class_embeddings_input_dim <= 6 * 256)
+        /* P = pooled + 6 * addition_time_embed_dim. The pooled width is bigG's projection
+         * width when the checkpoint carries its text encoder; else SDXL's 256 is assumed. */
+        int P = c->projection_class_embeddings_input_dim = le->ndim == 2 ? (int)le->shape[1] : 0;
+        const zl_st_tensor *tp = zl_st_find(f, "conditioner.embedders.1.model.text_projection");
+        int atd = 256;
+        if (tp && tp->ndim == 2 && P > tp->shape[1] && (P - tp->shape[1]) % 6 == 0) atd = (int)(P - tp->shape[1]) / 6;
+        c->addition_time_embed_dim = atd;
+        if (P <= 6 * atd)
             return zl_set_error(ZL_EUNSUPPORTED,
-                                "%s: the added embedding takes %d values, too few for 6 time ids of 256; pass the "
+                                "%s: the added embedding takes %d values, too few for 6 time ids of %d; pass the "
                                 "model's unet config.json",
-                                path, c->projection_class_embeddings_input_dim);
+                                path, P, atd);
     }
     int guessed = 0;
     c->norm_num_groups = 32;
