@@ -209,7 +209,7 @@ typedef struct {
 
 /* Write a small safetensors file from specs (+ optional metadata). */
 static int write_file(const char *path, const spec *s, int n, const zl_st_meta_kv *meta, int nmeta) {
-    zl_st_entry e[32];
+    zl_st_entry e[32] = {0};
     void *bufs[32];
     for (int i = 0; i < n; i++) {
         int64_t numel = 1;
@@ -353,8 +353,19 @@ static void test_refusals(void) {
     expect_refusal("twice.safetensors", twice, 4, ZL_EFORMAT, "lora_unet_" Q ".lora_down.weight",
                    "lora_unet_input_blocks_4_1_transformer_blocks_0_attn1_to_q.lora_down.weight");
 
-    /* family: an SDXL LoRA for an SD1 model names both families */
+    /* SD 2.x is a different UNet (context 1024, linear projections): refused, not mapped onto SD1 */
+    spec sd2[] = {
+        {"lora_unet_" Q ".lora_down.weight", ZL_DT_F16, 2, {4, 64}, 1, 0},
+        {"lora_unet_" Q ".lora_up.weight", ZL_DT_F16, 2, {64, 4}, 1, 0},
+    };
+    zl_st_meta_kv sd2m = {"ss_base_model_version", "sd_v2"};
     zl_lora *l = NULL;
+    CHECK(write_file(zt_tmp("sd2.safetensors"), sd2, 2, &sd2m, 1) == ZL_OK);
+    CHECK(zl_lora_load(zt_tmp("sd2.safetensors"), NULL, &l) == ZL_EUNSUPPORTED);
+    CHECKM(strstr(zl_errmsg(), "sd_v2") != NULL, "%s", zl_errmsg());
+    CHECK(l == NULL);
+
+    /* family: an SDXL LoRA for an SD1 model names both families */
     zl_lora_load_opts o = {.expect_family = ZL_FAMILY_SD1};
     int rc = zl_lora_load(zt_data("mini-sdxl/loras/text_encoders.kohya.safetensors"), &o, &l);
     CHECKM(rc != ZL_OK && strstr(zl_errmsg(), "sdxl") && strstr(zl_errmsg(), "sd1"), "family mismatch: %s",

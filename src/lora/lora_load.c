@@ -570,6 +570,9 @@ static int choose_family(loader *L, int plain_te, zl_family *fam, const zl_name_
     *strict = 0;
     if (L->o->unet_config) {
         const zl_unet_config *c = L->o->unet_config;
+        if (L->o->expect_family && L->o->expect_family != c->family)
+            return zl_set_error(ZL_EINVAL, "%s: the UNet config is %s but %s was expected", L->path,
+                                zl_family_name(c->family), zl_family_name(L->o->expect_family));
         if (evid && evid != (int)c->family)
             return zl_set_error(ZL_EINVAL, "%s: this is a %s LoRA (%s) but the model is %s", L->path,
                                 zl_family_name((zl_family)evid), why, zl_family_name(c->family));
@@ -665,6 +668,8 @@ static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
     for (int i = 0; i < u->ndim; i++)
         if (u->shape[i] < 1 || u->shape[i] > INT_MAX / 16)
             return zl_set_error(ZL_ESHAPE, "%s: '%s' has shape %s", L->path, uk, us);
+    if (d->numel > INT_MAX || u->numel > INT_MAX)
+        return zl_set_error(ZL_ESHAPE, "%s: '%s' %s / '%s' %s are too large for one LoRA layer", L->path, dk, ds, uk, us);
     if (d->shape[0] != u->shape[1])
         return zl_set_error(ZL_ESHAPE, "%s: '%s' has shape %s but its down '%s' has shape %s: rank %lld vs %lld",
                             L->path, uk, us, dk, ds, (long long)u->shape[1], (long long)d->shape[0]);
