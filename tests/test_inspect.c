@@ -1,0 +1,230 @@
+/* inspect tests: every number of `inspect --json` against a naive computation
+ * here (dense dW in double, a full sort for the pruning, column cosines from
+ * dense columns); --plot writes an SVG; bad input fails cleanly. */
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "testlib.h"
+
+static zl_lora *load(const char *p) {
+    zl_lora *l = NULL;
+    int rc = zl_lora_load(p, NULL, &l);
+    CHECKM(rc == ZL_OK, "load %s: %s", p, zl_errmsg());
+    return l;
+}
+
+static double *dense(const zl_lora_layer *l, size_t *N, size_t *ncol) {
+    size_t n = (size_t)l->in_features * l->kh * l->kw;
+    double *d = calloc((size_t)l->out_features * n, sizeof(double));
+    for (int o = 0; o < l->out_features; o++)
+        for (size_t c = 0; c < n; c++) {
+            double a = 0;
+            for (int t = 0; t < l->rank; t++) a += (double)l->up[(size_t)o * l->rank + t] * l->down[(size_t)t * n + c];
+            d[(size_t)o * n + c] = a * l->alpha / l->rank;
+        }
+    *N = (size_t)l->out_features * n;
+    *ncol = n;
+    return d;
+}
+
+static int cmp_abs(const void *x, const void *y) {
+    double a = fabs(*(const double *)x), b = fabs(*(const double *)y);
+    return a < b ? -1 : a > b;
+}
+
+/* naive: norm, and the relative change when the floor(p N) smallest |entries| are zeroed */
+static void naive_stats(const zl_lora_layer *l, double *norm, double *p80, double *p90) {
+    size_t N, n;
+    double *d = dense(l, &N, &n);
+    qsort(d, N, sizeof(double), cmp_abs);
+    double tot = 0, s80 = 0, s90 = 0;
+    size_t k80 = (size_t)floor(0.8 * (double)N), k90 = (size_t)floor(0.9 * (double)N);
+    for (size_t i = 0; i < N; i++) {
+        tot += d[i] * d[i];
+        if (i < k80) s80 += d[i] * d[i];
+        if (i < k90) s90 += d[i] * d[i];
+    }
+    *norm = sqrt(tot);
+    *p80 = sqrt(s80 / tot);
+    *p90 = sqrt(s90 / tot);
+    free(d);
+}
+
+/* naive mean |cos| over input features; a conv's column j is every weight of input channel j */
+static double naive_cos(const zl_lora_layer *a, const zl_lora_layer *b) {
+    size_t N, n;
+    double *da = dense(a, &N, &n), *db = dense(b, &N, &n);
+    size_t blk = (size_t)a->kh * a->kw;
+    double sum = 0;
+    int used = 0;
+    for (int j = 0; j < a->in_features; j++) {
+        double dot = 0, na = 0, nb = 0;
+        for (int o = 0; o < a->out_features; o++)
+            for (size_t q = 0; q < blk; q++) {
+                size_t k = (size_t)o * n + (size_t)j * blk + q;
+                dot += da[k] * db[k];
+                na += da[k] * da[k];
+                nb += db[k] * db[k];
+            }
+        if (na > 0 && nb > 0) {
+            sum += fabs(dot) / sqrt(na * nb);
+            used++;
+        }
+    }
+    free(da);
+    free(db);
+    return used ? sum / used : 0;
+}
+
+static int near(double got, double ref) { return fabs(got - ref) <= 1e-4 * fmax(1.0, fabs(ref)); }
+
+static void check_side(const char *what, json_t *js, const zl_lora_layer *l, int *bad) {
+    if (!l) {
+        if (!json_is_null(js)) (*bad)++;
+        return;
+    }
+    double norm, p80, p90;
+    naive_stats(l, &norm, &p80, &p90);
+    double gn = json_number_value(json_object_get(js, "norm")), g80 = json_number_value(json_object_get(js, "prune80"));
+    double g90 = json_number_value(json_object_get(js, "prune90"));
+    int ok = json_integer_value(json_object_get(js, "rank")) == l->rank &&
+             json_number_value(json_object_get(js, "alpha")) == (double)l->alpha &&
+             near(json_number_value(json_object_get(js, "scale")), (double)l->alpha / l->rank) && near(gn, norm) &&
+             near(g80, p80) && near(g90, p90);
+    /* the relative changes must not be trivially small or equal */
+    ok = ok && p80 > 0.01 && p90 > p80;
+    if (!ok) {
+        (*bad)++;
+        fprintf(stderr, "  %s %s: norm %.9g/%.9g p80 %.9g/%.9g p90 %.9g/%.9g\n", what, l->module, gn, norm, g80, p80, g90, p90);
+    }
+}
+
+static void test_json(const char *fam, const char *fa, const char *fb) {
+    char pa[512], pb[512];
+    snprintf(pa, sizeof pa, "%s/loras/%s", fam, fa);
+    snprintf(pb, sizeof pb, "%s/loras/%s", fam, fb);
+    const char *A = strdup(zt_data(pa)), *B = strdup(zt_data(pb));
+    zl_lora *a = load(A), *b = load(B);
+    int code = zt_cli("inspect '%s' '%s' --json", A, B);
+    CHECKM(code == 0, "inspect --json: %s", zt_err);
+    json_error_t je;
+    json_t *j = code == 0 ? json_loads(zt_out, 0, &je) : NULL;
+    CHECKM(j != NULL, "inspect --json output parses (%s)", j ? "" : je.text);
+    if (j && a && b) {
+        json_t *layers = json_object_get(j, "layers");
+        int bad = 0, n_common = 0, seen_a = 0, seen_b = 0;
+        double csum = 0;
+        size_t idx;
+        json_t *row;
+        json_array_foreach(layers, idx, row) {
+            const char *part = json_string_value(json_object_get(row, "part"));
+            const char *mod = json_string_value(json_object_get(row, "module"));
+            zl_part p = !strcmp(part, "unet") ? ZL_PART_UNET : !strcmp(part, "te1") ? ZL_PART_TE1 : ZL_PART_TE2;
+            const zl_lora_layer *la = zl_lora_find(a, p, mod), *lb = zl_lora_find(b, p, mod);
+            if (!la && !lb) { bad++; continue; }
+            seen_a += la != NULL;
+            seen_b += lb != NULL;
+            const zl_lora_layer *l = la ? la : lb;
+            json_t *sh = json_object_get(row, "shape");
+            if (json_integer_value(json_array_get(sh, 0)) != l->out_features ||
+                json_integer_value(json_array_get(sh, 1)) != l->in_features)
+                bad++;
+            check_side("a", json_object_get(row, "a"), la, &bad);
+            check_side("b", json_object_get(row, "b"), lb, &bad);
+            json_t *cv = json_object_get(row, "mean_abs_cos");
+            if (la && lb) {
+                double ref = naive_cos(la, lb);
+                n_common++;
+                csum += ref;
+                if (!near(json_number_value(cv), ref)) {
+                    bad++;
+                    fprintf(stderr, "  cos %s: %.9g vs %.9g\n", mod, json_number_value(cv), ref);
+                }
+            } else if (!json_is_null(cv)) {
+                bad++;
+            }
+        }
+        CHECKM(bad == 0, "%s inspect: %d mismatches", fam, bad);
+        CHECK(seen_a == a->n && seen_b == b->n);
+        CHECK(json_integer_value(json_object_get(j, "n_common")) == n_common);
+        CHECK(n_common > 0);
+        CHECKM(near(json_number_value(json_object_get(j, "mean_abs_cos")), csum / n_common), "overall mean |cos| %.9g vs %.9g",
+               json_number_value(json_object_get(j, "mean_abs_cos")), csum / n_common);
+    }
+    json_decref(j);
+    zl_lora_free(a);
+    zl_lora_free(b);
+    free((void *)A);
+    free((void *)B);
+}
+
+/* A LoRA with itself: every column cosine is exactly 1; the scale does not matter. */
+static void test_self(void) {
+    const char *A = strdup(zt_data("mini-sdxl/loras/style.kohya_sgm.safetensors"));
+    zl_lora *a = load(A);
+    if (a) {
+        zl_inspect_result r;
+        CHECK_OK(zl_inspect(a, a, &r));
+        int bad = 0;
+        for (int i = 0; i < r.n; i++)
+            if (!(fabs(r.rows[i].cos - 1) < 1e-9)) bad++;
+        CHECK(bad == 0 && r.n_common == a->n && fabs(r.mean_cos - 1) < 1e-9);
+        zl_inspect_result_free(&r);
+    }
+    zl_lora_free(a);
+    free((void *)A);
+}
+
+static void test_table_and_plot(void) {
+    const char *A = strdup(zt_data("mini-sdxl/loras/content.kohya_sgm.safetensors"));
+    const char *B = strdup(zt_data("mini-sdxl/loras/style.kohya_sgm.safetensors"));
+    const char *svg = strdup(zt_tmp("plot.svg"));
+    int code = zt_cli("inspect '%s' '%s' --plot '%s'", A, B, svg);
+    CHECKM(code == 0, "inspect --plot: %s", zt_err);
+    CHECK(strstr(zt_out, "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q") != NULL);
+    CHECK(strstr(zt_out, "mean |cos|") != NULL);
+    char *s = NULL;
+    size_t len = 0;
+    CHECK_OK(zl_read_file(svg, &s, &len));
+    if (s) {
+        CHECK(!strncmp(s, "<?xml", 5) && strstr(s, "<svg") && strstr(s, "</svg>"));
+        CHECK(strstr(s, "cosine") && strstr(s, "80% zeroed") && strstr(s, "down 1") && strstr(s, "up 0"));
+        free(s);
+    }
+    /* one LoRA: no similarity; the JSON has no "b" */
+    code = zt_cli("inspect '%s' --json", A);
+    CHECK(code == 0 && !strstr(zt_out, "\"b\"") && strstr(zt_out, "\"prune90\""));
+    code = zt_cli("inspect '%s' --plot '%s'", A, svg);
+    CHECK(code == 0);
+    free((void *)A);
+    free((void *)B);
+    free((void *)svg);
+}
+
+static void test_bad(void) {
+    struct stat st;
+    const char *A = strdup(zt_data("mini-sdxl/loras/content.kohya_sgm.safetensors"));
+    CHECK(zt_cli("inspect --help") == 0 && strstr(zt_out, "usage: ziplora inspect"));
+    CHECK(zt_cli("inspect") == 2);
+    CHECK(zt_cli("inspect '%s' --frobnicate", A) == 2);
+    int code = zt_cli("inspect /nonexistent/a.safetensors");
+    CHECK(code == 1 && strstr(zt_err, "/nonexistent/a.safetensors"));
+    code = zt_cli("inspect '%s' '%s'", A, zt_data("tiny-sd15/loras/style.kohya.safetensors"));
+    CHECKM(code == 1 && strstr(zt_err, "famil"), "families: %d %s", code, zt_err);
+    const char *svg = zt_tmp("nope.svg");
+    code = zt_cli("inspect '%s' /nonexistent/b.safetensors --plot '%s'", A, svg);
+    CHECK(code == 1 && stat(svg, &st) != 0);
+    free((void *)A);
+}
+
+int main(void) {
+    test_json("mini-sdxl", "content.kohya_sgm.safetensors", "style.kohya_sgm.safetensors");
+    test_json("tiny-sd15", "content.peft.safetensors", "style.kohya.safetensors");
+    test_self();
+    test_table_and_plot();
+    test_bad();
+    return zt_done();
+}
