@@ -1,0 +1,132 @@
+/* The conditioning a Stable Diffusion UNet expects, built from the text
+ * encoders: SDXL concatenates CLIP-L's and bigG's penultimate hidden states
+ * (no final LayerNorm) on features and pools with bigG's projection; SD 1.x
+ * uses CLIP-L's last hidden state (with the final LayerNorm). Also the
+ * prompt-string entry point used by `generate` and `zip`. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ziplora/text.h"
+
+struct zl_text {
+    zl_family family;
+    zl_clip *te1, *te2;
+    zl_tokenizer *tok;
+};
+
+void zl_text_free(zl_text *t) {
+    if (!t) return;
+    zl_clip_free(t->te1);
+    zl_clip_free(t->te2);
+    zl_tokenizer_free(t->tok);
+    free(t);
+}
+
+int zl_text_load(const zl_model_paths *p, const zl_text_load_opts *opts, zl_text **out) {
+    *out = NULL;
+    if (p->family != ZL_FAMILY_SDXL && p->family != ZL_FAMILY_SD1)
+        return zl_set_error(ZL_EUNSUPPORTED, "%s: unknown model family; cannot pick its text encoders", p->root);
+    if (!p->te1_weights) return zl_set_error(ZL_ENOTFOUND, "%s: the model has no (first) text encoder", p->root);
+    if (p->family == ZL_FAMILY_SDXL && !p->te2_weights)
+        return zl_set_error(ZL_ENOTFOUND, "%s: an SDXL model needs text_encoder_2 (OpenCLIP bigG)", p->root);
+    zl_text *t = calloc(1, sizeof *t);
+    if (!t) return zl_set_error(ZL_ENOMEM, "out of memory");
+    t->family = p->family;
+    zl_clip_load_opts o1 = {.config_json = opts && opts->te1_config ? opts->te1_config : p->te1_config};
+    zl_clip_load_opts o2 = {.config_json = opts && opts->te2_config ? opts->te2_config : p->te2_config};
+    int rc = zl_clip_load(p->te1_weights, ZL_PART_TE1, &o1, &t->te1);
+    if (!rc && p->family == ZL_FAMILY_SDXL) rc = zl_clip_load(p->te2_weights, ZL_PART_TE2, &o2, &t->te2);
+    if (!rc && t->te2 && !zl_clip_get_config(t->te2)->has_projection)
+        rc = zl_set_error(ZL_EFORMAT, "%s: the second text encoder has no text_projection (SDXL pools with it)", p->te2_weights);
+    if (!rc) rc = zl_tokenizer_new(&t->tok);
+    if (rc) {
+        zl_text_free(t);
+        return rc;
+    }
+    *out = t;
+    return ZL_OK;
+}
+
+zl_family zl_text_family(const zl_text *t) { return t->family; }
+zl_clip *zl_text_encoder(zl_text *t, zl_part part) {
+    return part == ZL_PART_TE1 ? t->te1 : part == ZL_PART_TE2 ? t->te2 : NULL;
+}
+const zl_tokenizer *zl_text_tokenizer(const zl_text *t) { return t->tok; }
+
+int zl_text_apply_lora(zl_text *t, const zl_lora *lora, float weight) {
+    for (int k = 0; k < lora->n; k++)
+        if (lora->layers[k].part == ZL_PART_TE2 && !t->te2)
+            return zl_set_error(ZL_EINVAL, "%s: has layers for a second text encoder, which this %s model lacks", lora->path,
+                                zl_family_name(t->family));
+    int rc = zl_clip_apply_lora(t->te1, lora, weight);
+    if (!rc && t->te2) rc = zl_clip_apply_lora(t->te2, lora, weight);
+    return rc;
+}
+
+int zl_text_context_dim(const zl_text *t) {
+    return zl_clip_get_config(t->te1)->hidden + (t->te2 ? zl_clip_get_config(t->te2)->hidden : 0);
+}
+
+int zl_text_pooled_dim(const zl_text *t) { return t->te2 ? zl_clip_get_config(t->te2)->projection_dim : 0; }
+
+int zl_text_encode_ids(const zl_text *t, const int32_t *ids_l, const int32_t *ids_g, int B, const zl_text_cond *out) {
+    const int T = ZL_CLIP_CTX;
+    int C1 = zl_clip_get_config(t->te1)->hidden;
+    size_t N = (size_t)B * T;
+    int rc;
+    if (t->family == ZL_FAMILY_SD1) {
+        zl_clip_out o = out->te1;
+        float *tmp = NULL;
+        if (out->prompt_embeds && !o.last_hidden) o.last_hidden = out->prompt_embeds;
+        else if (out->prompt_embeds) tmp = o.last_hidden;
+        if ((rc = zl_clip_forward(t->te1, ids_l, B, T, &o))) return rc;
+        if (tmp) memcpy(out->prompt_embeds, tmp, N * C1 * sizeof(float));
+        return ZL_OK;
+    }
+    if (!ids_g) return zl_set_error(ZL_EINVAL, "SDXL text encoding needs the bigG token ids");
+    int C2 = zl_clip_get_config(t->te2)->hidden;
+    zl_clip_out o1 = out->te1, o2 = out->te2;
+    float *p1 = NULL, *p2 = NULL;
+    if (out->prompt_embeds) {
+        if (!o1.penultimate) o1.penultimate = p1 = malloc(N * C1 * sizeof(float));
+        if (!o2.penultimate) o2.penultimate = p2 = malloc(N * C2 * sizeof(float));
+        if (!o1.penultimate || !o2.penultimate) {
+            free(p1);
+            free(p2);
+            return zl_set_error(ZL_ENOMEM, "out of memory encoding %d prompts", B);
+        }
+    }
+    float *pool = NULL;
+    if (out->pooled && !o2.projected) o2.projected = out->pooled;
+    else if (out->pooled) pool = o2.projected;
+    rc = zl_clip_forward(t->te1, ids_l, B, T, &o1);
+    if (!rc) rc = zl_clip_forward(t->te2, ids_g, B, T, &o2);
+    if (!rc && out->prompt_embeds) {
+        for (size_t n = 0; n < N; n++) {
+            float *dst = out->prompt_embeds + n * (size_t)(C1 + C2);
+            memcpy(dst, o1.penultimate + n * C1, (size_t)C1 * sizeof(float));
+            memcpy(dst + C1, o2.penultimate + n * C2, (size_t)C2 * sizeof(float));
+        }
+    }
+    if (!rc && pool) memcpy(out->pooled, pool, (size_t)B * zl_text_pooled_dim(t) * sizeof(float));
+    free(p1);
+    free(p2);
+    return rc;
+}
+
+int zl_text_encode_prompt(const zl_text *t, const char *prompt, int zero_if_empty, float *prompt_embeds,
+                          float *pooled) {
+    int D = zl_text_context_dim(t), P = zl_text_pooled_dim(t);
+    if (zero_if_empty && (!prompt || !prompt[0])) {
+        memset(prompt_embeds, 0, (size_t)ZL_CLIP_CTX * D * sizeof(float));
+        if (pooled && P) memset(pooled, 0, (size_t)P * sizeof(float));
+        return ZL_OK;
+    }
+    if (!prompt) prompt = "";
+    int32_t il[ZL_CLIP_CTX], ig[ZL_CLIP_CTX];
+    int rc = zl_tokenize_clip(t->tok, prompt, ZL_CLIP_PAD_L, 1, il, NULL);
+    if (!rc && t->te2) rc = zl_tokenize_clip(t->tok, prompt, ZL_CLIP_PAD_BIGG, 0, ig, NULL);
+    if (rc) return rc;
+    zl_text_cond c = {.prompt_embeds = prompt_embeds, .pooled = t->te2 ? pooled : NULL};
+    return zl_text_encode_ids(t, il, t->te2 ? ig : NULL, 1, &c);
+}

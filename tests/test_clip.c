@@ -1,0 +1,217 @@
+/* Text encoder tests: every tensor of text_io.safetensors (mini-sdxl, tiny-sd15)
+ * within the FIXTURES.md tolerance, from the diffusers folder and from
+ * single_file.safetensors, with and without loras/text_encoders.kohya.safetensors
+ * (the lora.* tensors); prompt-string encoding; errors; one case through the CLI. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "testlib.h"
+#include "ziplora/text.h"
+
+#define TOL 1e-4
+
+static int32_t *read_ids(zl_st_file *f, const char *name, int *B) {
+    const zl_st_tensor *t = zl_st_find(f, name);
+    CHECKM(t && t->ndim == 2 && t->shape[1] == ZL_CLIP_CTX, "%s present as [B, 77]", name);
+    if (!t) return NULL;
+    *B = (int)t->shape[0];
+    int32_t *ids = malloc((size_t)t->numel * sizeof *ids);
+    CHECK(t->dtype == ZL_DT_I64);
+    for (int64_t i = 0; i < t->numel; i++) {
+        int64_t v; /* the mapping need not be 8-byte aligned */
+        memcpy(&v, t->data + 8 * i, 8);
+        ids[i] = (int32_t)v;
+    }
+    return ids;
+}
+
+static void cmp(zl_st_file *ref, const char *prefix, const char *name, const float *got, const char *label) {
+    char full[128];
+    snprintf(full, sizeof full, "%s%s", prefix, name);
+    const zl_st_tensor *t = zl_st_find(ref, full);
+    if (!t) return; /* the fixture does not hold this one (e.g. lora.te1_pooled) */
+    float *r = malloc((size_t)t->numel * sizeof *r);
+    zl_st_read_f32(t, r);
+    char what[256];
+    snprintf(what, sizeof what, "%s %s", label, full);
+    zt_close(what, got, r, t->numel, TOL);
+    free(r);
+}
+
+/* Encode the fixture's ids with the model at `model` and compare everything. */
+static void run_case(const char *fixture, const char *model_rel, int single, int with_lora) {
+    char label[256];
+    snprintf(label, sizeof label, "%s/%s%s", fixture, model_rel, with_lora ? " +lora" : "");
+    char rel[256];
+    snprintf(rel, sizeof rel, "%s/text_io.safetensors", fixture);
+    zl_st_file *io = NULL;
+    CHECK_OK(zl_st_open(zt_data(rel), &io));
+    if (!io) return;
+    int B = 0, Bg = 0;
+    int32_t *il = read_ids(io, "ids_clip_l", &B);
+    int32_t *ig = zl_st_find(io, "ids_bigg") ? read_ids(io, "ids_bigg", &Bg) : NULL;
+    snprintf(rel, sizeof rel, "%s/%s", fixture, model_rel);
+    zl_model_paths mp;
+    CHECK_OK(zl_model_paths_resolve(zt_data(rel), &mp));
+    char c1[1024], c2[1024];
+    snprintf(c1, sizeof c1, "%s", zt_data(fixture));
+    strcat(c1, "/text_encoder/config.json");
+    snprintf(c2, sizeof c2, "%s", zt_data(fixture));
+    strcat(c2, "/text_encoder_2/config.json");
+    /* The fixture models have 4 heads of width 8/12, which shapes cannot tell: a single file
+     * takes the heads from the diffusers config, as a user would pass it. */
+    zl_text_load_opts lo = {.te1_config = single ? c1 : NULL, .te2_config = single && ig ? c2 : NULL};
+    zl_text *tx = NULL;
+    CHECK_OK(zl_text_load(&mp, &lo, &tx));
+    if (!tx) goto done;
+    if (with_lora) {
+        snprintf(rel, sizeof rel, "%s/loras/text_encoders.kohya.safetensors", fixture);
+        zl_lora *l = NULL;
+        CHECK_OK(zl_lora_load(zt_data(rel), NULL, &l));
+        if (l) {
+            int nte = 0;
+            for (int k = 0; k < l->n; k++) nte += l->layers[k].part != ZL_PART_UNET;
+            CHECK(nte == l->n && nte > 0);
+            CHECK_OK(zl_text_apply_lora(tx, l, 1.0f));
+        }
+        zl_lora_free(l);
+    }
+    int D = zl_text_context_dim(tx), P = zl_text_pooled_dim(tx);
+    int C1 = zl_clip_get_config(zl_text_encoder(tx, ZL_PART_TE1))->hidden;
+    int C2 = ig ? zl_clip_get_config(zl_text_encoder(tx, ZL_PART_TE2))->hidden : 0;
+    size_t N = (size_t)B * ZL_CLIP_CTX;
+    zl_text_cond c = {0};
+    c.prompt_embeds = malloc(N * D * sizeof(float));
+    c.te1.penultimate = malloc(N * C1 * sizeof(float));
+    c.te1.last_hidden = malloc(N * C1 * sizeof(float));
+    c.te1.pooled = malloc((size_t)B * C1 * sizeof(float));
+    if (ig) {
+        c.pooled = malloc((size_t)B * P * sizeof(float));
+        c.te2.penultimate = malloc(N * C2 * sizeof(float));
+        c.te2.last_hidden = malloc(N * C2 * sizeof(float));
+        c.te2.pooled = malloc((size_t)B * C2 * sizeof(float));
+        c.te2.projected = malloc((size_t)B * P * sizeof(float));
+    }
+    CHECK_OK(zl_text_encode_ids(tx, il, ig, B, &c));
+    const char *pre = with_lora ? "lora." : "";
+    cmp(io, pre, "prompt_embeds", c.prompt_embeds, label);
+    cmp(io, pre, "te1_penultimate", c.te1.penultimate, label);
+    cmp(io, pre, "te1_last_hidden", c.te1.last_hidden, label);
+    cmp(io, pre, "te1_pooled", c.te1.pooled, label);
+    if (ig) {
+        cmp(io, pre, "pooled_prompt_embeds", c.pooled, label);
+        cmp(io, pre, "te2_penultimate", c.te2.penultimate, label);
+        cmp(io, pre, "te2_last_hidden", c.te2.last_hidden, label);
+        cmp(io, pre, "te2_pooled", c.te2.pooled, label);
+        cmp(io, pre, "te2_text_embeds", c.te2.projected, label);
+    }
+    /* Only the conditioning requested: same values (the last-layer skip must not change them). */
+    if (!with_lora) {
+        zl_text_cond c2 = {.prompt_embeds = malloc(N * D * sizeof(float)),
+                           .pooled = ig ? malloc((size_t)B * P * sizeof(float)) : NULL};
+        CHECK_OK(zl_text_encode_ids(tx, il, ig, B, &c2));
+        CHECK(!memcmp(c2.prompt_embeds, c.prompt_embeds, N * D * sizeof(float)));
+        if (ig) CHECK(!memcmp(c2.pooled, c.pooled, (size_t)B * P * sizeof(float)));
+        free(c2.prompt_embeds);
+        free(c2.pooled);
+        /* The prompt-string path: case 0 of tokenizer_cases.json is "a photo of sks dog". */
+        float *pe = malloc((size_t)ZL_CLIP_CTX * D * sizeof(float)), *pp = P ? malloc((size_t)P * sizeof(float)) : NULL;
+        CHECK_OK(zl_text_encode_prompt(tx, "a photo of sks dog", 0, pe, pp));
+        /* batch 1 vs batch 8 may reassociate inside sgemm: compare with the tolerance */
+        zt_close("prompt string -> prompt_embeds[0]", pe, c.prompt_embeds, (int64_t)ZL_CLIP_CTX * D, TOL);
+        if (pp) zt_close("prompt string -> pooled[0]", pp, c.pooled, P, TOL);
+        /* SDXL's zeroed empty negative prompt */
+        if (ig) {
+            CHECK_OK(zl_text_encode_prompt(tx, "", 1, pe, pp));
+            int zero = 1;
+            for (int i = 0; i < ZL_CLIP_CTX * D; i++) zero &= pe[i] == 0.0f;
+            for (int i = 0; i < P; i++) zero &= pp[i] == 0.0f;
+            CHECK(zero);
+        }
+        free(pe);
+        free(pp);
+    }
+    free(c.prompt_embeds); free(c.pooled);
+    free(c.te1.penultimate); free(c.te1.last_hidden); free(c.te1.pooled);
+    free(c.te2.penultimate); free(c.te2.last_hidden); free(c.te2.pooled); free(c.te2.projected);
+done:
+    zl_text_free(tx);
+    zl_model_paths_free(&mp);
+    free(il);
+    free(ig);
+    zl_st_close(io);
+}
+
+static void test_errors(void) {
+    /* A single file of the fixture without a config: hidden 32 is not a multiple of 64. */
+    zl_clip *c = NULL;
+    int rc = zl_clip_load(zt_data("mini-sdxl/single_file.safetensors"), ZL_PART_TE2, NULL, &c);
+    CHECK(rc == ZL_EINVAL && strstr(zl_errmsg(), "config.json"));
+    /* An SD1 file has no second encoder. */
+    rc = zl_clip_load(zt_data("tiny-sd15/single_file.safetensors"), ZL_PART_TE2, NULL, &c);
+    CHECK(rc == ZL_ENOTFOUND && strstr(zl_errmsg(), "second"));
+    /* A config that does not match the weights. */
+    rc = zl_clip_load(zt_data("tiny-sd15/text_encoder/model.safetensors"), ZL_PART_TE1,
+                      &(zl_clip_load_opts){.config_json = zt_data("mini-sdxl/text_encoder/config.json")}, &c);
+    CHECK(rc == ZL_ESHAPE);
+    /* Token ids outside the vocabulary. */
+    CHECK_OK(zl_clip_load(zt_data("tiny-sd15/text_encoder/model.safetensors"), ZL_PART_TE1,
+                          &(zl_clip_load_opts){.config_json = zt_data("tiny-sd15/text_encoder/config.json")}, &c));
+    if (c) {
+        int32_t ids[ZL_CLIP_CTX] = {ZL_CLIP_BOS, 49408};
+        float pooled[48];
+        rc = zl_clip_forward(c, ids, 1, ZL_CLIP_CTX, &(zl_clip_out){.pooled = pooled});
+        CHECK(rc == ZL_EINVAL && strstr(zl_errmsg(), "49408"));
+        /* An SDXL text LoRA does not fit the SD1 encoder's width: refused, nothing changed. */
+        zl_lora *l = NULL;
+        CHECK_OK(zl_lora_load(zt_data("mini-sdxl/loras/text_encoders.kohya.safetensors"), NULL, &l));
+        if (l) CHECK(zl_clip_apply_lora(c, l, 1.0f) == ZL_ESHAPE);
+        zl_lora_free(l);
+        zl_clip_free(c);
+    }
+}
+
+static void test_cli(void) {
+    const char *out = zt_tmp("text_out.safetensors");
+    int code = zt_cli("run text --model '%s' --lora '%s' --in '%s' -o '%s'", zt_data("mini-sdxl"),
+                      zt_data("mini-sdxl/loras/text_encoders.kohya.safetensors"), zt_data("mini-sdxl/text_io.safetensors"),
+                      out);
+    CHECKM(code == 0, "run text exit %d: %s", code, zt_err);
+    zl_st_file *o = NULL, *io = NULL;
+    CHECK_OK(zl_st_open(out, &o));
+    CHECK_OK(zl_st_open(zt_data("mini-sdxl/text_io.safetensors"), &io));
+    if (o && io) {
+        static const char *const names[] = {"prompt_embeds", "pooled_prompt_embeds", "te1_penultimate", "te1_last_hidden",
+                                            "te2_penultimate", "te2_last_hidden", "te2_text_embeds"};
+        for (int i = 0; i < 7; i++) {
+            const zl_st_tensor *t = zl_st_find(o, names[i]);
+            CHECKM(t != NULL, "output has %s", names[i]);
+            if (!t) continue;
+            float *g = malloc((size_t)t->numel * sizeof *g);
+            zl_st_read_f32(t, g);
+            cmp(io, "lora.", names[i], g, "cli");
+            free(g);
+        }
+        CHECK(zl_st_find(o, "te1_pooled") && zl_st_find(o, "te2_pooled"));
+    }
+    zl_st_close(o);
+    zl_st_close(io);
+    /* bad input: a missing tensor -> exit 1, no output file */
+    const char *bad = zt_tmp("bad_out.safetensors");
+    code = zt_cli("run text --model '%s' --in '%s' -o '%s'", zt_data("mini-sdxl"), zt_data("mini-sdxl/vae_io.safetensors"), bad);
+    CHECK(code == 1 && strstr(zt_err, "ids_clip_l") && !zl_file_exists(bad));
+    code = zt_cli("run text --model '%s' -o '%s'", zt_data("mini-sdxl"), bad);
+    CHECK(code == 2);
+}
+
+int main(void) {
+    static const char *const fixtures[] = {"mini-sdxl", "tiny-sd15"};
+    for (int f = 0; f < 2; f++)
+        for (int lora = 0; lora < 2; lora++) {
+            run_case(fixtures[f], "", 0, lora);
+            run_case(fixtures[f], "single_file.safetensors", 1, lora);
+        }
+    test_errors();
+    test_cli();
+    return zt_done();
+}
