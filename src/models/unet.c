@@ -329,8 +329,25 @@ int zl_unet_pooled_dim(const zl_unet *u) {
 
 static const float *bias_of(const zl_unet_mod *m) { return m->has_bias ? m->b.f32 : NULL; }
 
+/* The weight as float32: resident, aligned F32 in the file, or widened into the
+ * one scratch buffer -- in parallel chunks, since at SDXL size this runs over
+ * 2.6 B values per forward. Chunking is fixed, so the result is exact anyway. */
+static const float *weight_f32(zl_unet *u, const zl_weight *w) {
+    if (!zl_weight_needs_scratch(w)) return zl_weight_f32(w, NULL);
+    const size_t chunk = (size_t)1 << 16, n = (size_t)w->numel, esz = (size_t)zl_dtype_bits(w->dtype) / 8;
+    const long nc = (long)((n + chunk - 1) / chunk);
+    float *dst = u->wscratch;
+    const char *src = w->data;
+#pragma omp parallel for schedule(static) if (nc > 1)
+    for (long c = 0; c < nc; c++) {
+        size_t o = (size_t)c * chunk, len = n - o < chunk ? n - o : chunk;
+        zl_convert_to_f32(w->dtype, src + o * esz, dst + o, len);
+    }
+    return dst;
+}
+
 void zl_unet_linear(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, int N) {
-    const float *W = zl_weight_f32(&m->w, u->wscratch);
+    const float *W = weight_f32(u, &m->w);
     zl_linear_fwd(y, x, W, bias_of(m), N, m->in, m->out);
     for (int k = 0; k < m->n_br; k++) {
         const zl_unet_branch *br = &m->br[k];
@@ -350,7 +367,7 @@ void zl_unet_linear(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, 
 void zl_unet_conv(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, int B, int H, int W, int stride) {
     int pad = m->kh / 2;
     zl_conv_shape s = {B, m->in, H, W, m->out, m->kh, m->kw, stride, pad, pad, pad, pad};
-    const float *Wt = zl_weight_f32(&m->w, u->wscratch);
+    const float *Wt = weight_f32(u, &m->w);
     zl_conv2d_fwd(y, x, Wt, bias_of(m), &s);
     if (!m->n_br) return;
     int Ho = zl_conv_out_h(&s), Wo = zl_conv_out_w(&s), HWo = Ho * Wo, HW = H * W;
@@ -468,28 +485,37 @@ static int ws_ensure(zl_unet *u, int B, int H, int W, int T) {
     zl_unet_ws *ws = &u->ws;
     if (ws->cur && ws->B == B && ws->H == H && ws->W == W && ws->T == T && ws->max_rank >= max_rank) return ZL_OK;
     ws_free(ws);
+    /* Each buffer sized for what it holds (see the block functions): cN a block's
+     * [B, C, HW] at any level, catN an up-block concat, ffN the GEGLU projection
+     * [N, 8C], ff4N its output, kvN cross-attention keys, inN any branch input. */
     int n = c->n_levels, cmax = 0;
-    size_t act = (size_t)zmax(c->in_channels, c->out_channels) * H * W;
+    size_t cN = (size_t)B * zmax(c->in_channels, c->out_channels) * H * W, catN = 0, ffN = 0, ff4N = 0, kvN = 0;
     for (int l = 0; l < n; l++) {
-        size_t hw = (size_t)(H >> l) * (W >> l);
+        size_t hw = (size_t)B * (H >> l) * (W >> l);
         int cl = c->block_out_channels[l], cp = c->block_out_channels[l ? l - 1 : 0];
         int cn = c->block_out_channels[l + 1 < n ? l + 1 : l], cm = cl > cp ? cl : cp;
         if (cn > cm) cm = cn;
         if (cm > cmax) cmax = cm;
-        act = zmax(act, 2 * (size_t)cm * hw); /* up-block concat */
-        if (c->down_types[l] == ZL_BLOCK_CROSSATTN || c->up_types[n - 1 - l] == ZL_BLOCK_CROSSATTN || l == n - 1)
-            act = zmax(act, 8 * (size_t)cl * hw); /* GEGLU projection */
-        act = zmax(act, (size_t)T * zmax(cl, c->cross_attention_dim));
+        cN = zmax(cN, (size_t)cm * hw);
+        const zl_unet_level *up = &u->up[n - 1 - l];
+        for (int j = 0; j < up->n_res; j++) catN = zmax(catN, (size_t)up->res[j].cin * hw);
+        if (c->down_types[l] == ZL_BLOCK_CROSSATTN || c->up_types[n - 1 - l] == ZL_BLOCK_CROSSATTN || l == n - 1) {
+            ffN = zmax(ffN, 8 * (size_t)cl * hw);
+            ff4N = zmax(ff4N, 4 * (size_t)cl * hw);
+            kvN = zmax(kvN, (size_t)B * T * cl);
+        }
     }
-    act = zmax(act, (size_t)zmax(c->time_embed_dim, c->projection_class_embeddings_input_dim));
-    act *= (size_t)B;
+    catN = zmax(catN, cN);
+    size_t inN = zmax(zmax(catN, ff4N), (size_t)B * zmax((size_t)T * c->cross_attention_dim,
+                                                         zmax(c->time_embed_dim, c->projection_class_embeddings_input_dim)));
+    size_t sz[5] = {catN, zmax(cN, ffN), cN, zmax(zmax(ff4N, kvN), cN), zmax(cN, kvN)};
     ws->B = B; ws->H = H; ws->W = W; ws->T = T; ws->max_rank = max_rank;
-    ws->act_n = act;
-    int ok = (ws->cur = malloc(act * sizeof(float))) && (ws->nxt = malloc(act * sizeof(float))) &&
-             (ws->cat = malloc(act * sizeof(float))) && (ws->bt = malloc(act * sizeof(float))) &&
-             (ws->temb = malloc((size_t)B * c->time_embed_dim * sizeof(float))) &&
+    ws->act_n = cN;
+    int ok = (ws->cur = malloc(cN * sizeof(float))) && (ws->nxt = malloc(cN * sizeof(float))) &&
+             (ws->cat = malloc(catN * sizeof(float))) && (ws->temb = malloc((size_t)B * c->time_embed_dim * sizeof(float))) &&
              (ws->tproj = malloc((size_t)B * cmax * sizeof(float)));
-    for (int i = 0; i < 5 && ok; i++) ok = (ws->t[i] = malloc(act * sizeof(float))) != NULL;
+    for (int i = 0; i < 5 && ok; i++) ok = (ws->t[i] = malloc(sz[i] * sizeof(float))) != NULL;
+    if (ok && max_rank) ok = (ws->bt = malloc(inN * sizeof(float))) != NULL;
     if (ok && max_rank) {
         size_t nb = (size_t)B * H * W * max_rank;
         nb = zmax(nb, (size_t)B * T * max_rank);

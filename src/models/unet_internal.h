@@ -66,9 +66,9 @@ typedef struct {
 /* Work buffers of one forward, sized for (B, H, W, T) and reused while they fit. */
 typedef struct {
     int B, H, W, T, max_rank;
-    size_t act_n;   /* floats in each activation buffer */
+    size_t act_n;   /* floats in cur / nxt: the largest [B, C, HW] */
     float *cur, *nxt, *cat, *t[5];
-    float *bt;      /* branch input (x ⊙ m), act_n */
+    float *bt;      /* branch input (x ⊙ m); only with runtime branches */
     float *ba;      /* branch rank activations, B*H*W*max_rank */
     float *temb;    /* [B, time_embed_dim]: SiLU(time embedding), shared by all resnets */
     float *tproj;   /* [B, max channels] */
