@@ -569,7 +569,7 @@ int zl_tokenize_clip(const zl_tokenizer *t, const char *text, int32_t pad_id, in
     if (rc) return rc;
     int keep = n < ZL_CLIP_MAX_TOKENS ? n : ZL_CLIP_MAX_TOKENS;
     ids[0] = ZL_CLIP_BOS;
-    memcpy(ids + 1, v, (size_t)keep * sizeof *ids);
+    if (keep) memcpy(ids + 1, v, (size_t)keep * sizeof *ids);
     ids[keep + 1] = ZL_CLIP_EOS;
     for (int i = keep + 2; i < ZL_CLIP_CTX; i++) ids[i] = pad_id;
     if (n_dropped) *n_dropped = n - keep;
