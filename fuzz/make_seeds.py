@@ -8,6 +8,7 @@ with libFuzzer's -merge=1, which keeps only inputs that add coverage.
 Standard library only, so it runs on a fresh machine."""
 import json
 import os
+import re
 import struct
 import sys
 
@@ -132,8 +133,111 @@ def unet_config_seeds():
     put(H, "not_obj", "[1, 2, 3]")
 
 
+SUFFIX = re.compile(r"^(.*?)(\.lora_down\.weight|\.lora_up\.weight|\.alpha|\.lora_A\.weight|\.lora_B\.weight|"
+                    r"\.lora\.down\.weight|\.lora\.up\.weight|\.down\.weight|\.up\.weight|\.lora_mid\.weight|"
+                    r"\.dora_scale)$")
+
+
+def pick_groups(keys, n):
+    """Keys of n modules spread over the file (all of each module's tensors)."""
+    groups = {}
+    for k in keys:
+        m = SUFFIX.match(k)
+        groups.setdefault(m.group(1) if m else k, []).append(k)
+    names = sorted(groups)
+    step = max(1, len(names) // n)
+    out = []
+    for g in names[::step][:n]:
+        out += sorted(groups[g])
+    return out
+
+
+def spec(lines, tensors, meta=None, fills=None):
+    """The fuzz_lora text format (see fuzz/fuzz_lora.c)."""
+    out = list(lines)
+    for k, v in sorted((meta or {}).items()):
+        out.append("meta %s %s" % (k, v))
+    for name, dt, shape in tensors:
+        dims = ",".join(str(d) for d in shape) if shape else "-"
+        f = (fills or {}).get(name)
+        out.append("t %s %s %s%s" % (name, dt, dims, "" if f is None else " " + f))
+    return "\n".join(out) + "\n"
+
+
+def lora_seeds():
+    H = "lora"
+    # Fixture LoRAs: a few modules of every file, against the matching fixture UNet and without one.
+    for fam in ["tiny-sdxl", "mini-sdxl", "tiny-sd15"]:
+        d = os.path.join(DATA, fam, "loras")
+        for fn in sorted(os.listdir(d)):
+            if not fn.endswith(".safetensors"):
+                continue
+            ts, meta = read_st(os.path.join(d, fn))
+            by = {t[0]: t for t in ts}
+            keys = pick_groups(list(by), 4)
+            tensors = [(k, by[k][1], by[k][2]) for k in keys]
+            stem = fn.split(".")[0]
+            lines = ["unet " + fam]
+            if fn.startswith("text_encoders"):
+                lines.append("te 1")
+            cfg = os.path.join(d, stem + ".adapter_config.json")
+            if ".peft." in fn and os.path.exists(cfg):
+                lines.append("cfg " + json.dumps(json.load(open(cfg)), separators=(",", ":")))
+            tag = fam + "_" + fn.replace(".safetensors", "")
+            put(H, tag, spec(lines, tensors, meta))
+            put(H, tag + "_nocfg", spec([], tensors, meta))
+            # and the raw file bytes of a smaller slice
+            small = [by[k] for k in keys if len(by[k][3]) <= 4096][:6]
+            put(H, tag + "_raw", st_bytes(small, meta))
+    # Real layouts at real shapes (rank 4), against the standard configs.
+    for rel, lines in [("sdxl.kohya_lora", ["unet sdxl", "te 2"]), ("sdxl.kohya_locon", ["unet sdxl"]),
+                       ("sd15.kohya_lora", ["unet sd15", "te 2"]), ("sd15.kohya_locon", []),
+                       ("sdxl.diffusers_lora", ["unet sdxl"]), ("sdxl.diffusers_lora_old", []),
+                       ("sdxl.kohya_from_diffusers", ["unet sdxl"])]:
+        t = json.load(open(os.path.join(DATA, "real-keys", rel + ".keys.json")))["tensors"]
+        keys = pick_groups(sorted(t), 5)
+        tensors = [(k, t[k]["dtype"], t[k]["shape"]) for k in keys]
+        meta = {"ss_base_model_version": "sdxl_base_v1-0"} if rel.startswith("sdxl.kohya") else None
+        put(H, "real_" + rel, spec(lines, tensors, meta))
+    # Other layouts and the kinds that must be refused, on a tiny-sdxl module.
+    mod = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q"
+    kmod = "lora_unet_" + mod.replace(".", "_")
+    lin = lambda pre, a, b: [(pre + a, "F32", [4, 64]), (pre + b, "F32", [64, 4])]
+    put(H, "peft_base_model", spec(["unet tiny-sdxl"], lin("base_model.model." + mod, ".lora_A.weight", ".lora_B.weight")))
+    put(H, "peft_adapter_meta", spec(["unet tiny-sdxl"], lin("unet." + mod, ".lora_A.weight", ".lora_B.weight"),
+                                     {"lora_adapter_metadata": json.dumps({"r": 4, "lora_alpha": 2, "alpha_pattern": {mod: 8}})}))
+    put(H, "peft_rslora", spec(["unet tiny-sdxl", 'cfg {"r":4,"lora_alpha":8,"use_rslora":true}'],
+                               lin("unet." + mod, ".lora_A.weight", ".lora_B.weight")))
+    put(H, "diffusers_lora_down", spec(["unet tiny-sdxl"], lin("unet." + mod, ".lora.down.weight", ".lora.up.weight")))
+    put(H, "diffusers_processor", spec([], lin("unet.down_blocks.1.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora",
+                                              ".down.weight", ".up.weight")))
+    te = "text_model.encoder.layers.0.self_attn.q_proj"
+    put(H, "peft_text_encoders", spec(["unet mini-sdxl", "te 1"], lin("text_encoder." + te, ".lora_A.weight", ".lora_B.weight")[:1] +
+                                      [("text_encoder." + te + ".lora_B.weight", "F32", [32, 4]),
+                                       ("text_encoder_2." + te + ".lora_A.weight", "F32", [4, 32]),
+                                       ("text_encoder_2." + te + ".lora_B.weight", "F32", [32, 4])]))
+    kl = [(kmod + ".lora_down.weight", "F16", [4, 64]), (kmod + ".lora_up.weight", "F16", [64, 4]), (kmod + ".alpha", "I64", [])]
+    put(H, "kohya_alpha_i64", spec(["unet tiny-sdxl"], kl, fills={kmod + ".alpha": "2"}))
+    put(H, "kohya_alpha_zero", spec([], kl, fills={kmod + ".alpha": "0"}))
+    put(H, "kohya_alpha_nan", spec([], kl, fills={kmod + ".alpha": "nan"}))
+    put(H, "kohya_rank_mismatch", spec([], [(kmod + ".lora_down.weight", "F16", [4, 64]), (kmod + ".lora_up.weight", "F16", [64, 3])]))
+    put(H, "kohya_missing_up", spec([], [(kmod + ".lora_down.weight", "F16", [4, 64])]))
+    put(H, "kohya_unknown_module", spec([], [("lora_unet_no_such_block.lora_down.weight", "F16", [4, 64]),
+                                             ("lora_unet_no_such_block.lora_up.weight", "F16", [64, 4])]))
+    conv = "lora_unet_down_blocks_0_resnets_0_conv1"
+    put(H, "locon_tucker", spec(["unet tiny-sdxl"], [(conv + ".lora_down.weight", "F16", [4, 32, 1, 1]),
+                                                     (conv + ".lora_mid.weight", "F16", [4, 4, 3, 3]),
+                                                     (conv + ".lora_up.weight", "F16", [32, 4, 1, 1])]))
+    put(H, "dora", spec([], kl + [(kmod + ".dora_scale", "F16", [1, 64])]))
+    put(H, "loha", spec([], [(kmod + ".hada_w1_a", "F16", [64, 4]), (kmod + ".hada_w1_b", "F16", [4, 64]),
+                             (kmod + ".hada_w2_a", "F16", [64, 4]), (kmod + ".hada_w2_b", "F16", [4, 64])]))
+    put(H, "lokr", spec([], [(kmod + ".lokr_w1", "F16", [8, 8]), (kmod + ".lokr_w2", "F16", [8, 8])]))
+    put(H, "family_conflict", spec(["unet tiny-sd15", "family 1"], kl, {"ss_base_model_version": "sdxl_base_v1-0"}))
+    put(H, "empty", spec([], []))
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["safetensors", "unet_config"]
+    which = sys.argv[1:] or ["safetensors", "unet_config", "lora"]
     for w in which:
         globals()[w + "_seeds"]()
         print("seeds:", w, len(os.listdir(os.path.join(OUT, w))), "files in", os.path.join(OUT, w))
