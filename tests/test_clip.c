@@ -142,6 +142,96 @@ done:
     zl_st_close(io);
 }
 
+
+/* Copy the tensors of `src` whose names start with `from` into a new file, renamed
+ * to start with `to`; `fix` may rewrite one entry (name, data). Returns the path. */
+typedef void (*fix_fn)(zl_st_entry *e, float *data);
+static const char *rewrite(const char *src, const char *from, const char *to, fix_fn fix, const char *name) {
+    zl_st_file *f = NULL;
+    CHECK_OK(zl_st_open(src, &f));
+    if (!f) return NULL;
+    int n = zl_st_count(f), k = 0;
+    zl_st_entry *e = calloc((size_t)n, sizeof *e);
+    char **names = calloc((size_t)n, sizeof *names);
+    float **bufs = calloc((size_t)n, sizeof *bufs);
+    size_t lf = strlen(from);
+    for (int i = 0; i < n; i++) {
+        const zl_st_tensor *t = zl_st_at(f, i);
+        if (strncmp(t->name, from, lf) || strstr(t->name, "position_ids")) continue;
+        names[k] = malloc(strlen(to) + strlen(t->name) + 16);
+        sprintf(names[k], "%s%s", to, t->name + lf);
+        bufs[k] = malloc((size_t)(t->numel ? t->numel : 1) * sizeof(float));
+        zl_st_read_f32(t, bufs[k]);
+        e[k] = (zl_st_entry){.name = names[k], .dtype = ZL_DT_F32, .ndim = t->ndim, .data = bufs[k]};
+        for (int d = 0; d < t->ndim; d++) e[k].shape[d] = t->shape[d];
+        if (fix) fix(&e[k], bufs[k]);
+        k++;
+    }
+    const char *out = zt_tmp(name);
+    CHECK_OK(zl_st_write(out, e, k, NULL, 0, NULL, 0));
+    for (int i = 0; i < k; i++) { free(names[i]); free(bufs[i]); }
+    free(e); free(names); free(bufs);
+    zl_st_close(f);
+    return out;
+}
+
+/* diffusers <= 0.21 wrote bigG's projection as HF's Linear weight: text_projection.weight = P^T. */
+static char g_projname[256];
+static void to_hf_projection(zl_st_entry *e, float *data) {
+    if (!strstr(e->name, "model.text_projection")) return;
+    int64_t C = e->shape[0], P = e->shape[1];
+    float *tmp = malloc((size_t)(C * P) * sizeof *tmp);
+    for (int64_t i = 0; i < C; i++)
+        for (int64_t j = 0; j < P; j++) tmp[j * C + i] = data[i * P + j];
+    memcpy(data, tmp, (size_t)(C * P) * sizeof *tmp);
+    free(tmp);
+    snprintf(g_projname, sizeof g_projname, "%s.weight", e->name);
+    e->name = g_projname;
+    e->shape[0] = P;
+    e->shape[1] = C;
+}
+
+/* Other real layouts, built from the fixtures: an old SD1 file without "text_model.",
+ * and an SDXL file whose bigG projection is stored the diffusers-0.21 way. */
+static void test_other_layouts(void) {
+    zl_st_file *io = NULL;
+    int B = 0;
+    /* old SD1 naming: cond_stage_model.transformer.{embeddings,encoder,final_layer_norm} */
+    const char *old = rewrite(zt_data("tiny-sd15/single_file.safetensors"), "cond_stage_model.transformer.text_model.",
+                              "cond_stage_model.transformer.", NULL, "old_sd1.safetensors");
+    CHECK_OK(zl_st_open(zt_data("tiny-sd15/text_io.safetensors"), &io));
+    zl_clip *c = NULL;
+    if (old && io)
+        CHECK_OK(zl_clip_load(old, ZL_PART_TE1, &(zl_clip_load_opts){.config_json = zt_data("tiny-sd15/text_encoder/config.json")}, &c));
+    if (c) {
+        int32_t *ids = read_ids(io, "ids_clip_l", &B);
+        float *last = malloc((size_t)B * ZL_CLIP_CTX * 48 * sizeof(float));
+        CHECK_OK(zl_clip_forward(c, ids, B, ZL_CLIP_CTX, &(zl_clip_out){.last_hidden = last}));
+        cmp(io, "", "te1_last_hidden", last, "old SD1 names");
+        free(last);
+        free(ids);
+        zl_clip_free(c);
+        c = NULL;
+    }
+    zl_st_close(io);
+    io = NULL;
+    const char *hfp = rewrite(zt_data("mini-sdxl/single_file.safetensors"), "conditioner.embedders.1.",
+                              "conditioner.embedders.1.", to_hf_projection, "sdxl_hfproj.safetensors");
+    CHECK_OK(zl_st_open(zt_data("mini-sdxl/text_io.safetensors"), &io));
+    if (hfp && io)
+        CHECK_OK(zl_clip_load(hfp, ZL_PART_TE2, &(zl_clip_load_opts){.config_json = zt_data("mini-sdxl/text_encoder_2/config.json")}, &c));
+    if (c) {
+        int32_t *ids = read_ids(io, "ids_bigg", &B);
+        float *proj = malloc((size_t)B * 32 * sizeof(float));
+        CHECK_OK(zl_clip_forward(c, ids, B, ZL_CLIP_CTX, &(zl_clip_out){.projected = proj}));
+        cmp(io, "", "te2_text_embeds", proj, "bigG text_projection.weight");
+        free(proj);
+        free(ids);
+        zl_clip_free(c);
+    }
+    zl_st_close(io);
+}
+
 static void test_errors(void) {
     /* A single file of the fixture without a config: hidden 32 is not a multiple of 64. */
     zl_clip *c = NULL;
@@ -211,6 +301,7 @@ int main(void) {
             run_case(fixtures[f], "", 0, lora);
             run_case(fixtures[f], "single_file.safetensors", 1, lora);
         }
+    test_other_layouts();
     test_errors();
     test_cli();
     return zt_done();

@@ -10,7 +10,10 @@
  *   "cond_stage_model.transformer.text_model." (old files: without "text_model.");
  * - OpenCLIP names under "conditioner.embedders.1.model.": the fused
  *   attn.in_proj_weight [3C, C] is viewed as q | k | v row blocks (no copy), and
- *   text_projection [C, P] (used as x @ P) is transposed into HF's [P, C].
+ *   text_projection [C, P] (used as x @ P) is transposed into HF's [P, C]
+ *   (files from diffusers <= 0.21's conversion script hold HF's matrix as
+ *   text_projection.weight instead; kohya's SDXL saver writes HF's matrix under
+ *   the OpenCLIP name, which a square shape cannot reveal: we follow SGM).
  * Weights stay in their stored dtype (mmap) and are widened per layer during
  * the forward; a weight that receives a LoRA is widened once and kept. */
 #include <jansson.h>
@@ -215,6 +218,9 @@ int zl_clip_load(const char *weights, zl_part part, const zl_clip_load_opts *opt
     const zl_st_tensor *pos = find_t(c, c->openclip ? "positional_embedding" : "embeddings.position_embedding.weight", 0);
     const char *lnf = c->openclip ? "ln_final.%s" : "final_layer_norm.%s";
     const zl_st_tensor *proj = c->openclip ? find_t(c, "text_projection", 0) : zl_st_find(c->f, "text_projection.weight");
+    int proj_hf = !c->openclip;
+    if (c->openclip && !proj && (proj = find_t(c, "text_projection.weight", 0))) /* diffusers <= 0.21 scripts: HF layout */
+        proj_hf = 1;
     if (tok->ndim != 2 || !pos || pos->ndim != 2) {
         rc = zl_set_error(ZL_ESHAPE, "%s: token/position embeddings of the text encoder are missing or not 2-D", weights);
         goto fail;
@@ -255,7 +261,7 @@ int zl_clip_load(const char *weights, zl_part part, const zl_clip_load_opts *opt
         cfg->heads = (int)(C / 64);
         cfg->quick_gelu = part == ZL_PART_TE1; /* OpenAI CLIP-L: quick_gelu; OpenCLIP bigG: gelu */
         cfg->has_projection = proj != NULL;
-        cfg->projection_dim = proj ? (int)(c->openclip ? proj->shape[proj->ndim - 1] : proj->shape[0]) : cfg->hidden;
+        cfg->projection_dim = proj ? (int)(proj_hf ? proj->shape[0] : proj->shape[proj->ndim - 1]) : cfg->hidden;
         cfg->eps = 1e-5f;
     }
     if (cfg->layers < 1 || cfg->intermediate < 1 || cfg->heads < 1 || cfg->hidden % cfg->heads) {
@@ -280,7 +286,7 @@ int zl_clip_load(const char *weights, zl_part part, const zl_clip_load_opts *opt
             rc = zl_set_error(ZL_ENOTFOUND, "%s: the text encoder has a projection but the file has no text_projection", weights);
             goto fail;
         }
-        if (!c->openclip) {
+        if (proj_hf) {
             if ((rc = view(c, &c->proj, proj, "text_projection.weight", P, C, 0, 0))) goto fail;
         } else {
             /* [C, P] used as x @ P: store its transpose, HF's [P, C] */
