@@ -10,5 +10,6 @@
 #include "ziplora/model.h"
 #include "ziplora/progress.h"
 #include "ziplora/safetensors.h"
+#include "ziplora/text.h"
 
 #endif
