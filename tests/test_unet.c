@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "models/unet_internal.h"
 #include "testlib.h"
 #include "ziplora/unet.h"
 
@@ -278,6 +279,35 @@ static void test_threads(const char *fixture) {
     io_close(&io);
 }
 
+/* The per-block hook sees every block once, with its input's shape. */
+typedef struct { int n[3], first_up_cin, bad; } hook_count;
+static void count_hook(void *ctx, int kind, const void *blk, const float *x, int B, int C, int H, int W) {
+    hook_count *h = ctx;
+    (void)blk;
+    if (kind < 0 || kind > 2 || !x || B != 2 || H < 1 || W < 1) h->bad++;
+    else h->n[kind]++;
+    if (kind == 0 && h->n[0] == 7) h->first_up_cin = C; /* 4 down + 2 mid resnets come first */
+}
+
+static void test_hook(void) {
+    io_t io;
+    if (io_open(&io, "tiny-sdxl")) return;
+    zl_unet *u = load_unet("tiny-sdxl", 0, ZL_UNET_WEIGHTS_STORED);
+    if (u) {
+        hook_count hc = {{0, 0, 0}, 0, 0};
+        u->hook.fn = count_hook;
+        u->hook.ctx = &hc;
+        free(forward(u, &io));
+        /* tiny-sdxl: 2 levels x 2 resnets down, 2 mid, 2 x 3 up; transformers: 2 down (level 1),
+         * 1 mid, 3 up (up block 0); samplers: 1 down + 1 up. First up resnet: 64 + 64 channels. */
+        CHECKM(hc.n[0] == 12 && hc.n[1] == 6 && hc.n[2] == 2 && !hc.bad, "hook counts %d %d %d", hc.n[0], hc.n[1],
+               hc.n[2]);
+        CHECK(hc.first_up_cin == 128);
+        zl_unet_free(u);
+    }
+    io_close(&io);
+}
+
 static void test_errors(void) {
     io_t io;
     if (io_open(&io, "tiny-sdxl")) return;
@@ -386,6 +416,7 @@ int main(void) {
     test_mergers("tiny-sdxl");
     test_mergers("tiny-sd15");
     test_threads("mini-sdxl");
+    test_hook();
     test_errors();
     test_cli();
     return zt_done();

@@ -32,6 +32,9 @@
  *    layer's stride and padding; up is 1x1). Mergers start at 1 and are set with
  *    zl_unet_set_merger. Each branch is per-layer state (src/models/unet_internal.h)
  *    so that the ZipLoRA backward can read its saved inputs and accumulate dL/dm.
+ *    The forward is a sequence of block functions with explicit inputs, and a
+ *    per-block hook (zl_unet_hook, internal) hands each block's input to a
+ *    backward that keeps or checkpoints them.
  * s_k = alpha/rank of each layer. A runtime-mode zl_lora must outlive the UNet
  * (branches point at its A/B); a folded one may be freed after adding.
  *

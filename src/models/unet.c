@@ -528,6 +528,7 @@ static int ws_ensure(zl_unet *u, int B, int H, int W, int T) {
     return ZL_OK;
 }
 
+#define HOOK(kind, blk, x, C) do { if (u->hook.fn) u->hook.fn(u->hook.ctx, kind, blk, x, B, C, h, w); } while (0)
 #define SWAP(a, b) do { float *_t = (a); (a) = (b); (b) = _t; } while (0)
 
 /* Timestep embedding (+ SDXL text_time embedding) -> ws.temb = SiLU(emb) [B, time_embed_dim]. */
@@ -593,15 +594,18 @@ int zl_unet_forward(zl_unet *u, const zl_unet_input *in, float *out) {
     for (int i = 0; i < n; i++) {
         zl_unet_level *lv = &u->down[i];
         for (int j = 0; j < lv->n_res; j++) {
+            HOOK(0, &lv->res[j], cur, lv->res[j].cin);
             zl_unet_resnet_fwd(u, &lv->res[j], cur, nxt, B, h, w);
             SWAP(cur, nxt);
             if (lv->has_attn) {
+                HOOK(1, &lv->attn[j], cur, lv->attn[j].C);
                 zl_unet_transformer_fwd(u, &lv->attn[j], cur, in->context, nxt, B, h, w, T);
                 SWAP(cur, nxt);
             }
             PUSH(lv->res[j].cout);
         }
         if (lv->sampler) {
+            HOOK(2, lv->sampler, cur, lv->sampler->in);
             zl_unet_conv(u, lv->sampler, cur, nxt, B, h, w, 2);
             SWAP(cur, nxt);
             h /= 2;
@@ -609,10 +613,13 @@ int zl_unet_forward(zl_unet *u, const zl_unet_input *in, float *out) {
             PUSH(lv->sampler->out);
         }
     }
+    HOOK(0, &u->mid_res[0], cur, u->mid_res[0].cin);
     zl_unet_resnet_fwd(u, &u->mid_res[0], cur, nxt, B, h, w);
     SWAP(cur, nxt);
+    HOOK(1, &u->mid_attn, cur, u->mid_attn.C);
     zl_unet_transformer_fwd(u, &u->mid_attn, cur, in->context, nxt, B, h, w, T);
     SWAP(cur, nxt);
+    HOOK(0, &u->mid_res[1], cur, u->mid_res[1].cin);
     zl_unet_resnet_fwd(u, &u->mid_res[1], cur, nxt, B, h, w);
     SWAP(cur, nxt);
     int ccur = c->block_out_channels[n - 1];
@@ -629,9 +636,11 @@ int zl_unet_forward(zl_unet *u, const zl_unet_input *in, float *out) {
             }
             zl_concat_fwd(ws->cat, cur, s, B, ccur, cs, h * w); // [B, ccur + cs, HW]
             free(s);
+            HOOK(0, &lv->res[j], ws->cat, lv->res[j].cin);
             zl_unet_resnet_fwd(u, &lv->res[j], ws->cat, cur, B, h, w);
             ccur = lv->res[j].cout;
             if (lv->has_attn) {
+                HOOK(1, &lv->attn[j], cur, lv->attn[j].C);
                 zl_unet_transformer_fwd(u, &lv->attn[j], cur, in->context, nxt, B, h, w, T);
                 SWAP(cur, nxt);
             }
@@ -640,6 +649,7 @@ int zl_unet_forward(zl_unet *u, const zl_unet_input *in, float *out) {
             zl_upsample2x_fwd(ws->cat, cur, B, ccur, h, w);
             h *= 2;
             w *= 2;
+            HOOK(2, lv->sampler, ws->cat, ccur);
             zl_unet_conv(u, lv->sampler, ws->cat, cur, B, h, w, 1);
         }
     }

@@ -74,6 +74,16 @@ typedef struct {
     float *tproj;   /* [B, max channels] */
 } zl_unet_ws;
 
+/* Called before every block of the forward with that block's input, so a
+ * backward can keep (or checkpoint) block inputs and recompute inside a block.
+ * kind: 0 resnet (block is a zl_unet_resnet), 1 transformer (zl_unet_transformer),
+ * 2 sampler conv (zl_unet_mod; x before the stride-2 conv, or after the nearest
+ * upsample). x is [B, C, H, W] and valid only during the call. */
+typedef struct {
+    void (*fn)(void *ctx, int kind, const void *block, const float *x, int B, int C, int H, int W);
+    void *ctx;
+} zl_unet_hook;
+
 struct zl_unet {
     zl_unet_config cfg;
     zl_st_file *file;
@@ -90,6 +100,7 @@ struct zl_unet {
     size_t wscratch_n;
     int n_slots;
     zl_unet_ws ws;
+    zl_unet_hook hook; /* fn NULL: none */
 };
 
 zl_unet_mod *zl_unet_find_mod(const zl_unet *u, const char *name);
