@@ -3,16 +3,22 @@
  * ZL_ATT_BK columns with an online softmax, so memory is O(tile) and no
  * Tq x Tk matrix ever exists. The forward saves the row log-sum-exp; the
  * backward recomputes each probability tile from q, k and lse.
- * Each (batch, head, tile) task is independent and runs single-threaded
- * sgemm inside one OpenMP thread, so results do not depend on the thread count. */
+ * Tile products go through zl_tile_gemm (BLAS calls cost more than the
+ * arithmetic at these sizes). Each (batch, head, tile) task is independent
+ * and single-threaded, so results do not depend on the thread count. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "nn/ops.h"
+#include "nn/tile_gemm.h"
 #include "nn/vexp.h"
 
-#define ZL_ATT_BQ 128
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#define ZL_ATT_BQ 192
 #define ZL_ATT_BK 256
 
 /* Keys visible to query row i of a tile starting at key j0, among n keys. */
@@ -20,6 +26,39 @@ static inline int visible(int causal, int i, int j0, int n) {
     if (!causal) return n;
     int v = i - j0 + 1;
     return v < 0 ? 0 : v > n ? n : v;
+}
+
+static inline float row_max(const float *x, int n, float m) {
+    int i = 0;
+#if defined(__AVX2__)
+    if (n >= 8) {
+        __m256 v = _mm256_set1_ps(m);
+        for (; i + 8 <= n; i += 8) v = _mm256_max_ps(v, _mm256_loadu_ps(x + i));
+        float t[8];
+        _mm256_storeu_ps(t, v);
+        for (int j = 0; j < 8; j++) m = t[j] > m ? t[j] : m;
+    }
+#endif
+    for (; i < n; i++) m = x[i] > m ? x[i] : m;
+    return m;
+}
+
+/* Per-thread scratch for one tile task. */
+typedef struct {
+    float *S;   // [BQ, BK] scores / probabilities
+    float *T;   // [BQ, BK] dP / dS, or the output accumulator [BQ, d]
+    float *m;   // [2, BQ] running max and sum
+} att_scratch;
+
+static int scratch_alloc(att_scratch *s, int d) {
+    const size_t t = (size_t)ZL_ATT_BQ * ZL_ATT_BK;
+    const size_t tacc = (size_t)ZL_ATT_BQ * d > t ? (size_t)ZL_ATT_BQ * d : t;
+    s->S = malloc(sizeof(float) * (t + tacc + 2 * ZL_ATT_BQ));
+    s->T = s->m = NULL;
+    if (!s->S) return 0;
+    s->T = s->S + t;
+    s->m = s->T + tacc;
+    return 1;
 }
 
 void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
@@ -30,16 +69,16 @@ void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float
     int oom = 0;
     #pragma omp parallel
     {
-        float *S = malloc(sizeof(float) * ZL_ATT_BQ * ZL_ATT_BK);  // [BQ, BK] scores, then probabilities
-        float *acc = malloc(sizeof(float) * ZL_ATT_BQ * d);        // [BQ, d] unnormalised output
-        float *m = malloc(sizeof(float) * ZL_ATT_BQ * 2), *l = m ? m + ZL_ATT_BQ : NULL; // running max, sum
-        if (!S || !acc || !m) {
+        att_scratch w;
+        const int ok = scratch_alloc(&w, d);
+        if (!ok) {
             #pragma omp atomic write
             oom = 1;
         }
+        float *S = w.S, *acc = w.T, *m = w.m, *l = w.m + ZL_ATT_BQ;
         #pragma omp for schedule(dynamic, 1)
         for (long t = 0; t < ntask; t++) {
-            if (!S || !acc || !m) continue;
+            if (!ok) continue;
             const int qt = (int)(t % nqt), h = (int)((t / nqt) % H), b = (int)(t / ((long)nqt * H));
             const int i0 = qt * ZL_ATT_BQ, mq = Tq - i0 < ZL_ATT_BQ ? Tq - i0 : ZL_ATT_BQ;
             const float *qp = q + ((size_t)b * Tq + i0) * ldq + (size_t)h * d;
@@ -54,16 +93,15 @@ void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float
                 const int n = kend - j0 < ZL_ATT_BK ? kend - j0 : ZL_ATT_BK;
                 const float *kp = k + ((size_t)b * Tk + j0) * ldk + (size_t)h * d;
                 const float *vp = v + ((size_t)b * Tk + j0) * ldv + (size_t)h * d;
-                zl_sgemm(0, 1, mq, n, d, scale, qp, ldq, kp, ldk, 0.0f, S, n);
+                zl_tile_gemm(0, 1, mq, n, d, scale, qp, ldq, kp, ldk, 0, S, n);
                 for (int r = 0; r < mq; r++) {
                     float *sr = S + (size_t)r * n;
                     const int nv = visible(causal, i0 + r, j0, n);
-                    float mx = m[r];
-                    for (int c = 0; c < nv; c++) mx = sr[c] > mx ? sr[c] : mx;
                     if (nv == 0) {
                         memset(sr, 0, sizeof(float) * n);
                         continue;
                     }
+                    const float mx = row_max(sr, nv, m[r]);
                     const float corr = expf(m[r] - mx); /* 0 on the first tile (m = -inf) */
                     l[r] = l[r] * corr + zl_exp_sub_sum(sr, nv, mx);
                     for (int c = nv; c < n; c++) sr[c] = 0.0f;
@@ -73,7 +111,7 @@ void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float
                         for (int j = 0; j < d; j++) ar[j] *= corr;
                     }
                 }
-                zl_sgemm(0, 0, mq, d, n, 1.0f, S, n, vp, ldv, 1.0f, acc, d);
+                zl_tile_gemm(0, 0, mq, d, n, 1.0f, S, n, vp, ldv, 1, acc, d);
             }
             for (int r = 0; r < mq; r++) {
                 const float inv = 1.0f / l[r];
@@ -83,20 +121,18 @@ void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float
                 if (lse) lse[((size_t)b * H + h) * Tq + i0 + r] = m[r] + logf(l[r]);
             }
         }
-        free(S);
-        free(acc);
-        free(m);
+        free(w.S);
     }
     if (oom)
         for (size_t i = 0; i < (size_t)B * Tq * HD; i++) o[i] = NAN;
 }
 
-/* P = exp(scale q k^T - lse) for one tile, masked entries 0. S [mq, n]. */
-static void probs(float *S, const float *qp, int ldq, const float *kp, int ldk, const float *lse_rows, int mq, int n,
+/* P [mq, n] = exp(scale q k^T - lse) for one tile, masked entries 0. */
+static void probs(float *P, const float *qp, int ldq, const float *kp, int ldk, const float *lse_rows, int mq, int n,
                   int d, float scale, int causal, int i0, int j0) {
-    zl_sgemm(0, 1, mq, n, d, scale, qp, ldq, kp, ldk, 0.0f, S, n);
+    zl_tile_gemm(0, 1, mq, n, d, scale, qp, ldq, kp, ldk, 0, P, n);
     for (int r = 0; r < mq; r++) {
-        float *sr = S + (size_t)r * n;
+        float *sr = P + (size_t)r * n;
         const int nv = visible(causal, i0 + r, j0, n);
         zl_exp_sub_sum(sr, nv, lse_rows[r]);
         for (int c = nv; c < n; c++) sr[c] = 0.0f;
@@ -118,8 +154,8 @@ void zl_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const 
                       int d, int causal) {
     const int HD = H * d;
     const float scale = 1.0f / sqrtf((float)d);
-    /* D [B, H, Tq] = rowsum(dout * o): the softmax-backward correction per query. */
     int oom = 0;
+    /* D [B, H, Tq] = rowsum(dout * o): the softmax-backward correction per query. */
     float *D = malloc(sizeof(float) * (size_t)B * H * Tq);
     if (!D) {
         oom = 1;
@@ -141,14 +177,15 @@ void zl_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const 
         const long ntask = (long)B * H * nkt;
         #pragma omp parallel
         {
-            float *P = malloc(sizeof(float) * 2 * ZL_ATT_BQ * ZL_ATT_BK), *dP = P ? P + ZL_ATT_BQ * ZL_ATT_BK : NULL;
-            if (!P) {
+            att_scratch w;
+            const int ok = scratch_alloc(&w, d);
+            if (!ok) {
                 #pragma omp atomic write
                 oom = 1;
             }
             #pragma omp for schedule(dynamic, 1)
             for (long t = 0; t < ntask; t++) {
-                if (!P) continue;
+                if (!ok) continue;
                 const int kt = (int)(t % nkt), h = (int)((t / nkt) % H), b = (int)(t / ((long)nkt * H));
                 const int j0 = kt * ZL_ATT_BK, n = Tk - j0 < ZL_ATT_BK ? Tk - j0 : ZL_ATT_BK;
                 const float *kp = k + ((size_t)b * Tk + j0) * ldk + (size_t)h * d;
@@ -160,19 +197,19 @@ void zl_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const 
                     const float *qp = q + ((size_t)b * Tq + i0) * ldq + (size_t)h * d;
                     const float *dop = dout + ((size_t)b * Tq + i0) * HD + (size_t)h * d;
                     const size_t row = ((size_t)b * H + h) * Tq + i0;
-                    probs(P, qp, ldq, kp, ldk, lse + row, mq, n, d, scale, causal, i0, j0);
-                    if (dv)
-                        zl_sgemm(1, 0, n, d, mq, 1.0f, P, n, dop, HD, 1.0f,
-                                 dv + ((size_t)b * Tk + j0) * ldv + (size_t)h * d, ldv);
-                    if (dk) {
-                        zl_sgemm(0, 1, mq, n, d, 1.0f, dop, HD, vp, ldv, 0.0f, dP, n);
-                        dsoftmax(dP, P, D + row, mq, n);
-                        zl_sgemm(1, 0, n, d, mq, scale, dP, n, qp, ldq, 1.0f,
-                                 dk + ((size_t)b * Tk + j0) * ldk + (size_t)h * d, ldk);
+                    probs(w.S, qp, ldq, kp, ldk, lse + row, mq, n, d, scale, causal, i0, j0);
+                    if (dv) /* dV += P^T dO */
+                        zl_tile_gemm(1, 0, n, d, mq, 1.0f, w.S, n, dop, HD, 1,
+                                     dv + ((size_t)b * Tk + j0) * ldv + (size_t)h * d, ldv);
+                    if (dk) { /* dP = dO V^T; dS = P (dP - D); dK += scale dS^T Q */
+                        zl_tile_gemm(0, 1, mq, n, d, 1.0f, dop, HD, vp, ldv, 0, w.T, n);
+                        dsoftmax(w.T, w.S, D + row, mq, n);
+                        zl_tile_gemm(1, 0, n, d, mq, scale, w.T, n, qp, ldq, 1,
+                                     dk + ((size_t)b * Tk + j0) * ldk + (size_t)h * d, ldk);
                     }
                 }
             }
-            free(P);
+            free(w.S);
         }
     }
     /* Pass 2: dQ, one task per (b, h, query tile), looping over key tiles. */
@@ -181,14 +218,15 @@ void zl_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const 
         const long ntask = (long)B * H * nqt;
         #pragma omp parallel
         {
-            float *P = malloc(sizeof(float) * 2 * ZL_ATT_BQ * ZL_ATT_BK), *dP = P ? P + ZL_ATT_BQ * ZL_ATT_BK : NULL;
-            if (!P) {
+            att_scratch w;
+            const int ok = scratch_alloc(&w, d);
+            if (!ok) {
                 #pragma omp atomic write
                 oom = 1;
             }
             #pragma omp for schedule(dynamic, 1)
             for (long t = 0; t < ntask; t++) {
-                if (!P) continue;
+                if (!ok) continue;
                 const int qt = (int)(t % nqt), h = (int)((t / nqt) % H), b = (int)(t / ((long)nqt * H));
                 const int i0 = qt * ZL_ATT_BQ, mq = Tq - i0 < ZL_ATT_BQ ? Tq - i0 : ZL_ATT_BQ;
                 const float *qp = q + ((size_t)b * Tq + i0) * ldq + (size_t)h * d;
@@ -199,14 +237,14 @@ void zl_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const 
                     const int n = kend - j0 < ZL_ATT_BK ? kend - j0 : ZL_ATT_BK;
                     const float *kp = k + ((size_t)b * Tk + j0) * ldk + (size_t)h * d;
                     const float *vp = v + ((size_t)b * Tk + j0) * ldv + (size_t)h * d;
-                    probs(P, qp, ldq, kp, ldk, lse + row, mq, n, d, scale, causal, i0, j0);
-                    zl_sgemm(0, 1, mq, n, d, 1.0f, dop, HD, vp, ldv, 0.0f, dP, n);
-                    dsoftmax(dP, P, D + row, mq, n);
-                    zl_sgemm(0, 0, mq, d, n, scale, dP, n, kp, ldk, 1.0f, dq + ((size_t)b * Tq + i0) * ldq + (size_t)h * d,
-                             ldq);
+                    probs(w.S, qp, ldq, kp, ldk, lse + row, mq, n, d, scale, causal, i0, j0);
+                    zl_tile_gemm(0, 1, mq, n, d, 1.0f, dop, HD, vp, ldv, 0, w.T, n);
+                    dsoftmax(w.T, w.S, D + row, mq, n);
+                    zl_tile_gemm(0, 0, mq, d, n, scale, w.T, n, kp, ldk, 1,
+                                 dq + ((size_t)b * Tq + i0) * ldq + (size_t)h * d, ldq);
                 }
             }
-            free(P);
+            free(w.S);
         }
     }
 poison:
