@@ -11,6 +11,7 @@ import os
 import re
 import struct
 import sys
+import zlib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data")
@@ -236,8 +237,94 @@ def lora_seeds():
     put(H, "empty", spec([], []))
 
 
+
+def png_chunk(kind, body):
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def png(w, h, color, depth, rows, extra=(), palette=None, level=9):
+    """rows: raw scanline bytes without filter bytes; each row gets filter type (y % 5)."""
+    raw = b""
+    bpp = max(1, {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}[color] * depth // 8)
+    prev = bytes(len(rows[0]))
+    for y, r in enumerate(rows):
+        ft = y % 5
+        out = bytearray()
+        for i, c in enumerate(r):
+            a = r[i - bpp] if i >= bpp else 0
+            b = prev[i]
+            cc = prev[i - bpp] if i >= bpp else 0
+            if ft == 0:
+                pred = 0
+            elif ft == 1:
+                pred = a
+            elif ft == 2:
+                pred = b
+            elif ft == 3:
+                pred = (a + b) // 2
+            else:
+                pa, pb, pc = abs(b - cc), abs(a - cc), abs(a + b - 2 * cc)
+                pred = a if pa <= pb and pa <= pc else (b if pb <= pc else cc)
+            out.append((c - pred) & 0xFF)
+        raw += bytes([ft]) + bytes(out)
+        prev = r
+    b = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, color, 0, 0, 0))
+    if palette:
+        b += png_chunk(b"PLTE", palette)
+    for k, body in extra:
+        b += png_chunk(k, body)
+    b += png_chunk(b"IDAT", zlib.compress(raw, level))
+    return b + png_chunk(b"IEND", b"")
+
+
+def image_seeds():
+    H = "image"
+    w, h = 7, 5
+    rgb = [bytes((x * 40 + y * 7 + k * 90) & 0xFF for x in range(w) for k in range(3)) for y in range(h)]
+    text = [(b"tEXt", b"parameters\x00a photo, Steps: 20, Seed: 1"),
+            (b"zTXt", b"Comment\x00\x00" + zlib.compress(b"compressed text")),
+            (b"iTXt", b"Title\x00\x00\x00en\x00Titel\x00" + "caf\u00e9".encode())]
+    put(H, "rgb8_text.png", png(w, h, 2, 8, rgb, text))
+    put(H, "rgb8.png", png(w, h, 2, 8, rgb))
+    put(H, "gray8.png", png(w, h, 0, 8, [bytes((x * 30 + y) & 0xFF for x in range(w)) for y in range(h)]))
+    put(H, "gray1.png", png(9, 3, 0, 1, [bytes([0b10110011, 0b10000000]) for _ in range(3)]))
+    put(H, "rgba8.png", png(w, h, 6, 8, [bytes((x * 13 + k * 60 + y) & 0xFF for x in range(w) for k in range(4)) for y in range(h)]))
+    put(H, "graya8.png", png(w, h, 4, 8, [bytes((x * 13 + k * 60 + y) & 0xFF for x in range(w) for k in range(2)) for y in range(h)]))
+    put(H, "rgb16.png", png(3, 2, 2, 16, [bytes((x * 51 + y) & 0xFF for x in range(18)) for y in range(2)]))
+    put(H, "pal4_trns.png", png(5, 3, 3, 4, [bytes([0x01, 0x23, 0x40]) for _ in range(3)],
+                                extra=[(b"tRNS", b"\x00\x80")], palette=bytes(range(48))))
+    put(H, "rgb8_gamma.png", png(w, h, 2, 8, rgb, [(b"gAMA", struct.pack(">I", 45455)), (b"sRGB", b"\x00")]))
+    b = png(w, h, 2, 8, rgb, text)
+    put(H, "rgb8_trunc.png", b[: len(b) // 2])
+    put(H, "rgb8_badcrc.png", b[:40] + bytes([b[40] ^ 1]) + b[41:])
+    put(H, "huge_header.png", png(1, 1, 2, 8, [b"\x00\x00\x00"])[:16] + struct.pack(">II", 16384, 16384) + b"\x08\x02\x00\x00\x00" + b"\x00" * 4)
+    ppm = b"P6\n%d %d\n255\n" % (w, h) + b"".join(rgb)
+    put(H, "rgb.ppm", ppm)
+    put(H, "gray.pgm", b"P5\n4 2\n255\n" + bytes(range(0, 256, 32)))
+    # 24-bit BMP, bottom-up, rows padded to 4 bytes.
+    row = 3 * w + (-3 * w) % 4
+    pix = b"".join(rgb[y][::-1] + bytes((-3 * w) % 4) for y in reversed(range(h)))
+    put(H, "rgb.bmp", b"BM" + struct.pack("<IHHI", 54 + len(pix), 0, 0, 54) +
+        struct.pack("<IiiHHIIiiII", 40, w, h, 1, 24, 0, row * h, 2835, 2835, 0, 0) + pix)
+    put(H, "rgb.tga", struct.pack("<BBBHHBHHHHBB", 0, 0, 2, 0, 0, 0, 0, 0, w, h, 24, 0) + b"".join(rgb))
+    # JPEGs need an encoder; use cjpeg (libjpeg-turbo-progs) when this machine has one.
+    import shutil, subprocess, tempfile
+    if shutil.which("cjpeg"):
+        with tempfile.TemporaryDirectory() as d:
+            src = os.path.join(d, "in.ppm")
+            big = b"P6\n16 12\n255\n" + bytes((i * 37 + (i // 48) * 11) & 0xFF for i in range(16 * 12 * 3))
+            open(src, "wb").write(big)
+            for tag, args in [("baseline", []), ("progressive", ["-progressive"]), ("q20_420", ["-quality", "20"]),
+                              ("gray", ["-grayscale"]), ("optimize_444", ["-optimize", "-sample", "1x1"]),
+                              ("restart", ["-restart", "1"])]:
+                out = subprocess.run(["cjpeg"] + args + [src], capture_output=True, check=True).stdout
+                put(H, tag + ".jpg", out)
+    else:
+        print("seeds: image: no cjpeg here, no JPEG seeds")
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["safetensors", "unet_config", "lora"]
+    which = sys.argv[1:] or ["safetensors", "unet_config", "lora", "image"]
     for w in which:
         globals()[w + "_seeds"]()
         print("seeds:", w, len(os.listdir(os.path.join(OUT, w))), "files in", os.path.join(OUT, w))
