@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian packages ziplora needs, when any is missing.
 set -euo pipefail
-pkgs=(build-essential cmake pkg-config clang libomp-dev libopenblas-openmp-dev libjansson-dev
+# clang + libclang-rt-dev (libFuzzer and the sanitizer runtimes: only "Recommended" by clang, so
+# absent where apt skips recommends) + libomp-dev build the fuzz harnesses (scripts/fuzz.sh).
+pkgs=(build-essential cmake pkg-config clang libclang-rt-dev libomp-dev libopenblas-openmp-dev libjansson-dev
       libspng-dev libstb-dev zlib1g-dev)
 missing=()
 for p in "${pkgs[@]}"; do
