@@ -686,9 +686,32 @@ static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
         return zl_set_error(ZL_ESHAPE, "%s: '%s' %s / '%s' %s do not fit module '%s' (%s %d -> %d)", L->path, dk, ds,
                             uk, us, m->diffusers, mod_kind_name(m->kind), m->in, m->out);
     y->dtype = d->dtype;
-    int rc = read_values(L, d, &y->down);
-    if (!rc) rc = read_values(L, u, &y->up);
-    return rc;
+    return ZL_OK;
+}
+
+/* Widen every layer's factors to float32. Layers are independent, so they are
+ * read in parallel; a failing layer is re-read on this thread afterwards so its
+ * message lands in this thread's error slot. */
+static int read_all_values(loader *L, zl_lora *lo) {
+    int bad = -1;
+#pragma omp parallel for schedule(dynamic, 8)
+    for (int i = 0; i < L->ng; i++) {
+        zl_lora_layer *y = &lo->layers[i];
+        int rc = read_values(L, L->g[i].e[ROLE_DOWN]->t, &y->down);
+        if (!rc) rc = read_values(L, L->g[i].e[ROLE_UP]->t, &y->up);
+        if (rc) {
+#pragma omp critical(zl_lora_load_bad)
+            if (bad < 0 || i < bad) bad = i;
+        }
+    }
+    if (bad < 0) return ZL_OK;
+    zl_lora_layer *y = &lo->layers[bad];
+    free(y->down);
+    free(y->up);
+    y->down = y->up = NULL;
+    int rc = read_values(L, L->g[bad].e[ROLE_DOWN]->t, &y->down);
+    if (!rc) rc = read_values(L, L->g[bad].e[ROLE_UP]->t, &y->up);
+    return rc ? rc : zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
 }
 
 static int alpha_of(loader *L, group *g, zl_lora_layer *y) {
@@ -824,6 +847,7 @@ int zl_lora_load_st(const zl_st_file *f, const char *path, const zl_lora_load_op
         if ((rc = alpha_of(&L, g, y))) break;
         src_key[i] = g->e[ROLE_DOWN]->key;
     }
+    if (!rc) rc = read_all_values(&L, lo);
     if (!rc) {
         /* Sort; a copy of the unsorted order maps each module string back to its key,
          * so a duplicate can name both source tensors. */
