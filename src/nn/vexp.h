@@ -42,6 +42,14 @@ static inline float zl_exp_sub_sum(float *x, int n, float m) {
         _mm256_storeu_ps(x + i, e);
         acc = _mm256_add_ps(acc, e);
     }
+    if (i < n) { /* ragged tail (e.g. 77 CLIP keys): one masked vector, not scalar expf calls */
+        const __m256i mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n - i), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+        __m256 e = zl_exp8(_mm256_sub_ps(_mm256_maskload_ps(x + i, mask), mm));
+        e = _mm256_and_ps(e, _mm256_castsi256_ps(mask));
+        _mm256_maskstore_ps(x + i, mask, e);
+        acc = _mm256_add_ps(acc, e);
+        i = n;
+    }
     float t[8];
     _mm256_storeu_ps(t, acc);
     s = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
