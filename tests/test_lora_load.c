@@ -518,6 +518,47 @@ static void test_layouts(void) {
     }
 }
 
+/* Family rules without a model: names that exist in both standard UNets decide nothing. */
+static void test_family_rules(void) {
+    spec both[] = {
+        {"lora_unet_" Q ".lora_down.weight", ZL_DT_F16, 2, {4, 64}, 1, 0},
+        {"lora_unet_" Q ".lora_up.weight", ZL_DT_F16, 2, {64, 4}, 1, 0},
+    };
+    zl_lora *l = NULL;
+    CHECK_OK(write_file(zt_tmp("both.safetensors"), both, 2, NULL, 0));
+    CHECK_OK(zl_lora_load(zt_tmp("both.safetensors"), NULL, &l));
+    CHECK(l && l->family == ZL_FAMILY_UNKNOWN && l->n == 1 && !strcmp(l->layers[0].module, QD ".to_q"));
+    zl_lora_free(l);
+    zl_lora_load_opts o = {.expect_family = ZL_FAMILY_SD1};
+    CHECK_OK(zl_lora_load(zt_tmp("both.safetensors"), &o, &l));
+    CHECK(l && l->family == ZL_FAMILY_SD1);
+    zl_lora_free(l);
+    /* modelspec.architecture decides */
+    zl_st_meta_kv ms = {"modelspec.architecture", "stable-diffusion-xl-v1-base/lora"};
+    CHECK_OK(write_file(zt_tmp("ms.safetensors"), both, 2, &ms, 1));
+    CHECK_OK(zl_lora_load(zt_tmp("ms.safetensors"), NULL, &l));
+    CHECK(l && l->family == ZL_FAMILY_SDXL);
+    zl_lora_free(l);
+    /* the cross-attention width decides: 768 -> SD 1.x */
+    spec ctx[] = {
+        {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight", ZL_DT_F32, 2, {4, 768}, 1, 0},
+        {"unet.down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight", ZL_DT_F32, 2, {640, 4}, 1, 0},
+    };
+    CHECK_OK(write_file(zt_tmp("ctx.safetensors"), ctx, 2, NULL, 0));
+    CHECK_OK(zl_lora_load(zt_tmp("ctx.safetensors"), NULL, &l));
+    CHECK(l && l->family == ZL_FAMILY_SD1);
+    zl_lora_free(l);
+    /* SD1 proj_in is a 1x1 conv, SDXL's a Linear: a 4-D LoRA on it says SD 1.x */
+    spec proj[] = {
+        {"lora_unet_down_blocks_1_attentions_0_proj_in.lora_down.weight", ZL_DT_F16, 4, {4, 640, 1, 1}, 1, 0},
+        {"lora_unet_down_blocks_1_attentions_0_proj_in.lora_up.weight", ZL_DT_F16, 4, {640, 4, 1, 1}, 1, 0},
+    };
+    CHECK_OK(write_file(zt_tmp("proj.safetensors"), proj, 2, NULL, 0));
+    CHECK_OK(zl_lora_load(zt_tmp("proj.safetensors"), NULL, &l));
+    CHECK(l && l->family == ZL_FAMILY_SD1 && l->layers[0].kind == ZL_LORA_CONV);
+    zl_lora_free(l);
+}
+
 int main(void) {
     test_fixture("tiny-sdxl", 1, 0);
     test_fixture("mini-sdxl", 1, 1);
@@ -527,5 +568,6 @@ int main(void) {
     test_refusals();
     test_alpha();
     test_layouts();
+    test_family_rules();
     return zt_done();
 }
