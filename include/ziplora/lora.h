@@ -47,7 +47,7 @@ typedef enum {
     ZL_LAYOUT_PEFT,            /* unet.<module>.lora_A.weight / base_model.model.<module>... */
     ZL_LAYOUT_DIFFUSERS_OLD,   /* unet.<module>.lora.down.weight / processor.to_q_lora */
     ZL_LAYOUT_MIXED,
-} zl_lora_layout;
+} zl_lora_layout; /* from the UNet keys; a kohya file with text encoders only is KOHYA_DIFFUSERS */
 
 typedef struct {
     char *path;
