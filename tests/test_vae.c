@@ -342,6 +342,98 @@ static void test_errors(void) {
     }
 }
 
+/* ---- layout variants ------------------------------------------------------------ */
+
+/* Rewrite a file's tensors: keep those whose name starts with `keep` (minus `strip`
+ * characters), rename old-style attention names, optionally flatten [C,C,1,1]
+ * attention weights to [C,C]. Returns the number written. */
+static int rewrite(const char *src, const char *dst, const char *keep, size_t strip, int old_attn, int flatten_attn) {
+    zl_st_file *f = NULL;
+    if (zl_st_open(src, &f)) return -1;
+    int n = zl_st_count(f), k = 0;
+    zl_st_entry *e = calloc((size_t)n, sizeof *e);
+    char **names = calloc((size_t)n, sizeof *names);
+    for (int i = 0; i < n; i++) {
+        const zl_st_tensor *t = zl_st_at(f, i);
+        if (strncmp(t->name, keep, strlen(keep))) continue;
+        char nm[300];
+        snprintf(nm, sizeof nm, "%s", t->name + strip);
+        if (old_attn) {
+            const char *from[4] = {".to_q.", ".to_k.", ".to_v.", ".to_out.0."}, *to[4] = {".query.", ".key.", ".value.", ".proj_attn."};
+            for (int m = 0; m < 4; m++) {
+                char *p = strstr(nm, from[m]);
+                if (p && strstr(nm, "attentions.0")) {
+                    char tmp[300];
+                    snprintf(tmp, sizeof tmp, "%.*s%s%s", (int)(p - nm), nm, to[m], p + strlen(from[m]));
+                    snprintf(nm, sizeof nm, "%s", tmp);
+                }
+            }
+        }
+        names[k] = strdup(nm);
+        e[k].name = names[k];
+        e[k].dtype = t->dtype;
+        e[k].ndim = t->ndim;
+        for (int d = 0; d < t->ndim; d++) e[k].shape[d] = t->shape[d];
+        if (flatten_attn && strstr(nm, "attn_1.") && t->ndim == 4) e[k].ndim = 2;
+        e[k].data = t->data;
+        k++;
+    }
+    int rc = zl_st_write(dst, e, k, NULL, 0, NULL, 0);
+    for (int i = 0; i < k; i++) free(names[i]);
+    free(names);
+    free(e);
+    zl_st_close(f);
+    return rc ? -1 : k;
+}
+
+static void decode_matches(const char *path, const char *cfg, const vae_io *io, const char *what) {
+    zl_vae_load_opts o = {.config_path = cfg};
+    zl_vae *v = NULL;
+    CHECK_OK(zl_vae_load(path, &o, &v));
+    if (!v) return;
+    size_t nd = (size_t)io->B * 3 * io->h * 8 * io->w * 8;
+    float *dec = malloc(sizeof(float) * nd);
+    CHECK_OK(zl_vae_decode(v, io->z, io->B, io->h, io->w, dec));
+    zt_close(what, dec, io->decoded, (int64_t)nd, 1e-4);
+    free(dec);
+    zl_vae_free(v);
+}
+
+static void test_layout_variants(void) {
+    vae_io io;
+    if (!load_io("mini-sdxl", &io)) return;
+    char cfg[1024], sf[1024], dif[1024];
+    snprintf(cfg, sizeof cfg, "%s", zt_data("mini-sdxl/vae/config.json"));
+    snprintf(sf, sizeof sf, "%s", zt_data("mini-sdxl/single_file.safetensors"));
+    snprintf(dif, sizeof dif, "%s", zt_data("mini-sdxl/vae/diffusion_pytorch_model.safetensors"));
+    /* old diffusers attention names (query/key/value/proj_attn) */
+    const char *p1 = zt_tmp("old_attn.safetensors");
+    CHECK(rewrite(dif, p1, "", 0, 1, 0) > 0);
+    decode_matches(p1, cfg, &io, "old diffusers attention names");
+    /* a standalone ldm VAE file (no first_stage_model. prefix), attention stored 2-D as older
+     * converters wrote it */
+    const char *p2 = zt_tmp("ldm_vae.safetensors");
+    CHECK(rewrite(sf, p2, "first_stage_model.", strlen("first_stage_model."), 0, 1) > 0);
+    decode_matches(p2, cfg, &io, "standalone ldm VAE, 2-D attention");
+    /* the CLI takes such a file as --model too */
+    char p2c[1024], outp[1024];
+    snprintf(p2c, sizeof p2c, "%s", p2);
+    snprintf(outp, sizeof outp, "%s", zt_tmp("ldm_dec.safetensors"));
+    int code = zt_cli("run vae-decode --model '%s' --vae-config '%s' --in '%s' -o '%s' -q", p2c, cfg,
+                      zt_data("mini-sdxl/vae_io.safetensors"), outp);
+    CHECKM(code == 0, "vae-decode of a standalone VAE: exit %d: %s", code, zt_err);
+    zl_st_file *f = NULL;
+    if (!code && !zl_st_open(outp, &f)) {
+        int64_t n;
+        float *d = zl_st_load_f32(f, "decoded", &n);
+        if (d) zt_close("cli standalone decoded", d, io.decoded, n, 1e-4);
+        CHECK(d != NULL);
+        free(d);
+        zl_st_close(f);
+    }
+    free_io(&io);
+}
+
 /* ---- CLI ----------------------------------------------------------------------- */
 
 static void test_cli(void) {
@@ -400,6 +492,7 @@ int main(void) {
     test_tiler_exact_on_pointwise();
     test_tiled_vae();
     test_errors();
+    test_layout_variants();
     test_cli();
     return zt_done();
 }
