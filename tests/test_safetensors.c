@@ -217,6 +217,30 @@ static void test_half_conversion(void) {
         if (r != want) bad++;
     }
     CHECKM(bad == 0, "bf16 conversion: %d mismatches", bad);
+    /* the bulk converters (vectorised where the CPU allows) agree with the scalar ones */
+    {
+        enum { NB = 65536 + 13 };
+        uint16_t *hs = malloc(NB * 2), *back = malloc(NB * 2);
+        float *fs = malloc(NB * 4), *rnd = malloc(NB * 4);
+        for (uint32_t k = 0; k < NB; k++) hs[k] = (uint16_t)(k * 40503u);
+        zl_convert_to_f32(ZL_DT_F16, hs, fs, NB);
+        int nb = 0;
+        for (uint32_t k = 0; k < NB; k++) {
+            float w = zl_f16_to_f32(hs[k]);
+            if (!(fs[k] == w || (isnan(fs[k]) && isnan(w)))) nb++;
+        }
+        uint32_t y = 99;
+        for (uint32_t k = 0; k < NB; k++) { y = y * 1664525u + 1013904223u; uint32_t u = y & 0x8fffffffu; memcpy(&rnd[k], &u, 4); }
+        zl_convert_from_f32(ZL_DT_F16, rnd, back, NB);
+        for (uint32_t k = 0; k < NB; k++) if (!isnan(rnd[k]) && back[k] != zl_f32_to_f16(rnd[k])) nb++;
+        zl_convert_to_f32(ZL_DT_BF16, hs, fs, NB);
+        for (uint32_t k = 0; k < NB; k++) {
+            float w = zl_bf16_to_f32(hs[k]);
+            if (memcmp(&fs[k], &w, 4) != 0) nb++;
+        }
+        CHECKM(nb == 0, "bulk conversions: %d mismatches", nb);
+        free(hs); free(back); free(fs); free(rnd);
+    }
     CHECK(isnan(zl_f16_to_f32(zl_f32_to_f16(NAN))));
     CHECK(isnan(zl_bf16_to_f32(zl_f32_to_bf16(NAN))));
     CHECK(zl_f16_to_f32(zl_f32_to_f16(1e6f)) == INFINITY);
