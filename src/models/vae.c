@@ -660,7 +660,7 @@ static void gn_silu(const vae_norm *n, float *y, const float *x, int HW, int G, 
 static int resnet_fwd(zl_vae *v, const vae_resnet *r, float *out, const float *x, int H, int W) {
     size_t HW = (size_t)H * W;
     int G = v->cfg.norm_num_groups;
-    float *t = malloc(sizeof(float) * HW * (size_t)(r->cin > r->cout ? r->cin : r->cout)); // [max(cin,cout), HW]
+    float *t = malloc(sizeof(float) * HW * r->cin);  // [cin, HW]
     float *h = malloc(sizeof(float) * HW * r->cout);                                         // [cout, HW]
     if (!t || !h) {
         free(t);
@@ -669,6 +669,8 @@ static int resnet_fwd(zl_vae *v, const vae_resnet *r, float *out, const float *x
     }
     gn_silu(&r->n1, t, x, (int)HW, G, 1);
     conv_same(v, &r->c1, h, t, H, W);
+    free(t); /* release before conv2 so that at most x, h and out are live */
+    t = NULL;
     gn_silu(&r->n2, h, h, (int)HW, G, 1);
     conv_same(v, &r->c2, out, h, H, W);
     if (r->has_sc) {
