@@ -434,6 +434,60 @@ static void test_layout_variants(void) {
     free_io(&io);
 }
 
+/* ---- pipeline helpers --------------------------------------------------------------- */
+
+/* decode_images divides by the scaling factor and converts as diffusers' postprocess does;
+ * checked against vae_io's decoded (which is decode(z)) converted by the rule written out here. */
+static void test_pipeline_helpers(void) {
+    vae_io io;
+    if (!load_io("tiny-sd15", &io)) return;
+    zl_model_paths mp;
+    CHECK_OK(zl_model_paths_resolve(zt_data("tiny-sd15"), &mp));
+    zl_vae *v = NULL;
+    CHECK_OK(zl_vae_load_model(&mp, NULL, &v));
+    zl_model_paths_free(&mp);
+    if (!v) { free_io(&io); return; }
+    float sf = zl_vae_get_config(v)->scaling_factor;
+    size_t nz = (size_t)io.B * 4 * io.h * io.w;
+    float *lat = malloc(sizeof(float) * nz);
+    for (size_t i = 0; i < nz; i++) lat[i] = io.z[i] * sf;
+    zl_image ims[2];
+    CHECK(io.B == 2);
+    CHECK_OK(zl_vae_decode_images(v, lat, 2, io.h, io.w, ims));
+    int H = io.h * 8, W = io.w * 8, maxd = 0;
+    for (int b = 0; b < 2; b++) {
+        CHECK(ims[b].w == W && ims[b].h == H && ims[b].c == 3);
+        if (!ims[b].px) continue;
+        for (int k = 0; k < 3; k++)
+            for (int i = 0; i < H * W; i++) {
+                double x = io.decoded[((size_t)b * 3 + k) * H * W + i] / 2.0 + 0.5;
+                x = x < 0 ? 0 : x > 1 ? 1 : x;
+                int want = (int)nearbyint(x * 255.0);
+                int d = abs((int)ims[b].px[(size_t)i * 3 + k] - want);
+                if (d > maxd) maxd = d;
+            }
+        zl_image_free(&ims[b]);
+    }
+    /* (z * sf) / sf and float decode differences can move a value across a rounding boundary */
+    CHECKM(maxd <= 1, "decode_images differs from the reference by %d levels", maxd);
+    /* encode_image: a uint8 image -> mean * scaling factor */
+    zl_image im;
+    CHECK_OK(zl_image_alloc(&im, 48, 32, 3));
+    for (int i = 0; i < 48 * 32 * 3; i++) im.px[i] = (uint8_t)((i * 37) & 255);
+    float *t = malloc(sizeof(float) * 3 * 48 * 32), *m = malloc(sizeof(float) * 4 * 24), *l = malloc(sizeof(float) * 4 * 24);
+    float *got = malloc(sizeof(float) * 4 * 24);
+    for (int c = 0; c < 3; c++)
+        for (int i = 0; i < 48 * 32; i++) t[c * 48 * 32 + i] = 2.0f * (im.px[i * 3 + c] / 255.0f) - 1.0f;
+    CHECK_OK(zl_vae_encode(v, t, 1, 32, 48, m, l));
+    CHECK_OK(zl_vae_encode_image(v, &im, got));
+    for (int i = 0; i < 4 * 24; i++) m[i] *= sf;
+    zt_close("encode_image = mean * scaling", got, m, 4 * 24, 1e-6);
+    zl_image_free(&im);
+    free(t); free(m); free(l); free(got); free(lat);
+    zl_vae_free(v);
+    free_io(&io);
+}
+
 /* ---- CLI ----------------------------------------------------------------------- */
 
 static void test_cli(void) {
@@ -493,6 +547,7 @@ int main(void) {
     test_tiled_vae();
     test_errors();
     test_layout_variants();
+    test_pipeline_helpers();
     test_cli();
     return zt_done();
 }

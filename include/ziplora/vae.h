@@ -26,6 +26,7 @@
 #define ZIPLORA_VAE_H
 
 #include "ziplora/core.h"
+#include "ziplora/image.h"
 #include "ziplora/model.h"
 
 #ifdef __cplusplus
@@ -69,6 +70,13 @@ int zl_vae_scale(const zl_vae *v);
 /* image [B, in_channels, H, W] in [-1, 1] -> mean, logvar [B, latent, H/s, W/s]
  * (logvar clamped to [-30, 20]). H and W must be multiples of s = zl_vae_scale. */
 int zl_vae_encode(zl_vae *v, const float *image, int B, int H, int W, float *mean, float *logvar);
+
+/* Pipeline helpers around the scaling factor (sdxl.md "Images"):
+ * decode_images: images[b] = round(255 * clamp(decode(latents[b] / scaling) / 2 + 0.5, 0, 1)),
+ *   latents [B, latent, h, w]; the caller frees each image (zl_image_free).
+ * encode_image: latent [latent, H/s, W/s] = mean(encode(image)) * scaling. */
+int zl_vae_decode_images(zl_vae *v, const float *latents, int B, int h, int w, zl_image *images);
+int zl_vae_encode_image(zl_vae *v, const zl_image *image, float *latent);
 
 typedef enum {
     ZL_VAE_TILE_AUTO = 0, /* tile only latents larger than one tile */

@@ -970,3 +970,47 @@ int zl_vae_decode(zl_vae *v, const float *z, int B, int h, int w, float *image) 
     }
     return ZL_OK;
 }
+
+/* ---- pipeline helpers ------------------------------------------------------------- */
+
+int zl_vae_decode_images(zl_vae *v, const float *latents, int B, int h, int w, zl_image *images) {
+    const zl_vae_config *c = &v->cfg;
+    if (c->out_channels != 3) return zl_set_error(ZL_EUNSUPPORTED, "VAE: %d output channels, images need 3", c->out_channels);
+    for (int b = 0; b < B; b++) memset(&images[b], 0, sizeof images[b]);
+    if (B < 1 || h < 1 || w < 1 || h > 65536 / 8 || w > 65536 / 8)
+        return zl_set_error(ZL_EINVAL, "VAE decode: bad latent size %dx%d (batch %d)", w, h, B);
+    int s = zl_vae_scale(v);
+    size_t nz = (size_t)c->latent_channels * h * w;
+    float *z = malloc(sizeof(float) * nz), *img = malloc(sizeof(float) * 3 * (size_t)h * s * w * s);
+    int rc = !z || !img ? zl_set_error(ZL_ENOMEM, "VAE: out of memory for a %dx%d image", w * s, h * s) : ZL_OK;
+    for (int b = 0; b < B && !rc; b++) {
+        for (size_t i = 0; i < nz; i++) z[i] = latents[b * nz + i] / c->scaling_factor;
+        rc = zl_vae_decode(v, z, 1, h, w, img);
+        if (!rc) rc = zl_image_from_tensor(img, h * s, w * s, &images[b]);
+    }
+    if (rc)
+        for (int b = 0; b < B; b++) zl_image_free(&images[b]);
+    free(z);
+    free(img);
+    return rc;
+}
+
+int zl_vae_encode_image(zl_vae *v, const zl_image *image, float *latent) {
+    const zl_vae_config *c = &v->cfg;
+    if (!image || !image->px || c->in_channels != 3) return zl_set_error(ZL_EINVAL, "VAE encode: need an RGB image");
+    int s = zl_vae_scale(v), H = image->h, W = image->w;
+    if (H % s || W % s)
+        return zl_set_error(ZL_EINVAL, "VAE encode: image is %dx%d; sides must be multiples of %d", W, H, s);
+    size_t nl = (size_t)c->latent_channels * (H / s) * (W / s);
+    float *t = malloc(sizeof(float) * 3 * (size_t)H * W), *lv = malloc(sizeof(float) * nl);
+    int rc = !t || !lv ? zl_set_error(ZL_ENOMEM, "VAE: out of memory for a %dx%d image", W, H) : ZL_OK;
+    if (!rc) {
+        zl_image_to_tensor(image, t);
+        rc = zl_vae_encode(v, t, 1, H, W, latent, lv);
+    }
+    if (!rc)
+        for (size_t i = 0; i < nl; i++) latent[i] *= c->scaling_factor;
+    free(t);
+    free(lv);
+    return rc;
+}
