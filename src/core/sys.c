@@ -16,7 +16,9 @@ void zl_set_threads(int n) {
     if (n <= 0) n = omp_get_num_procs();
     g_threads = n;
     omp_set_num_threads(n);
-    openblas_set_num_threads(n);
+    /* BLAS runs single-threaded; zl_sgemm parallelises over fixed blocks so
+     * results do not depend on the thread count (see src/nn/gemm.c). */
+    openblas_set_num_threads(1);
 }
 
 int zl_get_threads(void) { return g_threads > 0 ? g_threads : omp_get_max_threads(); }

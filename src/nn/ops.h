@@ -23,6 +23,10 @@
 void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
               float beta, float *C, int ldc);
 
+/* OpenBLAS's own sgemm rate at n x n x n with `threads` threads (its native
+ * threading), median of `reps` runs: the baseline benchmarks report against. */
+double zl_sgemm_reference_gflops(int n, int reps, int threads);
+
 /* ---- Linear ---------------------------------------------------------------
  * x [N, in], W [out, in], b [out] or NULL -> y [N, out]. */
 void zl_linear_fwd(float *y, const float *x, const float *W, const float *b, int N, int in, int out);
