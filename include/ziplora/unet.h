@@ -111,6 +111,37 @@ typedef struct {
 /* out [B, out_channels, H, W]. */
 int zl_unet_forward(zl_unet *u, const zl_unet_input *in, float *out);
 
+/* ---- Gradients (src/models/unet_backward.c) ------------------------------
+ * A forward that records what its backward needs (a "tape"), and the backward
+ * that turns dL/d(out) into dL/d(sample) and dL/dm for every runtime branch's
+ * merger. Base weights and LoRA factors are frozen: no dW is computed.
+ *  - ZL_UNET_GRAD_KEEP: every block keeps its activations (fastest, most memory).
+ *  - ZL_UNET_GRAD_RECOMPUTE: only block inputs are kept; each block's forward is
+ *    recomputed when its backward runs (checkpointing; memory of one block's
+ *    activations plus all block inputs). Both give identical gradients.
+ * The tape copies the inputs. Between the forward and the backward the UNet's
+ * LoRAs and mergers must not change (the recompute reads them). */
+typedef enum {
+    ZL_UNET_GRAD_KEEP = 0,
+    ZL_UNET_GRAD_RECOMPUTE = 1,
+} zl_unet_grad_mode;
+
+typedef struct zl_unet_tape zl_unet_tape;
+
+/* Same output as zl_unet_forward; *tape receives the record (free it with zl_unet_tape_free). */
+int zl_unet_forward_tape(zl_unet *u, const zl_unet_input *in, zl_unet_grad_mode mode, float *out,
+                         zl_unet_tape **tape);
+/* dout [B, out_channels, H, W] = dL/d(out). dsample [B, in_channels, H, W] (may be NULL)
+ * is overwritten with dL/d(sample); merger gradients ACCUMULATE into each branch
+ * (zl_unet_zero_merger_grads, zl_unet_merger_grad). A tape is used up by its backward. */
+int zl_unet_backward(zl_unet *u, zl_unet_tape *tape, const float *dout, float *dsample);
+void zl_unet_tape_free(zl_unet_tape *t);
+/* Zero the merger gradient of every runtime branch. */
+int zl_unet_zero_merger_grads(zl_unet *u);
+/* The accumulated dL/dm [n] of the branch of `slot` on `module` (NULL if none;
+ * all zeros if no backward ran since the last zeroing). */
+const float *zl_unet_merger_grad(zl_unet *u, int slot, const char *module, int *n);
+
 #ifdef __cplusplus
 }
 #endif

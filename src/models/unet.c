@@ -298,7 +298,10 @@ void zl_unet_free(zl_unet *u) {
     if (!u) return;
     for (int i = 0; i < u->n_mods; i++) {
         zl_unet_mod *m = u->mods[i];
-        for (int k = 0; k < m->n_br; k++) free(m->br[k].merger);
+        for (int k = 0; k < m->n_br; k++) {
+            free(m->br[k].merger);
+            free(m->br[k].grad);
+        }
         free(m->br);
         zl_weight_free(&m->w);
         zl_weight_free(&m->b);
@@ -345,6 +348,8 @@ static const float *weight_f32(zl_unet *u, const zl_weight *w) {
     }
     return dst;
 }
+
+const float *zl_unet_weight_f32(zl_unet *u, const zl_unet_mod *m) { return weight_f32(u, &m->w); }
 
 void zl_unet_linear(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, int N) {
     const float *W = weight_f32(u, &m->w);
@@ -527,6 +532,8 @@ static int ws_ensure(zl_unet *u, int B, int H, int W, int T) {
     }
     return ZL_OK;
 }
+
+int zl_unet_ws_ensure(zl_unet *u, int B, int H, int W, int T) { return ws_ensure(u, B, H, W, T); }
 
 #define HOOK(kind, blk, x, C) do { if (u->hook.fn) u->hook.fn(u->hook.ctx, kind, blk, x, B, C, h, w); } while (0)
 #define SWAP(a, b) do { float *_t = (a); (a) = (b); (b) = _t; } while (0)

@@ -24,6 +24,7 @@ typedef struct {
     const float *up;   /* [out, rank] */
     float *merger;     /* [in] owned; all ones until set */
     int merger_set;    /* 0: merger is all ones and the multiply is skipped */
+    float *grad;       /* [in] owned dL/dm, accumulated by zl_unet_backward; NULL until the first one */
 } zl_unet_branch;
 
 typedef struct {
@@ -104,6 +105,12 @@ struct zl_unet {
 };
 
 zl_unet_mod *zl_unet_find_mod(const zl_unet *u, const char *name);
+
+/* A module's weight as float32 (resident, or widened into the one scratch buffer,
+ * valid until the next module's weight is asked for). */
+const float *zl_unet_weight_f32(zl_unet *u, const zl_unet_mod *m);
+/* Size the work buffers (branch inputs and rank activations included) for (B, H, W, T). */
+int zl_unet_ws_ensure(zl_unet *u, int B, int H, int W, int T);
 
 /* Module applications (base weight + runtime branches). */
 void zl_unet_linear(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, int N);

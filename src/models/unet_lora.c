@@ -94,7 +94,10 @@ int zl_unet_set_merger(zl_unet *u, int slot, const char *module, const float *mv
 int zl_unet_clear_loras(zl_unet *u) {
     for (int i = 0; i < u->n_mods; i++) {
         zl_unet_mod *m = u->mods[i];
-        for (int k = 0; k < m->n_br; k++) free(m->br[k].merger);
+        for (int k = 0; k < m->n_br; k++) {
+            free(m->br[k].merger);
+            free(m->br[k].grad);
+        }
         free(m->br);
         m->br = NULL;
         m->n_br = 0;
