@@ -6,10 +6,13 @@
 
 #include "ziplora/core.h"
 #include "ziplora/fileio.h"
+#include "ziplora/image.h"
 #include "ziplora/lora.h"
 #include "ziplora/model.h"
 #include "ziplora/progress.h"
+#include "ziplora/sample.h"
 #include "ziplora/safetensors.h"
 #include "ziplora/text.h"
+#include "ziplora/vae.h"
 
 #endif
