@@ -132,8 +132,14 @@ int zl_cmd_merge(int argc, char **argv) {
 
     zl_lora *c = NULL, *s = NULL;
     zl_mergers *mg = NULL;
+    zl_lora_lazy *zc = NULL, *zs = NULL;
+    /* each input's values go back to its (mapped) file once loaded, so the two
+     * LoRAs never sit in memory as float32 at the same time */
+    const zl_unet_config *ucfg = lf.have_cfg ? &lf.cfg : NULL;
     rc = zl_lora_cli_load(cpath, &lf, &c);
+    if (!rc) rc = zl_lora_detach(c, ucfg, &zc);
     if (!rc) rc = zl_lora_cli_load(spath, &lf, &s);
+    if (!rc) rc = zl_lora_detach(s, ucfg, &zs);
     if (!rc && mpath) rc = zl_mergers_load(mpath, &mg);
     if (threaded) pthread_join(th, NULL);
     if (!rc && hj.rc) rc = zl_set_error(hj.rc, "%s", hj.err);
@@ -142,6 +148,8 @@ int zl_cmd_merge(int argc, char **argv) {
         int code = zl_cli_fail(rc == ZL_EINVAL ? ZL_EFORMAT : rc, NULL);
         zl_lora_free(c);
         zl_lora_free(s);
+        zl_lora_lazy_free(zc);
+        zl_lora_lazy_free(zs);
         zl_mergers_free(mg);
         return code;
     }
@@ -153,12 +161,14 @@ int zl_cmd_merge(int argc, char **argv) {
     mo.mergers = mg;
     mo.rank = (int)rank;
     mo.dtype = wo.dtype;
+    mo.lazy_content = zc;
+    mo.lazy_style = zs;
     char params[1024], rank_s[32];
     snprintf(rank_s, sizeof rank_s, "%ld", rank);
     snprintf(params, sizeof params,
              "{\"weights\":[%.9g,%.9g],\"style_scale\":%.9g,\"mergers\":%s%s%s,\"rank\":%s,\"format\":\"%s\","
              "\"dtype\":\"%s\"}",
-             (double)wc, (double)ws, style_scale, mpath ? "\"" : "", mpath ? "(file)" : "null", mpath ? "\"" : "",
+             (double)wc, (double)ws, style_scale, mpath ? "\"" : "", mpath ? "file" : "null", mpath ? "\"" : "",
              rank ? rank_s : "null", wo.format == ZL_FORMAT_PEFT ? "peft" : "kohya",
              wo.dtype == ZL_DT_INVALID ? "auto" : zl_dtype_name(wo.dtype));
     const char *inputs[3] = {cpath, spath, mpath};
@@ -187,6 +197,8 @@ int zl_cmd_merge(int argc, char **argv) {
     }
     zl_lora_free(c);
     zl_lora_free(s);
+    zl_lora_lazy_free(zc);
+    zl_lora_lazy_free(zs);
     zl_mergers_free(mg);
     return rc ? zl_cli_fail(rc, NULL) : ZL_EXIT_OK;
 }

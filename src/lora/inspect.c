@@ -33,29 +33,69 @@ static void select_smallest(float *v, size_t n, size_t k) {
     }
 }
 
+/* Sum of the k smallest values of v[0..n) (all >= 0). Non-negative floats order like
+ * their bit patterns, so one histogram pass over the top 16 bits finds the bucket
+ * holding the k-th value; only that bucket's entries are then selected exactly. */
+static double sum_smallest(const float *v, size_t n, size_t k, const size_t *cnt, const double *bsum) {
+    if (k == 0) return 0;
+    size_t cum = 0;
+    double base = 0;
+    uint32_t b = 0;
+    for (; b < 65536; b++) {
+        if (cum + cnt[b] >= k) break;
+        cum += cnt[b];
+        base += bsum[b];
+    }
+    if (b == 65536) return base;
+    size_t need = k - cum, m = 0;
+    float *tmp = malloc(sizeof(float) * (cnt[b] ? cnt[b] : 1));
+    if (!tmp) return NAN;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &v[i], 4);
+        if ((u >> 16) == b) tmp[m++] = v[i];
+    }
+    select_smallest(tmp, m, need);
+    double s = base;
+    for (size_t i = 0; i < need; i++) s += tmp[i];
+    free(tmp);
+    return s;
+}
+
 int zl_layer_stats_compute(const zl_lora_layer *l, zl_layer_stats *st) {
     memset(st, 0, sizeof *st);
     size_t n = (size_t)l->in_features * l->kh * l->kw, N = (size_t)l->out_features * n;
     if (!l->down || !l->up) return zl_set_error(ZL_EINVAL, "layer '%s' has no values loaded", l->module);
     float *dw = malloc(N * sizeof(float)); /* [out, in*kh*kw] */
-    if (!dw) return zl_set_error(ZL_ENOMEM, "layer '%s': out of memory for its dense dW", l->module);
+    size_t *cnt = calloc(65536, sizeof(size_t));
+    double *bsum = calloc(65536, sizeof(double));
+    if (!dw || !cnt || !bsum) {
+        free(dw);
+        free(cnt);
+        free(bsum);
+        return zl_set_error(ZL_ENOMEM, "layer '%s': out of memory for its dense dW", l->module);
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, l->out_features, (int)n, l->rank, zl_lora_scale(l), l->up,
                 l->rank, l->down, (int)n, 0.0f, dw, (int)n);
+    /* squares keep the magnitude order, so the k smallest |entries| are the k smallest squares */
     double tot = 0;
     for (size_t i = 0; i < N; i++) {
-        dw[i] = dw[i] * dw[i];
-        tot += dw[i];
+        float q = dw[i] * dw[i];
+        dw[i] = q;
+        uint32_t u;
+        memcpy(&u, &q, 4);
+        cnt[u >> 16]++;
+        bsum[u >> 16] += q;
+        tot += q;
     }
-    /* squares keep the magnitude order, so the k smallest |entries| are the k smallest squares */
     size_t k90 = (size_t)floor(0.9 * (double)N), k80 = (size_t)floor(0.8 * (double)N);
-    select_smallest(dw, N, k90);
-    select_smallest(dw, k90, k80);
-    double s80 = 0, s90 = 0;
-    for (size_t i = 0; i < k80; i++) s80 += dw[i];
-    s90 = s80;
-    for (size_t i = k80; i < k90; i++) s90 += dw[i];
+    double s80 = sum_smallest(dw, N, k80, cnt, bsum);
+    double s90 = sum_smallest(dw, N, k90, cnt, bsum);
     free(dw);
-    if (!isfinite(tot)) return zl_set_error(ZL_ENUMERIC, "layer '%s': dW is not finite", l->module);
+    free(cnt);
+    free(bsum);
+    if (!isfinite(tot) || !isfinite(s80) || !isfinite(s90))
+        return zl_set_error(ZL_ENUMERIC, "layer '%s': dW is not finite", l->module);
     st->norm = sqrt(tot);
     st->prune80 = tot > 0 ? sqrt(s80 / tot) : 0;
     st->prune90 = tot > 0 ? sqrt(s90 / tot) : 0;

@@ -6,11 +6,15 @@
  * produced one at a time by a zl_lora_source, so a merged file is streamed
  * rather than built in memory, and the write is atomic (zl_st_write). */
 #include <jansson.h>
+#if defined(__F16C__) && defined(__AVX__)
+#include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "lora/lora_keys.h"
 #include "models/names.h"
 #include "ziplora.h"
 
@@ -22,29 +26,26 @@ int zl_lora_format_parse(const char *s) {
 }
 
 /* Naming context: the UNet name table is built once per write. */
-typedef struct {
-    zl_family family;
-    zl_lora_format format;
-    zl_name_table *unet; /* only for kohya + SDXL */
-} key_ctx;
+typedef zl_key_ctx key_ctx;
 
-static int key_ctx_init(key_ctx *k, zl_family family, zl_lora_format format, const zl_unet_config *cfg) {
+int zl_key_ctx_init(key_ctx *k, zl_family family, zl_lora_format format, const zl_unet_config *cfg) {
     memset(k, 0, sizeof *k);
     k->family = family;
     k->format = format;
-    if (format == ZL_FORMAT_KOHYA && family == ZL_FAMILY_SDXL) {
+    if (format == ZL_FORMAT_KOHYA && (family == ZL_FAMILY_SDXL || family == ZL_FAMILY_SD1)) {
         zl_unet_config std;
         if (!cfg) {
-            zl_unet_config_sdxl_base(&std);
+            if (family == ZL_FAMILY_SDXL) zl_unet_config_sdxl_base(&std);
+            else zl_unet_config_sd15(&std);
             cfg = &std;
         }
         int rc = zl_name_table_unet(cfg, &k->unet);
-        if (rc) return zl_error_prefix(rc, "building the SDXL UNet name table");
+        if (rc) return zl_error_prefix(rc, "building the UNet name table");
     }
     return ZL_OK;
 }
 
-static void key_ctx_free(key_ctx *k) {
+void zl_key_ctx_free(key_ctx *k) {
     if (k->unet) zl_name_table_free(k->unet);
     k->unet = NULL;
 }
@@ -58,19 +59,20 @@ static int put(char *buf, size_t n, const char *prefix, const char *name, int un
     return ZL_OK;
 }
 
-static int key_of(const key_ctx *k, const zl_lora_layer *l, char *buf, size_t n) {
+int zl_key_of(const key_ctx *k, const zl_lora_layer *l, int names, char *buf, size_t n) {
     if (k->format == ZL_FORMAT_PEFT) {
         const char *pre = l->part == ZL_PART_UNET ? "unet." : l->part == ZL_PART_TE1 ? "text_encoder." : "text_encoder_2.";
         return put(buf, n, pre, l->module, 0);
     }
     if (l->part == ZL_PART_TE2) return put(buf, n, "lora_te2_", l->module, 1);
     if (l->part == ZL_PART_TE1) return put(buf, n, k->family == ZL_FAMILY_SDXL ? "lora_te1_" : "lora_te_", l->module, 1);
-    if (k->unet) {
+    if (names == 0) names = k->family == ZL_FAMILY_SDXL ? 2 : 1;
+    if (names == 2) {
         /* kohya's SDXL networks are built on the ldm UNet, so its keys carry ldm names. */
-        const zl_module_info *mi = zl_name_find_diffusers(k->unet, l->module);
+        const zl_module_info *mi = k->unet ? zl_name_find_diffusers(k->unet, l->module) : NULL;
         if (!mi || !mi->ldm)
-            return zl_set_error(ZL_ENOTFOUND, "UNet module '%s' is not in the SDXL name table (no ldm name to write)",
-                                l->module);
+            return zl_set_error(ZL_ENOTFOUND, "UNet module '%s' is not in the %s name table (no ldm name to write)",
+                                l->module, zl_family_name(k->family));
         return put(buf, n, "lora_unet_", mi->ldm, 1);
     }
     /* SD 1.x kohya networks are built on the diffusers UNet: diffusers names. */
@@ -80,9 +82,9 @@ static int key_of(const key_ctx *k, const zl_lora_layer *l, char *buf, size_t n)
 int zl_lora_key(const zl_lora_layer *l, zl_family family, zl_lora_format format, const zl_unet_config *unet_config,
                 char *buf, size_t n) {
     key_ctx k;
-    int rc = key_ctx_init(&k, family, format, unet_config);
-    if (!rc) rc = key_of(&k, l, buf, n);
-    key_ctx_free(&k);
+    int rc = zl_key_ctx_init(&k, family, format, unet_config);
+    if (!rc) rc = zl_key_of(&k, l, 0, buf, n);
+    zl_key_ctx_free(&k);
     return rc;
 }
 
@@ -107,6 +109,53 @@ struct writer {
 static size_t down_numel(const zl_lora_layer *l) { return (size_t)l->rank * (size_t)l->in_features * (size_t)l->kh * (size_t)l->kw; }
 static size_t up_numel(const zl_lora_layer *l) { return (size_t)l->out_features * (size_t)l->rank; }
 
+/* f32 -> dtype for n values; returns the index of the first value that is not finite
+ * or overflows the dtype (the output then holds Inf/NaN there), or -1. One pass, so
+ * streaming a large file costs little more than the copy. */
+static long convert_checked(zl_dtype dt, const float *src, void *dst, size_t n) {
+    if (dt == ZL_DT_F16) {
+        uint16_t *h = dst;
+        size_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+        /* hardware RNE conversion: the same rounding as zl_f32_to_f16 */
+        for (; i + 8 <= n; i += 8) {
+            __m128i v = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
+            _mm_storeu_si128((__m128i *)(h + i), v);
+        }
+#endif
+        for (; i < n; i++) h[i] = zl_f32_to_f16(src[i]);
+        unsigned bad = 0;
+        for (i = 0; i < n; i++) bad |= (h[i] & 0x7c00u) == 0x7c00u;
+        if (bad)
+            for (i = 0; i < n; i++)
+                if ((h[i] & 0x7c00u) == 0x7c00u) return (long)i;
+        return -1;
+    }
+    if (dt == ZL_DT_BF16) {
+        uint16_t *h = dst;
+        unsigned bad = 0;
+        for (size_t i = 0; i < n; i++) {
+            uint32_t u;
+            memcpy(&u, &src[i], 4);
+            bad |= (u & 0x7f800000u) == 0x7f800000u;
+            /* round to nearest even; a finite value may round up to Inf, caught below */
+            h[i] = (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+            bad |= (h[i] & 0x7f80u) == 0x7f80u;
+        }
+        if (bad)
+            for (size_t i = 0; i < n; i++) {
+                uint32_t u;
+                memcpy(&u, &src[i], 4);
+                if ((u & 0x7f800000u) == 0x7f800000u || (h[i] & 0x7f80u) == 0x7f80u) return (long)i;
+            }
+        return -1;
+    }
+    for (size_t i = 0; i < n; i++)
+        if (!isfinite(src[i])) return (long)i;
+    if (zl_convert_from_f32(dt, src, dst, n)) return 0;
+    return -1;
+}
+
 static int fill_tensor(void *vctx, void *dst, size_t nbytes) {
     fill_ctx *fc = vctx;
     writer *w = fc->w;
@@ -122,19 +171,13 @@ static int fill_tensor(void *vctx, void *dst, size_t nbytes) {
         if (s != 1.0f)
             for (size_t i = 0; i < n; i++) w->scratch[i] *= s;
     }
-    for (size_t i = 0; i < n; i++)
-        if (!isfinite(w->scratch[i]))
+    long bad = convert_checked(dt, w->scratch, dst, n);
+    if (bad >= 0) {
+        float v = w->scratch[bad];
+        if (!isfinite(v))
             return zl_set_error(ZL_ENUMERIC, "%s of '%s' holds a non-finite value", fc->which ? "up" : "down", l->module);
-    rc = zl_convert_from_f32(dt, w->scratch, dst, n);
-    if (rc) return zl_set_error(rc, "cannot write dtype %s", zl_dtype_name(dt));
-    if (dt == ZL_DT_F16 || dt == ZL_DT_BF16) {
-        const uint16_t *h = dst;
-        for (size_t i = 0; i < n; i++) {
-            float back = dt == ZL_DT_F16 ? zl_f16_to_f32(h[i]) : zl_bf16_to_f32(h[i]);
-            if (!isfinite(back))
-                return zl_set_error(ZL_ENUMERIC, "%s of '%s': value %g overflows %s; write F32 (--dtype f32)",
-                                    fc->which ? "up" : "down", l->module, (double)w->scratch[i], zl_dtype_name(dt));
-        }
+        return zl_set_error(ZL_ENUMERIC, "%s of '%s': value %g overflows %s; write F32 (--dtype f32)",
+                            fc->which ? "up" : "down", l->module, (double)v, zl_dtype_name(dt));
     }
     return ZL_OK;
 }
@@ -254,7 +297,7 @@ int zl_lora_write_stream(const char *path, const zl_lora *lay, const zl_lora_sou
             return zl_set_error(ZL_EINVAL, "%s: refusing to overwrite an input file", path);
 
     key_ctx kc;
-    int rc = key_ctx_init(&kc, lay->family, o->format, o->unet_config);
+    int rc = zl_key_ctx_init(&kc, lay->family, o->format, o->unet_config);
     if (rc) return zl_error_prefix(rc, "%s", path);
 
     int per = o->format == ZL_FORMAT_KOHYA ? 3 : 2;
@@ -286,7 +329,7 @@ int zl_lora_write_stream(const char *path, const zl_lora *lay, const zl_lora_sou
         if (down_numel(l) > max_numel) max_numel = down_numel(l);
         if (up_numel(l) > max_numel) max_numel = up_numel(l);
         char stem[512];
-        rc = key_of(&kc, l, stem, sizeof stem);
+        rc = zl_key_of(&kc, l, 0, stem, sizeof stem);
         if (rc) { rc = zl_error_prefix(rc, "%s", path); break; }
         size_t sl = strlen(stem) + 24;
         zl_st_entry *e = &ent[i * per];
@@ -408,7 +451,7 @@ done:
     free(alphas);
     free(w.dtypes);
     free(w.scratch);
-    key_ctx_free(&kc);
+    zl_key_ctx_free(&kc);
     return rc;
 }
 

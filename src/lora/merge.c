@@ -9,6 +9,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "lora/lora_keys.h"
 #include "ziplora.h"
 
 /* ---- mergers file ---- */
@@ -129,6 +133,10 @@ typedef struct {
     /* one-layer cache for the streaming writer (down then up of the same layer) */
     int cached;
     float *cdown, *cup;
+    /* inputs and their detached values; scratch for one layer of each */
+    const zl_lora *c, *s;
+    const zl_lora_lazy *zc, *zs;
+    float *sc_down, *sc_up, *ss_down, *ss_up;
 } plan;
 
 static int cmp_layer(const zl_lora_layer *a, const zl_lora_layer *b) {
@@ -156,6 +164,10 @@ static void plan_free(plan *p) {
     free(p->layout.layers); /* module names are borrowed from the inputs */
     free(p->cdown);
     free(p->cup);
+    free(p->sc_down);
+    free(p->sc_up);
+    free(p->ss_down);
+    free(p->ss_up);
     memset(p, 0, sizeof *p);
 }
 
@@ -249,6 +261,26 @@ static int plan_build(const zl_lora *c, const zl_lora *s, const zl_merge_opts *o
     p->layout.n = p->n;
     p->layout.family = c->family != ZL_FAMILY_UNKNOWN ? c->family : s->family;
     p->layout.layout = ZL_LAYOUT_UNKNOWN;
+    p->c = c;
+    p->s = s;
+    p->zc = o ? o->lazy_content : NULL;
+    p->zs = o ? o->lazy_style : NULL;
+    if (!rc) {
+        size_t m[4] = {1, 1, 1, 1};
+        for (int k = 0; k < c->n; k++) {
+            if (dn(&c->layers[k]) > m[0]) m[0] = dn(&c->layers[k]);
+            if (un(&c->layers[k]) > m[1]) m[1] = un(&c->layers[k]);
+        }
+        for (int k = 0; k < s->n; k++) {
+            if (dn(&s->layers[k]) > m[2]) m[2] = dn(&s->layers[k]);
+            if (un(&s->layers[k]) > m[3]) m[3] = un(&s->layers[k]);
+        }
+        p->sc_down = malloc(m[0] * sizeof(float));
+        p->sc_up = malloc(m[1] * sizeof(float));
+        p->ss_down = malloc(m[2] * sizeof(float));
+        p->ss_up = malloc(m[3] * sizeof(float));
+        if (!p->sc_down || !p->sc_up || !p->ss_down || !p->ss_up) rc = zl_set_error(ZL_ENOMEM, "merge: out of memory");
+    }
 done:
     free(a);
     free(b);
@@ -257,10 +289,10 @@ done:
 }
 
 /* down_out[row0 + t, :] = A[t, :] scaled per input channel by m (kh*kw block each). */
-static void put_down(float *dst, int row0, const zl_lora_layer *l, const float *m) {
+static void put_down(float *dst, int row0, const zl_lora_layer *l, const float *A, const float *m) {
     size_t blk = (size_t)l->kh * (size_t)l->kw, rowlen = (size_t)l->in_features * blk;
     for (int t = 0; t < l->rank; t++) {
-        const float *srow = l->down + (size_t)t * rowlen;
+        const float *srow = A + (size_t)t * rowlen;
         float *drow = dst + (size_t)(row0 + t) * rowlen;
         if (!m) {
             memcpy(drow, srow, rowlen * sizeof(float));
@@ -272,28 +304,46 @@ static void put_down(float *dst, int row0, const zl_lora_layer *l, const float *
 }
 
 /* up_out[:, col0 .. col0 + r) = f * B */
-static void put_up(float *dst, int R, int col0, const zl_lora_layer *l, float f) {
+static void put_up(float *dst, int R, int col0, const zl_lora_layer *l, const float *B, float f) {
     for (int o = 0; o < l->out_features; o++)
-        for (int t = 0; t < l->rank; t++) dst[(size_t)o * R + col0 + t] = f * l->up[(size_t)o * l->rank + t];
+        for (int t = 0; t < l->rank; t++) dst[(size_t)o * R + col0 + t] = f * B[(size_t)o * l->rank + t];
+}
+
+/* A side's factors: in memory, or read from its detached file into scratch. */
+static int side_values(const plan *p, int side, const zl_lora_layer *l, const float **A, const float **B) {
+    if (l->down && l->up) {
+        *A = l->down;
+        *B = l->up;
+        return ZL_OK;
+    }
+    const zl_lora *L = side ? p->s : p->c;
+    float *a = side ? p->ss_down : p->sc_down, *b = side ? p->ss_up : p->sc_up;
+    int rc = zl_lora_lazy_read(side ? p->zs : p->zc, L, (int)(l - L->layers), a, b);
+    if (rc) return zl_error_prefix(rc, "merge");
+    *A = a;
+    *B = b;
+    return ZL_OK;
 }
 
 /* The exact merged layer k: down [R, in*kh*kw], up [out, R]. */
 static int merged_layer(const plan *p, int k, float *down, float *up) {
     const plan_item *it = &p->it[k];
     const zl_lora_layer *L = &p->layout.layers[k];
-    if ((it->c && (!it->c->down || !it->c->up)) || (it->s && (!it->s->down || !it->s->up)))
-        return zl_set_error(ZL_EINVAL, "merge: layer '%s' has no values loaded", L->module);
+    const float *ca = NULL, *cb = NULL, *sa = NULL, *sb = NULL;
+    int rc;
+    if (it->c && (rc = side_values(p, 0, it->c, &ca, &cb))) return rc;
+    if (it->s && (rc = side_values(p, 1, it->s, &sa, &sb))) return rc;
     if (it->c && it->s) {
-        put_down(down, 0, it->c, it->mc);
-        put_down(down, it->c->rank, it->s, it->ms);
-        put_up(up, L->rank, 0, it->c, p->wc * zl_lora_scale(it->c));
-        put_up(up, L->rank, it->c->rank, it->s, p->ws * zl_lora_scale(it->s));
+        put_down(down, 0, it->c, ca, it->mc);
+        put_down(down, it->c->rank, it->s, sa, it->ms);
+        put_up(up, L->rank, 0, it->c, cb, p->wc * zl_lora_scale(it->c));
+        put_up(up, L->rank, it->c->rank, it->s, sb, p->ws * zl_lora_scale(it->s));
     } else if (it->c) {
-        put_down(down, 0, it->c, it->mc);
-        put_up(up, L->rank, 0, it->c, p->wc);
+        put_down(down, 0, it->c, ca, it->mc);
+        put_up(up, L->rank, 0, it->c, cb, p->wc);
     } else {
-        put_down(down, 0, it->s, it->ms);
-        put_up(up, L->rank, 0, it->s, p->ws);
+        put_down(down, 0, it->s, sa, it->ms);
+        put_up(up, L->rank, 0, it->s, sb, p->ws);
     }
     return ZL_OK;
 }
@@ -308,6 +358,101 @@ static int stream_get(void *ctx, int i, int which, float *dst) {
         p->cached = i;
     }
     memcpy(dst, which ? p->cup : p->cdown, (which ? un(L) : dn(L)) * sizeof(float));
+    return ZL_OK;
+}
+
+/* ---- detached LoRAs: values read back from the mapped input on demand ---- */
+
+struct zl_lora_lazy {
+    zl_st_file *f;
+    int n;
+    const zl_st_tensor **down, **up; /* per layer of the LoRA; NULL: values stay in memory */
+};
+
+void zl_lora_lazy_free(zl_lora_lazy *z) {
+    if (!z) return;
+    zl_st_close(z->f);
+    free(z->down);
+    free(z->up);
+    free(z);
+}
+
+/* Drop a mapped tensor's pages from this process (they stay in the page cache), so
+ * reading two large inputs does not add up in resident memory. */
+static void drop_pages(const zl_st_tensor *t) {
+    if (!t || !t->nbytes) return;
+    long ps = sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(ps - 1), b = (uintptr_t)t->data + t->nbytes;
+    madvise((void *)a, b - a, MADV_DONTNEED);
+}
+
+int zl_lora_detach(zl_lora *l, const zl_unet_config *cfg, zl_lora_lazy **out) {
+    *out = NULL;
+    int peft = l->layout == ZL_LAYOUT_PEFT;
+    if (!l->path || (!peft && l->layout != ZL_LAYOUT_KOHYA_LDM && l->layout != ZL_LAYOUT_KOHYA_DIFFUSERS))
+        return ZL_OK; /* other layouts keep their values in memory */
+    zl_lora_lazy *z = calloc(1, sizeof *z);
+    if (!z) return zl_set_error(ZL_ENOMEM, "out of memory");
+    z->n = l->n;
+    z->down = calloc((size_t)(l->n ? l->n : 1), sizeof *z->down);
+    z->up = calloc((size_t)(l->n ? l->n : 1), sizeof *z->up);
+    zl_key_ctx kc;
+    int rc = z->down && z->up ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory");
+    if (!rc) rc = zl_st_open(l->path, &z->f);
+    if (rc) { zl_lora_lazy_free(z); return rc; }
+    rc = zl_key_ctx_init(&kc, l->family, peft ? ZL_FORMAT_PEFT : ZL_FORMAT_KOHYA, cfg);
+    if (rc) { zl_lora_lazy_free(z); return rc; }
+    size_t maxn = 0;
+    for (int i = 0; i < l->n; i++) maxn = dn(&l->layers[i]) > maxn ? dn(&l->layers[i]) : maxn;
+    float *tmp = malloc((maxn ? maxn : 1) * sizeof(float));
+    for (int i = 0; i < l->n && tmp; i++) {
+        zl_lora_layer *y = &l->layers[i];
+        char stem[600], key[640];
+        if (!y->down || !y->up || zl_key_of(&kc, y, l->layout == ZL_LAYOUT_KOHYA_DIFFUSERS ? 1 : l->layout == ZL_LAYOUT_KOHYA_LDM ? 2 : 0, stem, sizeof stem)) {
+            zl_clear_error();
+            continue;
+        }
+        snprintf(key, sizeof key, "%s%s", stem, peft ? ".lora_A.weight" : ".lora_down.weight");
+        const zl_st_tensor *td = zl_st_find(z->f, key);
+        snprintf(key, sizeof key, "%s%s", stem, peft ? ".lora_B.weight" : ".lora_up.weight");
+        const zl_st_tensor *tu = zl_st_find(z->f, key);
+        if (!td || !tu || (size_t)td->numel != dn(y) || (size_t)tu->numel != un(y) || !zl_dtype_is_float(td->dtype) ||
+            !zl_dtype_is_float(tu->dtype))
+            continue;
+        /* only when the file holds exactly the loaded values */
+        zl_st_read_f32(td, tmp);
+        int same = !memcmp(tmp, y->down, dn(y) * sizeof(float));
+        if (same) {
+            zl_st_read_f32(tu, tmp);
+            same = !memcmp(tmp, y->up, un(y) * sizeof(float));
+        }
+        drop_pages(td);
+        drop_pages(tu);
+        if (!same) continue;
+        z->down[i] = td;
+        z->up[i] = tu;
+        free(y->down);
+        free(y->up);
+        y->down = y->up = NULL;
+    }
+    free(tmp);
+    zl_key_ctx_free(&kc);
+    *out = z;
+    return ZL_OK;
+}
+
+int zl_lora_lazy_read(const zl_lora_lazy *z, const zl_lora *l, int i, float *down, float *up) {
+    const zl_lora_layer *y = &l->layers[i];
+    if (down) {
+        if (y->down) memcpy(down, y->down, dn(y) * sizeof(float));
+        else if (z && i < z->n && z->down[i]) { zl_st_read_f32(z->down[i], down); drop_pages(z->down[i]); }
+        else return zl_set_error(ZL_EINVAL, "layer '%s' has no values", y->module);
+    }
+    if (up) {
+        if (y->up) memcpy(up, y->up, un(y) * sizeof(float));
+        else if (z && i < z->n && z->up[i]) { zl_st_read_f32(z->up[i], up); drop_pages(z->up[i]); }
+        else return zl_set_error(ZL_EINVAL, "layer '%s' has no values", y->module);
+    }
     return ZL_OK;
 }
 

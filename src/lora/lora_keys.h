@@ -1,0 +1,21 @@
+/* Internal: LoRA key naming with a name table built once (lora_write.c), shared
+ * with merge.c's detached readers. */
+#ifndef ZL_LORA_KEYS_H
+#define ZL_LORA_KEYS_H
+
+#include "models/names.h"
+#include "ziplora/lora.h"
+
+typedef struct {
+    zl_family family;
+    zl_lora_format format;
+    zl_name_table *unet; /* only for kohya + SDXL */
+} zl_key_ctx;
+
+int zl_key_ctx_init(zl_key_ctx *k, zl_family family, zl_lora_format format, const zl_unet_config *cfg);
+void zl_key_ctx_free(zl_key_ctx *k);
+/* names (kohya UNet keys): 0 as kohya writes them for the family (ldm for SDXL,
+ * diffusers for SD 1.x), 1 diffusers names, 2 ldm names. */
+int zl_key_of(const zl_key_ctx *k, const zl_lora_layer *l, int names, char *buf, size_t n);
+
+#endif
