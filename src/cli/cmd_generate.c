@@ -1,0 +1,552 @@
+/* `ziplora generate`: text to image with any LoRAs, over the library pipeline
+ * (include/ziplora/pipeline.h). It checks every flag before loading anything,
+ * runs encode -> sample -> decode while keeping one large part resident at a
+ * time, and writes PNGs whose `parameters` text chunk follows AUTOMATIC1111's
+ * infotext, so the seed and settings travel with the image. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli.h"
+#include "ziplora/image.h"
+#include "ziplora/pipeline.h"
+
+#define CMD "generate"
+#define MAX_LORAS 16
+#define MAX_BATCH 64
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: ziplora generate --model M -p PROMPT -o OUT.png [options]\n\n"
+            "Text to image (txt2img) with a Stable Diffusion XL or SD 1.x model and any LoRAs.\n"
+            "The PNG carries an AUTOMATIC1111-style 'parameters' text chunk (prompt, negative\n"
+            "prompt, steps, sampler, CFG scale, seed, size, model and LoRA hashes).\n\n"
+            "options:\n"
+            "  --model M              diffusers model folder or single-file checkpoint (family detected)\n"
+            "  --lora FILE[:W]        apply a LoRA (any layout, text-encoder parts included) with weight W\n"
+            "                         (default 1); repeatable\n"
+            "  -p, --prompt TEXT      the prompt\n"
+            "  --prompt-file F        read the prompt from a UTF-8 text file instead\n"
+            "  -n, --negative TEXT    negative prompt. Without -n, SDXL uses zero embeddings for the\n"
+            "                         unconditional half and SD 1.x encodes \"\" (as diffusers does)\n"
+            "  --steps N              sampler steps (default 50, diffusers' default; 20-30 is usually\n"
+            "                         enough with euler)\n"
+            "  --cfg G                guidance scale (default 5.0 for SDXL, 7.5 for SD 1.x; G <= 1 runs\n"
+            "                         without guidance)\n"
+            "  --sampler S            euler (default, as diffusers' SDXL), euler_a, dpmpp_2m\n"
+            "  --seed S               seed of the initial noise (default: random, printed and saved);\n"
+            "                         image i of a batch uses S + i\n"
+            "  -W, --width W          image width in pixels (default: the model's native size,\n"
+            "  -H, --height H         1024 for SDXL, 512 for SD 1.5); multiples of 8\n"
+            "  --batch N              write N images: OUT.png, OUT-1.png, ..., OUT-(N-1).png\n"
+            "  --grid                 also write OUT-grid.png with the batch side by side\n"
+            "  --initial-noise FILE:NAME  start from the noise tensor NAME ([4,h,w] or [N,4,h,w],\n"
+            "                         N = --batch) in a safetensors file instead of the seed's noise;\n"
+            "                         latents = noise * init_noise_sigma. Sets the size if -W/-H are absent\n"
+            "  --save-latent FILE     also write the final latents [N,4,h,w] (F32, before the VAE's\n"
+            "                         scaling) as 'latent' to a safetensors file\n"
+            "  --unet-config JSON     diffusers config.json of the UNet, VAE or text encoders, for a\n"
+            "  --vae-config JSON      single-file checkpoint whose sizes its shapes cannot tell\n"
+            "  --te1-config JSON\n"
+            "  --te2-config JSON\n"
+            "  --f32-weights          widen the UNet weights to float32 once (faster steps, more memory)\n"
+            "  --no-tile              decode without VAE tiles (exact at large sizes, more memory)\n"
+            "  -o, --out OUT.png      output image\n"
+            "  -q, -v, --threads N    quiet, verbose, thread count\n");
+}
+
+/* "FILE:W" -> FILE, W. A trailing ":<number>" is a weight; a path with ':'
+ * elsewhere stays whole. */
+static int parse_lora_arg(const char *arg, char **path, float *w) {
+    *w = 1.0f;
+    *path = strdup(arg);
+    if (!*path) return zl_set_error(ZL_ENOMEM, "out of memory");
+    char *c = strrchr(*path, ':');
+    if (c && c[1]) {
+        char *end;
+        double v = strtod(c + 1, &end);
+        if (!*end) {
+            if (!isfinite(v)) return zl_set_error(ZL_EINVAL, "--lora %s: the weight is not a number", arg);
+            *w = (float)v;
+            *c = 0;
+        }
+    }
+    return ZL_OK;
+}
+
+/* Offset of the first byte that is not part of valid UTF-8, or -1. Overlong
+ * forms, surrogates and code points above U+10FFFF are invalid. */
+static long utf8_invalid_at(const unsigned char *s, size_t n) {
+    size_t i = 0;
+    while (i < n) {
+        unsigned c = s[i];
+        if (c < 0x80) { i++; continue; }
+        int len;
+        unsigned cp, min;
+        if ((c & 0xE0) == 0xC0) { len = 2; cp = c & 0x1F; min = 0x80; }
+        else if ((c & 0xF0) == 0xE0) { len = 3; cp = c & 0x0F; min = 0x800; }
+        else if ((c & 0xF8) == 0xF0) { len = 4; cp = c & 0x07; min = 0x10000; }
+        else return (long)i;
+        if (i + (size_t)len > n) return (long)i;
+        for (int k = 1; k < len; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) return (long)i;
+            cp = (cp << 6) | (s[i + k] & 0x3F);
+        }
+        if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return (long)i;
+        i += (size_t)len;
+    }
+    return -1;
+}
+
+static int check_utf8(const char *what, const char *s, size_t n) {
+    long at = utf8_invalid_at((const unsigned char *)s, n);
+    if (at >= 0)
+        return zl_set_error(ZL_EFORMAT, "%s is not UTF-8: invalid byte 0x%02x at byte %ld", what,
+                            (unsigned char)s[at], at);
+    if (strlen(s) != n) return zl_set_error(ZL_EFORMAT, "%s holds a NUL byte at byte %zu", what, strlen(s));
+    return ZL_OK;
+}
+
+/* The whole file as the prompt, trailing whitespace dropped. */
+static int read_prompt_file(const char *path, char **out) {
+    size_t n;
+    char *s;
+    int rc = zl_read_file(path, &s, &n);
+    if (rc) return rc;
+    char what[1200];
+    snprintf(what, sizeof what, "prompt file %s", path);
+    if ((rc = check_utf8(what, s, n))) { free(s); return rc; }
+    while (n && (s[n - 1] == '\n' || s[n - 1] == '\r' || s[n - 1] == ' ' || s[n - 1] == '\t')) s[--n] = 0;
+    *out = s;
+    return ZL_OK;
+}
+
+/* OUT.png -> OUT-<tag>.png (tag appended when there is no extension). */
+static char *derived_path(const char *out, const char *tag) {
+    const char *slash = strrchr(out, '/');
+    const char *dot = strrchr(out, '.');
+    if (!dot || (slash && dot < slash) || dot == (slash ? slash + 1 : out)) dot = out + strlen(out);
+    size_t n = strlen(out) + strlen(tag) + 2;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%.*s-%s%s", (int)(dot - out), out, tag, dot);
+    return p;
+}
+
+/* File name without folders and extension, with A1111's forbidden ':' and ',' removed. */
+static void short_name(const char *path, char *buf, size_t n) {
+    const char *b = path;
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/') len--; /* a folder given as "dir/" */
+    for (size_t i = 0; i + 1 < len; i++)
+        if (path[i] == '/') b = path + i + 1;
+    size_t bl = (size_t)(path + len - b);
+    const char *dot = NULL;
+    for (size_t i = 0; i < bl; i++)
+        if (b[i] == '.') dot = b + i;
+    if (dot && dot != b) bl = (size_t)(dot - b);
+    size_t j = 0;
+    for (size_t i = 0; i < bl && j + 1 < n; i++)
+        if (b[i] != ':' && b[i] != ',') buf[j++] = b[i];
+    buf[j] = 0;
+}
+
+typedef struct {
+    char *s;
+    size_t len, cap;
+} sbuf;
+
+static int sb_printf(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int sb_printf(sbuf *b, const char *fmt, ...) {
+    va_list ap;
+    for (;;) {
+        va_start(ap, fmt);
+        int k = vsnprintf(b->s ? b->s + b->len : NULL, b->s ? b->cap - b->len : 0, fmt, ap);
+        va_end(ap);
+        if (k < 0) return zl_set_error(ZL_EINVAL, "format error");
+        if (b->s && b->len + (size_t)k < b->cap) {
+            b->len += (size_t)k;
+            return ZL_OK;
+        }
+        size_t cap = (b->cap ? b->cap : 256);
+        while (cap <= b->len + (size_t)k) cap *= 2;
+        char *p = realloc(b->s, cap);
+        if (!p) return zl_set_error(ZL_ENOMEM, "out of memory");
+        b->s = p;
+        b->cap = cap;
+    }
+}
+
+/* A1111 quotes a value holding ',', ':' or a newline as a JSON string. */
+static int sb_quoted(sbuf *b, const char *v) {
+    if (!strpbrk(v, ",:\n\"")) return sb_printf(b, "%s", v);
+    int rc = sb_printf(b, "\"");
+    for (const char *c = v; !rc && *c; c++) {
+        if (*c == '"' || *c == '\\') rc = sb_printf(b, "\\%c", *c);
+        else if (*c == '\n') rc = sb_printf(b, "\\n");
+        else rc = sb_printf(b, "%c", *c);
+    }
+    return rc ? rc : sb_printf(b, "\"");
+}
+
+typedef struct {
+    const char *prompt, *negative;
+    int steps;
+    float cfg;
+    zl_sampler_kind sampler;
+    int width, height;
+    const char *model_name;
+    char model_hash[11];
+    int n_loras;
+    char lora_names[MAX_LORAS][256];
+    char lora_hashes[MAX_LORAS][13];
+    float lora_w[MAX_LORAS];
+    const char *noise_spec;
+} infotext;
+
+/* The `parameters` text of one image, as AUTOMATIC1111 writes it. */
+static int make_parameters(const infotext *it, uint64_t seed, long noise_index, char **out) {
+    sbuf b = {0};
+    int rc = sb_printf(&b, "%s\n", it->prompt);
+    if (!rc && it->negative && it->negative[0]) rc = sb_printf(&b, "Negative prompt: %s\n", it->negative);
+    if (!rc)
+        rc = sb_printf(&b, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %dx%d, Model hash: %s, Model: ",
+                       it->steps, zl_sampler_name(it->sampler), (double)it->cfg, (unsigned long long)seed, it->width,
+                       it->height, it->model_hash);
+    if (!rc) rc = sb_quoted(&b, it->model_name);
+    if (!rc && it->n_loras) {
+        sbuf h = {0}, w = {0};
+        for (int i = 0; !rc && i < it->n_loras; i++) {
+            rc = sb_printf(&h, "%s%s: %s", i ? ", " : "", it->lora_names[i], it->lora_hashes[i]);
+            if (!rc) rc = sb_printf(&w, "%s%s: %g", i ? ", " : "", it->lora_names[i], (double)it->lora_w[i]);
+        }
+        if (!rc) rc = sb_printf(&b, ", Lora hashes: ");
+        if (!rc) rc = sb_quoted(&b, h.s);
+        if (!rc) rc = sb_printf(&b, ", Lora weights: ");
+        if (!rc) rc = sb_quoted(&b, w.s);
+        free(h.s);
+        free(w.s);
+    }
+    if (!rc && it->noise_spec) {
+        char v[1200];
+        snprintf(v, sizeof v, "%s[%ld]", it->noise_spec, noise_index);
+        rc = sb_printf(&b, ", Initial noise: ");
+        if (!rc) rc = sb_quoted(&b, v);
+    }
+    if (!rc) rc = sb_printf(&b, ", Version: ziplora %s", ZIPLORA_VERSION);
+    if (rc) { free(b.s); return rc; }
+    *out = b.s;
+    return ZL_OK;
+}
+
+/* The first `n` hex digits of a file's sha256 (A1111: 10 for models, 12 for LoRAs). */
+static int short_hash(const char *path, int n, char *out) {
+    char hex[65];
+    int rc = zl_sha256_file(path, hex);
+    if (rc) return rc;
+    memcpy(out, hex, (size_t)n);
+    out[n] = 0;
+    return ZL_OK;
+}
+
+static uint64_t random_seed(void) {
+    uint64_t s = 0;
+    FILE *f = fopen("/dev/urandom", "rb");
+    if (!f || fread(&s, sizeof s, 1, f) != 1) s = (uint64_t)time(NULL) * 6364136223846793005ULL ^ (uint64_t)getpid();
+    if (f) fclose(f);
+    return s & 0xFFFFFFFFULL; /* 32 bits, as A1111 seeds, so it is easy to type back */
+}
+
+/* Noise [N, 4, h, w] from --initial-noise FILE:NAME. */
+static int load_noise(const char *spec, int batch, int C, float **out, int *h, int *w, char **file_out) {
+    char *file = strdup(spec);
+    if (!file) return zl_set_error(ZL_ENOMEM, "out of memory");
+    char *colon = strrchr(file, ':');
+    if (!colon || !colon[1] || colon == file) {
+        free(file);
+        return zl_set_error(ZL_EINVAL, "--initial-noise '%s': expected FILE.safetensors:NAME", spec);
+    }
+    *colon = 0;
+    const char *name = colon + 1;
+    zl_st_file *f = NULL;
+    int rc = zl_st_open(file, &f);
+    if (rc) { free(file); return rc; }
+    const zl_st_tensor *t = zl_st_find(f, name);
+    if (!t) {
+        rc = zl_set_error(ZL_ENOTFOUND, "--initial-noise: %s has no tensor '%s'", file, name);
+    } else if (!zl_dtype_is_float(t->dtype) || t->dtype == ZL_DT_BOOL) {
+        rc = zl_set_error(ZL_EFORMAT, "--initial-noise: %s: '%s' has dtype %s, expected a float type", file, name,
+                          zl_dtype_name(t->dtype));
+    } else {
+        int nb = t->ndim == 4 ? (int)t->shape[0] : 1;
+        int c0 = t->ndim == 4 ? 1 : 0;
+        if ((t->ndim != 3 && t->ndim != 4) || t->shape[c0] != C || t->shape[c0 + 1] < 1 || t->shape[c0 + 2] < 1)
+            rc = zl_set_error(ZL_ESHAPE, "--initial-noise: %s: '%s' must be [%d, h, w] or [N, %d, h, w]", file, name, C, C);
+        else if (nb != batch)
+            rc = zl_set_error(ZL_ESHAPE, "--initial-noise: %s: '%s' holds %d noise tensors for --batch %d", file, name, nb,
+                              batch);
+        else if (!(*out = malloc(sizeof(float) * (size_t)t->numel)))
+            rc = zl_set_error(ZL_ENOMEM, "out of memory");
+        else {
+            zl_st_read_f32(t, *out);
+            *h = (int)t->shape[c0 + 1];
+            *w = (int)t->shape[c0 + 2];
+            for (int64_t i = 0; i < t->numel && !rc; i++)
+                if (!isfinite((*out)[i]))
+                    rc = zl_set_error(ZL_ENUMERIC, "--initial-noise: %s: '%s' holds a non-finite value", file, name);
+            if (rc) { free(*out); *out = NULL; }
+        }
+    }
+    zl_st_close(f);
+    if (rc) { free(file); return rc; }
+    *file_out = file;
+    return ZL_OK;
+}
+
+int zl_cmd_generate(int argc, char **argv) {
+    const char *model = NULL, *out_path = NULL, *prompt_arg = NULL, *negative = NULL, *prompt_file = NULL;
+    const char *sampler_name = "euler", *noise_spec = NULL, *latent_path = NULL;
+    const char *unet_cfg = NULL, *vae_cfg = NULL, *te1_cfg = NULL, *te2_cfg = NULL;
+    const char *lora_args[MAX_LORAS];
+    int n_lora = 0, grid = 0, f32 = 0, no_tile = 0, have_seed = 0;
+    long steps = 50, width = 0, height = 0, batch = 1;
+    double cfg = NAN;
+    uint64_t seed = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int c = zl_cli_common(CMD, argc, argv, &i);
+        if (c < 0) return ZL_EXIT_USAGE;
+        if (c) continue;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return ZL_EXIT_OK; }
+        if (!strcmp(a, "--grid")) { grid = 1; continue; }
+        if (!strcmp(a, "--f32-weights")) { f32 = 1; continue; }
+        if (!strcmp(a, "--no-tile")) { no_tile = 1; continue; }
+        const char **dst = !strcmp(a, "--model") ? &model
+                           : (!strcmp(a, "-o") || !strcmp(a, "--out")) ? &out_path
+                           : (!strcmp(a, "-p") || !strcmp(a, "--prompt")) ? &prompt_arg
+                           : (!strcmp(a, "-n") || !strcmp(a, "--negative") || !strcmp(a, "--negative-prompt")) ? &negative
+                           : !strcmp(a, "--prompt-file") ? &prompt_file
+                           : !strcmp(a, "--sampler") ? &sampler_name
+                           : !strcmp(a, "--initial-noise") ? &noise_spec
+                           : !strcmp(a, "--save-latent") ? &latent_path
+                           : !strcmp(a, "--unet-config") ? &unet_cfg
+                           : !strcmp(a, "--vae-config") ? &vae_cfg
+                           : !strcmp(a, "--te1-config") ? &te1_cfg
+                           : !strcmp(a, "--te2-config") ? &te2_cfg
+                           : NULL;
+        long *num = !strcmp(a, "--steps") ? &steps
+                    : (!strcmp(a, "-W") || !strcmp(a, "--width")) ? &width
+                    : (!strcmp(a, "-H") || !strcmp(a, "--height")) ? &height
+                    : !strcmp(a, "--batch") ? &batch
+                    : NULL;
+        int is_lora = !strcmp(a, "--lora"), is_cfg = !strcmp(a, "--cfg") || !strcmp(a, "--cfg-scale"),
+            is_seed = !strcmp(a, "--seed");
+        if (!dst && !num && !is_lora && !is_cfg && !is_seed) return zl_cli_usage(CMD, "unknown option '%s'", a);
+        if (i + 1 >= argc) return zl_cli_usage(CMD, "%s needs a value", a);
+        const char *v = argv[++i];
+        if (dst) {
+            *dst = v;
+        } else if (is_lora) {
+            if (n_lora == MAX_LORAS) return zl_cli_usage(CMD, "at most %d --lora", MAX_LORAS);
+            lora_args[n_lora++] = v;
+        } else if (is_cfg) {
+            if (zl_cli_float(CMD, a, v, &cfg)) return ZL_EXIT_USAGE;
+        } else if (is_seed) {
+            char *end;
+            unsigned long long s = strtoull(v, &end, 10);
+            if (!*v || *end || *v == '-') return zl_cli_usage(CMD, "--seed expects a non-negative integer, got '%s'", v);
+            seed = s;
+            have_seed = 1;
+        } else if (num == &steps) {
+            if (zl_cli_int(CMD, a, v, 1, 1000, num)) return ZL_EXIT_USAGE;
+        } else if (num == &batch) {
+            if (zl_cli_int(CMD, a, v, 1, MAX_BATCH, num)) return ZL_EXIT_USAGE;
+        } else {
+            if (zl_cli_int(CMD, a, v, 1, ZL_IMAGE_MAX_SIDE, num)) return ZL_EXIT_USAGE;
+            if (*num % 8)
+                return zl_cli_usage(CMD, "%s %ld is not a multiple of 8 (the VAE works on 8x8 pixel cells)", a, *num);
+        }
+    }
+    if (!model) return zl_cli_usage(CMD, "--model is required");
+    if (!out_path) return zl_cli_usage(CMD, "-o is required");
+    if (!prompt_arg && !prompt_file) return zl_cli_usage(CMD, "a prompt is required (-p TEXT or --prompt-file F)");
+    if (prompt_arg && prompt_file) return zl_cli_usage(CMD, "give either -p or --prompt-file, not both");
+    int skind = zl_sampler_from_name(sampler_name);
+    if (skind < 0) return zl_cli_usage(CMD, "unknown sampler '%s' (euler, euler_a, dpmpp_2m)", sampler_name);
+    if (prompt_arg && check_utf8("-p", prompt_arg, strlen(prompt_arg))) return zl_cli_usage(CMD, "%s", zl_errmsg());
+    if (negative && check_utf8("-n", negative, strlen(negative))) return zl_cli_usage(CMD, "%s", zl_errmsg());
+    if (!have_seed) seed = random_seed();
+
+    int rc = ZL_OK;
+    zl_pipeline *p = NULL;
+    char *prompt_buf = NULL, *noise_file = NULL;
+    float *noise = NULL, *latents = NULL;
+    char *lpaths[MAX_LORAS] = {0};
+    zl_image *imgs = NULL;
+    char **out_paths = NULL;
+    char *grid_path = NULL;
+    zl_cond cond = {0};
+    infotext it = {0};
+    const char *inputs[MAX_LORAS + 8];
+    int n_inputs = 0, nh = 0, nw = 0;
+
+    if (prompt_file) {
+        if ((rc = read_prompt_file(prompt_file, &prompt_buf))) goto done;
+        inputs[n_inputs++] = prompt_file;
+    }
+    const char *prompt = prompt_file ? prompt_buf : prompt_arg;
+    if (noise_spec) {
+        if ((rc = load_noise(noise_spec, (int)batch, 4, &noise, &nh, &nw, &noise_file))) goto done;
+        inputs[n_inputs++] = noise_file;
+    }
+    /* output names first: a clash with an input is a usage error found before any compute */
+    out_paths = calloc((size_t)batch, sizeof *out_paths);
+    if (!out_paths) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
+    for (long b = 0; b < batch; b++) {
+        char tag[32];
+        snprintf(tag, sizeof tag, "%ld", b);
+        out_paths[b] = b ? derived_path(out_path, tag) : strdup(out_path);
+        if (!out_paths[b]) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
+    }
+    if (grid && !(grid_path = derived_path(out_path, "grid"))) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
+
+    zl_pipeline_opts po = {.unet_config = unet_cfg, .vae_config = vae_cfg, .te1_config = te1_cfg, .te2_config = te2_cfg,
+                           .weights = f32 ? ZL_UNET_WEIGHTS_F32 : ZL_UNET_WEIGHTS_STORED,
+                           .vae_tile = no_tile ? ZL_VAE_TILE_OFF : ZL_VAE_TILE_AUTO};
+    double t0 = zl_now();
+    if ((rc = zl_pipeline_open(model, &po, &p))) goto done;
+    const zl_model_paths *mp = zl_pipeline_paths(p);
+    const int s = zl_pipeline_vae_scale(p);
+    if (noise) {
+        if (!width) width = (long)nw * s;
+        if (!height) height = (long)nh * s;
+        if (width != (long)nw * s || height != (long)nh * s) {
+            rc = zl_set_error(ZL_ESHAPE, "--initial-noise %s is %dx%d latent cells, i.e. %dx%d pixels, but the size is %ldx%ld",
+                              noise_spec, nw, nh, nw * s, nh * s, width, height);
+            goto done;
+        }
+    }
+    if (!width || !height) {
+        int dw, dh;
+        zl_pipeline_native_size(p, &dw, &dh);
+        if (!width) width = dw;
+        if (!height) height = dh;
+    }
+    if ((rc = zl_pipeline_check_size(p, (int)width, (int)height))) goto done;
+    if (isnan(cfg)) cfg = zl_pipeline_family(p) == ZL_FAMILY_SDXL ? 5.0 : 7.5;
+    if (mp->unet_weights) inputs[n_inputs++] = mp->unet_weights;
+    if (mp->te1_weights) inputs[n_inputs++] = mp->te1_weights;
+    if (mp->te2_weights) inputs[n_inputs++] = mp->te2_weights;
+    if (mp->vae_weights) inputs[n_inputs++] = mp->vae_weights;
+    for (int k = 0; k < n_lora; k++) {
+        float w;
+        if ((rc = parse_lora_arg(lora_args[k], &lpaths[k], &w))) goto done;
+        if ((rc = zl_pipeline_load_lora(p, lpaths[k], w, NULL))) goto done;
+        inputs[n_inputs++] = lpaths[k];
+        short_name(lpaths[k], it.lora_names[k], sizeof it.lora_names[k]);
+        it.lora_w[k] = w;
+    }
+    zl_info("%s model %s, %ldx%ld, %ld step%s (%s), CFG %g, seed %llu%s", zl_family_name(zl_pipeline_family(p)),
+            model, width, height, steps, steps == 1 ? "" : "s", zl_sampler_name((zl_sampler_kind)skind), cfg,
+            (unsigned long long)seed, noise ? " (noise from file)" : "");
+
+    /* 1. text: encode once for the whole batch, then drop the encoders */
+    double t_text = zl_now();
+    if ((rc = zl_pipeline_encode(p, prompt, negative, &cond))) goto done;
+    zl_pipeline_release(p, ZL_PIPE_TEXT);
+    t_text = zl_now() - t_text;
+    zl_info("text encoding: %.2f s", t_text);
+
+    /* 2. sampling */
+    const int h = (int)height / s, w = (int)width / s, C = zl_pipeline_unet_config(p)->in_channels;
+    const size_t n = (size_t)C * h * w;
+    if (C != 4 && noise) { rc = zl_set_error(ZL_ESHAPE, "the UNet takes %d latent channels, --initial-noise has 4", C); goto done; }
+    latents = malloc(sizeof(float) * n * (size_t)batch); // [batch, C, h, w]
+    if (!latents) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
+    for (long b = 0; b < batch; b++) {
+        char label[64];
+        if (batch > 1) snprintf(label, sizeof label, "image %ld/%ld", b + 1, batch);
+        else snprintf(label, sizeof label, "sampling");
+        zl_gen_params g = {.width = (int)width, .height = (int)height, .steps = (int)steps, .cfg = (float)cfg,
+                           .sampler = (zl_sampler_kind)skind, .seed = seed + (uint64_t)b,
+                           .initial_noise = noise ? noise + (size_t)b * n : NULL, .progress = 1, .progress_label = label};
+        if ((rc = zl_pipeline_sample(p, &cond, &g, latents + (size_t)b * n))) goto done;
+    }
+    zl_pipeline_release(p, ZL_PIPE_UNET);
+
+    /* 3. decode every image before writing any, so a failure leaves no partial batch */
+    imgs = calloc((size_t)batch, sizeof *imgs);
+    if (!imgs) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
+    double t_dec = zl_now();
+    for (long b = 0; b < batch; b++)
+        if ((rc = zl_pipeline_decode(p, latents + (size_t)b * n, h, w, NULL, &imgs[b]))) goto done;
+    zl_info("VAE decode: %.2f s", zl_now() - t_dec);
+
+    /* 4. hashes and the parameters chunk */
+    it.prompt = prompt;
+    it.negative = negative;
+    it.steps = (int)steps;
+    it.cfg = (float)cfg;
+    it.sampler = (zl_sampler_kind)skind;
+    it.width = (int)width;
+    it.height = (int)height;
+    char model_name[256];
+    short_name(model, model_name, sizeof model_name);
+    it.model_name = model_name;
+    /* A1111 hashes the checkpoint file; a diffusers folder is named by its UNet weights */
+    if ((rc = short_hash(mp->unet_weights, 10, it.model_hash))) goto done;
+    it.n_loras = n_lora;
+    for (int k = 0; k < n_lora; k++)
+        if ((rc = short_hash(lpaths[k], 12, it.lora_hashes[k]))) goto done;
+    it.noise_spec = noise_spec;
+
+    if (latent_path) {
+        zl_st_entry e = {.name = "latent", .dtype = ZL_DT_F32, .ndim = 4, .shape = {batch, C, h, w}, .data = latents};
+        if ((rc = zl_st_write(latent_path, &e, 1, NULL, 0, inputs, n_inputs))) goto done;
+    }
+    for (long b = 0; b < batch; b++) {
+        char *params = NULL;
+        if ((rc = make_parameters(&it, seed + (uint64_t)b, b, &params))) goto done;
+        zl_png_text tx = {.key = "parameters", .value = params};
+        rc = zl_png_write(out_paths[b], &imgs[b], &tx, 1, inputs, n_inputs);
+        free(params);
+        if (rc) goto done;
+        printf("%s\n", out_paths[b]);
+    }
+    if (grid) {
+        zl_image gi = {0};
+        int cols = (int)ceil(sqrt((double)batch));
+        char *params = NULL;
+        if (!(rc = zl_image_grid(imgs, (int)batch, cols, &gi)) && !(rc = make_parameters(&it, seed, 0, &params))) {
+            zl_png_text tx = {.key = "parameters", .value = params};
+            rc = zl_png_write(grid_path, &gi, &tx, 1, inputs, n_inputs);
+        }
+        free(params);
+        zl_image_free(&gi);
+        if (rc) goto done;
+        printf("%s\n", grid_path);
+    }
+    zl_info("done in %.1f s (peak RSS %.2f GB)", zl_now() - t0, (double)zl_peak_rss() / 1e9);
+
+done:
+    if (rc) zl_cli_fail(rc, NULL);
+    zl_cond_free(&cond);
+    zl_pipeline_free(p);
+    for (int k = 0; k < n_lora; k++) free(lpaths[k]);
+    if (imgs)
+        for (long b = 0; b < batch; b++) zl_image_free(&imgs[b]);
+    free(imgs);
+    if (out_paths)
+        for (long b = 0; b < batch; b++) free(out_paths[b]);
+    free(out_paths);
+    free(grid_path);
+    free(prompt_buf);
+    free(noise_file);
+    free(noise);
+    free(latents);
+    if (!rc) return ZL_EXIT_OK;
+    return rc == ZL_EINVAL ? ZL_EXIT_USAGE : ZL_EXIT_FAIL;
+}

@@ -1,0 +1,443 @@
+/* Tests of the txt2img pipeline and `ziplora generate`:
+ *  - pipeline_io.safetensors (mini-sdxl, tiny-sd15), every case of
+ *    pipeline_cases.json run through the CLI with --initial-noise: the final
+ *    latent within the FIXTURES.md tolerance, the PNG's pixels within +-1 of
+ *    image_u8, and the A1111 parameters chunk; also from single_file.safetensors;
+ *  - the library pipeline: prompt conditioning against text_io.safetensors with
+ *    the text-encoder LoRA (SDXL's zero negative, SD 1.x's ""), and reloads
+ *    after releasing parts giving the same result;
+ *  - a first run as a user would do it (seed, LoRAs, batch, grid, samplers);
+ *  - bad inputs: exit code, a message naming the culprit, and no output file. */
+#include <jansson.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testlib.h"
+#include "ziplora/image.h"
+#include "ziplora/pipeline.h"
+
+#define TOL 1e-4
+
+static float *load_f32(const char *path, const char *name, int64_t *n) {
+    zl_st_file *f = NULL;
+    if (zl_st_open(path, &f)) return NULL;
+    float *p = zl_st_load_f32(f, name, n);
+    zl_st_close(f);
+    return p;
+}
+
+/* image_u8 [1, 3, H, W] of a case, as bytes. */
+static uint8_t *load_u8(const char *path, const char *name, int64_t *n) {
+    zl_st_file *f = NULL;
+    if (zl_st_open(path, &f)) return NULL;
+    const zl_st_tensor *t = zl_st_find(f, name);
+    uint8_t *p = NULL;
+    if (t && t->dtype == ZL_DT_U8) {
+        p = malloc((size_t)t->numel);
+        memcpy(p, t->data, (size_t)t->numel);
+        *n = t->numel;
+    }
+    zl_st_close(f);
+    return p;
+}
+
+/* The value of the `parameters` text chunk of a PNG (malloc'd), or NULL. */
+static char *png_parameters(const char *path) {
+    zl_png_text *t = NULL;
+    int n = 0;
+    if (zl_png_read_text(path, &t, &n)) return NULL;
+    char *v = NULL;
+    for (int i = 0; i < n; i++)
+        if (!strcmp(t[i].key, "parameters")) v = strdup(t[i].value);
+    zl_png_text_free(t, n);
+    return v;
+}
+
+/* The PNG decodes to the reference NCHW bytes within +-1. */
+static void check_png_pixels(const char *png, const uint8_t *ref, int H, int W, const char *what) {
+    zl_image im = {0};
+    int rc = zl_image_read(png, &im);
+    CHECKM(rc == ZL_OK, "%s: read %s: %s", what, png, zl_errmsg());
+    if (rc) return;
+    CHECKM(im.w == W && im.h == H && im.c == 3, "%s: PNG is %dx%dx%d, expected %dx%dx3", what, im.w, im.h, im.c, W, H);
+    if (im.w == W && im.h == H && im.c == 3) {
+        int worst = 0, wi = 0;
+        for (int c = 0; c < 3; c++)
+            for (int y = 0; y < H; y++)
+                for (int x = 0; x < W; x++) {
+                    int d = abs((int)im.px[((size_t)y * W + x) * 3 + c] - (int)ref[((size_t)c * H + y) * W + x]);
+                    if (d > worst) { worst = d; wi = (c * H + y) * W + x; }
+                }
+        CHECKM(worst <= 1, "%s: pixel differs by %d at NCHW index %d", what, worst, wi);
+    }
+    zl_image_free(&im);
+}
+
+static int sha_prefix_in(const char *text, const char *file, int n) {
+    char hex[65];
+    if (zl_sha256_file(file, hex)) return 0;
+    hex[n] = 0;
+    return strstr(text, hex) != NULL;
+}
+
+/* One pipeline case through the CLI. `extra` adds flags (single-file configs). */
+static void run_case(const char *fx, const char *model_rel, const char *extra, json_t *cs, int idx) {
+    char io[1024], model[1024], what[256], key[64];
+    snprintf(io, sizeof io, "%s/%s/pipeline_io.safetensors", ZL_TEST_DATA, fx);
+    snprintf(model, sizeof model, "%s/%s%s%s", ZL_TEST_DATA, fx, model_rel[0] ? "/" : "", model_rel);
+    snprintf(what, sizeof what, "%s%s%s case%d", fx, model_rel[0] ? "/" : "", model_rel, idx);
+    const char *prompt = json_string_value(json_object_get(cs, "prompt"));
+    const char *neg = json_string_value(json_object_get(cs, "negative_prompt"));
+    int steps = (int)json_integer_value(json_object_get(cs, "steps"));
+    double g = json_number_value(json_object_get(cs, "guidance_scale"));
+    int H = (int)json_integer_value(json_object_get(cs, "height")), W = (int)json_integer_value(json_object_get(cs, "width"));
+    int zeros = json_is_true(json_object_get(cs, "negative_zeros"));
+    /* The fixture's empty negative with zeros is diffusers' negative_prompt=None: give no -n.
+     * SD 1.x encodes "" either way; a non-empty negative is passed. */
+    char negflag[512] = "";
+    if (neg && neg[0]) snprintf(negflag, sizeof negflag, "-n '%s'", neg);
+    (void)zeros;
+    char png[1024], lat[1024];
+    snprintf(png, sizeof png, "%s", zt_tmp("case.png"));
+    snprintf(lat, sizeof lat, "%s", zt_tmp("case_latent.safetensors"));
+    remove(png);
+    remove(lat);
+    int code = zt_cli("generate --model '%s' %s --initial-noise '%s:case%d.initial_noise' -p '%s' %s --steps %d --cfg %g "
+                      "-W %d -H %d --seed 7 --save-latent '%s' -o '%s' -q",
+                      model, extra, io, idx, prompt, negflag, steps, g, W, H, lat, png);
+    CHECKM(code == 0, "%s: exit %d: %s", what, code, zt_err);
+    if (code) return;
+    int64_t n_ref = 0, n_got = 0;
+    snprintf(key, sizeof key, "case%d.final_latent", idx);
+    float *ref = load_f32(io, key, &n_ref);
+    float *got = load_f32(lat, "latent", &n_got);
+    CHECKM(ref && got && n_ref == n_got, "%s: latents %lld vs %lld values", what, (long long)n_got, (long long)n_ref);
+    if (ref && got && n_ref == n_got) {
+        char w2[300];
+        snprintf(w2, sizeof w2, "%s final_latent", what);
+        zt_close(w2, got, ref, n_ref, TOL);
+    }
+    free(ref);
+    free(got);
+    int64_t nu = 0;
+    snprintf(key, sizeof key, "case%d.image_u8", idx);
+    uint8_t *u8 = load_u8(io, key, &nu);
+    CHECKM(u8 && nu == 3LL * H * W, "%s: image_u8", what);
+    if (u8 && nu == 3LL * H * W) check_png_pixels(png, u8, H, W, what);
+    free(u8);
+    /* the parameters chunk says what made the image */
+    char *par = png_parameters(png);
+    CHECKM(par != NULL, "%s: no parameters chunk", what);
+    if (par) {
+        char want[2048];
+        CHECKM(!strncmp(par, prompt, strlen(prompt)) && par[strlen(prompt)] == '\n', "%s: prompt line: %s", what, par);
+        snprintf(want, sizeof want, "Steps: %d, Sampler: Euler, CFG scale: %g, Seed: 7, Size: %dx%d, Model hash: ", steps, g, W, H);
+        CHECKM(strstr(par, want) != NULL, "%s: '%s' not in '%s'", what, want, par);
+        if (neg && neg[0]) {
+            snprintf(want, sizeof want, "\nNegative prompt: %s\n", neg);
+            CHECKM(strstr(par, want) != NULL, "%s: negative prompt line missing: %s", what, par);
+        } else {
+            CHECKM(strstr(par, "Negative prompt:") == NULL, "%s: no negative was given: %s", what, par);
+        }
+        char uw[2048];
+        if (model_rel[0]) snprintf(uw, sizeof uw, "%s", model);
+        else snprintf(uw, sizeof uw, "%s/unet/diffusion_pytorch_model.safetensors", model);
+        CHECKM(sha_prefix_in(par, uw, 10), "%s: model hash is not sha256[:10] of %s: %s", what, uw, par);
+        snprintf(want, sizeof want, "Initial noise: \"%s:case%d.initial_noise[0]\"", io, idx);
+        CHECKM(strstr(par, want) != NULL, "%s: initial noise field: %s", what, par);
+        free(par);
+    }
+}
+
+static void test_cases(void) {
+    static const char *const fxs[] = {"mini-sdxl", "tiny-sd15"};
+    for (int f = 0; f < 2; f++) {
+        char p[1024];
+        snprintf(p, sizeof p, "%s/%s/pipeline_cases.json", ZL_TEST_DATA, fxs[f]);
+        json_error_t err;
+        json_t *root = json_load_file(p, 0, &err);
+        CHECKM(root != NULL, "%s: %s", p, err.text);
+        if (!root) continue;
+        json_t *cases = json_object_get(root, "cases");
+        CHECK(json_array_size(cases) == 2);
+        for (size_t i = 0; i < json_array_size(cases); i++) run_case(fxs[f], "", "", json_array_get(cases, i), (int)i);
+        /* the single-file layout; the fixture models' head and group counts need their configs */
+        char extra[8192], d[1024];
+        snprintf(d, sizeof d, "%s/%s", ZL_TEST_DATA, fxs[f]);
+        if (f == 0)
+            snprintf(extra, sizeof extra,
+                     "--unet-config '%s/unet/config.json' --vae-config '%s/vae/config.json' "
+                     "--te1-config '%s/text_encoder/config.json' --te2-config '%s/text_encoder_2/config.json'",
+                     d, d, d, d);
+        else
+            snprintf(extra, sizeof extra,
+                     "--unet-config '%s/unet/config.json' --vae-config '%s/vae/config.json' "
+                     "--te1-config '%s/text_encoder/config.json'",
+                     d, d, d);
+        run_case(fxs[f], "single_file.safetensors", extra, json_array_get(cases, f == 0 ? 1 : 0), f == 0 ? 1 : 0);
+        json_decref(root);
+    }
+}
+
+/* SDXL: no negative -> zeros; an explicit "" is encoded (diffusers' rule), so the
+ * fixture's case0 is reproduced only without -n. */
+static void test_sdxl_explicit_empty_negative(void) {
+    char io[1024], lat[1024];
+    snprintf(io, sizeof io, "%s/mini-sdxl/pipeline_io.safetensors", ZL_TEST_DATA);
+    snprintf(lat, sizeof lat, "%s", zt_tmp("empty_neg.safetensors"));
+    int code = zt_cli("generate --model '%s/mini-sdxl' --initial-noise '%s:case0.initial_noise' -p 'a photo of sks dog in zwx style' "
+                      "-n '' --steps 4 --cfg 5 -W 64 -H 64 --save-latent '%s' -o '%s' -q",
+                      ZL_TEST_DATA, io, lat, zt_tmp("empty_neg.png"));
+    CHECKM(code == 0, "explicit empty negative: exit %d: %s", code, zt_err);
+    int64_t n1 = 0, n2 = 0;
+    float *ref = load_f32(io, "case0.final_latent", &n1), *got = load_f32(lat, "latent", &n2);
+    if (ref && got && n1 == n2) {
+        double md = 0;
+        for (int64_t i = 0; i < n1; i++) md = fmax(md, fabs((double)got[i] - ref[i]));
+        CHECKM(md > 1e-3, "an encoded \"\" should differ from the zero negative (max diff %g)", md);
+    }
+    free(ref);
+    free(got);
+}
+
+/* The library: conditioning with the text-encoder LoRA against text_io, and reloads. */
+static void test_library(const char *fx) {
+    char model[1024], lora[1024], tio[1024];
+    snprintf(model, sizeof model, "%s/%s", ZL_TEST_DATA, fx);
+    snprintf(lora, sizeof lora, "%s/%s/loras/text_encoders.kohya.safetensors", ZL_TEST_DATA, fx);
+    snprintf(tio, sizeof tio, "%s/%s/text_io.safetensors", ZL_TEST_DATA, fx);
+    zl_pipeline *p = NULL;
+    CHECK_OK(zl_pipeline_open(model, NULL, &p));
+    if (!p) return;
+    int sdxl = zl_pipeline_family(p) == ZL_FAMILY_SDXL;
+    CHECK(zl_pipeline_family(p) == (!strcmp(fx, "mini-sdxl") ? ZL_FAMILY_SDXL : ZL_FAMILY_SD1));
+    int nw = 0, nh = 0;
+    zl_pipeline_native_size(p, &nw, &nh);
+    CHECK(nw == 256 && nh == 256); /* sample_size 32 x 8 pixels per cell */
+    CHECK(zl_pipeline_check_size(p, 60, 64) == ZL_EINVAL && strstr(zl_errmsg(), "multiple of 8"));
+    CHECK_OK(zl_pipeline_load_lora(p, lora, 1.0f, NULL));
+    int64_t n = 0, np = 0;
+    float *pe = load_f32(tio, "lora.prompt_embeds", &n);        // [8, 77, D]
+    float *pp = sdxl ? load_f32(tio, "lora.pooled_prompt_embeds", &np) : NULL; // [8, P]
+    CHECK(pe != NULL);
+    for (int round = 0; round < 2 && pe; round++) {
+        /* round 1: after releasing every part, the reloaded encoders get the LoRA again */
+        if (round) zl_pipeline_release(p, ZL_PIPE_TEXT | ZL_PIPE_UNET | ZL_PIPE_VAE);
+        zl_cond c;
+        CHECK_OK(zl_pipeline_encode(p, "a photo of sks dog", NULL, &c)); /* tokenizer case 0 */
+        if (!c.embeds) continue;
+        const int64_t TD = 77LL * c.D;
+        CHECK(n == 8 * TD);
+        char w[200];
+        snprintf(w, sizeof w, "%s pipeline prompt (+text LoRA, round %d)", fx, round);
+        zt_close(w, c.embeds + TD, pe, TD, TOL);
+        if (sdxl) {
+            int allz = 1;
+            for (int64_t i = 0; i < TD; i++) allz &= c.embeds[i] == 0.0f;
+            for (int i = 0; i < c.P; i++) allz &= c.pooled[i] == 0.0f;
+            CHECKM(allz, "%s: SDXL without a negative prompt gives zeros", fx);
+            CHECK(pp && np == 8LL * c.P);
+            if (pp) zt_close("pipeline pooled (+text LoRA)", c.pooled + c.P, pp, c.P, TOL);
+        } else {
+            /* SD 1.x encodes "" (tokenizer case 5) */
+            snprintf(w, sizeof w, "%s negative \"\" (+text LoRA)", fx);
+            zt_close(w, c.embeds, pe + 5 * TD, TD, TOL);
+        }
+        zl_cond_free(&c);
+    }
+    if (sdxl && pe) {
+        zl_cond c;
+        CHECK_OK(zl_pipeline_encode(p, "a photo of sks dog", "", &c));
+        if (c.embeds) {
+            const int64_t TD = 77LL * c.D;
+            zt_close("SDXL explicit \"\" negative is encoded", c.embeds, pe + 5 * TD, TD, TOL);
+            if (pp) zt_close("SDXL explicit \"\" pooled", c.pooled, pp + 5 * c.P, c.P, TOL);
+        }
+        zl_cond_free(&c);
+    }
+    free(pe);
+    free(pp);
+
+    /* generate twice, with a release in between: identical latents (the LoRAs are folded again) */
+    char ul[1024];
+    snprintf(ul, sizeof ul, "%s/%s/loras/style.kohya.safetensors", ZL_TEST_DATA, fx);
+    CHECK_OK(zl_pipeline_load_lora(p, ul, 0.7f, NULL));
+    zl_gen_params g = {.width = 64, .height = 64, .steps = 2, .cfg = 4.0f, .seed = 11};
+    size_t nl = 4 * (size_t)(g.height / 8) * (g.width / 8);
+    float *l1 = calloc(nl, sizeof(float)), *l2 = calloc(nl, sizeof(float));
+    zl_image a = {0}, b = {0};
+    CHECK_OK(zl_pipeline_generate(p, "watercolor painting of a cat", "blurry", &g, l1, &a));
+    zl_pipeline_release(p, ZL_PIPE_TEXT | ZL_PIPE_UNET | ZL_PIPE_VAE);
+    CHECK_OK(zl_pipeline_generate(p, "watercolor painting of a cat", "blurry", &g, l2, &b));
+    CHECK(memcmp(l1, l2, nl * sizeof(float)) == 0);
+    CHECK(a.px && b.px && a.w == g.width && a.h == g.height && !memcmp(a.px, b.px, (size_t)a.w * a.h * 3));
+    /* the decode of that latent agrees with decoding it directly through the VAE */
+    if (a.px) {
+        zl_vae *v = zl_pipeline_vae(p);
+        float *z = malloc(nl * sizeof(float)), *x = malloc(3 * (size_t)g.width * g.height * sizeof(float));
+        for (size_t i = 0; i < nl; i++) z[i] = l1[i] / zl_vae_get_config(v)->scaling_factor;
+        CHECK_OK(zl_vae_decode(v, z, 1, g.height / 8, g.width / 8, x));
+        int worst = 0;
+        for (int c = 0; c < 3; c++)
+            for (int i = 0; i < g.width * g.height; i++) {
+                double t = x[(size_t)c * g.width * g.height + i] / 2 + 0.5;
+                t = t < 0 ? 0 : t > 1 ? 1 : t;
+                int d = abs((int)a.px[(size_t)i * 3 + c] - (int)lrint(255 * t));
+                if (d > worst) worst = d;
+            }
+        CHECKM(worst == 0, "%s: pipeline image differs from clamp(x/2+0.5)*255 by %d", fx, worst);
+        free(z);
+        free(x);
+    }
+    /* a LoRA of the other family is refused and leaves the pipeline as it was */
+    char other[1024];
+    snprintf(other, sizeof other, "%s/%s/loras/content.kohya.safetensors", ZL_TEST_DATA, sdxl ? "tiny-sd15" : "mini-sdxl");
+    CHECK(zl_pipeline_load_lora(p, other, 1.0f, NULL) != ZL_OK && strstr(zl_errmsg(), "content.kohya"));
+    float *l3 = calloc(nl, sizeof(float));
+    CHECK_OK(zl_pipeline_generate(p, "watercolor painting of a cat", "blurry", &g, l3, NULL));
+    CHECK(memcmp(l1, l3, nl * sizeof(float)) == 0);
+    /* guidance 1 runs the prompt alone (diffusers: no CFG unless g > 1); it matches g = 1 CFG closely */
+    zl_gen_params g1 = g;
+    g1.cfg = 1.0f;
+    CHECK_OK(zl_pipeline_generate(p, "watercolor painting of a cat", "blurry", &g1, l3, NULL));
+    CHECK(memcmp(l1, l3, nl * sizeof(float)) != 0);
+    free(l1); free(l2); free(l3);
+    zl_image_free(&a);
+    zl_image_free(&b);
+    zl_pipeline_free(p);
+}
+
+/* A first run: seed, LoRAs with weights, batch and grid, the other samplers. */
+static void test_user_run(void) {
+    char d[1024], out[1024];
+    snprintf(d, sizeof d, "%s/tiny-sd15", ZL_TEST_DATA);
+    snprintf(out, sizeof out, "%s", zt_tmp("user.png"));
+    int code = zt_cli("generate --model '%s' -p 'a photo of sks dog' --lora '%s/loras/content.kohya.safetensors:0.8' "
+                      "--lora '%s/loras/text_encoders.kohya.safetensors' --steps 2 -W 64 -H 64 --seed 42 --batch 2 --grid -o '%s'",
+                      d, d, d, out);
+    CHECKM(code == 0, "user run: exit %d: %s", code, zt_err);
+    CHECKM(strstr(zt_err, "2/2") != NULL, "progress shows the steps: %s", zt_err);
+    const char *o1 = zt_tmp("user-1.png"), *og = zt_tmp("user-grid.png");
+    char o1b[1024], ogb[1024];
+    snprintf(o1b, sizeof o1b, "%s", o1);
+    snprintf(ogb, sizeof ogb, "%s", og);
+    CHECK(zl_file_exists(out) && zl_file_exists(o1b) && zl_file_exists(ogb));
+    CHECK(strstr(zt_out, "user.png") && strstr(zt_out, "user-1.png") && strstr(zt_out, "user-grid.png"));
+    char *p0 = png_parameters(out), *p1 = png_parameters(o1b);
+    CHECK(p0 && p1);
+    if (p0 && p1) {
+        CHECKM(strstr(p0, "Seed: 42,") && strstr(p1, "Seed: 43,"), "batch seeds: %s | %s", p0, p1);
+        CHECKM(strstr(p0, "Sampler: Euler, CFG scale: 7.5,") != NULL, "SD1 default CFG 7.5: %s", p0);
+        CHECKM(strstr(p0, "Model: tiny-sd15,") != NULL, "model name: %s", p0);
+        char lp[2048];
+        snprintf(lp, sizeof lp, "%s/loras/content.kohya.safetensors", d);
+        char hex[65];
+        zl_sha256_file(lp, hex);
+        char want[256];
+        snprintf(want, sizeof want, "Lora hashes: \"content.kohya: %.12s, text_encoders.kohya: ", hex);
+        CHECKM(strstr(p0, want) != NULL, "'%s' not in %s", want, p0);
+        CHECKM(strstr(p0, "Lora weights: \"content.kohya: 0.8, text_encoders.kohya: 1\"") != NULL, "weights: %s", p0);
+    }
+    free(p0);
+    free(p1);
+    zl_image a = {0}, b = {0}, gi = {0};
+    CHECK_OK(zl_image_read(out, &a));
+    CHECK_OK(zl_image_read(o1b, &b));
+    CHECK_OK(zl_image_read(ogb, &gi));
+    CHECK(a.w == 64 && a.h == 64 && gi.w == 128 && gi.h == 64);
+    if (a.px && b.px && gi.px && gi.w == 128 && gi.h == 64) {
+        CHECK(memcmp(a.px, b.px, 64 * 64 * 3) != 0); /* seeds 42 and 43 */
+        int same = 1;
+        for (int y = 0; y < 64; y++)
+            same &= !memcmp(gi.px + (size_t)y * 128 * 3, a.px + (size_t)y * 64 * 3, 64 * 3) &&
+                    !memcmp(gi.px + ((size_t)y * 128 + 64) * 3, b.px + (size_t)y * 64 * 3, 64 * 3);
+        CHECK(same);
+    }
+    /* same seed, same bytes */
+    char again[1024];
+    snprintf(again, sizeof again, "%s", zt_tmp("again.png"));
+    code = zt_cli("generate --model '%s' -p 'a photo of sks dog' --lora '%s/loras/content.kohya.safetensors:0.8' "
+                  "--lora '%s/loras/text_encoders.kohya.safetensors' --steps 2 -W 64 -H 64 --seed 42 -o '%s' -q",
+                  d, d, d, again);
+    zl_image c = {0};
+    CHECK(code == 0 && zl_image_read(again, &c) == ZL_OK);
+    CHECK(c.px && a.px && !memcmp(a.px, c.px, 64 * 64 * 3));
+    zl_image_free(&a); zl_image_free(&b); zl_image_free(&gi); zl_image_free(&c);
+    /* the other samplers run on the SDXL fixture and write their names */
+    static const char *const sm[][2] = {{"euler_a", "Sampler: Euler a,"}, {"dpmpp_2m", "Sampler: DPM++ 2M,"}};
+    for (int i = 0; i < 2; i++) {
+        snprintf(again, sizeof again, "%s", zt_tmp("sampler.png"));
+        code = zt_cli("generate --model '%s/mini-sdxl' -p cat --steps 3 -W 64 -H 64 --sampler %s --seed 1 -o '%s' -q",
+                      ZL_TEST_DATA, sm[i][0], again);
+        CHECKM(code == 0, "%s: exit %d: %s", sm[i][0], code, zt_err);
+        char *pr = png_parameters(again);
+        CHECKM(pr && strstr(pr, sm[i][1]) && strstr(pr, "CFG scale: 5,"), "%s: %s", sm[i][0], pr ? pr : "(none)");
+        free(pr);
+    }
+}
+
+/* Each bad input: exit code, the culprit named, no output. */
+static void expect_fail(int code, int want, const char *needle, const char *out, const char *what) {
+    CHECKM(code == want, "%s: exit %d, expected %d: %s", what, code, want, zt_err);
+    CHECKM(strstr(zt_err, needle) != NULL, "%s: message does not name '%s': %s", what, needle, zt_err);
+    CHECKM(!zl_file_exists(out), "%s: an output file was left", what);
+}
+
+static void test_bad_inputs(void) {
+    char d[1024], out[1024], pf[1024];
+    snprintf(d, sizeof d, "%s/mini-sdxl", ZL_TEST_DATA);
+    snprintf(out, sizeof out, "%s", zt_tmp("bad.png"));
+    const char *gen = "generate -q --steps 1 -W 64 -H 64";
+    int code = zt_cli("%s --model '%s/no-such-model' -p cat -o '%s'", gen, ZL_TEST_DATA, out);
+    expect_fail(code, 1, "no-such-model", out, "missing model");
+    code = zt_cli("%s --model '%s' -p cat --lora '%s/tiny-sd15/loras/style.kohya.safetensors' -o '%s'", gen, d,
+                  ZL_TEST_DATA, out);
+    expect_fail(code, 1, "style.kohya.safetensors", out, "LoRA for the other family");
+    code = zt_cli("generate -q --steps 1 --model '%s' -p cat -W 60 -H 64 -o '%s'", d, out);
+    expect_fail(code, 2, "multiple of 8", out, "width not a multiple of 8");
+    code = zt_cli("generate -q --steps 1 --model '%s' -p cat -W 64 -H 100 -o '%s'", d, out);
+    expect_fail(code, 2, "-H 100 is not a multiple of 8", out, "height not a multiple of 8");
+    code = zt_cli("generate -q --steps 1 --model '%s' -p cat -W 72 -H 64 -o '%s'", d, out);
+    expect_fail(code, 2, "multiple of 32", out, "width the UNet cannot halve twice");
+    snprintf(pf, sizeof pf, "%s", zt_tmp("prompt.txt"));
+    FILE *f = fopen(pf, "wb");
+    fputs("a cat \xc3\xa9t\xe9 here", f); /* valid e-acute at 6, then a lone 0xE9 at byte 9 */
+    fclose(f);
+    code = zt_cli("%s --model '%s' --prompt-file '%s' -o '%s'", gen, d, pf, out);
+    expect_fail(code, 1, "prompt.txt", out, "prompt file not UTF-8");
+    CHECKM(strstr(zt_err, "byte 9") != NULL, "says where: %s", zt_err);
+    code = zt_cli("generate -q --steps 0 --model '%s' -p cat -o '%s'", d, out);
+    expect_fail(code, 2, "--steps", out, "steps 0");
+    code = zt_cli("%s --model '%s' -p cat --sampler heun -o '%s'", gen, d, out);
+    expect_fail(code, 2, "heun", out, "unknown sampler");
+    code = zt_cli("%s --model '%s' -p cat --initial-noise '%s/pipeline_io.safetensors:case9.initial_noise' -o '%s'", gen, d,
+                  d, out);
+    expect_fail(code, 1, "case9.initial_noise", out, "missing noise tensor");
+    code = zt_cli("generate -q --steps 1 --model '%s' -p cat -W 64 -H 64 --initial-noise '%s/pipeline_io.safetensors:case1.initial_noise' -o '%s'",
+                  d, d, out);
+    expect_fail(code, 1, "case1.initial_noise", out, "noise of another size");
+    code = zt_cli("%s --model '%s' -o '%s'", gen, d, out);
+    expect_fail(code, 2, "prompt", out, "no prompt");
+    /* the output may not replace an input: the prompt file stays as it was */
+    f = fopen(pf, "wb");
+    fputs("a cat", f);
+    fclose(f);
+    code = zt_cli("%s --model '%s' --prompt-file '%s' -o '%s'", gen, d, pf, pf);
+    CHECKM(code != 0, "output over an input: exit %d", code);
+    char *s = NULL;
+    size_t len = 0;
+    CHECK(zl_read_file(pf, &s, &len) == ZL_OK && len == 5 && !memcmp(s, "a cat", 5));
+    free(s);
+}
+
+int main(void) {
+    zl_set_threads(1);
+    test_cases();
+    test_sdxl_explicit_empty_negative();
+    test_library("mini-sdxl");
+    test_library("tiny-sd15");
+    test_user_run();
+    test_bad_inputs();
+    return zt_done();
+}
