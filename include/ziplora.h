@@ -13,6 +13,8 @@
 #include "ziplora/sample.h"
 #include "ziplora/safetensors.h"
 #include "ziplora/text.h"
+#include "ziplora/unet.h"
 #include "ziplora/vae.h"
+#include "ziplora/zip.h"
 
 #endif
