@@ -78,6 +78,7 @@ static int synth(const char *keys_json, const char *out, int rank, uint64_t seed
 
 /* Run argv in a child; wall seconds and peak RSS (bytes). stdout goes to /dev/null. */
 static int run_child(char *const argv[], double *secs, long *rss) {
+    fflush(stdout);
     double t0 = zl_now();
     pid_t pid = fork();
     if (pid == 0) {

@@ -403,7 +403,10 @@ int zl_lora_detach(zl_lora *l, const zl_unet_config *cfg, zl_lora_lazy **out) {
     rc = zl_key_ctx_init(&kc, l->family, peft ? ZL_FORMAT_PEFT : ZL_FORMAT_KOHYA, cfg);
     if (rc) { zl_lora_lazy_free(z); return rc; }
     size_t maxn = 0;
-    for (int i = 0; i < l->n; i++) maxn = dn(&l->layers[i]) > maxn ? dn(&l->layers[i]) : maxn;
+    for (int i = 0; i < l->n; i++) {
+        if (dn(&l->layers[i]) > maxn) maxn = dn(&l->layers[i]);
+        if (un(&l->layers[i]) > maxn) maxn = un(&l->layers[i]);
+    }
     float *tmp = malloc((maxn ? maxn : 1) * sizeof(float));
     for (int i = 0; i < l->n && tmp; i++) {
         zl_lora_layer *y = &l->layers[i];
