@@ -37,6 +37,14 @@ static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
 
 /* ------------------------------------------------------------------ parts */
 
+/* Whether `l` has layers of the UNet (unet = 1) or of the text encoders (0);
+ * parts without any are skipped, so a text-only LoRA adds nothing to the UNet. */
+static int has_part(const zl_lora *l, int unet) {
+    for (int i = 0; i < l->n; i++)
+        if ((l->layers[i].part == ZL_PART_UNET) == unet) return 1;
+    return 0;
+}
+
 static int load_unet(zl_pipeline *p) {
     if (p->unet) return ZL_OK;
     zl_unet_load_opts o = {.config_path = p->unet_config, .weights = p->weights};
@@ -44,6 +52,7 @@ static int load_unet(zl_pipeline *p) {
     if (rc) return rc;
     p->ucfg = *zl_unet_get_config(p->unet);
     for (int i = 0; i < p->n_loras; i++) {
+        if (!has_part(p->loras[i].lora, 1)) continue;
         rc = zl_unet_add_lora(p->unet, p->loras[i].lora, p->loras[i].weight, ZL_UNET_LORA_FOLD, NULL);
         if (rc) {
             zl_unet_free(p->unet);
@@ -83,6 +92,7 @@ static int load_text(zl_pipeline *p) {
     int rc = zl_text_load(&p->paths, &o, &p->text);
     if (rc) return rc;
     for (int i = 0; i < p->n_loras; i++) {
+        if (!has_part(p->loras[i].lora, 0)) continue;
         rc = zl_text_apply_lora(p->text, p->loras[i].lora, p->loras[i].weight);
         if (rc) {
             zl_text_free(p->text);
@@ -164,7 +174,10 @@ void zl_pipeline_native_size(const zl_pipeline *p, int *width, int *height) {
     *width = *height = s * p->vae_scale;
 }
 
-/* The UNet halves the latent (levels - 1) times and needs even sides each time. */
+/* The UNet halves the latent (levels - 1) times and zl_unet_forward needs even
+ * sides each time (diffusers instead passes the skip's size to each upsampler,
+ * which would allow any multiple of 8; this mirrors the UNet's current rule and
+ * should follow it if that changes). */
 static int size_multiple(const zl_unet_config *cfg, int scale) {
     int m = scale;
     for (int i = 1; i < cfg->n_levels; i++) m *= 2;
@@ -206,16 +219,18 @@ static int apply_lora(zl_pipeline *p, const zl_lora *l, float w) {
         return zl_set_error(ZL_EUNSUPPORTED, "%s: a LoRA for %s, but the model %s is %s", name,
                             zl_family_name(l->family), p->paths.root, zl_family_name(p->ucfg.family));
     int rc;
-    if (p->unet && (rc = zl_unet_add_lora(p->unet, l, w, ZL_UNET_LORA_FOLD, NULL)))
-        return zl_error_prefix(rc, "%s", name);
-    if (p->text && (rc = zl_text_apply_lora(p->text, l, w))) {
+    const int unet = has_part(l, 1), text = has_part(l, 0);
+    if (p->unet && unet && (rc = zl_unet_add_lora(p->unet, l, w, ZL_UNET_LORA_FOLD, NULL)))
+        return strstr(zl_errmsg(), name) ? rc : zl_error_prefix(rc, "%s", name);
+    if (p->text && text && (rc = zl_text_apply_lora(p->text, l, w))) {
         /* Undo the UNet fold: clear and fold back the LoRAs recorded so far. */
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", zl_errmsg());
-        if (p->unet && !zl_unet_clear_loras(p->unet))
+        if (p->unet && unet && !zl_unet_clear_loras(p->unet))
             for (int i = 0; i < p->n_loras; i++)
-                zl_unet_add_lora(p->unet, p->loras[i].lora, p->loras[i].weight, ZL_UNET_LORA_FOLD, NULL);
-        return zl_set_error(rc, "%s: %s", name, msg);
+                if (has_part(p->loras[i].lora, 1))
+                    zl_unet_add_lora(p->unet, p->loras[i].lora, p->loras[i].weight, ZL_UNET_LORA_FOLD, NULL);
+        return strstr(msg, name) ? zl_set_error(rc, "%s", msg) : zl_set_error(rc, "%s: %s", name, msg);
     }
     return ZL_OK;
 }
