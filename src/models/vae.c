@@ -277,12 +277,10 @@ static const zl_st_tensor *find_t(const zl_vae *v, const char *dname, char *used
     return t;
 }
 
-static int shape_str(char *buf, size_t cap, int nd, const int64_t *s) {
-    size_t o = 0;
-    o += snprintf(buf + o, cap - o, "[");
-    for (int i = 0; i < nd && o < cap; i++) o += snprintf(buf + o, cap - o, "%s%lld", i ? "," : "", (long long)s[i]);
+static void shape_str(char *buf, size_t cap, int nd, const int64_t *s) {
+    size_t o = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < nd && o < cap; i++) o += (size_t)snprintf(buf + o, cap - o, "%s%lld", i ? "," : "", (long long)s[i]);
     if (o < cap) snprintf(buf + o, cap - o, "]");
-    return 0;
 }
 
 /* Fetch a tensor by its diffusers name and check its shape. `alt_2d`: a
