@@ -365,6 +365,7 @@ static void test_threads(void) {
     grads b = backward(&g, ZL_UNET_GRAD_RECOMPUTE, NULL);
     zl_set_threads(saved);
     double e1 = zt_relerr(b.dsample, a.dsample, (int64_t)g.n_in), e2 = zt_relerr(b.dm, a.dm, a.n);
+    printf("1 vs 2 threads: dsample %.3g, mergers %.3g relative\n", e1, e2);
     CHECKM(e1 <= 1e-6 && e2 <= 1e-6, "1 vs 2 threads: dsample %.3g, mergers %.3g (<= 1e-6)", e1, e2);
     grads_free(&a);
     grads_free(&b);
