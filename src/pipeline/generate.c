@@ -200,15 +200,14 @@ int zl_pipeline_check_size(const zl_pipeline *p, int width, int height) {
 
 /* ------------------------------------------------------------------ LoRAs */
 
-static int record_lora(zl_pipeline *p, zl_lora *l, float w, int owned) {
-    if (p->n_loras == p->cap_loras) {
-        int cap = p->cap_loras ? 2 * p->cap_loras : 4;
-        lora_rec *r = realloc(p->loras, sizeof *r * (size_t)cap);
-        if (!r) return zl_set_error(ZL_ENOMEM, "out of memory");
-        p->loras = r;
-        p->cap_loras = cap;
-    }
-    p->loras[p->n_loras++] = (lora_rec){.lora = l, .weight = w, .owned = owned};
+/* Room for one more record, so that recording never fails after a fold. */
+static int reserve_lora(zl_pipeline *p) {
+    if (p->n_loras < p->cap_loras) return ZL_OK;
+    int cap = p->cap_loras ? 2 * p->cap_loras : 4;
+    lora_rec *r = realloc(p->loras, sizeof *r * (size_t)cap);
+    if (!r) return zl_set_error(ZL_ENOMEM, "out of memory");
+    p->loras = r;
+    p->cap_loras = cap;
     return ZL_OK;
 }
 
@@ -237,10 +236,11 @@ static int apply_lora(zl_pipeline *p, const zl_lora *l, float w) {
 
 int zl_pipeline_add_lora(zl_pipeline *p, const zl_lora *lora, float weight) {
     if (!isfinite(weight)) return zl_set_error(ZL_EINVAL, "LoRA weight %g is not a number", (double)weight);
-    int rc = apply_lora(p, lora, weight);
-    if (rc) return rc;
-    /* record_lora stores a non-const pointer but never frees a borrowed LoRA */
-    return record_lora(p, (zl_lora *)(uintptr_t)lora, weight, 0);
+    int rc = reserve_lora(p);
+    if (rc || (rc = apply_lora(p, lora, weight))) return rc;
+    /* the record holds a non-const pointer but never frees a borrowed LoRA */
+    p->loras[p->n_loras++] = (lora_rec){.lora = (zl_lora *)(uintptr_t)lora, .weight = weight, .owned = 0};
+    return ZL_OK;
 }
 
 int zl_pipeline_load_lora(zl_pipeline *p, const char *path, float weight, const char *adapter_config) {
@@ -252,15 +252,18 @@ int zl_pipeline_load_lora(zl_pipeline *p, const char *path, float weight, const 
         o.te2_config = c2 ? zl_clip_get_config(c2) : NULL;
     }
     zl_lora *l = NULL;
-    int rc = zl_lora_load(path, &o, &l);
+    int rc = reserve_lora(p);
+    if (rc) return rc;
+    rc = zl_lora_load(path, &o, &l);
     if (rc) {
         if (!strstr(zl_errmsg(), path)) zl_error_prefix(rc, "%s", path);
         return rc;
     }
-    if ((rc = apply_lora(p, l, weight)) || (rc = record_lora(p, l, weight, 1))) {
+    if ((rc = apply_lora(p, l, weight))) {
         zl_lora_free(l);
         return rc;
     }
+    p->loras[p->n_loras++] = (lora_rec){.lora = l, .weight = weight, .owned = 1};
     return ZL_OK;
 }
 
