@@ -133,7 +133,8 @@ int zl_unet_forward_tape(zl_unet *u, const zl_unet_input *in, zl_unet_grad_mode 
                          zl_unet_tape **tape);
 /* dout [B, out_channels, H, W] = dL/d(out). dsample [B, in_channels, H, W] (may be NULL)
  * is overwritten with dL/d(sample); merger gradients ACCUMULATE into each branch
- * (zl_unet_zero_merger_grads, zl_unet_merger_grad). A tape is used up by its backward. */
+ * (zl_unet_zero_merger_grads, zl_unet_merger_grad). A tape is used up by its backward.
+ * On failure (out of memory) the merger gradients are partial: zero them again. */
 int zl_unet_backward(zl_unet *u, zl_unet_tape *tape, const float *dout, float *dsample);
 void zl_unet_tape_free(zl_unet_tape *t);
 /* Zero the merger gradient of every runtime branch. */
