@@ -20,6 +20,8 @@
 
 #define ZL_ATT_BQ 192
 #define ZL_ATT_BK 256
+/* (batch, head) pairs from which the backward runs as one sweep per head. */
+#define ZL_ATT_FUSED_TASKS 8
 
 /* Keys visible to query row i of a tile starting at key j0, among n keys. */
 static inline int visible(int causal, int i, int j0, int n) {
@@ -61,11 +63,37 @@ static int scratch_alloc(att_scratch *s, int d) {
     return 1;
 }
 
+static inline void scale_row(float *x, float s, int n) {
+    #pragma omp simd
+    for (int j = 0; j < n; j++) x[j] *= s;
+}
+
+/* Softmax of the first nv entries of each row of S [mq, n] in place (the rest
+ * zeroed), with the row's log-sum-exp to lse_rows. */
+static void softmax_rows(float *S, float *lse_rows, int mq, int n, int causal, int i0) {
+    for (int r = 0; r < mq; r++) {
+        float *sr = S + (size_t)r * n;
+        const int nv = visible(causal, i0 + r, 0, n);
+        for (int c = nv; c < n; c++) sr[c] = 0.0f;
+        if (nv == 0) {
+            if (lse_rows) lse_rows[r] = -INFINITY;
+            continue;
+        }
+        const float mx = row_max(sr, nv, -INFINITY);
+        const float l = zl_exp_sub_sum(sr, nv, mx);
+        scale_row(sr, 1.0f / l, nv);
+        if (lse_rows) lse_rows[r] = mx + logf(l);
+    }
+}
+
 void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
                       int B, int Tq, int Tk, int H, int d, int causal) {
     const int HD = H * d, nqt = (Tq + ZL_ATT_BQ - 1) / ZL_ATT_BQ;
     const float scale = 1.0f / sqrtf((float)d);
     const long ntask = (long)B * H * nqt;
+    /* All keys fit one tile (cross-attention's 77 text tokens, CLIP's 77):
+     * plain softmax, P V straight into o, no running max or accumulator. */
+    const int one_tile = Tk <= ZL_ATT_BK;
     int oom = 0;
     #pragma omp parallel
     {
@@ -82,6 +110,16 @@ void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float
             const int qt = (int)(t % nqt), h = (int)((t / nqt) % H), b = (int)(t / ((long)nqt * H));
             const int i0 = qt * ZL_ATT_BQ, mq = Tq - i0 < ZL_ATT_BQ ? Tq - i0 : ZL_ATT_BQ;
             const float *qp = q + ((size_t)b * Tq + i0) * ldq + (size_t)h * d;
+            float *op = o + ((size_t)b * Tq + i0) * HD + (size_t)h * d;
+            float *lrow = lse ? lse + ((size_t)b * H + h) * Tq + i0 : NULL;
+            if (one_tile) {
+                const float *kp = k + (size_t)b * Tk * ldk + (size_t)h * d;
+                const float *vp = v + (size_t)b * Tk * ldv + (size_t)h * d;
+                zl_tile_gemm(0, 1, mq, Tk, d, scale, qp, ldq, kp, ldk, 0, S, Tk);
+                softmax_rows(S, lrow, mq, Tk, causal, i0);
+                zl_tile_gemm(0, 0, mq, d, Tk, 1.0f, S, Tk, vp, ldv, 0, op, HD);
+                continue;
+            }
             memset(acc, 0, sizeof(float) * mq * d);
             for (int r = 0; r < mq; r++) {
                 m[r] = -INFINITY;
@@ -102,23 +140,25 @@ void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float
                         continue;
                     }
                     const float mx = row_max(sr, nv, m[r]);
-                    const float corr = expf(m[r] - mx); /* 0 on the first tile (m = -inf) */
-                    l[r] = l[r] * corr + zl_exp_sub_sum(sr, nv, mx);
+                    /* The accumulator is still zero before a row's first visible key. */
+                    if (m[r] != -INFINITY && mx != m[r]) {
+                        const float corr = expf(m[r] - mx);
+                        l[r] *= corr;
+                        scale_row(acc + (size_t)r * d, corr, d);
+                    }
+                    l[r] += zl_exp_sub_sum(sr, nv, mx);
                     for (int c = nv; c < n; c++) sr[c] = 0.0f;
                     m[r] = mx;
-                    if (corr != 1.0f) {
-                        float *ar = acc + (size_t)r * d;
-                        for (int j = 0; j < d; j++) ar[j] *= corr;
-                    }
                 }
                 zl_tile_gemm(0, 0, mq, d, n, 1.0f, S, n, vp, ldv, 1, acc, d);
             }
             for (int r = 0; r < mq; r++) {
                 const float inv = 1.0f / l[r];
-                float *orow = o + ((size_t)b * Tq + i0 + r) * HD + (size_t)h * d;
+                float *orow = op + (size_t)r * HD;
                 const float *ar = acc + (size_t)r * d;
+                #pragma omp simd
                 for (int j = 0; j < d; j++) orow[j] = ar[j] * inv;
-                if (lse) lse[((size_t)b * H + h) * Tq + i0 + r] = m[r] + logf(l[r]);
+                if (lrow) lrow[r] = m[r] + logf(l[r]);
             }
         }
         free(w.S);
@@ -145,6 +185,7 @@ static void dsoftmax(float *dP, const float *P, const float *Drows, int mq, int 
         float *dr = dP + (size_t)r * n;
         const float *pr = P + (size_t)r * n;
         const float Dr = Drows[r];
+        #pragma omp simd
         for (int c = 0; c < n; c++) dr[c] = pr[c] * (dr[c] - Dr);
     }
 }
@@ -170,6 +211,57 @@ void zl_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const 
             for (int j = 0; j < d; j++) s += dr[h * d + j] * orow[h * d + j];
             D[((size_t)b * H + h) * Tq + i] = s;
         }
+    }
+    /* With enough heads, one task per (b, h) does everything in a single sweep:
+     * each probability tile is recomputed once and feeds dV, dK and dQ (5 tile
+     * products instead of 7). The task owns its head's slices of dq/dk/dv, and
+     * every sum runs in the same order as in the two-pass scheme below, so the
+     * results are identical either way and for any thread count. Few heads
+     * (the VAE's single-head attention) would leave threads idle: two passes. */
+    if ((long)B * H >= ZL_ATT_FUSED_TASKS) {
+        const int nkt = (Tk + ZL_ATT_BK - 1) / ZL_ATT_BK;
+        #pragma omp parallel
+        {
+            att_scratch w;
+            const int ok = scratch_alloc(&w, d);
+            if (!ok) {
+                #pragma omp atomic write
+                oom = 1;
+            }
+            #pragma omp for schedule(dynamic, 1)
+            for (long t = 0; t < (long)B * H; t++) {
+                if (!ok) continue;
+                const int h = (int)(t % H), b = (int)(t / H);
+                for (int kt = 0; kt < nkt; kt++) {
+                    const int j0 = kt * ZL_ATT_BK, n = Tk - j0 < ZL_ATT_BK ? Tk - j0 : ZL_ATT_BK;
+                    const float *kp = k + ((size_t)b * Tk + j0) * ldk + (size_t)h * d;
+                    const float *vp = v + ((size_t)b * Tk + j0) * ldv + (size_t)h * d;
+                    const int istart = causal ? (j0 / ZL_ATT_BQ) * ZL_ATT_BQ : 0;
+                    for (int i0 = istart; i0 < Tq; i0 += ZL_ATT_BQ) {
+                        const int mq = Tq - i0 < ZL_ATT_BQ ? Tq - i0 : ZL_ATT_BQ;
+                        const float *qp = q + ((size_t)b * Tq + i0) * ldq + (size_t)h * d;
+                        const float *dop = dout + ((size_t)b * Tq + i0) * HD + (size_t)h * d;
+                        const size_t row = ((size_t)b * H + h) * Tq + i0;
+                        probs(w.S, qp, ldq, kp, ldk, lse + row, mq, n, d, scale, causal, i0, j0);
+                        if (dv) /* dV += P^T dO */
+                            zl_tile_gemm(1, 0, n, d, mq, 1.0f, w.S, n, dop, HD, 1,
+                                         dv + ((size_t)b * Tk + j0) * ldv + (size_t)h * d, ldv);
+                        if (!dk && !dq) continue;
+                        /* dP = dO V^T; dS = P (dP - D); dK += scale dS^T Q; dQ += scale dS K */
+                        zl_tile_gemm(0, 1, mq, n, d, 1.0f, dop, HD, vp, ldv, 0, w.T, n);
+                        dsoftmax(w.T, w.S, D + row, mq, n);
+                        if (dk)
+                            zl_tile_gemm(1, 0, n, d, mq, scale, w.T, n, qp, ldq, 1,
+                                         dk + ((size_t)b * Tk + j0) * ldk + (size_t)h * d, ldk);
+                        if (dq)
+                            zl_tile_gemm(0, 0, mq, d, n, scale, w.T, n, kp, ldk, 1,
+                                         dq + ((size_t)b * Tq + i0) * ldq + (size_t)h * d, ldq);
+                    }
+                }
+            }
+            free(w.S);
+        }
+        goto poison;
     }
     /* Pass 1: dK and dV, one task per (b, h, key tile), looping over query tiles. */
     if (dk || dv) {
