@@ -96,6 +96,7 @@ static double decode_flops(const zl_vae_config *c, int h, int w) {
 
 int main(int argc, char **argv) {
     int untiled_1024 = 0, skip_1024 = 0;
+    setvbuf(stdout, NULL, _IOLBF, 0); /* show each stage as it finishes, even into a file */
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--threads") && i + 1 < argc) zl_set_threads(atoi(argv[++i]));
         else if (!strcmp(argv[i], "--untiled-1024")) untiled_1024 = 1;
