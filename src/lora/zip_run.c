@@ -159,6 +159,20 @@ static int load_loras(zl_ziprun *r, const zl_clip_config *te1, const zl_clip_con
         zl_lora_load_opts o = {.adapter_config = ac[s], .unet_config = &r->ucfg, .expect_family = r->ucfg.family,
                                .te1_config = te1, .te2_config = te2};
         int rc = zl_lora_load(path[s], &o, &r->lora[s]);
+        if (rc && rc != ZL_ENOMEM && rc != ZL_EIO) {
+            /* Say plainly when the LoRA is for another family than the model:
+             * load it again without the model's names to learn its family. */
+            char why[2048];
+            snprintf(why, sizeof why, "%s", zl_errmsg());
+            zl_lora *alone = NULL;
+            zl_lora_load_opts o2 = {.adapter_config = ac[s]};
+            zl_family fam = zl_lora_load(path[s], &o2, &alone) ? ZL_FAMILY_UNKNOWN : alone->family;
+            zl_lora_free(alone);
+            if (fam != ZL_FAMILY_UNKNOWN && fam != r->ucfg.family)
+                return zl_set_error(ZL_EUNSUPPORTED, "%s LoRA %s is for %s, but the model %s is %s", role[s], path[s],
+                                    zl_family_name(fam), r->p->model, zl_family_name(r->ucfg.family));
+            zl_set_error(rc, "%s", why);
+        }
         if (rc) {
             if (!strstr(zl_errmsg(), path[s])) zl_error_prefix(rc, "%s", path[s]);
             return zl_error_prefix(rc, "%s LoRA", role[s]);
@@ -188,8 +202,11 @@ static int resolve_prompts(zl_ziprun *r) {
             continue;
         }
         int rc = zl_ziprun_default_prompt(r->lora[s], &r->prompt[s]);
-        if (rc == ZL_ENOTFOUND)
-            return zl_set_error(ZL_EINVAL, "%s; give the prompt with %s", zl_errmsg(), flag[s]);
+        if (rc == ZL_ENOTFOUND) {
+            char why[1024];
+            snprintf(why, sizeof why, "%s", zl_errmsg());
+            return zl_set_error(ZL_EINVAL, "%s; give the prompt with %s", why, flag[s]);
+        }
         if (rc) return rc;
         r->prompt_src[s] = meta_get(r->lora[s], "modelspec.trigger_phrase") &&
                                    !blank(meta_get(r->lora[s], "modelspec.trigger_phrase"))

@@ -42,7 +42,7 @@ static void *hash_thread(void *v) {
 /* ------------------------------------------------------------------ per-layer numbers */
 
 typedef struct {
-    const char *module;
+    char *module; /* owned: the report outlives the zip (the preview frees it) */
     int n, both;
     double sim_before, sim_after; /* mean_j |m_c m_s| */
     double cos_before, cos_after; /* mean |cos| of columns of dW_c diag(m_c), dW_s diag(m_s) (NAN: one LoRA) */
@@ -82,7 +82,7 @@ static int layers_measure(zl_ziprun *r, layer_row *rows, int after) {
     for (int i = 0; i < zl_zip_n_layers(r->zip); i++) {
         const zl_zip_layer *l = zl_zip_layer_at(r->zip, i);
         layer_row *q = &rows[i];
-        q->module = l->module;
+        if (!q->module && !(q->module = strdup(l->module))) return zl_set_error(ZL_ENOMEM, "out of memory");
         q->n = l->n;
         q->both = l->m[0] && l->m[1];
         double sim = NAN;
@@ -437,6 +437,11 @@ static int write_report(zl_ziprun *r, const layer_row *rows, int nl, const char 
                                             "similarity_after", jnum(q->sim_after), "cosine_before",
                                             jnum(q->cos_before), "cosine_after", jnum(q->cos_after)));
     }
+    if (json_array_size(ls) != (size_t)nl || json_array_size(curve) != (size_t)r->n_curve) {
+        json_decref(ls);
+        json_decref(o);
+        return zl_set_error(ZL_ENOMEM, "%s: could not build the report", path);
+    }
     json_object_set_new(o, "layers", ls);
     json_object_set_new(o, "summary",
                         json_pack("{s:i,s:i,s:o,s:o,s:o,s:o}", "layers", nl, "layers_with_both", nb,
@@ -683,6 +688,7 @@ int zl_zip_run(const zl_ziprun_params *p) {
     if (threaded) pthread_join(th, NULL);
     for (int i = 0; i < n_out; i++) free(tmps[i]);
     free(tmp_mg);
+    for (int i = 0; rows && i < nl; i++) free(rows[i].module);
     free(rows);
     zl_merge_report_free(&mrep);
     zl_lora_free(merged);
