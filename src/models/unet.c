@@ -400,8 +400,10 @@ void zl_unet_conv(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, in
 }
 
 static void groupnorm(const zl_unet_mod *m, float *y, const float *x, int B, int HW, int G, float eps, int silu) {
-    zl_groupnorm_fwd(y, NULL, NULL, x, m->w.f32, m->b.f32, B, m->in, HW, G, eps);
-    if (silu) zl_silu_fwd(y, y, (size_t)B * m->in * HW);
+    if (silu) /* one pass over y instead of two */
+        zl_groupnorm_silu_fwd(y, NULL, NULL, x, m->w.f32, m->b.f32, B, m->in, HW, G, eps);
+    else
+        zl_groupnorm_fwd(y, NULL, NULL, x, m->w.f32, m->b.f32, B, m->in, HW, G, eps);
 }
 
 /* ----------------------------------------------------------------- blocks */

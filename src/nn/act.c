@@ -2,27 +2,42 @@
  * may run in place; backwards accumulate into dx. */
 #include <math.h>
 
+#include "nn/act_vec.h"
 #include "nn/ops.h"
 
 #define PAR_N 32768
 
-static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 static inline float gelu1(float x) { return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2)); }
 /* d/dx gelu = Phi(x) + x phi(x) */
 static inline float gelu1_grad(float x) {
     return 0.5f * (1.0f + erff(x * (float)M_SQRT1_2)) + x * expf(-0.5f * x * x) * 0.3989422804014327f;
 }
 
+/* Chunks of 8 KiB floats: the unit of parallel work for the vector loops. */
+#define CHUNK 2048
+
 void zl_silu_fwd(float *y, const float *x, size_t n) {
     #pragma omp parallel for schedule(static) if (n > PAR_N)
-    for (size_t i = 0; i < n; i++) y[i] = x[i] * sigmoidf(x[i]);
+    for (size_t c = 0; c < n; c += CHUNK) zl_silu_run(y + c, x + c, n - c < CHUNK ? n - c : CHUNK);
 }
 
 void zl_silu_bwd(float *dx, const float *dy, const float *x, size_t n) {
     #pragma omp parallel for schedule(static) if (n > PAR_N)
-    for (size_t i = 0; i < n; i++) {
-        const float s = sigmoidf(x[i]);
-        dx[i] += dy[i] * s * (1.0f + x[i] * (1.0f - s));
+    for (size_t c = 0; c < n; c += CHUNK) {
+        const size_t e = n - c < CHUNK ? n : c + CHUNK;
+        size_t i = c;
+#if ZL_HAVE_VEC8
+        for (; i + 8 <= e; i += 8) {
+            const __m256 xv = _mm256_loadu_ps(x + i), s = zl_sigmoid8(xv), one = _mm256_set1_ps(1.0f);
+            /* dy * s * (1 + x (1 - s)) */
+            const __m256 g = _mm256_mul_ps(s, _mm256_fmadd_ps(xv, _mm256_sub_ps(one, s), one));
+            _mm256_storeu_ps(dx + i, _mm256_fmadd_ps(_mm256_loadu_ps(dy + i), g, _mm256_loadu_ps(dx + i)));
+        }
+#endif
+        for (; i < e; i++) {
+            const float s = sigmoidf(x[i]);
+            dx[i] += dy[i] * s * (1.0f + x[i] * (1.0f - s));
+        }
     }
 }
 

@@ -5,18 +5,42 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "nn/act_vec.h"
 #include "nn/ops.h"
 
 /* Sum of n floats (or of their squared deviations from m) in double with
- * eight independent accumulators: a single chain is bound by add latency. */
+ * eight independent accumulators: a single chain is bound by add latency.
+ * The AVX2 path keeps the same eight lanes (two vectors of four doubles) in
+ * the same order; it only fuses the square-and-add of the variance. */
 static double sum8(const float *x, size_t n, int centred, double m) {
     double a[8] = {0};
     size_t i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    __m256d lo = _mm256_setzero_pd(), hi = _mm256_setzero_pd();
+    const __m256d mv = _mm256_set1_pd(m);
+    if (centred)
+        for (; i + 8 <= n; i += 8) {
+            const __m256 v = _mm256_loadu_ps(x + i);
+            const __m256d dl = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), mv);
+            const __m256d dh = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), mv);
+            lo = _mm256_fmadd_pd(dl, dl, lo);
+            hi = _mm256_fmadd_pd(dh, dh, hi);
+        }
+    else
+        for (; i + 8 <= n; i += 8) {
+            const __m256 v = _mm256_loadu_ps(x + i);
+            lo = _mm256_add_pd(lo, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+            hi = _mm256_add_pd(hi, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+        }
+    _mm256_storeu_pd(a, lo);
+    _mm256_storeu_pd(a + 4, hi);
+#else
     for (; i + 8 <= n; i += 8)
         for (int j = 0; j < 8; j++) {
             const double d = centred ? x[i + j] - m : x[i + j];
             a[j] += centred ? d * d : d;
         }
+#endif
     for (; i < n; i++) {
         const double d = centred ? x[i] - m : x[i];
         a[0] += centred ? d * d : d;
@@ -31,8 +55,10 @@ static void stats(const float *x, size_t n, float eps, double *mean, double *rst
     *rstd = 1.0 / sqrt(sum8(x, n, 1, m) / (double)n + eps);
 }
 
-void zl_groupnorm_fwd(float *y, float *mean, float *rstd, const float *x, const float *gamma, const float *beta, int B,
-                      int C, int HW, int G, float eps) {
+/* Group norm, optionally followed by SiLU on the same pass over the output
+ * (the resnet's norm -> SiLU pair reads and writes the activation once). */
+static void groupnorm(float *y, float *mean, float *rstd, const float *x, const float *gamma, const float *beta, int B,
+                      int C, int HW, int G, float eps, int silu) {
     const int cpg = C / G;
     #pragma omp parallel for schedule(dynamic, 1) if ((size_t)B * C * HW > 65536)
     for (int bg = 0; bg < B * G; bg++) {
@@ -49,9 +75,21 @@ void zl_groupnorm_fwd(float *y, float *mean, float *rstd, const float *x, const 
             const float sh = (float)((beta ? beta[c] : 0.0f) - m * r * (gamma ? gamma[c] : 1.0f));
             const float *xr = x + off + (size_t)cc * HW;
             float *yr = y + off + (size_t)cc * HW;
+            #pragma omp simd
             for (int i = 0; i < HW; i++) yr[i] = xr[i] * sc + sh;
+            if (silu) zl_silu_run(yr, yr, (size_t)HW);
         }
     }
+}
+
+void zl_groupnorm_fwd(float *y, float *mean, float *rstd, const float *x, const float *gamma, const float *beta, int B,
+                      int C, int HW, int G, float eps) {
+    groupnorm(y, mean, rstd, x, gamma, beta, B, C, HW, G, eps, 0);
+}
+
+void zl_groupnorm_silu_fwd(float *y, float *mean, float *rstd, const float *x, const float *gamma, const float *beta,
+                           int B, int C, int HW, int G, float eps) {
+    groupnorm(y, mean, rstd, x, gamma, beta, B, C, HW, G, eps, 1);
 }
 
 void zl_groupnorm_bwd(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
@@ -123,6 +161,7 @@ void zl_layernorm_fwd(float *y, float *mean, float *rstd, const float *x, const 
         if (mean) mean[n] = (float)m;
         if (rstd) rstd[n] = (float)r;
         const float fm = (float)m, fr = (float)r;
+        #pragma omp simd
         for (int c = 0; c < C; c++) yr[c] = (xr[c] - fm) * fr * (g ? g[c] : 1.0f) + (b ? b[c] : 0.0f);
     }
 }

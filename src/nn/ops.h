@@ -55,6 +55,10 @@ void zl_groupnorm_fwd(float *y, float *mean, float *rstd, const float *x, const 
                       int C, int HW, int G, float eps);
 void zl_groupnorm_bwd(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x, const float *mean,
                       const float *rstd, const float *gamma, int B, int C, int HW, int G);
+/* silu(groupnorm(x)) in one pass over the output: the same values as
+ * zl_groupnorm_fwd then zl_silu_fwd (mean/rstd as there). y may equal x. */
+void zl_groupnorm_silu_fwd(float *y, float *mean, float *rstd, const float *x, const float *gamma, const float *beta,
+                           int B, int C, int HW, int G, float eps);
 /* LayerNorm over the last dim: x [N, C] -> y; mean/rstd [N] (may be NULL). y may equal x. */
 void zl_layernorm_fwd(float *y, float *mean, float *rstd, const float *x, const float *g, const float *b, int N, int C,
                       float eps);
