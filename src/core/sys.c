@@ -7,6 +7,9 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <time.h>
+#if defined(__SHA__) && defined(__SSE4_1__)
+#include <immintrin.h>
+#endif
 
 void openblas_set_num_threads(int num_threads);
 
@@ -68,6 +71,49 @@ static void sha256_block(sha256_ctx *c, const uint8_t *p) {
     c->h[0] += a; c->h[1] += b; c->h[2] += cc; c->h[3] += d; c->h[4] += e; c->h[5] += f; c->h[6] += g; c->h[7] += h;
 }
 
+#if defined(__SHA__) && defined(__SSE4_1__)
+/* The same compression with the x86 SHA extensions (about 10x faster): the
+ * state is kept as ABEF/CDGH halves, message words four at a time. */
+static void sha256_block_ni(sha256_ctx *c, const uint8_t *p) {
+    const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+    __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&c->h[0]), 0xB1); /* CDAB */
+    __m128i s1 = _mm_shuffle_epi32(_mm_loadu_si128((const __m128i *)&c->h[4]), 0x1B);  /* EFGH */
+    __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);                                           /* ABEF */
+    s1 = _mm_blend_epi16(s1, tmp, 0xF0);                                                /* CDGH */
+    __m128i save0 = s0, save1 = s1, x[4];
+    for (int k = 0; k < 16; k++) {
+        __m128i w;
+        if (k < 4) {
+            w = _mm_shuffle_epi8(_mm_loadu_si128((const __m128i *)(p + 16 * k)), bswap);
+        } else {
+            /* W[t] = s1(W[t-2]) + W[t-7] + s0(W[t-15]) + W[t-16], four words at once */
+            w = _mm_sha256msg1_epu32(x[k & 3], x[(k - 3) & 3]);
+            w = _mm_add_epi32(w, _mm_alignr_epi8(x[(k - 1) & 3], x[(k - 2) & 3], 4));
+            w = _mm_sha256msg2_epu32(w, x[(k - 1) & 3]);
+        }
+        x[k & 3] = w;
+        __m128i msg = _mm_add_epi32(w, _mm_loadu_si128((const __m128i *)&K256[4 * k]));
+        s1 = _mm_sha256rnds2_epu32(s1, s0, msg);
+        msg = _mm_shuffle_epi32(msg, 0x0E);
+        s0 = _mm_sha256rnds2_epu32(s0, s1, msg);
+    }
+    s0 = _mm_add_epi32(s0, save0);
+    s1 = _mm_add_epi32(s1, save1);
+    tmp = _mm_shuffle_epi32(s0, 0x1B);     /* FEBA */
+    s1 = _mm_shuffle_epi32(s1, 0xB1);      /* DCHG */
+    s0 = _mm_blend_epi16(tmp, s1, 0xF0);   /* DCBA */
+    s1 = _mm_alignr_epi8(s1, tmp, 8);      /* HGFE */
+    _mm_storeu_si128((__m128i *)&c->h[0], s0);
+    _mm_storeu_si128((__m128i *)&c->h[4], s1);
+}
+#define SHA256_BLOCK sha256_block_ni
+#else
+#define SHA256_BLOCK sha256_block
+#endif
+
+/* Exposed for the test that pins the accelerated path to the portable one. */
+void zl_sha256_portable(const void *data, size_t len, uint8_t out[32]);
+
 static void sha256_init(sha256_ctx *c) {
     static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
                                    0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
@@ -82,9 +128,9 @@ static void sha256_update(sha256_ctx *c, const uint8_t *p, size_t n) {
         size_t k = 64 - c->nbuf < n ? 64 - c->nbuf : n;
         memcpy(c->buf + c->nbuf, p, k);
         c->nbuf += k; p += k; n -= k;
-        if (c->nbuf == 64) { sha256_block(c, c->buf); c->nbuf = 0; }
+        if (c->nbuf == 64) { SHA256_BLOCK(c, c->buf); c->nbuf = 0; }
     }
-    while (n >= 64) { sha256_block(c, p); p += 64; n -= 64; }
+    while (n >= 64) { SHA256_BLOCK(c, p); p += 64; n -= 64; }
     if (n) { memcpy(c->buf, p, n); c->nbuf = n; }
 }
 
@@ -99,6 +145,15 @@ static void sha256_final(sha256_ctx *c, uint8_t out[32]) {
         out[4 * i] = (uint8_t)(c->h[i] >> 24); out[4 * i + 1] = (uint8_t)(c->h[i] >> 16);
         out[4 * i + 2] = (uint8_t)(c->h[i] >> 8); out[4 * i + 3] = (uint8_t)c->h[i];
     }
+}
+
+void zl_sha256_portable(const void *data, size_t len, uint8_t out[32]) {
+    sha256_ctx c;
+    sha256_init(&c);
+    const uint8_t *p = data;
+    while (len >= 64) { c.len += 64; sha256_block(&c, p); p += 64; len -= 64; }
+    sha256_update(&c, p, len);
+    sha256_final(&c, out);
 }
 
 void zl_sha256(const void *data, size_t len, uint8_t out[32]) {
