@@ -165,11 +165,16 @@ static void check_losses(zfix *f, const zl_zip_loss *L, const char *prefix) {
     check_rel(f->fixture, w, L->similarity, scalar(f->f, k), TOL_LOSS);
 }
 
-static void test_fixture(const char *fixture) {
+/* mode: the UNet memory mode (both give identical gradients, test_unet_grad). */
+static void test_fixture(const char *fixture, zl_unet_grad_mode mode) {
     zfix f;
     if (zfix_open(&f, fixture)) { zfix_close(&f); return; }
+    zl_zip_opts opts;
+    zl_zip_opts_default(&opts);
+    CHECK(opts.lambda == 0.01 && opts.lr == 0.01 && opts.beta1 == 0.9 && opts.beta2 == 0.999 && opts.eps == 1e-8);
+    opts.grad_mode = mode;
     zl_zip *z = NULL;
-    CHECK_OK(zl_zip_create(f.u, f.content, f.style, NULL, &z));
+    CHECK_OK(zl_zip_create(f.u, f.content, f.style, &opts, &z));
     if (!z) { zfix_close(&f); return; }
 
     /* targets computed here agree with the fixture's */
@@ -203,7 +208,7 @@ static void test_fixture(const char *fixture) {
 
     /* 10 Adam steps from all ones */
     z = NULL;
-    CHECK_OK(zl_zip_create(f.u, f.content, f.style, NULL, &z));
+    CHECK_OK(zl_zip_create(f.u, f.content, f.style, &opts, &z));
     const zl_st_tensor *tt = zl_st_find(f.f, "adam.trajectory");
     float *traj = load_t(f.f, "adam.trajectory");
     CHECK(tt && traj && tt->ndim == 2 && tt->shape[1] == 4);
@@ -272,6 +277,42 @@ static void test_fixture(const char *fixture) {
     zfix_close(&f);
 }
 
+/* Both UNet memory modes give bitwise equal losses and gradients. */
+static void test_modes(const char *fixture) {
+    zfix f;
+    if (zfix_open(&f, fixture)) { zfix_close(&f); return; }
+    float *g[2] = {NULL, NULL};
+    double lc[2] = {0, 0};
+    size_t total = 0;
+    for (int md = 0; md < 2; md++) {
+        zl_zip_opts o;
+        zl_zip_opts_default(&o);
+        o.grad_mode = md ? ZL_UNET_GRAD_RECOMPUTE : ZL_UNET_GRAD_KEEP;
+        zl_zip *z = NULL;
+        CHECK_OK(zl_zip_create(f.u, f.content, f.style, &o, &z));
+        if (!z) break;
+        set_from(&f, z, "random");
+        zl_zip_loss L;
+        CHECK_OK(zl_zip_eval(z, &f.xc, f.target_c, &f.xs, f.target_s, 1, &L));
+        lc[md] = L.loss_content;
+        total = 0;
+        for (int i = 0; i < zl_zip_n_layers(z); i++) total += 2 * (size_t)zl_zip_layer_at(z, i)->n;
+        g[md] = calloc(total, sizeof(float));
+        size_t o2 = 0;
+        for (int i = 0; i < zl_zip_n_layers(z); i++) {
+            const zl_zip_layer *l = zl_zip_layer_at(z, i);
+            for (int sd = 0; sd < 2; sd++, o2 += (size_t)l->n)
+                if (l->grad[sd]) memcpy(g[md] + o2, l->grad[sd], (size_t)l->n * sizeof(float));
+        }
+        zl_zip_free(z);
+    }
+    CHECKM(g[0] && g[1] && lc[0] == lc[1] && !memcmp(g[0], g[1], total * sizeof(float)),
+           "%s: keep and recompute give identical losses and merger gradients", fixture);
+    free(g[0]);
+    free(g[1]);
+    zfix_close(&f);
+}
+
 static void test_errors(void) {
     zfix f;
     if (zfix_open(&f, "tiny-sdxl")) { zfix_close(&f); return; }
@@ -326,9 +367,10 @@ static void test_errors(void) {
 int main(void) {
     /* One thread keeps this fast on a shared machine; test_unet_grad covers two. */
     zl_set_threads(1);
-    test_fixture("tiny-sdxl");
-    test_fixture("mini-sdxl");
-    test_fixture("tiny-sd15");
+    test_fixture("tiny-sdxl", ZL_UNET_GRAD_RECOMPUTE);
+    test_fixture("mini-sdxl", ZL_UNET_GRAD_KEEP);
+    test_fixture("tiny-sd15", ZL_UNET_GRAD_KEEP);
+    test_modes("tiny-sd15");
     test_errors();
     return zt_done();
 }
