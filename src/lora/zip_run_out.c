@@ -250,19 +250,32 @@ static int write_plot(zl_ziprun *r, const layer_row *rows, int nl, const char *p
     double y = 80;
     if (!rc) {
         /* loss curve: the two reconstruction terms, lambda * similarity, the total */
-        double mx = 0;
+        /* log10 axis: the reconstruction terms are often 10-100x below lambda * similarity */
+        double mx = -INFINITY, mn = INFINITY;
         for (int i = 0; i < n; i++) {
             const zl_zip_loss *L = &r->curve[i];
             v[0][i] = L->loss_content;
             v[1][i] = L->loss_style;
             v[2][i] = r->p->lambda * L->similarity;
             v[3][i] = L->total;
-            for (int k = 0; k < 4; k++)
-                if (v[k][i] > mx) mx = v[k][i];
+            for (int k = 0; k < 4; k++) {
+                v[k][i] = v[k][i] > 0 ? log10(v[k][i]) : NAN;
+                if (isfinite(v[k][i]) && v[k][i] > mx) mx = v[k][i];
+                if (isfinite(v[k][i]) && v[k][i] < mn) mn = v[k][i];
+            }
         }
-        panel p = {ml, y, W - ml - mr, ph, 0, nice_up(mx), n};
-        frame(s, &p, "Loss per step (evaluated before each Adam step; last point: after the last step)", "loss",
-              "step");
+        if (!isfinite(mx)) mx = mn = 0;
+        panel p = {ml, y, W - ml - mr, ph, floor(mn), ceil(mx) > floor(mn) ? ceil(mx) : floor(mn) + 1, n};
+        zl_svg_rect(s, p.x0, p.y0, p.w, p.h, "#fbfbfd", "#c8ccd2", 1);
+        for (double d = p.ymin; d <= p.ymax + 1e-9; d += 1) {
+            double yy = pyy(&p, d);
+            zl_svg_line(s, p.x0, yy, p.x0 + p.w, yy, "#dde0e5", 0.6, d > p.ymin ? "3,3" : NULL);
+            zl_svg_text(s, p.x0 - 6, yy + 3.5, 10, "end", 0, "#333", 0, "1e%+d", (int)d);
+        }
+        zl_svg_text(s, p.x0, p.y0 - 10, 14, "start", 0, "#111", 1, "%s",
+                    "Loss per step, log scale (before each Adam step; last point: after the last step)");
+        zl_svg_text(s, p.x0 - 52, p.y0 + p.h / 2, 11, "middle", -90, "#333", 0, "loss (log10)");
+        zl_svg_text(s, p.x0 + p.w / 2, p.y0 + p.h + 30, 11, "middle", 0, "#333", 0, "step");
         for (int t = 0; t < n; t += n > 10 ? (n + 9) / 10 : 1)
             zl_svg_text(s, pxx(&p, t), p.y0 + p.h + 14, 10, "middle", 0, "#333", 0, "%d", t);
         series(s, &p, v[3], n, "#111111", 2.2, n <= 60);
