@@ -525,6 +525,24 @@ static void test_end_to_end(void) {
     CHECK_OK(zl_image_read(prev, &im));
     CHECKM(im.w == 4 * res && im.h == 2 * res, "preview is %dx%d", im.w, im.h);
     zl_image_free(&im);
+
+    /* reference images: a folder for the content side, a file for the style side */
+    char out2[512], rep2[512];
+    snprintf(out2, sizeof out2, "%s", zt_tmp("e2e_img.safetensors"));
+    snprintf(rep2, sizeof rep2, "%s", zt_tmp("e2e_img.json"));
+    rc = zt_cli("zip --model '%s' --content '%s' --style '%s' --steps 1 --resolution %d --content-images '%s' "
+                "--style-images '%s' -o '%s' --report '%s' -q",
+                mini, cs, ss, res, zt_data("images"), zt_data("images/pattern16.jpg"), out2, rep2);
+    CHECKM(rc == 0, "zip with reference images exits 0: %s", zt_err);
+    j = rc ? NULL : load_json(rep2);
+    if (j) {
+        json_t *refs = json_object_get(json_object_get(j, "parameters"), "references");
+        CHECK(!strcmp(json_string_value(json_object_get(refs, "content_source")), "images"));
+        CHECK(json_integer_value(json_object_get(refs, "content")) == 1 &&
+              json_integer_value(json_object_get(refs, "style")) == 1);
+        CHECK(json_array_size(json_object_get(j, "loss_curve")) == 2);
+        json_decref(j);
+    }
 }
 
 /* ---------------------------------------------------------------- eval-merge */

@@ -365,12 +365,11 @@ static json_t *params_json(const zl_ziprun *r) {
     json_object_set_new(o, "resolution", json_integer(r->res));
     json_object_set_new(o, "latent", json_pack("[i,i,i,i]", r->B, r->C, r->h, r->w));
     json_object_set_new(o, "fixed_inputs", p->fixed_inputs ? json_string(p->fixed_inputs) : json_null());
-    json_object_set_new(o, "references", json_pack("{s:s,s:i,s:i,s:i,s:f}", "source",
-                                                   p->fixed_inputs ? "fixed-inputs"
-                                                   : (p->n_content_images || p->n_style_images) ? "images and/or generated"
-                                                                                                 : "generated",
-                                                   "content", r->n_ref[0], "style", r->n_ref[1], "ref_steps",
-                                                   p->ref_steps, "guidance", (double)r->cfg));
+    const char *src_c = p->fixed_inputs ? "fixed-inputs" : p->n_content_images ? "images" : "generated";
+    const char *src_s = p->fixed_inputs ? "fixed-inputs" : p->n_style_images ? "images" : "generated";
+    json_object_set_new(o, "references", json_pack("{s:s,s:s,s:i,s:i,s:i,s:f}", "content_source", src_c,
+                                                   "style_source", src_s, "content", r->n_ref[0], "style", r->n_ref[1],
+                                                   "ref_steps", p->ref_steps, "guidance", (double)r->cfg));
     json_object_set_new(o, "mode_requested", json_string(p->mode ? p->mode : "auto"));
     json_object_set_new(o, "budget_s", json_real(p->budget_s));
     json_object_set_new(o, "grad_mode", json_string(p->grad_mode == ZL_UNET_GRAD_KEEP ? "keep" : "recompute"));
