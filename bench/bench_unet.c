@@ -29,12 +29,6 @@
 #include "ziplora/synth.h"
 #include "ziplora/unet.h"
 
-/* The backward may not be in every build: weak references, checked at run time. */
-extern int zl_unet_forward_tape(zl_unet *u, const zl_unet_input *in, zl_unet_grad_mode mode, float *out,
-                                zl_unet_tape **tape) __attribute__((weak));
-extern int zl_unet_backward(zl_unet *u, zl_unet_tape *tape, const float *dout, float *dsample) __attribute__((weak));
-extern void zl_unet_tape_free(zl_unet_tape *t) __attribute__((weak));
-
 typedef struct {
     const char *dir;
     int threads, reps, warmup, backward, forward, rank, f32;
@@ -427,9 +421,7 @@ int main(int argc, char **argv) {
     if (o.backward) {
         printf("\nforward+backward, 64x64 b1, 2 runtime LoRAs (rank %d) with mergers, grad mode %s:\n", o.rank,
                o.grad_mode == ZL_UNET_GRAD_KEEP ? "keep" : "recompute");
-        if (!zl_unet_forward_tape || !zl_unet_backward || !zl_unet_tape_free) {
-            printf("  TODO: no UNet backward in this build (zl_unet_forward_tape / zl_unet_backward missing)\n");
-        } else {
+        {
             report r;
             in_child(&o, model, 64, 1, 1, &r);
             if (!r.ok) printf("  FAILED: %s\n", r.err);
