@@ -388,18 +388,18 @@ static void test_default_prompt(void) {
 /* content: mini-sdxl's content LoRA plus the text-encoder LoRA in one kohya
  * file with a trigger phrase; style: the style LoRA with ss_tag_frequency. */
 static void write_with_meta(const char *const *srcs, int n_src, const char *mk, const char *mv, const char *dst) {
-    zl_st_entry e[2048];
-    float *bufs[2048];
-    char *names[2048];
+    enum { CAP = 2048 };
+    zl_st_entry *e = calloc(CAP, sizeof *e);
+    float **bufs = calloc(CAP, sizeof *bufs);
+    char **names = calloc(CAP, sizeof *names);
     int n = 0;
     zl_st_file *f[4] = {0};
     for (int s = 0; s < n_src; s++) {
         CHECK_OK(zl_st_open(srcs[s], &f[s]));
-        for (int i = 0; f[s] && i < zl_st_count(f[s]) && n < 2048; i++) {
+        for (int i = 0; f[s] && i < zl_st_count(f[s]) && n < CAP; i++) {
             const zl_st_tensor *t = zl_st_at(f[s], i);
             bufs[n] = read_t(f[s], t->name, NULL);
             names[n] = strdup(t->name);
-            memset(&e[n], 0, sizeof e[n]);
             e[n].name = names[n];
             e[n].dtype = ZL_DT_F32;
             e[n].ndim = t->ndim;
@@ -414,6 +414,9 @@ static void write_with_meta(const char *const *srcs, int n_src, const char *mk, 
         free(bufs[i]);
         free(names[i]);
     }
+    free(e);
+    free(bufs);
+    free(names);
     for (int s = 0; s < n_src; s++) zl_st_close(f[s]);
 }
 
