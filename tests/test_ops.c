@@ -545,10 +545,10 @@ static void test_attention(void) {
     attention_case("multi-tile", 1, 250, 300, 2, 8, 0, 2, 120);
     attention_case("multi-tile causal", 1, 300, 300, 1, 8, 1, 1, 120);
     /* B*H >= 8 takes the one-sweep-per-head backward; again across tiles. */
-    attention_case("many heads multi-tile", 2, 200, 260, 4, 4, 0, 1, 60);
-    attention_case("many heads multi-tile causal", 2, 260, 260, 4, 4, 1, 0, 60);
+    attention_case("many heads multi-tile", 2, 196, 260, 4, 2, 0, 1, 16);
+    attention_case("many heads multi-tile causal", 2, 260, 260, 4, 2, 1, 0, 16);
     /* All keys in one tile (cross-attention's 77 tokens) over several query tiles. */
-    attention_case("77 keys, query tiles", 1, 400, 77, 2, 16, 0, 2, 120);
+    attention_case("77 keys, query tiles", 1, 400, 77, 2, 8, 0, 2, 60);
 }
 
 /* ---- shape ops ------------------------------------------------------------------------------ */
