@@ -40,6 +40,9 @@ int zl_image_read_mem(const void *buf, size_t len, const char *label, zl_image *
                             stbi_failure_reason() ? stbi_failure_reason() : "unknown format");
     if (w < 1 || h < 1 || w > ZL_IMAGE_MAX_SIDE || h > ZL_IMAGE_MAX_SIDE)
         return zl_set_error(ZL_EFORMAT, "%s: image is %dx%d; sides must be 1..%d", label, w, h, ZL_IMAGE_MAX_SIDE);
+    /* stb_image 2.27 (Debian's libstb) reads past its buffer on 16-bit PGM/PPM (CVE-2021-42716, found by fuzz_image). */
+    if (stbi_is_16_bit_from_memory(buf, (int)len) && !(len >= 4 && !memcmp(buf, "\x89PNG", 4)))
+        return zl_set_error(ZL_EUNSUPPORTED, "%s: 16-bit images other than PNG are not supported", label);
     unsigned char *px = stbi_load_from_memory(buf, (int)len, &w, &h, &comp, 3);
     if (!px)
         return zl_set_error(ZL_EFORMAT, "%s: cannot decode image (%s)", label,
