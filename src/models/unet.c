@@ -352,6 +352,7 @@ static const float *weight_f32(zl_unet *u, const zl_weight *w) {
 const float *zl_unet_weight_f32(zl_unet *u, const zl_unet_mod *m) { return weight_f32(u, &m->w); }
 
 void zl_unet_linear(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, int N) {
+    if (u->mod_hook.fn) u->mod_hook.fn(u->mod_hook.ctx, m, x, N, 1, 1, 1);
     const float *W = weight_f32(u, &m->w);
     zl_linear_fwd(y, x, W, bias_of(m), N, m->in, m->out);
     for (int k = 0; k < m->n_br; k++) {
@@ -370,6 +371,7 @@ void zl_unet_linear(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, 
 }
 
 void zl_unet_conv(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, int B, int H, int W, int stride) {
+    if (u->mod_hook.fn) u->mod_hook.fn(u->mod_hook.ctx, m, x, B, H, W, stride);
     int pad = m->kh / 2;
     zl_conv_shape s = {B, m->in, H, W, m->out, m->kh, m->kw, stride, pad, pad, pad, pad};
     const float *Wt = weight_f32(u, &m->w);

@@ -85,6 +85,17 @@ typedef struct {
     void *ctx;
 } zl_unet_hook;
 
+/* Called by zl_unet_linear / zl_unet_conv with every Linear or conv module's
+ * input before it is applied (runtime branches or not), so the layerwise
+ * ZipLoRA mode can record what each LoRA layer sees. Linear: x [N, in]
+ * (N = rows, H = W = 1). Conv: x [N = B, in, H, W] with the module's stride
+ * (padding kh/2). x is valid only during the call; the hook must not run a
+ * forward. */
+typedef struct {
+    void (*fn)(void *ctx, const zl_unet_mod *m, const float *x, int N, int H, int W, int stride);
+    void *ctx;
+} zl_unet_mod_hook;
+
 struct zl_unet {
     zl_unet_config cfg;
     zl_st_file *file;
@@ -102,6 +113,7 @@ struct zl_unet {
     int n_slots;
     zl_unet_ws ws;
     zl_unet_hook hook; /* fn NULL: none */
+    zl_unet_mod_hook mod_hook; /* fn NULL: none */
 };
 
 zl_unet_mod *zl_unet_find_mod(const zl_unet *u, const char *name);
