@@ -16,5 +16,6 @@
 #include "ziplora/unet.h"
 #include "ziplora/vae.h"
 #include "ziplora/zip.h"
+#include "ziplora/ziprun.h"
 
 #endif
