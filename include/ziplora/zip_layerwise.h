@@ -55,6 +55,7 @@ void zl_layerwise_opts_default(zl_layerwise_opts *o);
 typedef struct {
     int passes, groups, layers;
     double capture_bytes;  /* the largest pass's input statistics */
+    double group_bytes;    /* the largest single group's (a pass holds at least one group) */
     double capture_s, solve_s, full_s;
     double mean_cos;       /* mean over layers of cos(full gradient, local gradient) at m = 1 (calibrated) */
     double local_before, local_after; /* sum over layers of the local objective (weighted, λ' term included) */

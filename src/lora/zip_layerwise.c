@@ -294,7 +294,7 @@ struct zl_lw {
     size_t tok_n;
     int cal_n;
     int have_first;
-    double capture_bytes, capture_s, solve_s, full_s;
+    double capture_bytes, group_bytes, capture_s, solve_s, full_s;
 };
 
 static int cmp_key(const void *a, const void *b) {
@@ -477,6 +477,7 @@ int zl_lw_begin(zl_ziprun *r, const zl_layerwise_opts *o, zl_lw **out) {
     for (int g = 0; g < w->n_groups && !rc; g++) {
         lw_group *G = &w->groups[g];
         double bytes = 2.0 * G->K * (double)G->K * sizeof(float);
+        if (bytes > w->group_bytes) w->group_bytes = bytes;
         if (used > 0 && used + bytes > budget) {
             w->n_passes++;
             used = 0;
@@ -504,6 +505,7 @@ int zl_lw_begin(zl_ziprun *r, const zl_layerwise_opts *o, zl_lw **out) {
 static int add_grads(zl_lw *w) {
     for (int i = 0; i < w->n_layers; i++) {
         lw_layer *L = &w->layers[i];
+        L->zl = zl_zip_layer_at(zl_ziprun_zip(w->r), i);
         int b = 0, n = L->zl->n;
         for (int s = 0; s < 2; s++) {
             if (!L->ly[s]) continue;
@@ -636,8 +638,10 @@ int zl_lw_solve(zl_lw *w, int pass, const zl_layerwise_opts *o) {
         free(idx); free(res); free(lrc);
         return zl_set_error(ZL_ENOMEM, "out of memory");
     }
-    for (int i = 0; i < w->n_layers; i++)
+    for (int i = 0; i < w->n_layers; i++) {
+        w->layers[i].zl = zl_zip_layer_at(z, i); /* the run may have a new zip (same LoRAs, same layers) */
         if (w->groups[w->layers[i].group].pass == pass) idx[cnt++] = i;
+    }
     /* layers are independent: one per thread, each solve single-threaded inside */
     #pragma omp parallel for schedule(dynamic, 1)
     for (int t = 0; t < cnt; t++) {
@@ -707,6 +711,7 @@ void zl_lw_stats(const zl_lw *w, zl_layerwise_stats *st) {
     st->groups = w->n_groups;
     st->layers = w->n_layers;
     st->capture_bytes = w->capture_bytes;
+    st->group_bytes = w->group_bytes;
     st->capture_s = w->capture_s;
     st->solve_s = w->solve_s;
     st->full_s = w->full_s;
