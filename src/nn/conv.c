@@ -111,7 +111,14 @@ static void col2im_add(float *dx, const float *dcol, const zl_conv_shape *s, int
                 if (iy < 0 || iy >= s->H) continue;
                 float *dst = xc + (size_t)iy * s->W;
                 const int off = kx - s->pad_l;
-                for (int ox = lo; ox < hi; ox++) dst[ox * s->stride + off] += src[ox];
+                if (s->stride == 1) {
+                    float *d1 = dst + lo + off; /* lo + off >= 0 by valid_ox */
+                    const float *s1 = src + lo;
+                    #pragma omp simd
+                    for (int i = 0; i < hi - lo; i++) d1[i] += s1[i];
+                } else {
+                    for (int ox = lo; ox < hi; ox++) dst[ox * s->stride + off] += src[ox];
+                }
             }
         }
     }
