@@ -398,8 +398,10 @@ static void test_bad_inputs(void) {
     expect_fail(code, 2, "multiple of 8", out, "width not a multiple of 8");
     code = zt_cli("generate -q --steps 1 --model '%s' -p cat -W 64 -H 100 -o '%s'", d, out);
     expect_fail(code, 2, "-H 100 is not a multiple of 8", out, "height not a multiple of 8");
+    /* 72 px = 9 latent cells, odd: the UNet resizes its levels as diffusers does */
     code = zt_cli("generate -q --steps 1 --model '%s' -p cat -W 72 -H 64 -o '%s'", d, out);
-    expect_fail(code, 2, "multiple of 32", out, "width the UNet cannot halve twice");
+    CHECKM(code == 0 && zl_file_exists(out), "72x64 (odd latent side) runs: exit %d: %s", code, zt_err);
+    remove(out);
     snprintf(pf, sizeof pf, "%s", zt_tmp("prompt.txt"));
     FILE *f = fopen(pf, "wb");
     fputs("a cat \xc3\xa9t\xe9 here", f); /* valid e-acute at 6, then a lone 0xE9 at byte 9 */

@@ -499,8 +499,8 @@ static int ws_ensure(zl_unet *u, int B, int H, int W, int T) {
      * [N, 8C], ff4N its output, kvN cross-attention keys, inN any branch input. */
     int n = c->n_levels, cmax = 0;
     size_t cN = (size_t)B * zmax(c->in_channels, c->out_channels) * H * W, catN = 0, ffN = 0, ff4N = 0, kvN = 0;
-    for (int l = 0; l < n; l++) {
-        size_t hw = (size_t)B * (H >> l) * (W >> l);
+    for (int l = 0, hl = H, wl = W; l < n; l++, hl = (hl + 1) / 2, wl = (wl + 1) / 2) {
+        size_t hw = (size_t)B * hl * wl; /* level sizes round up (stride-2 convs) */
         int cl = c->block_out_channels[l], cp = c->block_out_channels[l ? l - 1 : 0];
         int cn = c->block_out_channels[l + 1 < n ? l + 1 : l], cm = cl > cp ? cl : cp;
         if (cn > cm) cm = cn;
@@ -579,8 +579,8 @@ int zl_unet_forward(zl_unet *u, const zl_unet_input *in, float *out) {
     int n = c->n_levels, B = in->B, H = in->H, W = in->W, T = in->T;
     if (B < 1 || H < 1 || W < 1 || !in->sample || !in->timestep || !out)
         return zl_set_error(ZL_EINVAL, "UNet forward: missing input or empty batch");
-    if (H % (1 << (n - 1)) || W % (1 << (n - 1)))
-        return zl_set_error(ZL_ESHAPE, "UNet forward: latent %dx%d is not divisible by %d", H, W, 1 << (n - 1));
+    /* Sides need not be multiples of 2^(levels-1): a stride-2 conv gives ceil(h/2),
+     * and each upsampler resizes to the skip it meets, as diffusers does. */
     if (T < 1 || !in->context) return zl_set_error(ZL_EINVAL, "UNet forward: encoder_hidden_states is required");
     if (c->has_text_time && (!in->text_embeds || !in->time_ids))
         return zl_set_error(ZL_EINVAL, "UNet forward: an SDXL UNet needs text_embeds and time_ids");
@@ -591,13 +591,14 @@ int zl_unet_forward(zl_unet *u, const zl_unet_input *in, float *out) {
     zl_unet_ws *ws = &u->ws;
     float *cur = ws->cur, *nxt = ws->nxt;
     int nskip = 0, skip_c[ZL_MAX_LEVELS * (ZL_UNET_MAX_RES + 1) + 1];
+    int skip_h[ZL_MAX_LEVELS * (ZL_UNET_MAX_RES + 1) + 1], skip_w[ZL_MAX_LEVELS * (ZL_UNET_MAX_RES + 1) + 1];
     float *skips[ZL_MAX_LEVELS * (ZL_UNET_MAX_RES + 1) + 1];
     int h = H, w = W;
 
 #define PUSH(ch) do { \
         size_t _n = (size_t)B * (ch) * h * w; \
         if (!(skips[nskip] = malloc(_n * sizeof(float)))) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; } \
-        memcpy(skips[nskip], cur, _n * sizeof(float)); skip_c[nskip++] = (ch); \
+        memcpy(skips[nskip], cur, _n * sizeof(float)); skip_h[nskip] = h; skip_w[nskip] = w; skip_c[nskip++] = (ch); \
     } while (0)
 
     zl_unet_conv(u, u->conv_in, in->sample, cur, B, h, w, 1); // [B, boc0, H, W]
@@ -619,8 +620,8 @@ int zl_unet_forward(zl_unet *u, const zl_unet_input *in, float *out) {
             HOOK(2, lv->sampler, cur, lv->sampler->in);
             zl_unet_conv(u, lv->sampler, cur, nxt, B, h, w, 2);
             SWAP(cur, nxt);
-            h /= 2;
-            w /= 2;
+            h = (h + 1) / 2; /* 3x3, stride 2, padding 1 */
+            w = (w + 1) / 2;
             PUSH(lv->sampler->out);
         }
     }
@@ -657,9 +658,12 @@ int zl_unet_forward(zl_unet *u, const zl_unet_input *in, float *out) {
             }
         }
         if (lv->sampler) {
-            zl_upsample2x_fwd(ws->cat, cur, B, ccur, h, w);
-            h *= 2;
-            w *= 2;
+            /* the size of the skip this level's output meets next (2h x 2w unless a side was odd) */
+            int h2 = nskip ? skip_h[nskip - 1] : 2 * h, w2 = nskip ? skip_w[nskip - 1] : 2 * w;
+            if (h2 == 2 * h && w2 == 2 * w) zl_upsample2x_fwd(ws->cat, cur, B, ccur, h, w);
+            else zl_upsample_nearest_fwd(ws->cat, cur, B, ccur, h, w, h2, w2);
+            h = h2;
+            w = w2;
             HOOK(2, lv->sampler, ws->cat, ccur);
             zl_unet_conv(u, lv->sampler, ws->cat, cur, B, h, w, 1);
         }

@@ -508,6 +508,7 @@ typedef struct {
     int kind;
     const void *blk;
     int C, H, W; /* the node's input: channels and size */
+    int Ho, Wo;  /* N_UP: the size it resizes to (2H x 2W unless a side was odd) */
     int aux;     /* N_PUSH / N_CAT: skip index; N_CAT: also Cb below */
     int Cb;      /* N_CAT: skip channels */
     float *x;    /* saved input [B, C, H, W] (not for N_PUSH / N_CAT / N_CONV_IN) */
@@ -570,8 +571,6 @@ int zl_unet_forward_tape(zl_unet *u, const zl_unet_input *in, zl_unet_grad_mode 
     *tape = NULL;
     if (B < 1 || H < 1 || W < 1 || !in->sample || !in->timestep || !out)
         return zl_set_error(ZL_EINVAL, "UNet forward: missing input or empty batch");
-    if (H % (1 << (n - 1)) || W % (1 << (n - 1)))
-        return zl_set_error(ZL_ESHAPE, "UNet forward: latent %dx%d is not divisible by %d", H, W, 1 << (n - 1));
     if (T < 1 || !in->context) return zl_set_error(ZL_EINVAL, "UNet forward: encoder_hidden_states is required");
     if (cf->has_text_time && (!in->text_embeds || !in->time_ids))
         return zl_set_error(ZL_EINVAL, "UNet forward: an SDXL UNet needs text_embeds and time_ids");
@@ -594,6 +593,7 @@ int zl_unet_forward_tape(zl_unet *u, const zl_unet_input *in, zl_unet_grad_mode 
     bwctx c = {.u = u};
     float *cur = NULL, *nxt = NULL;
     int nskip = 0, skip_c[ZL_MAX_LEVELS * (ZL_UNET_MAX_RES + 1) + 1];
+    int skip_h[ZL_MAX_LEVELS * (ZL_UNET_MAX_RES + 1) + 1], skip_w[ZL_MAX_LEVELS * (ZL_UNET_MAX_RES + 1) + 1];
     float *skips[ZL_MAX_LEVELS * (ZL_UNET_MAX_RES + 1) + 1];
     int h = H, w = W, ccur = cf->block_out_channels[0];
     if (!ok) { rc = OOM(); goto fail; }
@@ -605,7 +605,7 @@ int zl_unet_forward_tape(zl_unet *u, const zl_unet_input *in, zl_unet_grad_mode 
 #define PUSH() do { \
         size_t _n = (size_t)B * ccur * h * w; \
         if (!(skips[nskip] = dup_f(cur, _n))) { rc = OOM(); goto fail; } \
-        skip_c[nskip++] = ccur; \
+        skip_h[nskip] = h; skip_w[nskip] = w; skip_c[nskip++] = ccur; \
         NODE(N_PUSH, NULL, NULL, ccur); t->nodes[t->n - 1].aux = nskip - 1; \
     } while (0)
 /* A resnet or transformer node: it takes ownership of cur as its saved input. */
@@ -636,11 +636,11 @@ int zl_unet_forward_tape(zl_unet *u, const zl_unet_input *in, zl_unet_grad_mode 
             PUSH();
         }
         if (lv->sampler) {
-            NEWBUF(nxt, ccur, h / 2, w / 2);
+            NEWBUF(nxt, ccur, (h + 1) / 2, (w + 1) / 2);
             NODE(N_DOWN, lv->sampler, cur, ccur);
             zl_unet_conv(u, lv->sampler, cur, nxt, B, h, w, 2);
             cur = nxt; nxt = NULL;
-            h /= 2; w /= 2;
+            h = (h + 1) / 2; w = (w + 1) / 2; /* 3x3, stride 2, padding 1 */
             PUSH();
         }
     }
@@ -672,14 +672,18 @@ int zl_unet_forward_tape(zl_unet *u, const zl_unet_input *in, zl_unet_grad_mode 
         }
         if (lv->sampler) {
             float *up;
-            NEWBUF(nxt, ccur, 2 * h, 2 * w);
-            NEWBUF(up, ccur, 2 * h, 2 * w);
-            zl_upsample2x_fwd(up, cur, B, ccur, h, w);
-            zl_unet_conv(u, lv->sampler, up, nxt, B, 2 * h, 2 * w, 1);
+            /* resize to the skip met next (2h x 2w unless a side was odd), as diffusers */
+            int h2 = nskip ? skip_h[nskip - 1] : 2 * h, w2 = nskip ? skip_w[nskip - 1] : 2 * w;
+            NEWBUF(nxt, ccur, h2, w2);
+            NEWBUF(up, ccur, h2, w2);
+            zl_upsample_nearest_fwd(up, cur, B, ccur, h, w, h2, w2);
+            zl_unet_conv(u, lv->sampler, up, nxt, B, h2, w2, 1);
             free(up);
             NODE(N_UP, lv->sampler, cur, ccur); /* saved before the upsample (4x smaller) */
+            t->nodes[t->n - 1].Ho = h2;
+            t->nodes[t->n - 1].Wo = w2;
             cur = nxt; nxt = NULL;
-            h *= 2; w *= 2;
+            h = h2; w = w2;
         }
     }
     {
@@ -745,11 +749,12 @@ static int node_bwd(bwctx *c, zl_unet_tape *t, node *nd, float *d, float **dx, f
         if (!(*dx = zalloc(nin))) return OOM();
         return conv_bwd(c, nd->blk, nd->x, d, *dx, B, h, w, 2);
     case N_UP: {
-        float *up = malloc(4 * nin * sizeof(float)), *dt = zalloc(4 * nin);
+        size_t nup = (size_t)B * C * nd->Ho * nd->Wo;
+        float *up = malloc(nup * sizeof(float)), *dt = zalloc(nup);
         if (!up || !dt || !(*dx = zalloc(nin))) { free(up); free(dt); return OOM(); }
-        zl_upsample2x_fwd(up, nd->x, B, C, h, w);
-        rc = conv_bwd(c, nd->blk, up, d, dt, B, 2 * h, 2 * w, 1);
-        if (!rc) zl_upsample2x_bwd(*dx, dt, B, C, h, w);
+        zl_upsample_nearest_fwd(up, nd->x, B, C, h, w, nd->Ho, nd->Wo);
+        rc = conv_bwd(c, nd->blk, up, d, dt, B, nd->Ho, nd->Wo, 1);
+        if (!rc) zl_upsample_nearest_bwd(*dx, dt, B, C, h, w, nd->Ho, nd->Wo);
         free(up);
         free(dt);
         return rc;

@@ -94,6 +94,10 @@ void zl_attention_bwd(float *dq, float *dk, float *dv, const float *dout, const 
 /* Nearest x2: x [B, C, H, W] -> y [B, C, 2H, 2W] */
 void zl_upsample2x_fwd(float *y, const float *x, int B, int C, int H, int W);
 void zl_upsample2x_bwd(float *dx, const float *dy, int B, int C, int H, int W);
+/* Nearest resize to any size (torch F.interpolate(size=(Ho, Wo), mode="nearest"):
+ * source index floor(i * H / Ho)). x [B, C, H, W] -> y [B, C, Ho, Wo] */
+void zl_upsample_nearest_fwd(float *y, const float *x, int B, int C, int H, int W, int Ho, int Wo);
+void zl_upsample_nearest_bwd(float *dx, const float *dy, int B, int C, int H, int W, int Ho, int Wo);
 /* Channel concat: a [B, Ca, HW], b [B, Cb, HW] -> y [B, Ca+Cb, HW] */
 void zl_concat_fwd(float *y, const float *a, const float *b, int B, int Ca, int Cb, int HW);
 void zl_concat_bwd(float *da, float *db, const float *dy, int B, int Ca, int Cb, int HW);

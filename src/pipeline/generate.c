@@ -174,15 +174,6 @@ void zl_pipeline_native_size(const zl_pipeline *p, int *width, int *height) {
     *width = *height = s * p->vae_scale;
 }
 
-/* The UNet halves the latent (levels - 1) times and zl_unet_forward needs even
- * sides each time (diffusers instead passes the skip's size to each upsampler,
- * which would allow any multiple of 8; this mirrors the UNet's current rule and
- * should follow it if that changes). */
-static int size_multiple(const zl_unet_config *cfg, int scale) {
-    int m = scale;
-    for (int i = 1; i < cfg->n_levels; i++) m *= 2;
-    return m;
-}
 
 int zl_pipeline_check_size(const zl_pipeline *p, int width, int height) {
     if (width <= 0 || height <= 0 || width > ZL_IMAGE_MAX_SIDE || height > ZL_IMAGE_MAX_SIDE)
@@ -191,10 +182,7 @@ int zl_pipeline_check_size(const zl_pipeline *p, int width, int height) {
     if (width % p->vae_scale || height % p->vae_scale)
         return zl_set_error(ZL_EINVAL, "image size %dx%d is not a multiple of %d (the VAE's pixels per latent cell)",
                             width, height, p->vae_scale);
-    int m = size_multiple(&p->ucfg, p->vae_scale);
-    if (width % m || height % m)
-        return zl_set_error(ZL_EINVAL, "image size %dx%d is not a multiple of %d, which this UNet (%d levels) needs",
-                            width, height, m, p->ucfg.n_levels);
+    /* Any multiple of the VAE scale: the UNet resizes odd levels as diffusers does. */
     return ZL_OK;
 }
 
