@@ -31,11 +31,15 @@ static void check(int ok, const char *what) {
 }
 
 /* zl_png_read_text takes a path; one scratch file per process. */
+static char g_scratch[256];
+static void remove_scratch(void) { if (g_scratch[0]) unlink(g_scratch); }
+
 static const char *scratch_path(void) {
-    static char path[256];
+    char *path = g_scratch;
     if (!path[0]) {
         const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-        snprintf(path, sizeof path, "%s/fuzz_image_%d.png", dir, (int)getpid());
+        snprintf(path, sizeof g_scratch, "%s/fuzz_image_%d.png", dir, (int)getpid());
+        atexit(remove_scratch);
     }
     return path;
 }

@@ -81,11 +81,15 @@ static void tiny_clip(zl_clip_config *c, int hidden, int bigg) {
 }
 
 /* Scratch file for `cfg` lines: one per process, rewritten per input. */
+static char g_scratch[256];
+static void remove_scratch(void) { if (g_scratch[0]) unlink(g_scratch); }
+
 static const char *adapter_config_path(void) {
-    static char path[256];
+    char *path = g_scratch;
     if (!path[0]) {
         const char *dir = access("/dev/shm", W_OK) == 0 ? "/dev/shm" : (getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp");
-        snprintf(path, sizeof path, "%s/fuzz_lora_%d.adapter_config.json", dir, (int)getpid());
+        snprintf(path, sizeof g_scratch, "%s/fuzz_lora_%d.adapter_config.json", dir, (int)getpid());
+        atexit(remove_scratch);
     }
     return path;
 }
