@@ -39,11 +39,11 @@ typedef enum {
 } zl_lw_weighting;
 
 typedef struct {
-    int draws;             /* capture draws (default 8) */
+    int draws;             /* capture draws (default 4) */
     int max_tokens;        /* rows / output positions recorded per layer and forward (default 4096) */
     double capture_mb;     /* input statistics of one capture pass (default 4096 MB) */
     zl_lw_weighting weighting;
-    int cal_draws;         /* calibrated: draws with a full gradient at m = 1 (default 2, <= draws) */
+    int cal_draws;         /* calibrated: draws with a full gradient at m = 1 (default 1, <= draws) */
     double lambda_scale;   /* local λ' = params λ x this (default 1) */
     int steps;             /* local Adam steps per layer (0: the run's --steps) */
     double lr;             /* local Adam lr (0: the run's --lr) */

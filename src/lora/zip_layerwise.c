@@ -16,11 +16,11 @@
 
 void zl_layerwise_opts_default(zl_layerwise_opts *o) {
     memset(o, 0, sizeof *o);
-    o->draws = 8;
+    o->draws = 4;
     o->max_tokens = 4096;
     o->capture_mb = 4096;
     o->weighting = ZL_LW_WEIGHT_CALIBRATED;
-    o->cal_draws = 2;
+    o->cal_draws = 1;
     o->lambda_scale = 1;
     o->steps = 0;
     o->lr = 0;
