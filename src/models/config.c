@@ -70,9 +70,18 @@ void zl_unet_config_sd15(zl_unet_config *c) {
     c->sample_size = 64;
 }
 
+/* Every size in a config must lie in [0, ZL_CFG_MAX]: far above any real
+ * model, low enough that products of sizes cannot overflow. */
+#define ZL_CFG_MAX (1 << 20)
+
+static int in_range(json_int_t v) { return v >= 0 && v <= ZL_CFG_MAX; }
+
 /* An int, or a list of ints of length n (a scalar is broadcast). */
 static int int_or_list(json_t *v, int n, int *out, const char *key, const char *label) {
     if (json_is_integer(v)) {
+        if (!in_range(json_integer_value(v)))
+            return zl_set_error(ZL_EFORMAT, "%s: '%s' = %lld is out of range [0, %d]", label, key,
+                                (long long)json_integer_value(v), ZL_CFG_MAX);
         for (int i = 0; i < n; i++) out[i] = (int)json_integer_value(v);
         return ZL_OK;
     }
@@ -80,6 +89,9 @@ static int int_or_list(json_t *v, int n, int *out, const char *key, const char *
         for (int i = 0; i < n; i++) {
             json_t *e = json_array_get(v, (size_t)i);
             if (!json_is_integer(e)) return zl_set_error(ZL_EFORMAT, "%s: '%s' entry %d is not an integer", label, key, i);
+            if (!in_range(json_integer_value(e)))
+                return zl_set_error(ZL_EFORMAT, "%s: '%s' entry %d = %lld is out of range [0, %d]", label, key, i,
+                                    (long long)json_integer_value(e), ZL_CFG_MAX);
             out[i] = (int)json_integer_value(e);
         }
         return ZL_OK;
@@ -91,6 +103,9 @@ static int get_int(json_t *root, const char *key, int def, int *out, const char 
     json_t *v = json_object_get(root, key);
     if (!v || json_is_null(v)) { *out = def; return ZL_OK; }
     if (!json_is_integer(v)) return zl_set_error(ZL_EFORMAT, "%s: '%s' is not an integer", label, key);
+    if (!in_range(json_integer_value(v)))
+        return zl_set_error(ZL_EFORMAT, "%s: '%s' = %lld is out of range [0, %d]", label, key,
+                            (long long)json_integer_value(v), ZL_CFG_MAX);
     *out = (int)json_integer_value(v);
     return ZL_OK;
 }
@@ -142,10 +157,13 @@ int zl_unet_config_parse(const char *json, const char *label, zl_unet_config *c)
     for (int i = 1; i < n; i++)
         if (lpb[i] != lpb[0]) { rc = zl_set_error(ZL_EUNSUPPORTED, "%s: per-level layers_per_block is not supported", label); goto done; }
     c->layers_per_block = lpb[0];
+    if (c->layers_per_block > 16) { rc = zl_set_error(ZL_EUNSUPPORTED, "%s: layers_per_block %d is not supported (at most 16)", label, c->layers_per_block); goto done; }
 
     v = json_object_get(root, "transformer_layers_per_block");
     if (!v || json_is_null(v)) for (int i = 0; i < n; i++) c->transformer_depth[i] = 1;
     else if ((rc = int_or_list(v, n, c->transformer_depth, "transformer_layers_per_block", label))) goto done;
+    for (int i = 0; i < n; i++)
+        if (c->transformer_depth[i] > 64) { rc = zl_set_error(ZL_EUNSUPPORTED, "%s: transformer depth %d is not supported (at most 64)", label, c->transformer_depth[i]); goto done; }
     c->transformer_depth_mid = c->transformer_depth[n - 1];
 
     /* diffusers: num_attention_heads = num_attention_heads or attention_head_dim (a head COUNT) */

@@ -1,0 +1,83 @@
+/* UNet config parsing (diffusers config.json), the built-in standard configs,
+ * and model path resolution, against the fixture files and hand-written JSON. */
+#include <string.h>
+
+#include "testlib.h"
+
+static const char *base_json(char *buf, size_t n, const char *extra) {
+    snprintf(buf, n,
+             "{\"block_out_channels\":[32,64],\"down_block_types\":[\"DownBlock2D\",\"CrossAttnDownBlock2D\"],"
+             "\"up_block_types\":[\"CrossAttnUpBlock2D\",\"UpBlock2D\"],\"layers_per_block\":2,"
+             "\"attention_head_dim\":[2,4],\"norm_num_groups\":32%s}",
+             extra);
+    return buf;
+}
+
+int main(void) {
+    zl_unet_config c;
+    /* mini-sdxl/unet/config.json, values read off the file */
+    CHECK_OK(zl_unet_config_load(zt_data("mini-sdxl/unet/config.json"), &c));
+    CHECK(c.family == ZL_FAMILY_SDXL && c.n_levels == 3);
+    CHECK(c.block_out_channels[0] == 32 && c.block_out_channels[1] == 64 && c.block_out_channels[2] == 64);
+    CHECK(c.heads[0] == 2 && c.heads[2] == 4); /* attention_head_dim is the head COUNT */
+    CHECK(c.transformer_depth[2] == 2 && c.transformer_depth_mid == 2);
+    CHECK(c.down_types[0] == ZL_BLOCK_PLAIN && c.down_types[1] == ZL_BLOCK_CROSSATTN);
+    CHECK(c.up_types[0] == ZL_BLOCK_CROSSATTN && c.up_types[2] == ZL_BLOCK_PLAIN);
+    CHECK(c.cross_attention_dim == 64 && c.norm_num_groups == 16 && c.use_linear_projection);
+    CHECK(c.has_text_time && c.addition_time_embed_dim == 8 && c.projection_class_embeddings_input_dim == 80);
+    CHECK(c.time_embed_dim == 128 && c.flip_sin_to_cos && c.freq_shift == 0.0f);
+    CHECK_OK(zl_unet_config_load(zt_data("tiny-sd15/unet/config.json"), &c));
+    CHECK(c.family == ZL_FAMILY_SD1 && c.n_levels == 4 && !c.use_linear_projection && !c.has_text_time);
+    CHECK(c.heads[0] == 8 && c.heads[3] == 8 && c.transformer_depth[0] == 1 && c.cross_attention_dim == 48);
+
+    /* standard configs: SDXL base and SD 1.5 as published */
+    zl_unet_config_sdxl_base(&c);
+    CHECK(c.block_out_channels[2] == 1280 && c.transformer_depth[2] == 10 && c.heads[1] == 10 &&
+          c.cross_attention_dim == 2048 && c.projection_class_embeddings_input_dim == 2816);
+    zl_unet_config_sd15(&c);
+    CHECK(c.n_levels == 4 && c.heads[0] == 8 && c.cross_attention_dim == 768 && c.family == ZL_FAMILY_SD1);
+
+    /* num_attention_heads, when set, wins over attention_head_dim */
+    char j[2048];
+    CHECK_OK(zl_unet_config_parse(base_json(j, sizeof j, ",\"num_attention_heads\":[4,8]"), "j", &c));
+    CHECK(c.heads[0] == 4 && c.heads[1] == 8);
+    /* rejections name the key */
+    const struct { const char *extra, *word; } bad[] = {
+        {",\"class_embed_type\":\"timestep\"", "class_embed_type"},
+        {",\"resnet_time_scale_shift\":\"scale_shift\"", "resnet_time_scale_shift"},
+        {",\"addition_embed_type\":\"text\"", "addition_embed_type"},
+        {",\"cross_attention_dim\":4294967328", "cross_attention_dim"},
+        {",\"transformer_layers_per_block\":[1,1000]", "transformer"},
+        {",\"conv_in_kernel\":7", "conv_in_kernel"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        CHECKM(zl_unet_config_parse(base_json(j, sizeof j, bad[i].extra), "cfg.json", &c) != ZL_OK, "%s accepted", bad[i].extra);
+        CHECKM(strstr(zl_errmsg(), bad[i].word) && strstr(zl_errmsg(), "cfg.json"), "message '%s' lacks '%s'", zl_errmsg(), bad[i].word);
+    }
+    CHECK(zl_unet_config_parse("{\"block_out_channels\":[4294967328],\"down_block_types\":[\"DownBlock2D\"],"
+                               "\"up_block_types\":[\"UpBlock2D\"],\"layers_per_block\":2,\"attention_head_dim\":8}",
+                               "x", &c) == ZL_EFORMAT);
+    CHECK(zl_unet_config_parse("{\"block_out_channels\":[32],\"down_block_types\":[\"DownBlock2D\"],"
+                               "\"up_block_types\":[\"UpBlock2D\"],\"layers_per_block\":1000000000,\"attention_head_dim\":8}",
+                               "x", &c) != ZL_OK);
+    CHECK(zl_unet_config_parse("[1]", "x", &c) == ZL_EFORMAT);
+    CHECK(zl_unet_config_parse("{", "x", &c) == ZL_EFORMAT);
+    /* groups must divide the channels */
+    CHECK(zl_unet_config_parse(base_json(j, sizeof j, ",\"norm_num_groups\":24"), "x", &c) != ZL_OK);
+
+    /* model paths: diffusers folder, single file, errors */
+    zl_model_paths p;
+    CHECK_OK(zl_model_paths_resolve(zt_data("mini-sdxl"), &p));
+    CHECK(!p.single_file && p.family == ZL_FAMILY_SDXL && p.te1_weights && p.te2_weights && p.vae_weights);
+    zl_model_paths_free(&p);
+    CHECK_OK(zl_model_paths_resolve(zt_data("tiny-sd15/single_file.safetensors"), &p));
+    CHECK(p.single_file && p.family == ZL_FAMILY_SD1 && p.te1_weights && !p.te2_weights && p.vae_weights);
+    zl_model_paths_free(&p);
+    CHECK_OK(zl_model_paths_resolve(zt_data("mini-sdxl/single_file.safetensors"), &p));
+    CHECK(p.single_file && p.family == ZL_FAMILY_SDXL && p.te2_weights);
+    zl_model_paths_free(&p);
+    CHECK(zl_model_paths_resolve("/no/such/model", &p) == ZL_EIO && strstr(zl_errmsg(), "/no/such/model"));
+    CHECK(zl_model_paths_resolve(zt_data("mini-sdxl/loras/content.peft.safetensors"), &p) == ZL_EFORMAT);
+    CHECK(zl_model_paths_resolve(zt_data("mini-sdxl/loras"), &p) == ZL_EFORMAT);
+    return zt_done();
+}
