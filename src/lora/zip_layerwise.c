@@ -19,7 +19,7 @@ void zl_layerwise_opts_default(zl_layerwise_opts *o) {
     o->draws = 4;
     o->max_tokens = 4096;
     o->capture_mb = 4096;
-    o->weighting = ZL_LW_WEIGHT_CALIBRATED;
+    o->weighting = ZL_LW_WEIGHT_RAW;
     o->cal_draws = 1;
     o->lambda_scale = 1;
     o->steps = 0;
