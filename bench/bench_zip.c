@@ -130,7 +130,7 @@ static int tune(int argc, char **argv) {
         return 2;
     }
     int K = argc > 7 ? atoi(argv[7]) : 16;
-    if (argc > 8) zl_set_threads(atoi(argv[8]));
+    zl_set_threads(argc > 8 ? atoi(argv[8]) : 0); /* 0: every core */
     zl_ziprun_params p;
     zl_ziprun_params_default(&p);
     p.model = argv[2];
@@ -279,7 +279,7 @@ static int sdxl(int argc, char **argv) {
     }
     const char *what = argv[2];
     int res = atoi(argv[3]), lat = res / 8;
-    if (argc > 4) zl_set_threads(atoi(argv[4]));
+    zl_set_threads(argc > 4 ? atoi(argv[4]) : 0); /* 0: every core */
     const char *dir = "/tmp/ziplora-bench/sdxl";
     zl_synth_opts so;
     memset(&so, 0, sizeof so);
