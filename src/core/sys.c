@@ -18,10 +18,12 @@ static int g_threads = 0;
 void zl_set_threads(int n) {
     if (n <= 0) n = omp_get_num_procs();
     g_threads = n;
-    omp_set_num_threads(n);
     /* BLAS runs single-threaded; zl_sgemm parallelises over fixed blocks so
-     * results do not depend on the thread count (see src/nn/gemm.c). */
+     * results do not depend on the thread count (see src/nn/gemm.c). The
+     * OpenMP build of OpenBLAS also sets OpenMP's thread count in
+     * openblas_set_num_threads, so ours must be set after it. */
     openblas_set_num_threads(1);
+    omp_set_num_threads(n);
 }
 
 int zl_get_threads(void) { return g_threads > 0 ? g_threads : omp_get_max_threads(); }

@@ -27,7 +27,12 @@ void openblas_set_num_threads(int num_threads);
 
 /* OpenBLAS must never split a call itself, whoever links us and whether or
  * not zl_set_threads was called. */
-__attribute__((constructor)) static void zl_gemm_init(void) { openblas_set_num_threads(1); }
+/* (OpenBLAS's OpenMP build also calls omp_set_num_threads in it: restore ours.) */
+__attribute__((constructor)) static void zl_gemm_init(void) {
+    int n = omp_get_max_threads();
+    openblas_set_num_threads(1);
+    omp_set_num_threads(n);
+}
 
 static void gemm1(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                   float beta, float *C, int ldc) {
@@ -111,7 +116,8 @@ double zl_sgemm_reference_gflops(int n, int reps, int threads) {
     float *a = malloc(nn * sizeof(float)), *b = malloc(nn * sizeof(float)), *c = malloc(nn * sizeof(float));
     if (!a || !b || !c) { free(a); free(b); free(c); return 0; }
     for (size_t i = 0; i < nn; i++) { a[i] = (float)((i * 7919) % 1000) * 1e-3f - 0.5f; b[i] = (float)((i * 104729) % 1000) * 1e-3f - 0.5f; }
-    openblas_set_num_threads(threads > 0 ? threads : omp_get_max_threads());
+    int omp_n = omp_get_max_threads();
+    openblas_set_num_threads(threads > 0 ? threads : omp_n);
     double t[32];
     if (reps > 32) reps = 32;
     if (reps < 1) reps = 1;
@@ -122,6 +128,7 @@ double zl_sgemm_reference_gflops(int n, int reps, int threads) {
         t[r] = zl_now() - t0;
     }
     openblas_set_num_threads(1);
+    omp_set_num_threads(omp_n);
     for (int i = 1; i < reps; i++)
         for (int j = i; j > 0 && t[j - 1] > t[j]; j--) { double x = t[j]; t[j] = t[j - 1]; t[j - 1] = x; }
     free(a); free(b); free(c);
