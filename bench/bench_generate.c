@@ -25,6 +25,8 @@
 #include "ziplora/progress.h"
 #include "ziplora/synth.h"
 
+static int g_threads = 2; /* threads of the measuring children */
+
 static double cpu_now(void) {
     struct timespec ts;
     clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
@@ -68,6 +70,33 @@ typedef struct {
     int ok;
     char err[512];
 } report;
+
+/* GNU libgomp cannot fork once its thread pool exists (the child hangs in its
+ * first parallel region), so the parent stays single-threaded and the sgemm
+ * reference, like every measurement, runs in a forked child. */
+static void sgemm_rates_forked(int threads, double *wall, double *cpu) {
+    int fd[2];
+    double r[2] = {0, 0};
+    *wall = *cpu = 0;
+    if (pipe(fd)) return;
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid < 0) return;
+    if (pid == 0) {
+        close(fd[0]);
+        g_threads = threads;
+    zl_set_threads(1); /* the parent only forks: see sgemm_rates_forked */
+        sgemm_rates(threads, &r[0], &r[1]);
+        _exit(write(fd[1], r, sizeof r) == (ssize_t)sizeof r ? 0 : 1);
+    }
+    close(fd[1]);
+    if (read(fd[0], r, sizeof r) != (ssize_t)sizeof r) r[0] = r[1] = 0;
+    close(fd[0]);
+    waitpid(pid, NULL, 0);
+    *wall = r[0];
+    *cpu = r[1];
+}
 
 static void child(const char *model, int size, int steps, report *r) {
     zl_pipeline *p = NULL;
@@ -121,6 +150,7 @@ static int run_forked(const char *model, int size, int steps, report *rp) {
     if (pid < 0) return -1;
     if (pid == 0) {
         close(fd[0]);
+        zl_set_threads(g_threads);
         report r;
         memset(&r, 0, sizeof r);
         child(model, size, steps, &r);
@@ -176,7 +206,8 @@ int main(int argc, char **argv) {
         }
     }
     if (steps < 1) steps = 1;
-    zl_set_threads(threads);
+    g_threads = threads;
+    zl_set_threads(1); /* the parent only forks: see sgemm_rates_forked */
     zl_set_verbosity(-1);
 
     char cpu[256] = "?", la[128] = "?", date[64];
@@ -221,7 +252,7 @@ int main(int argc, char **argv) {
         zl_model_paths_free(&mp);
     }
     double sg, sgc;
-    sgemm_rates(threads, &sg, &sgc);
+    sgemm_rates_forked(threads, &sg, &sgc);
     printf("OpenBLAS sgemm 2048^3: %.1f GFLOP/s wall, %.1f GFLOP per CPU-second (medians of 5)\n\n", sg, sgc);
     printf("%-9s %7s %8s %10s %9s %8s %7s %7s %9s %11s %11s %11s\n", "size", "open s", "text s", "CFG step s", "GFLOP",
            "GFLOP/s", "/sgemm", "cpu", "decode s", "RSS text GB", "RSS step GB", "peak RSS GB");
