@@ -34,10 +34,20 @@ __attribute__((constructor)) static void zl_gemm_init(void) {
     omp_set_num_threads(n);
 }
 
+/* One single-threaded OpenBLAS call. The OpenMP build of OpenBLAS sizes its
+ * own threading from omp_get_max_threads() whenever it is called outside an
+ * active parallel region (whatever openblas_set_num_threads said), so there we
+ * lower OpenMP's thread count to 1 around the call (an ICV write, cheap). */
 static void gemm1(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                   float beta, float *C, int ldc) {
+    int restore = 0;
+    if (!omp_in_parallel()) {
+        restore = omp_get_max_threads();
+        if (restore != 1) omp_set_num_threads(1);
+    }
     cblas_sgemm(CblasRowMajor, tA ? CblasTrans : CblasNoTrans, tB ? CblasTrans : CblasNoTrans, M, N, K, alpha, A, lda,
                 B, ldb, beta, C, ldc);
+    if (restore > 1) omp_set_num_threads(restore);
 }
 
 static int ceil_div(int a, int b) { return (a + b - 1) / b; }
@@ -121,12 +131,16 @@ double zl_sgemm_reference_gflops(int n, int reps, int threads) {
     double t[32];
     if (reps > 32) reps = 32;
     if (reps < 1) reps = 1;
-    gemm1(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n); /* warm-up */
+    int nt = threads > 0 ? threads : omp_n;
+    omp_set_num_threads(nt); /* OpenBLAS's OpenMP build threads by this */
+#define REF_GEMM() cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n)
+    REF_GEMM(); /* warm-up */
     for (int r = 0; r < reps; r++) {
         double t0 = zl_now();
-        gemm1(0, 0, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+        REF_GEMM();
         t[r] = zl_now() - t0;
     }
+#undef REF_GEMM
     openblas_set_num_threads(1);
     omp_set_num_threads(omp_n);
     for (int i = 1; i < reps; i++)
