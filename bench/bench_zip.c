@@ -285,6 +285,8 @@ static int sdxl(int argc, char **argv) {
     memset(&so, 0, sizeof so);
     so.family = ZL_FAMILY_SDXL;
     so.parts = ZL_SYNTH_UNET;
+    so.dtype = ZL_DT_F16;
+    so.seed = 1; /* the same model bench_unet and bench_generate synthesize, so they share the folder */
     double w0 = zl_now();
     if (zl_synth_model(dir, &so, NULL)) die("synth model");
     printf("# bench_zip sdxl %s %d px: synthetic SDXL base UNet (%s) ready in %.1f s; threads %d, load average %.1f\n",
