@@ -360,6 +360,9 @@ static void test_cli(void) {
     const char *outp = zt_tmp("run_unet_out.safetensors");
     char op[1024];
     snprintf(op, sizeof op, "%s", outp);
+    /* a weight that is not a finite number is a usage error, and no output is written */
+    int brc = zt_cli("run unet -q --threads 1 --model '%s' --lora '%s:nan' --in '%s' -o '%s'", mdl, c, io, op);
+    CHECKM(brc == 2 && strstr(zt_err, "not a number") && !zl_file_exists(op), "--lora FILE:nan: exit %d: %s", brc, zt_err);
     int rc = zt_cli("run unet -q --threads 1 --model '%s' --lora '%s:0.8' --lora '%s:0.5' --runtime --in '%s' -o '%s'", mdl, c, s, io,
                     op);
     CHECKM(rc == 0, "run unet exit %d: %s", rc, zt_err);

@@ -24,4 +24,7 @@ int zl_cli_float(const char *cmd, const char *flag, const char *s, double *out);
  * argv[*i] was consumed (advancing *i over a value), 0 if not, -1 on error. */
 int zl_cli_common(const char *cmd, int argc, char **argv, int *i);
 
+/* Split a --lora value "FILE[:WEIGHT]"; the caller frees *path (also on error). */
+int zl_cli_lora_arg(const char *arg, char **path, float *w);
+
 #endif

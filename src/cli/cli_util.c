@@ -63,3 +63,22 @@ int zl_cli_common(const char *cmd, int argc, char **argv, int *i) {
     }
     return 0;
 }
+
+/* "FILE:W" -> FILE (allocated), W. A trailing ":<number>" is a weight; a path
+ * with ':' elsewhere stays whole. The caller frees *path, also on error. */
+int zl_cli_lora_arg(const char *arg, char **path, float *w) {
+    *w = 1.0f;
+    *path = strdup(arg);
+    if (!*path) return zl_set_error(ZL_ENOMEM, "out of memory");
+    char *c = strrchr(*path, ':');
+    if (c && c[1]) {
+        char *end;
+        double v = strtod(c + 1, &end);
+        if (!*end) {
+            if (!isfinite(v)) return zl_set_error(ZL_EINVAL, "--lora %s: the weight is not a number", arg);
+            *w = (float)v;
+            *c = 0;
+        }
+    }
+    return ZL_OK;
+}

@@ -59,25 +59,6 @@ static void usage(FILE *f) {
             "  -q, -v, --threads N    quiet, verbose, thread count\n");
 }
 
-/* "FILE:W" -> FILE, W. A trailing ":<number>" is a weight; a path with ':'
- * elsewhere stays whole. */
-static int parse_lora_arg(const char *arg, char **path, float *w) {
-    *w = 1.0f;
-    *path = strdup(arg);
-    if (!*path) return zl_set_error(ZL_ENOMEM, "out of memory");
-    char *c = strrchr(*path, ':');
-    if (c && c[1]) {
-        char *end;
-        double v = strtod(c + 1, &end);
-        if (!*end) {
-            if (!isfinite(v)) return zl_set_error(ZL_EINVAL, "--lora %s: the weight is not a number", arg);
-            *w = (float)v;
-            *c = 0;
-        }
-    }
-    return ZL_OK;
-}
-
 /* Offset of the first byte that is not part of valid UTF-8, or -1. Overlong
  * forms, surrogates and code points above U+10FFFF are invalid. */
 static long utf8_invalid_at(const unsigned char *s, size_t n) {
@@ -443,7 +424,7 @@ int zl_cmd_generate(int argc, char **argv) {
     if (mp->vae_weights) inputs[n_inputs++] = mp->vae_weights;
     for (int k = 0; k < n_lora; k++) {
         float w;
-        if ((rc = parse_lora_arg(lora_args[k], &lpaths[k], &w))) goto done;
+        if ((rc = zl_cli_lora_arg(lora_args[k], &lpaths[k], &w))) goto done;
         if ((rc = zl_pipeline_load_lora(p, lpaths[k], w, NULL))) goto done;
         inputs[n_inputs++] = lpaths[k];
         short_name(lpaths[k], it.lora_names[k], sizeof it.lora_names[k]);

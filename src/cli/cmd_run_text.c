@@ -56,22 +56,6 @@ static int read_ids(zl_st_file *f, const char *name, int32_t **out, int *B) {
     return ZL_OK;
 }
 
-static int parse_lora_arg(const char *arg, char **path, float *w) {
-    *w = 1.0f;
-    *path = strdup(arg);
-    if (!*path) return zl_set_error(ZL_ENOMEM, "out of memory");
-    char *c = strrchr(*path, ':');
-    if (c && c[1]) {
-        char *end;
-        double v = strtod(c + 1, &end);
-        if (!*end) { /* "FILE:0.8"; a path that merely contains ':' stays whole */
-            *w = (float)v;
-            *c = 0;
-        }
-    }
-    return ZL_OK;
-}
-
 int zl_run_text(int argc, char **argv) {
     const char *model = NULL, *in_path = NULL, *out_path = NULL, *c1 = NULL, *c2 = NULL;
     const char *lora_args[MAX_LORAS];
@@ -118,7 +102,7 @@ int zl_run_text(int argc, char **argv) {
     zl_family fam = zl_text_family(tx);
     for (int k = 0; k < n_lora; k++) {
         float w;
-        if ((rc = parse_lora_arg(lora_args[k], &lpaths[k], &w))) goto done;
+        if ((rc = zl_cli_lora_arg(lora_args[k], &lpaths[k], &w))) goto done;
         zl_lora_load_opts opts = {.expect_family = fam};
         if ((rc = zl_lora_load(lpaths[k], &opts, &loras[k]))) goto done;
         if ((rc = zl_text_apply_lora(tx, loras[k], w))) goto done;

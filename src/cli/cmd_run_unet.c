@@ -46,22 +46,6 @@ static int read_tensor(const zl_st_file *f, const char *name, int min_nd, int ma
     return ZL_OK;
 }
 
-static int parse_lora_arg(const char *arg, char **path, float *w) {
-    *w = 1.0f;
-    *path = strdup(arg);
-    if (!*path) return zl_set_error(ZL_ENOMEM, "out of memory");
-    char *c = strrchr(*path, ':');
-    if (c && c[1]) {
-        char *end;
-        double v = strtod(c + 1, &end);
-        if (!*end) {
-            *w = (float)v;
-            *c = 0;
-        }
-    }
-    return ZL_OK;
-}
-
 int zl_run_unet(int argc, char **argv) {
     const char *model = NULL, *in_path = NULL, *out_path = NULL, *cfg_path = NULL;
     const char *lora_args[MAX_LORAS];
@@ -109,7 +93,7 @@ int zl_run_unet(int argc, char **argv) {
     const zl_unet_config *cfg = zl_unet_get_config(u);
     for (int k = 0; k < n_lora; k++) {
         float w;
-        if ((rc = parse_lora_arg(lora_args[k], &lpaths[k], &w))) goto done;
+        if ((rc = zl_cli_lora_arg(lora_args[k], &lpaths[k], &w))) goto done;
         zl_lora_load_opts opts = {.unet_config = cfg, .expect_family = cfg->family};
         if ((rc = zl_lora_load(lpaths[k], &opts, &loras[k]))) goto done;
         if ((rc = zl_unet_add_lora(u, loras[k], w, runtime ? ZL_UNET_LORA_RUNTIME : ZL_UNET_LORA_FOLD, NULL))) goto done;
