@@ -260,6 +260,19 @@ static void expect_refusal(const char *name, const spec *s, int n, int code, con
     if (must2) CHECKM(strstr(zl_errmsg(), must2) != NULL, "%s: message '%s' lacks '%s'", name, zl_errmsg(), must2);
     CHECK(l == NULL);
     zl_lora_free(l);
+    /* the lazy loader (merge) refuses the same files with the same message */
+    static zl_unet_config cfg;
+    static int have;
+    if (!have) have = !zl_unet_config_load(zt_data("tiny-sdxl/unet/config.json"), &cfg);
+    zl_lora_load_opts o = {.unet_config = &cfg};
+    zl_lora_lazy *z = NULL;
+    l = NULL;
+    rc = zl_lora_load_lazy(zt_tmp(name), &o, &l, &z);
+    CHECKM(rc == code, "%s (lazy): status %d (%s), want %d", name, rc, zl_errmsg(), code);
+    CHECKM(strstr(zl_errmsg(), must1) != NULL, "%s (lazy): message '%s' lacks '%s'", name, zl_errmsg(), must1);
+    if (must2)
+        CHECKM(strstr(zl_errmsg(), must2) != NULL, "%s (lazy): message '%s' lacks '%s'", name, zl_errmsg(), must2);
+    CHECK(l == NULL && z == NULL);
 }
 
 static void test_refusals(void) {
@@ -337,6 +350,16 @@ static void test_refusals(void) {
         {"lora_unet_" Q ".lora_up.weight", ZL_DT_F32, 2, {64, 4}, 1, 0},
     };
     expect_refusal("nan.safetensors", nan, 2, ZL_ENUMERIC, "lora_unet_" Q ".lora_down.weight", "NaN");
+    spec inf16[] = {
+        {"lora_unet_" Q ".lora_down.weight", ZL_DT_F16, 2, {4, 64}, 1, 0},
+        {"lora_unet_" Q ".lora_up.weight", ZL_DT_F16, 2, {64, 4}, INFINITY, 1},
+    };
+    expect_refusal("inf16.safetensors", inf16, 2, ZL_ENUMERIC, "lora_unet_" Q ".lora_up.weight", "Inf");
+    spec nan16[] = {
+        {"lora_unet_" Q ".lora_down.weight", ZL_DT_BF16, 2, {4, 64}, NAN, 1},
+        {"lora_unet_" Q ".lora_up.weight", ZL_DT_BF16, 2, {64, 4}, 1, 0},
+    };
+    expect_refusal("nanbf16.safetensors", nan16, 2, ZL_ENUMERIC, "lora_unet_" Q ".lora_down.weight", "NaN");
     spec inf_alpha[] = {
         {"lora_unet_" Q ".lora_down.weight", ZL_DT_F32, 2, {4, 64}, 1, 0},
         {"lora_unet_" Q ".lora_up.weight", ZL_DT_F32, 2, {64, 4}, 1, 0},

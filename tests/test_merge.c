@@ -559,6 +559,36 @@ static void test_detach(void) {
                         memcmp(x->up, y->up, sizeof(float) * (size_t)x->rank * x->out_features);
             }
             CHECK(!diff);
+            /* loaded lazily (no values in memory at all): the same merge, bit for bit */
+            zl_lora *c3 = NULL, *s3 = NULL, *m3 = NULL;
+            zl_lora_lazy *lc = NULL, *ls = NULL;
+            CHECK_OK(zl_lora_load_lazy(C, NULL, &c3, &lc));
+            CHECK_OK(zl_lora_load_lazy(S, NULL, &s3, &ls));
+            if (c3 && s3) {
+                int held = 0;
+                for (int i = 0; i < c3->n; i++) held += c3->layers[i].down != NULL || c3->layers[i].up != NULL;
+                for (int i = 0; i < s3->n; i++) held += s3->layers[i].down != NULL || s3->layers[i].up != NULL;
+                CHECKM(held == 0 && c3->n == c->n && s3->n == s->n && c3->layout == c->layout, "%s: lazy load", files[f][0]);
+                for (int i = 0; i < c3->n && i < c->n; i++)
+                    CHECK(!strcmp(c3->layers[i].module, c->layers[i].module) && c3->layers[i].alpha == c->layers[i].alpha);
+                zl_merge_opts ml = mo;
+                ml.lazy_content = lc;
+                ml.lazy_style = ls;
+                CHECK_OK(zl_lora_merge(c3, s3, &ml, &m3, NULL));
+                diff = !m1 || !m3 || m1->n != m3->n;
+                for (int i = 0; !diff && i < m1->n; i++) {
+                    const zl_lora_layer *x = &m1->layers[i], *y = &m3->layers[i];
+                    diff |= x->rank != y->rank ||
+                            memcmp(x->down, y->down, sizeof(float) * (size_t)x->rank * x->in_features * x->kh * x->kw) ||
+                            memcmp(x->up, y->up, sizeof(float) * (size_t)x->rank * x->out_features);
+                }
+                CHECKM(!diff, "%s: lazy merge differs", files[f][0]);
+            }
+            zl_lora_free(m3);
+            zl_lora_free(c3);
+            zl_lora_free(s3);
+            zl_lora_lazy_free(lc);
+            zl_lora_lazy_free(ls);
             zl_lora_free(m1);
             zl_lora_free(m2);
             /* without the handle a detached LoRA cannot merge: an error, not garbage */

@@ -170,6 +170,10 @@ typedef struct {
 typedef struct zl_lora_lazy zl_lora_lazy;
 int zl_lora_detach(zl_lora *l, const zl_unet_config *unet_config, zl_lora_lazy **out);
 void zl_lora_lazy_free(zl_lora_lazy *z);
+/* Load a LoRA file's structure and check its values (as zl_lora_load does) without
+ * widening them: every layer's down/up is NULL and zl_lora_lazy_read reads it from
+ * the mapped file on demand. Memory stays near zero whatever the file's size. */
+int zl_lora_load_lazy(const char *path, const zl_lora_load_opts *opts, zl_lora **out, zl_lora_lazy **lazy);
 /* Layer i's down/up (one of them may be NULL) in float32, from memory or the file. */
 int zl_lora_lazy_read(const zl_lora_lazy *z, const zl_lora *l, int i, float *down, float *up);
 

@@ -133,13 +133,14 @@ int zl_cmd_merge(int argc, char **argv) {
     zl_lora *c = NULL, *s = NULL;
     zl_mergers *mg = NULL;
     zl_lora_lazy *zc = NULL, *zs = NULL;
-    /* each input's values go back to its (mapped) file once loaded, so the two
-     * LoRAs never sit in memory as float32 at the same time */
-    const zl_unet_config *ucfg = lf.have_cfg ? &lf.cfg : NULL;
-    rc = zl_lora_cli_load(cpath, &lf, &c);
-    if (!rc) rc = zl_lora_detach(c, ucfg, &zc);
-    if (!rc) rc = zl_lora_cli_load(spath, &lf, &s);
-    if (!rc) rc = zl_lora_detach(s, ucfg, &zs);
+    /* the values stay in the (mapped) input files and are read layer by layer
+     * while the output is written, so memory stays near one layer */
+    zl_lora_load_opts lo;
+    memset(&lo, 0, sizeof lo);
+    lo.adapter_config = lf.adapter_config;
+    lo.unet_config = lf.have_cfg ? &lf.cfg : NULL;
+    rc = zl_lora_load_lazy(cpath, &lo, &c, &zc);
+    if (!rc) rc = zl_lora_load_lazy(spath, &lo, &s, &zs);
     if (!rc && mpath) rc = zl_mergers_load(mpath, &mg);
     if (threaded) pthread_join(th, NULL);
     if (!rc && hj.rc) rc = zl_set_error(hj.rc, "%s", hj.err);

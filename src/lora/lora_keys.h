@@ -5,6 +5,7 @@
 
 #include "models/names.h"
 #include "ziplora/lora.h"
+#include "ziplora/safetensors.h"
 
 typedef struct {
     zl_family family;
@@ -17,5 +18,15 @@ void zl_key_ctx_free(zl_key_ctx *k);
 /* names (kohya UNet keys): 0 as kohya writes them for the family (ldm for SDXL,
  * diffusers for SD 1.x), 1 diffusers names, 2 ldm names. */
 int zl_key_of(const zl_key_ctx *k, const zl_lora_layer *l, int names, char *buf, size_t n);
+
+/* Values of a LoRA left in its mapped file (merge.c reads them, lora_load.c and
+ * zl_lora_detach build them). */
+struct zl_lora_lazy {
+    zl_st_file *f;
+    int n;
+    const zl_st_tensor **down, **up; /* per layer of the LoRA; NULL: values stay in memory */
+};
+/* Drop a mapped tensor's pages from this process (they stay in the page cache). */
+void zl_lora_drop_pages(const zl_st_tensor *t);
 
 #endif

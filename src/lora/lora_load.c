@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lora/lora_keys.h"
 #include "models/names.h"
 #include "ziplora/fileio.h"
 #include "ziplora/lora.h"
@@ -651,6 +652,29 @@ static int read_values(loader *L, const zl_st_tensor *t, float **out) {
     return ZL_OK;
 }
 
+/* The lazy loader's check: the same verdict as read_values without widening
+ * (non-finite values are those with an all-ones exponent). */
+static int check_finite(loader *L, const zl_st_tensor *t) {
+    size_t n = (size_t)t->numel;
+    unsigned bad = 0;
+    if (t->dtype == ZL_DT_F16 || t->dtype == ZL_DT_BF16) {
+        const uint16_t *h = (const uint16_t *)t->data;
+        uint16_t m = t->dtype == ZL_DT_F16 ? 0x7c00u : 0x7f80u;
+        for (size_t i = 0; i < n; i++) bad |= (h[i] & m) == m;
+    } else if (t->dtype == ZL_DT_F32) {
+        const uint32_t *u = (const uint32_t *)t->data;
+        for (size_t i = 0; i < n; i++) bad |= (u[i] & 0x7f800000u) == 0x7f800000u;
+    } else if (zl_dtype_is_float(t->dtype)) {
+        bad = 1; /* other float types: decide by widening */
+    }
+    zl_lora_drop_pages(t);
+    if (!bad) return ZL_OK;
+    float *tmp = NULL;
+    int rc = read_values(L, t, &tmp);
+    free(tmp);
+    return rc;
+}
+
 /* Check shapes and build one canonical layer (module already resolved). */
 static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
     const zl_st_tensor *d = g->e[ROLE_DOWN]->t, *u = g->e[ROLE_UP]->t;
@@ -711,6 +735,24 @@ static int read_all_values(loader *L, zl_lora *lo) {
     y->down = y->up = NULL;
     int rc = read_values(L, L->g[bad].e[ROLE_DOWN]->t, &y->down);
     if (!rc) rc = read_values(L, L->g[bad].e[ROLE_UP]->t, &y->up);
+    return rc ? rc : zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
+}
+
+/* Lazy loading: validate every value in place, widen nothing. */
+static int check_all_values(loader *L) {
+    int bad = -1;
+#pragma omp parallel for schedule(dynamic, 8)
+    for (int i = 0; i < L->ng; i++) {
+        int rc = check_finite(L, L->g[i].e[ROLE_DOWN]->t);
+        if (!rc) rc = check_finite(L, L->g[i].e[ROLE_UP]->t);
+        if (rc) {
+#pragma omp critical(zl_lora_load_bad)
+            if (bad < 0 || i < bad) bad = i;
+        }
+    }
+    if (bad < 0) return ZL_OK;
+    int rc = check_finite(L, L->g[bad].e[ROLE_DOWN]->t);
+    if (!rc) rc = check_finite(L, L->g[bad].e[ROLE_UP]->t);
     return rc ? rc : zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
 }
 
@@ -779,7 +821,10 @@ static int cmp_layer(const void *a, const void *b) {
     return strcmp(x->module, y->module);
 }
 
-int zl_lora_load_st(const zl_st_file *f, const char *path, const zl_lora_load_opts *opts, zl_lora **out) {
+/* lz: NULL to widen every value into the zl_lora, else the lazy handle to fill
+ * (its file is set by the caller). */
+static int load_impl(const zl_st_file *f, const char *path, const zl_lora_load_opts *opts, zl_lora **out,
+                     zl_lora_lazy *lz) {
     *out = NULL;
     zl_lora_load_opts none;
     memset(&none, 0, sizeof none);
@@ -847,15 +892,28 @@ int zl_lora_load_st(const zl_st_file *f, const char *path, const zl_lora_load_op
         if ((rc = alpha_of(&L, g, y))) break;
         src_key[i] = g->e[ROLE_DOWN]->key;
     }
-    if (!rc) rc = read_all_values(&L, lo);
+    if (!rc) rc = lz ? check_all_values(&L) : read_all_values(&L, lo);
     if (!rc) {
         /* Sort; a copy of the unsorted order maps each module string back to its key,
-         * so a duplicate can name both source tensors. */
+         * so a duplicate can name both source tensors (and a lazy layer its tensors). */
         zl_lora_layer *tmp = malloc((size_t)lo->n * sizeof *tmp);
         if (!tmp) rc = zl_set_error(ZL_ENOMEM, "out of memory");
         else {
             memcpy(tmp, lo->layers, (size_t)lo->n * sizeof *tmp);
             qsort(lo->layers, (size_t)lo->n, sizeof *lo->layers, cmp_layer);
+            if (lz) {
+                lz->n = lo->n;
+                lz->down = calloc((size_t)(lo->n ? lo->n : 1), sizeof *lz->down);
+                lz->up = calloc((size_t)(lo->n ? lo->n : 1), sizeof *lz->up);
+                if (!lz->down || !lz->up) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+                for (int i = 0; i < lo->n && !rc; i++)
+                    for (int j = 0; j < lo->n; j++)
+                        if (tmp[j].module == lo->layers[i].module) {
+                            lz->down[i] = L.g[j].e[ROLE_DOWN]->t;
+                            lz->up[i] = L.g[j].e[ROLE_UP]->t;
+                            break;
+                        }
+            }
             for (int i = 1; i < lo->n && !rc; i++) {
                 if (lo->layers[i].part != lo->layers[i - 1].part || strcmp(lo->layers[i].module, lo->layers[i - 1].module))
                     continue;
@@ -901,6 +959,25 @@ fail:
     loader_free(&L);
     zl_lora_free(lo);
     return rc;
+}
+
+int zl_lora_load_st(const zl_st_file *f, const char *path, const zl_lora_load_opts *opts, zl_lora **out) {
+    return load_impl(f, path, opts, out, NULL);
+}
+
+int zl_lora_load_lazy(const char *path, const zl_lora_load_opts *opts, zl_lora **out, zl_lora_lazy **lazy) {
+    *out = NULL;
+    *lazy = NULL;
+    zl_lora_lazy *z = calloc(1, sizeof *z);
+    if (!z) return zl_set_error(ZL_ENOMEM, "out of memory");
+    int rc = zl_st_open(path, &z->f);
+    if (!rc) rc = load_impl(z->f, path, opts, out, z);
+    if (rc) {
+        zl_lora_lazy_free(z);
+        return rc;
+    }
+    *lazy = z;
+    return ZL_OK;
 }
 
 int zl_lora_load(const char *path, const zl_lora_load_opts *opts, zl_lora **out) {

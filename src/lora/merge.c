@@ -363,12 +363,6 @@ static int stream_get(void *ctx, int i, int which, float *dst) {
 
 /* ---- detached LoRAs: values read back from the mapped input on demand ---- */
 
-struct zl_lora_lazy {
-    zl_st_file *f;
-    int n;
-    const zl_st_tensor **down, **up; /* per layer of the LoRA; NULL: values stay in memory */
-};
-
 void zl_lora_lazy_free(zl_lora_lazy *z) {
     if (!z) return;
     zl_st_close(z->f);
@@ -379,7 +373,7 @@ void zl_lora_lazy_free(zl_lora_lazy *z) {
 
 /* Drop a mapped tensor's pages from this process (they stay in the page cache), so
  * reading two large inputs does not add up in resident memory. */
-static void drop_pages(const zl_st_tensor *t) {
+void zl_lora_drop_pages(const zl_st_tensor *t) {
     if (!t || !t->nbytes) return;
     long ps = sysconf(_SC_PAGESIZE);
     uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(ps - 1), b = (uintptr_t)t->data + t->nbytes;
@@ -429,8 +423,8 @@ int zl_lora_detach(zl_lora *l, const zl_unet_config *cfg, zl_lora_lazy **out) {
             zl_st_read_f32(tu, tmp);
             same = !memcmp(tmp, y->up, un(y) * sizeof(float));
         }
-        drop_pages(td);
-        drop_pages(tu);
+        zl_lora_drop_pages(td);
+        zl_lora_drop_pages(tu);
         if (!same) continue;
         z->down[i] = td;
         z->up[i] = tu;
@@ -448,12 +442,12 @@ int zl_lora_lazy_read(const zl_lora_lazy *z, const zl_lora *l, int i, float *dow
     const zl_lora_layer *y = &l->layers[i];
     if (down) {
         if (y->down) memcpy(down, y->down, dn(y) * sizeof(float));
-        else if (z && i < z->n && z->down[i]) { zl_st_read_f32(z->down[i], down); drop_pages(z->down[i]); }
+        else if (z && i < z->n && z->down[i]) { zl_st_read_f32(z->down[i], down); zl_lora_drop_pages(z->down[i]); }
         else return zl_set_error(ZL_EINVAL, "layer '%s' has no values", y->module);
     }
     if (up) {
         if (y->up) memcpy(up, y->up, un(y) * sizeof(float));
-        else if (z && i < z->n && z->up[i]) { zl_st_read_f32(z->up[i], up); drop_pages(z->up[i]); }
+        else if (z && i < z->n && z->up[i]) { zl_st_read_f32(z->up[i], up); zl_lora_drop_pages(z->up[i]); }
         else return zl_set_error(ZL_EINVAL, "layer '%s' has no values", y->module);
     }
     return ZL_OK;
