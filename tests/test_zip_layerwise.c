@@ -394,6 +394,27 @@ static void test_cli(void) {
         CHECKM(d > 0 && m > 0 && m < 0.95 * d, "held-out objective: layerwise %g < 0.95 x direct %g", m, d);
     }
     json_decref(e);
+
+    /* the layerwise knobs reach the mode: 2 draws; a 1 MB capture budget, far
+     * below the 75 MB the default's single pass holds here, forces several
+     * capture passes; one full-mode step after */
+    char rep2[512];
+    snprintf(rep2, sizeof rep2, "%s", zt_tmp("layerwise_knobs.json"));
+    rc = zt_cli("zip --model '%s' --content '%s' --style '%s' --fixed-inputs '%s' --mode layerwise -o '%s' "
+                "--report '%s' -q --lw-draws 2 --capture-mb 1 --lw-full-steps 1",
+                tx, lc, ls, io, out, rep2);
+    CHECKM(rc == 0, "zip --mode layerwise with knobs exits 0: %s", zt_err);
+    j = rc ? NULL : json_load_file(rep2, 0, &je);
+    json_t *notes = j ? json_object_get(j, "mode_notes") : NULL;
+    const char *note = json_string_value(json_array_get(notes, 0));
+    CHECKM(note && strstr(note, "on 2 draws") && strstr(note, "1 full-mode steps after") &&
+               !strstr(note, " 1 capture pass"),
+           "knobs in the note: %s", note ? note : "(none)");
+    json_decref(j);
+    rc = zt_cli("zip --model '%s' --content '%s' --style '%s' --fixed-inputs '%s' --mode layerwise -o '%s' -q "
+                "--capture-mb 0.5",
+                tx, lc, ls, io, out);
+    CHECKM(rc == 2 && strstr(zt_err, "--capture-mb"), "--capture-mb 0.5 is refused: %d %s", rc, zt_err);
 }
 
 int main(void) {

@@ -21,10 +21,8 @@
  * (zl_ziprun_mode_fn), reading draws with zl_ziprun_draw and reporting every
  * evaluated step with zl_ziprun_step. "full" (the paper's objective through
  * the whole UNet, zl_ziprun_mode_full) is built in; "layerwise" is
- * zl_ziprun_mode_layerwise in src/lora/zip_layerwise.c (a stub that says it is
- * not available until the layerwise mode replaces it: the library is static,
- * so a weak symbol could not pull the real one in), and "auto" chooses between
- * them from a time estimate. */
+ * zl_ziprun_mode_layerwise in src/lora/zip_layerwise.c (zip_layerwise.h), and
+ * "auto" chooses between them from a time estimate. */
 #ifndef ZIPLORA_ZIPRUN_H
 #define ZIPLORA_ZIPRUN_H
 
@@ -64,6 +62,9 @@ typedef struct {
     const char *mode;                       /* "auto" (default), "full", "layerwise" */
     double budget_s;                        /* auto: full mode if its estimate fits (default 1800) */
     zl_unet_grad_mode grad_mode;            /* default RECOMPUTE */
+    int lw_draws;                           /* layerwise: capture draws (0: default 4) */
+    double lw_capture_mb;                   /* layerwise: statistics per capture pass (0: default 4096 MB) */
+    int lw_full_steps;                      /* layerwise: full-mode steps after the local solves (default 0) */
     /* outputs (NULL: not written, except output which is required for zip) */
     const char *output;                     /* merged LoRA */
     zl_lora_format format;                  /* kohya (default) or peft */
@@ -126,10 +127,9 @@ int zl_ziprun_note(zl_ziprun *r, const char *text);
  * Adam; stops early when the similarity reaches 0; one last evaluation (draw
  * `steps`) after the final step. */
 int zl_ziprun_mode_full(zl_ziprun *r);
-/* The layerwise mode (src/lora/zip_layerwise.c) and whether it is implemented
- * (auto falls back to full mode, with a warning, while it is not). */
+/* The layerwise mode (src/lora/zip_layerwise.c, zip_layerwise.h), with the
+ * params' lw_* settings over zl_layerwise_opts_default. */
 int zl_ziprun_mode_layerwise(zl_ziprun *r);
-int zl_ziprun_layerwise_available(void);
 
 /* ---- eval-merge ------------------------------------------------------------- */
 typedef struct {

@@ -25,6 +25,11 @@ static void usage(FILE *f) {
             "  --mode auto|full|layerwise  default auto: full mode when its estimated time fits --budget\n"
             "  --budget T                time budget for auto: minutes, or with a suffix s/m/h (default 30m)\n"
             "  --keep-activations        keep every block's activations for the backward (faster, more memory)\n"
+            "layerwise mode (docs/zip.md):\n"
+            "  --lw-draws N              draws whose layer inputs are captured (default 4)\n"
+            "  --capture-mb MB           memory for the captured input statistics per pass (default 4096);\n"
+            "                            more layers than fit are captured in several passes\n"
+            "  --lw-full-steps N         full-mode steps after the per-layer solves (hybrid; default 0)\n"
             "outputs (all written together at the end; on failure none is left):\n"
             "  -o, --output FILE         the merged LoRA\n"
             "  --format kohya|peft       its layout (default kohya)\n"
@@ -78,7 +83,8 @@ int zl_cmd_zip(int argc, char **argv) {
         }
         static const char *const with_val[] = {"-o", "--output", "--steps", "--lr", "--lambda", "--mode", "--budget",
                                                "--format", "--dtype", "--style-scale", "--mergers-out", "--report",
-                                               "--plot", "--preview", "--preview-out", "--preview-steps"};
+                                               "--plot", "--preview", "--preview-out", "--preview-steps", "--lw-draws",
+                                               "--capture-mb", "--lw-full-steps"};
         int known = 0;
         for (size_t k = 0; k < sizeof with_val / sizeof *with_val; k++)
             if (!strcmp(a, with_val[k])) known = 1;
@@ -110,6 +116,16 @@ int zl_cmd_zip(int argc, char **argv) {
         } else if (!strcmp(a, "--steps")) {
             if (zl_cli_int("zip", a, v, 1, 1000000, &n)) { code = ZL_EXIT_USAGE; goto done; }
             p->steps = (int)n;
+        } else if (!strcmp(a, "--lw-draws")) {
+            if (zl_cli_int("zip", a, v, 1, 1000, &n)) { code = ZL_EXIT_USAGE; goto done; }
+            p->lw_draws = (int)n;
+        } else if (!strcmp(a, "--lw-full-steps")) {
+            if (zl_cli_int("zip", a, v, 0, 1000000, &n)) { code = ZL_EXIT_USAGE; goto done; }
+            p->lw_full_steps = (int)n;
+        } else if (!strcmp(a, "--capture-mb")) {
+            if (zl_cli_float("zip", a, v, &d)) { code = ZL_EXIT_USAGE; goto done; }
+            if (!(d >= 1)) { code = zl_cli_usage("zip", "--capture-mb must be at least 1, got '%s'", v); goto done; }
+            p->lw_capture_mb = d;
         } else if (!strcmp(a, "--preview")) {
             if (zl_cli_int("zip", a, v, 0, 8, &n)) { code = ZL_EXIT_USAGE; goto done; }
             p->preview = (int)n;

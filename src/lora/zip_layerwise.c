@@ -780,10 +780,13 @@ int zl_ziprun_layerwise(zl_ziprun *r, const zl_layerwise_opts *o, zl_layerwise_s
     return rc;
 }
 
-int zl_ziprun_layerwise_available(void) { return 1; }
-
 int zl_ziprun_mode_layerwise(zl_ziprun *r) {
     zl_layerwise_opts o;
     zl_layerwise_opts_default(&o);
+    const zl_ziprun_params *p = zl_ziprun_get_params(r);
+    if (p->lw_draws > 0) o.draws = p->lw_draws;
+    if (o.cal_draws > o.draws) o.cal_draws = o.draws;
+    if (p->lw_capture_mb > 0) o.capture_mb = p->lw_capture_mb;
+    if (p->lw_full_steps > 0) o.full_steps = p->lw_full_steps;
     return zl_ziprun_layerwise(r, &o, NULL);
 }

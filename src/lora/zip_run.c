@@ -763,8 +763,6 @@ int zr_choose_mode(zl_ziprun *r, zl_ziprun_mode_fn *fn) {
         return ZL_OK;
     }
     if (!strcmp(m, "layerwise")) {
-        if (!zl_ziprun_layerwise_available())
-            return zl_set_error(ZL_EUNSUPPORTED, "--mode layerwise is not implemented yet (use --mode full or auto)");
         *fn = zl_ziprun_mode_layerwise;
         snprintf(r->mode, sizeof r->mode, "layerwise");
         snprintf(r->mode_why, sizeof r->mode_why, "--mode layerwise was asked for");
@@ -781,21 +779,13 @@ int zr_choose_mode(zl_ziprun *r, zl_ziprun_mode_fn *fn) {
                  "auto: full mode estimated at %.0f s (%.3g TFLOP per step x %d steps at a measured %.1f GFLOP/s), "
                  "within the budget of %.0f s",
                  est, r->est_flops_step / 1e12, r->p->steps, r->gflops, r->p->budget_s);
-    } else if (zl_ziprun_layerwise_available()) {
+    } else {
         *fn = zl_ziprun_mode_layerwise;
         snprintf(r->mode, sizeof r->mode, "layerwise");
         snprintf(r->mode_why, sizeof r->mode_why,
                  "auto: full mode estimated at %.0f s (%.3g TFLOP per step x %d steps at a measured %.1f GFLOP/s), "
                  "over the budget of %.0f s",
                  est, r->est_flops_step / 1e12, r->p->steps, r->gflops, r->p->budget_s);
-    } else {
-        *fn = zl_ziprun_mode_full;
-        snprintf(r->mode, sizeof r->mode, "full");
-        snprintf(r->mode_why, sizeof r->mode_why,
-                 "auto: full mode estimated at %.0f s (%.3g TFLOP per step x %d steps at a measured %.1f GFLOP/s), "
-                 "over the budget of %.0f s, but layerwise mode is not implemented yet, so full mode runs",
-                 est, r->est_flops_step / 1e12, r->p->steps, r->gflops, r->p->budget_s);
-        zl_warn("%s", r->mode_why);
     }
     return ZL_OK;
 }
