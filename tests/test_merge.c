@@ -664,8 +664,80 @@ static void test_bad_cli(void) {
     free((void *)o);
 }
 
+/* The raw path (output bytes straight from lazily loaded inputs) writes exactly
+ * the tensors the float path writes, for F16 / F32 inputs, scaled and unscaled
+ * halves, merged and pass-through layers, kohya and PEFT output. */
+static int same_tensors(const char *a, const char *b) {
+    zl_st_file *x = NULL, *y = NULL;
+    int same = zl_st_open(a, &x) == ZL_OK && zl_st_open(b, &y) == ZL_OK && zl_st_count(x) == zl_st_count(y);
+    for (int i = 0; same && i < zl_st_count(x); i++) {
+        const zl_st_tensor *p = zl_st_at(x, i), *q = zl_st_at(y, i);
+        same = !strcmp(p->name, q->name) && p->dtype == q->dtype && p->nbytes == q->nbytes &&
+               !memcmp(p->data, q->data, p->nbytes);
+        if (!same) printf("  tensor %s differs\n", p->name);
+    }
+    zl_st_close(x);
+    zl_st_close(y);
+    return same;
+}
+
+static void test_raw_path(void) {
+    static const struct {
+        const char *c, *s;
+        float wc, ws;
+        zl_lora_format fmt;
+        int min_raw; /* tensors the raw path must have written */
+    } cases[] = {
+        /* F16 + F16: every layer merged, halves scaled by 0.7 and 1.5 */
+        {"mini-sdxl/loras/content.kohya.safetensors", "mini-sdxl/loras/content.kohya_sgm.safetensors", 0.7f, 1.5f,
+         ZL_FORMAT_KOHYA, 2},
+        /* unit weights: byte copies */
+        {"tiny-sd15/loras/content.kohya.safetensors", "tiny-sd15/loras/content.kohya_sgm.safetensors", 1, 1,
+         ZL_FORMAT_PEFT, 2},
+        /* F16 UNet + F16 text encoders: pass-through layers; PEFT folds each one's scale into up */
+        {"mini-sdxl/loras/content.kohya.safetensors", "mini-sdxl/loras/text_encoders.kohya.safetensors", 1, 0.5f,
+         ZL_FORMAT_PEFT, 2},
+        /* F32 PEFT inputs */
+        {"tiny-sd15/loras/content.peft.safetensors", "tiny-sd15/loras/style.peft.safetensors", 0.7f, 1.25f,
+         ZL_FORMAT_KOHYA, 2},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof *cases; k++) {
+        char C[512], S[512], o1[512], o2[512];
+        snprintf(C, sizeof C, "%s", zt_data(cases[k].c));
+        snprintf(S, sizeof S, "%s", zt_data(cases[k].s));
+        snprintf(o1, sizeof o1, "%s", zt_tmp("raw_lazy.safetensors"));
+        snprintf(o2, sizeof o2, "%s", zt_tmp("raw_float.safetensors"));
+        zl_lora *c = load(C), *s = load(S), *c2 = NULL, *s2 = NULL;
+        zl_lora_lazy *zc = NULL, *zs = NULL;
+        CHECK_OK(zl_lora_load_lazy(C, NULL, &c2, &zc));
+        CHECK_OK(zl_lora_load_lazy(S, NULL, &s2, &zs));
+        if (c && s && c2 && s2) {
+            zl_merge_opts mo = {.w_content = cases[k].wc, .w_style = cases[k].ws}, ml = mo;
+            ml.lazy_content = zc;
+            ml.lazy_style = zs;
+            zl_lora_write_opts wo = {.format = cases[k].fmt};
+            zl_merge_report r1, r2;
+            CHECK_OK(zl_lora_merge_write(o1, c2, s2, &ml, &wo, &r1));
+            CHECK_OK(zl_lora_merge_write(o2, c, s, &mo, &wo, &r2));
+            CHECKM(r1.n_raw >= cases[k].min_raw && r2.n_raw == 0, "case %zu: raw tensors %d (float path %d)", k,
+                   r1.n_raw, r2.n_raw);
+            CHECKM(same_tensors(o1, o2), "case %zu (%s + %s): raw path == float path", k, cases[k].c, cases[k].s);
+            printf("raw path case %zu: %d of %d tensors raw\n", k, r1.n_raw, 2 * r1.n);
+            zl_merge_report_free(&r1);
+            zl_merge_report_free(&r2);
+        }
+        zl_lora_free(c);
+        zl_lora_free(s);
+        zl_lora_free(c2);
+        zl_lora_free(s2);
+        zl_lora_lazy_free(zc);
+        zl_lora_lazy_free(zs);
+    }
+}
+
 int main(void) {
     test_truncate_unit();
+    test_raw_path();
     test_library_errors();
     test_detach();
     test_exact("mini-sdxl");

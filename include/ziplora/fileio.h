@@ -15,12 +15,17 @@ typedef struct {
     char *path;
     char *tmp;
     FILE *fp;
+    long long queued; /* bytes already handed to the kernel for writeback (zl_afile_write_behind) */
 } zl_afile;
 
 /* Open a temporary file next to `path`. Refuses if `path` is one of `inputs`. */
 int zl_afile_open(zl_afile *af, const char *path, const char *const *inputs, int n_inputs);
 /* Flush, fsync, rename onto path. On failure removes the temporary file. */
 int zl_afile_commit(zl_afile *af);
+/* For large files, call now and then while writing: once 32 MB more have been
+ * written, starts their writeback to disk without waiting (Linux
+ * sync_file_range), so the fsync at commit finds little left to do. */
+void zl_afile_write_behind(zl_afile *af);
 /* Remove the temporary file (safe to call after a failed commit, or twice). */
 void zl_afile_abort(zl_afile *af);
 

@@ -129,6 +129,10 @@ typedef struct {
 typedef struct {
     int (*get)(void *ctx, int i, int which, float *dst);
     void *ctx;
+    /* Optional shortcut: write tensor `which` of layer i as `nbytes` of dtype dt,
+     * multiplied by `scale` (up only; 1 otherwise), giving exactly the bytes the
+     * float path would; set *done = 0 to fall back to get. */
+    int (*get_raw)(void *ctx, int i, int which, zl_dtype dt, float scale, void *dst, size_t nbytes, int *done);
 } zl_lora_source;
 
 /* Write `l` (every layer's down/up filled) atomically. Never overwrites an input. */
@@ -188,6 +192,7 @@ typedef struct {
     double *norm;       /* ||dW||_F of the exact merged layer (only computed with a re-rank) */
     double overall;     /* sqrt(sum over layers of dropped sigma^2 / sum of ||dW||^2) */
     int n_merged, n_content_only, n_style_only;
+    int n_raw;          /* tensors written straight from lazily loaded inputs' bytes (no float copy) */
 } zl_merge_report;
 void zl_merge_report_free(zl_merge_report *r);
 

@@ -83,6 +83,7 @@ static void sha256_block_ni(sha256_ctx *c, const uint8_t *p) {
     __m128i s0 = _mm_alignr_epi8(tmp, s1, 8);                                           /* ABEF */
     s1 = _mm_blend_epi16(s1, tmp, 0xF0);                                                /* CDGH */
     __m128i save0 = s0, save1 = s1, x[4];
+#pragma GCC unroll 16
     for (int k = 0; k < 16; k++) {
         __m128i w;
         if (k < 4) {

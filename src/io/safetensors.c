@@ -357,6 +357,7 @@ int zl_st_write(const char *path, const zl_st_entry *entries, int n, const zl_st
         } else {
             rc = zl_set_error(ZL_EINVAL, "%s: tensor '%s' has no data", path, e->name);
         }
+        if (!bad && !rc) zl_afile_write_behind(&af);
     }
     free(scratch);
     free(se);

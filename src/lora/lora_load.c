@@ -8,6 +8,9 @@
  * adapter_config.json, in that order, else alpha = rank. Variants we cannot
  * load exactly (LoHa, LoKr, Tucker, DoRA, OFT) are refused by name. */
 #include <jansson.h>
+#ifdef __AVX2__
+#include <immintrin.h>
+#endif
 #include <limits.h>
 #include <math.h>
 #include <regex.h>
@@ -652,19 +655,50 @@ static int read_values(loader *L, const zl_st_tensor *t, float **out) {
     return ZL_OK;
 }
 
+/* Whether any of n values has all the bits of m set (m: a float format's
+ * exponent field, so: whether any value is Inf or NaN). */
+static unsigned any_all_ones16(const uint16_t *h, size_t n, uint16_t m) {
+    size_t i = 0;
+    unsigned bad = 0;
+#ifdef __AVX2__
+    const __m256i vm = _mm256_set1_epi16((short)m);
+    __m256i acc = _mm256_setzero_si256();
+    for (; i + 16 <= n; i += 16) {
+        __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(h + i)), vm);
+        acc = _mm256_or_si256(acc, _mm256_cmpeq_epi16(v, vm));
+    }
+    bad = !_mm256_testz_si256(acc, acc);
+#endif
+    for (; i < n; i++) bad |= (h[i] & m) == m;
+    return bad;
+}
+
+static unsigned any_all_ones32(const uint32_t *u, size_t n, uint32_t m) {
+    size_t i = 0;
+    unsigned bad = 0;
+#ifdef __AVX2__
+    const __m256i vm = _mm256_set1_epi32((int)m);
+    __m256i acc = _mm256_setzero_si256();
+    for (; i + 8 <= n; i += 8) {
+        __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(u + i)), vm);
+        acc = _mm256_or_si256(acc, _mm256_cmpeq_epi32(v, vm));
+    }
+    bad = !_mm256_testz_si256(acc, acc);
+#endif
+    for (; i < n; i++) bad |= (u[i] & m) == m;
+    return bad;
+}
+
 /* The lazy loader's check: the same verdict as read_values without widening
  * (non-finite values are those with an all-ones exponent). */
 static int check_finite(loader *L, const zl_st_tensor *t) {
     size_t n = (size_t)t->numel;
     unsigned bad = 0;
-    if (t->dtype == ZL_DT_F16 || t->dtype == ZL_DT_BF16) {
-        const uint16_t *h = (const uint16_t *)t->data;
-        uint16_t m = t->dtype == ZL_DT_F16 ? 0x7c00u : 0x7f80u;
-        for (size_t i = 0; i < n; i++) bad |= (h[i] & m) == m;
-    } else if (t->dtype == ZL_DT_F32) {
-        const uint32_t *u = (const uint32_t *)t->data;
-        for (size_t i = 0; i < n; i++) bad |= (u[i] & 0x7f800000u) == 0x7f800000u;
-    } else if (zl_dtype_is_float(t->dtype)) {
+    if (t->dtype == ZL_DT_F16 || t->dtype == ZL_DT_BF16)
+        bad = any_all_ones16((const uint16_t *)t->data, n, t->dtype == ZL_DT_F16 ? 0x7c00u : 0x7f80u);
+    else if (t->dtype == ZL_DT_F32)
+        bad = any_all_ones32((const uint32_t *)t->data, n, 0x7f800000u);
+    else if (zl_dtype_is_float(t->dtype)) {
         bad = 1; /* other float types: decide by widening */
     }
     zl_lora_drop_pages(t);

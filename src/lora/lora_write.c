@@ -163,14 +163,17 @@ static int fill_tensor(void *vctx, void *dst, size_t nbytes) {
     size_t n = fc->which ? up_numel(l) : down_numel(l);
     zl_dtype dt = w->dtypes[fc->layer];
     if ((size_t)zl_dtype_bits(dt) / 8 * n != nbytes) return zl_set_error(ZL_EINVAL, "internal: size mismatch");
+    /* PEFT readers take alpha = r unless told otherwise, so the scale lives in B. */
+    float s = fc->which && w->format == ZL_FORMAT_PEFT ? zl_lora_scale(l) : 1.0f;
+    if (w->src->get_raw) {
+        int done = 0;
+        int rc = w->src->get_raw(w->src->ctx, fc->layer, fc->which, dt, s, dst, nbytes, &done);
+        if (rc || done) return rc;
+    }
     int rc = w->src->get(w->src->ctx, fc->layer, fc->which, w->scratch);
     if (rc) return rc;
-    if (fc->which && w->format == ZL_FORMAT_PEFT) {
-        /* PEFT readers take alpha = r unless told otherwise, so the scale lives in B. */
-        float s = zl_lora_scale(l);
-        if (s != 1.0f)
-            for (size_t i = 0; i < n; i++) w->scratch[i] *= s;
-    }
+    if (s != 1.0f)
+        for (size_t i = 0; i < n; i++) w->scratch[i] *= s;
     long bad = convert_checked(dt, w->scratch, dst, n);
     if (bad >= 0) {
         float v = w->scratch[bad];
@@ -466,6 +469,6 @@ static int mem_get(void *ctx, int i, int which, float *dst) {
 }
 
 int zl_lora_write(const char *path, const zl_lora *l, const zl_lora_write_opts *opts) {
-    zl_lora_source src = {mem_get, (void *)l};
+    zl_lora_source src = {mem_get, (void *)l, NULL};
     return zl_lora_write_stream(path, l, &src, opts);
 }

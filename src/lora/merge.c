@@ -10,6 +10,9 @@
 #include <string.h>
 
 #include <sys/mman.h>
+#if defined(__F16C__) && defined(__AVX2__)
+#include <immintrin.h>
+#endif
 #include <unistd.h>
 
 #include "lora/lora_keys.h"
@@ -137,6 +140,7 @@ typedef struct {
     const zl_lora *c, *s;
     const zl_lora_lazy *zc, *zs;
     float *sc_down, *sc_up, *ss_down, *ss_up;
+    int n_raw; /* tensors the raw path wrote */
 } plan;
 
 static int cmp_layer(const zl_lora_layer *a, const zl_lora_layer *b) {
@@ -358,6 +362,125 @@ static int stream_get(void *ctx, int i, int which, float *dst) {
         p->cached = i;
     }
     memcpy(dst, which ? p->cup : p->cdown, (which ? un(L) : dn(L)) * sizeof(float));
+    return ZL_OK;
+}
+
+/* ---- raw path: output bytes straight from mapped inputs ---- */
+
+/* The mapped tensor of a lazily held layer's down (0) or up (1), else NULL. */
+static const zl_st_tensor *lazy_tensor(const plan *p, int side, const zl_lora_layer *l, int which) {
+    const zl_lora *L = side ? p->s : p->c;
+    const zl_lora_lazy *z = side ? p->zs : p->zc;
+    long i = l - L->layers;
+    if (!z || i < 0 || i >= z->n || (which ? l->up : l->down)) return NULL;
+    return which ? z->up[i] : z->down[i];
+}
+
+/* Rows [o0, o0 + nr) of src [*, r] scaled by f1 (then f2 when f2 != 1) in float,
+ * in dtype dt (F16, BF16 or F32 in and out) with the float path's roundings,
+ * into dst rows of stride ld (elements). 0 if a result is not finite in dt
+ * (the float path then reports it). */
+static int scaled_rows(zl_dtype dt, const void *src, int o0, int nr, size_t r, void *dst, size_t ld, float f1,
+                       float f2) {
+    const size_t esz = (size_t)zl_dtype_bits(dt) / 8, n = (size_t)nr * r;
+    const char *s = (const char *)src + (size_t)o0 * r * esz;
+    char *d = (char *)dst + (size_t)o0 * ld * esz;
+    if (f1 == 1.0f && f2 == 1.0f) {
+        for (int o = 0; o < nr; o++) memcpy(d + (size_t)o * ld * esz, s + (size_t)o * r * esz, r * esz);
+        return 1;
+    }
+    if (dt == ZL_DT_BF16 || n > 4096) return 0; /* rare; the float path handles it */
+#if defined(__F16C__) && defined(__AVX2__)
+    if (dt == ZL_DT_F16 && n % 8 == 0) {
+        /* the float path's operations, 8 at a time: exact widening, the same float
+         * products, round-to-nearest-even back */
+        uint16_t out[4096];
+        const __m256 v1 = _mm256_set1_ps(f1), v2 = _mm256_set1_ps(f2);
+        const __m128i exp = _mm_set1_epi16(0x7c00);
+        __m128i acc = _mm_setzero_si128();
+        for (size_t i = 0; i < n; i += 8) {
+            __m256 x = _mm256_mul_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + 2 * i))), v1);
+            if (f2 != 1.0f) x = _mm256_mul_ps(x, v2);
+            __m128i h = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            acc = _mm_or_si128(acc, _mm_cmpeq_epi16(_mm_and_si128(h, exp), exp));
+            _mm_storeu_si128((__m128i *)(out + i), h);
+        }
+        if (!_mm_testz_si128(acc, acc)) return 0;
+        for (int o = 0; o < nr; o++) memcpy(d + (size_t)o * ld * 2, out + (size_t)o * r, r * 2);
+        return 1;
+    }
+#endif
+    float buf[4096];
+    uint32_t out[4096];
+    zl_convert_to_f32(dt, s, buf, n);
+    for (size_t i = 0; i < n; i++) buf[i] *= f1;
+    if (f2 != 1.0f)
+        for (size_t i = 0; i < n; i++) buf[i] *= f2;
+    if (zl_convert_from_f32(dt, buf, out, n)) return 0;
+    unsigned bad = 0;
+    if (dt == ZL_DT_F16) {
+        const uint16_t *h = (const uint16_t *)out;
+        for (size_t i = 0; i < n; i++) bad |= (h[i] & 0x7c00u) == 0x7c00u;
+    } else {
+        for (size_t i = 0; i < n; i++) bad |= !isfinite(buf[i]);
+    }
+    if (bad) return 0;
+    for (int o = 0; o < nr; o++) memcpy(d + (size_t)o * ld * esz, (const char *)out + (size_t)o * r * esz, r * esz);
+    return 1;
+}
+
+/* zl_lora_source.get_raw of a merge: when the layer's sides are held lazily in
+ * the output's dtype and have no mergers, the output is the inputs' bytes
+ * (down: rows concatenated) or their rows scaled (up), with no float copy. */
+static int stream_raw(void *ctx, int i, int which, zl_dtype dt, float scale, void *dst, size_t nbytes, int *done) {
+    plan *p = ctx;
+    const plan_item *it = &p->it[i];
+    *done = 0;
+    if (dt != ZL_DT_F16 && dt != ZL_DT_BF16 && dt != ZL_DT_F32) return ZL_OK;
+    const zl_lora_layer *side[2] = {it->c, it->s};
+    const zl_st_tensor *t[2] = {NULL, NULL};
+    float f[2] = {1, 1};
+    for (int k = 0; k < 2; k++) {
+        if (!side[k]) continue;
+        if ((k ? it->ms : it->mc) || !(t[k] = lazy_tensor(p, k, side[k], which)) || t[k]->dtype != dt) return ZL_OK;
+        /* the float path's factors (merged_layer / put_up) */
+        float w = k ? p->ws : p->wc;
+        f[k] = it->c && it->s ? w * zl_lora_scale(side[k]) : w;
+    }
+    size_t esz = (size_t)zl_dtype_bits(dt) / 8, tot = 0;
+    for (int k = 0; k < 2; k++) tot += t[k] ? (size_t)t[k]->nbytes : 0;
+    if (tot != nbytes) return ZL_OK;
+    if (!which) {
+        /* down [r_c + r_s, in*kh*kw]: the two inputs' rows one after the other */
+        char *d = dst;
+        for (int k = 0; k < 2; k++)
+            if (t[k]) {
+                memcpy(d, t[k]->data, t[k]->nbytes);
+                d += t[k]->nbytes;
+                zl_lora_drop_pages(t[k]);
+            }
+        *done = 1;
+        p->n_raw++;
+        return ZL_OK;
+    }
+    /* up [out, r_c + r_s]: each output row is the content row then the style row */
+    const zl_lora_layer *l0 = side[0] ? side[0] : side[1];
+    int out = l0->out_features, R = 0;
+    for (int k = 0; k < 2; k++) R += side[k] ? side[k]->rank : 0;
+    int ok = 1;
+    size_t col = 0;
+    for (int k = 0; k < 2 && ok; k++) {
+        if (!t[k]) continue;
+        size_t r = (size_t)side[k]->rank;
+        int nb = r >= 4096 ? 1 : (int)(4096 / r); /* rows per block */
+        for (int o = 0; o < out && ok; o += nb)
+            ok = scaled_rows(dt, t[k]->data, o, out - o < nb ? out - o : nb, r, (char *)dst + col * esz, (size_t)R, f[k],
+                             scale);
+        col += r;
+    }
+    for (int k = 0; k < 2; k++) zl_lora_drop_pages(t[k]);
+    *done = ok;
+    p->n_raw += ok;
     return ZL_OK;
 }
 
@@ -619,12 +742,16 @@ int zl_lora_merge_write(const char *path, const zl_lora *c, const zl_lora *s, co
     if (!p.cdown || !p.cup) { plan_free(&p); return zl_set_error(ZL_ENOMEM, "merge: out of memory"); }
     zl_merge_report r;
     if (rep && (rc = report_init(&r, &p))) { plan_free(&p); return rc; }
-    zl_lora_source src = {stream_get, &p};
+    zl_lora_source src = {stream_get, &p, stream_raw};
     rc = zl_lora_write_stream(path, &p.layout, &src, wo);
+    int n_raw = p.n_raw;
     plan_free(&p);
     if (rep) {
         if (rc) zl_merge_report_free(&r);
-        else *rep = r;
+        else {
+            r.n_raw = n_raw;
+            *rep = r;
+        }
     }
     return rc;
 }
