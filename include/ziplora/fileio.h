@@ -16,10 +16,18 @@ typedef struct {
     char *tmp;
     FILE *fp;
     long long queued; /* bytes already handed to the kernel for writeback (zl_afile_write_behind) */
+    struct zl_afile_dio *dio; /* direct-I/O writer (zl_afile_open_large), else NULL */
 } zl_afile;
 
 /* Open a temporary file next to `path`. Refuses if `path` is one of `inputs`. */
 int zl_afile_open(zl_afile *af, const char *path, const char *const *inputs, int n_inputs);
+/* The same for one large sequential write: the data goes to disk with direct
+ * I/O from a writer thread while the caller produces the next part (no second
+ * copy in the page cache, no long fsync at the end), where the filesystem
+ * allows it, else buffered. Write with zl_afile_write only. */
+int zl_afile_open_large(zl_afile *af, const char *path, const char *const *inputs, int n_inputs);
+/* Append n bytes (either kind of zl_afile). */
+int zl_afile_write(zl_afile *af, const void *data, size_t n);
 /* Flush, fsync, rename onto path. On failure removes the temporary file. */
 int zl_afile_commit(zl_afile *af);
 /* For large files, call now and then while writing: once 32 MB more have been

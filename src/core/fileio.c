@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -51,10 +52,179 @@ int zl_afile_open(zl_afile *af, const char *path, const char *const *inputs, int
     return ZL_OK;
 }
 
+/* ---- direct-I/O writer ----
+ * Two aligned buffers: the caller fills one while a thread writes the other
+ * with O_DIRECT. The tail is written padded to the alignment and the file then
+ * truncated to its length. Any EINVAL from a direct write (a filesystem that
+ * accepted O_DIRECT at open but not these writes) turns O_DIRECT off for the
+ * rest of the file, which is then written buffered. */
+#define DIO_ALIGN 4096
+#define DIO_BUF ((size_t)8 << 20)
+
+typedef struct zl_afile_dio {
+    int fd;
+    unsigned char *buf[2];
+    size_t fill;     /* bytes in buf[cur] */
+    int cur;
+    long long size;  /* bytes handed over so far (the file's length at the end) */
+    /* writer thread */
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int busy;        /* buf[1 - cur] is being written */
+    size_t wlen;
+    long long woff;
+    int quit, err;
+} zl_afile_dio;
+
+/* Write all of p at off; clears O_DIRECT once on EINVAL. Returns 0 or errno. */
+static int pwrite_all(int fd, const unsigned char *p, size_t n, long long off) {
+    while (n) {
+        ssize_t k = pwrite(fd, p, n, (off_t)off);
+        if (k < 0 && errno == EINTR) continue;
+        if (k < 0 && errno == EINVAL) {
+            int fl = fcntl(fd, F_GETFL);
+            if (fl >= 0 && (fl & O_DIRECT) && fcntl(fd, F_SETFL, fl & ~O_DIRECT) == 0) continue;
+        }
+        if (k < 0) return errno;
+        if (k == 0) return EIO;
+        p += k;
+        n -= (size_t)k;
+        off += k;
+    }
+    return 0;
+}
+
+static void *dio_writer(void *arg) {
+    zl_afile_dio *d = arg;
+    pthread_mutex_lock(&d->mu);
+    for (;;) {
+        while (!d->busy && !d->quit) pthread_cond_wait(&d->cv, &d->mu);
+        if (!d->busy) break;
+        const unsigned char *p = d->buf[1 - d->cur];
+        size_t n = d->wlen;
+        long long off = d->woff;
+        pthread_mutex_unlock(&d->mu);
+        int e = pwrite_all(d->fd, p, n, off);
+        pthread_mutex_lock(&d->mu);
+        if (e && !d->err) d->err = e;
+        d->busy = 0;
+        pthread_cond_broadcast(&d->cv);
+    }
+    pthread_mutex_unlock(&d->mu);
+    return NULL;
+}
+
+/* Wait for the writer to finish its buffer; its error, if any. */
+static int dio_wait(zl_afile_dio *d) {
+    pthread_mutex_lock(&d->mu);
+    while (d->busy) pthread_cond_wait(&d->cv, &d->mu);
+    int e = d->err;
+    pthread_mutex_unlock(&d->mu);
+    return e;
+}
+
+/* Hand the full current buffer to the writer and switch to the other one. */
+static int dio_submit(zl_afile_dio *d) {
+    int e = dio_wait(d);
+    if (e) return e;
+    pthread_mutex_lock(&d->mu);
+    d->wlen = d->fill;
+    d->woff = d->size - (long long)d->fill;
+    d->busy = 1;
+    d->cur = 1 - d->cur;
+    d->fill = 0;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    return 0;
+}
+
+static void dio_stop(zl_afile_dio *d) {
+    pthread_mutex_lock(&d->mu);
+    d->quit = 1;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    pthread_join(d->th, NULL);
+    pthread_mutex_destroy(&d->mu);
+    pthread_cond_destroy(&d->cv);
+    free(d->buf[0]);
+    free(d->buf[1]);
+    free(d);
+}
+
+int zl_afile_open_large(zl_afile *af, const char *path, const char *const *inputs, int n_inputs) {
+    int rc = zl_afile_open(af, path, inputs, n_inputs);
+    if (rc) return rc;
+    int fd = fileno(af->fp), fl = fcntl(fd, F_GETFL);
+    zl_afile_dio *d = calloc(1, sizeof *d);
+    if (!d || fl < 0 || fcntl(fd, F_SETFL, fl | O_DIRECT) != 0 || posix_memalign((void **)&d->buf[0], DIO_ALIGN, DIO_BUF) ||
+        posix_memalign((void **)&d->buf[1], DIO_ALIGN, DIO_BUF)) {
+        /* no direct I/O here (tmpfs, say): the buffered file as it is */
+        if (d) {
+            free(d->buf[0]);
+            free(d->buf[1]);
+            free(d);
+        }
+        if (fl >= 0) fcntl(fd, F_SETFL, fl);
+        return ZL_OK;
+    }
+    d->fd = fd;
+    pthread_mutex_init(&d->mu, NULL);
+    pthread_cond_init(&d->cv, NULL);
+    if (pthread_create(&d->th, NULL, dio_writer, d) != 0) {
+        pthread_mutex_destroy(&d->mu);
+        pthread_cond_destroy(&d->cv);
+        free(d->buf[0]);
+        free(d->buf[1]);
+        free(d);
+        fcntl(fd, F_SETFL, fl);
+        return ZL_OK;
+    }
+    af->dio = d;
+    return ZL_OK;
+}
+
+int zl_afile_write(zl_afile *af, const void *data, size_t n) {
+    zl_afile_dio *d = af->dio;
+    if (!d) {
+        if (n && fwrite(data, 1, n, af->fp) != n) return zl_set_error(ZL_EIO, "%s: write failed: %s", af->path, strerror(errno));
+        return ZL_OK;
+    }
+    const unsigned char *p = data;
+    while (n) {
+        size_t k = DIO_BUF - d->fill < n ? DIO_BUF - d->fill : n;
+        memcpy(d->buf[d->cur] + d->fill, p, k);
+        d->fill += k;
+        d->size += (long long)k;
+        p += k;
+        n -= k;
+        if (d->fill == DIO_BUF) {
+            int e = dio_submit(d);
+            if (e) return zl_set_error(ZL_EIO, "%s: write failed: %s", af->path, strerror(e));
+        }
+    }
+    return ZL_OK;
+}
+
+/* Write the tail (padded to the alignment), cut the file to its length. */
+static int dio_finish(zl_afile *af) {
+    zl_afile_dio *d = af->dio;
+    int e = dio_wait(d);
+    if (!e && d->fill) {
+        size_t padded = (d->fill + DIO_ALIGN - 1) & ~(size_t)(DIO_ALIGN - 1);
+        memset(d->buf[d->cur] + d->fill, 0, padded - d->fill);
+        e = pwrite_all(d->fd, d->buf[d->cur], padded, d->size - (long long)d->fill);
+    }
+    if (!e && ftruncate(d->fd, (off_t)d->size) != 0) e = errno;
+    dio_stop(d);
+    af->dio = NULL;
+    return e ? zl_set_error(ZL_EIO, "%s: write failed: %s", af->path, strerror(e)) : ZL_OK;
+}
+
 void zl_afile_write_behind(zl_afile *af) {
 #ifdef SYNC_FILE_RANGE_WRITE
     const long long step = 32ll << 20;
-    if (!af->fp) return;
+    if (!af->fp || af->dio) return;
     long long pos = (long long)ftello(af->fp);
     if (pos < af->queued + step || fflush(af->fp) != 0) return;
     /* advisory: a failure here shows up again at fsync */
@@ -65,6 +235,11 @@ void zl_afile_write_behind(zl_afile *af) {
 }
 
 void zl_afile_abort(zl_afile *af) {
+    if (af->dio) {
+        dio_wait(af->dio);
+        dio_stop(af->dio);
+        af->dio = NULL;
+    }
     if (af->fp) fclose(af->fp);
     if (af->tmp) unlink(af->tmp);
     free(af->tmp);
@@ -75,6 +250,10 @@ void zl_afile_abort(zl_afile *af) {
 int zl_afile_commit(zl_afile *af) {
     int rc = ZL_OK;
     if (!af->fp) return zl_set_error(ZL_EINVAL, "commit of a file that is not open");
+    if (af->dio && (rc = dio_finish(af))) {
+        zl_afile_abort(af);
+        return rc;
+    }
     if (fflush(af->fp) != 0 || ferror(af->fp))
         rc = zl_set_error(ZL_EIO, "%s: write failed: %s", af->path, strerror(errno));
     else if (fsync(fileno(af->fp)) != 0)

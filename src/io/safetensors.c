@@ -334,34 +334,37 @@ int zl_st_write(const char *path, const zl_st_entry *entries, int n, const zl_st
     if (padded > ZL_ST_MAX_HEADER) { free(hdr); free(se); return zl_set_error(ZL_EINVAL, "%s: header would exceed 100 MB", path); }
 
     zl_afile af;
-    rc = zl_afile_open(&af, path, inputs, n_inputs);
+    /* large files stream to disk with direct I/O (fileio.h) */
+    rc = off >= ((uint64_t)64 << 20) ? zl_afile_open_large(&af, path, inputs, n_inputs)
+                                     : zl_afile_open(&af, path, inputs, n_inputs);
     if (rc) { free(hdr); free(se); return rc; }
     uint8_t len8[8];
     for (int i = 0; i < 8; i++) len8[i] = (uint8_t)((uint64_t)padded >> (8 * i));
-    int bad = fwrite(len8, 1, 8, af.fp) != 8 || fwrite(hdr, 1, hlen, af.fp) != hlen;
-    for (size_t i = hlen; i < padded && !bad; i++) bad = fputc(' ', af.fp) == EOF;
+    static const char spaces[8] = "        ";
+    rc = zl_afile_write(&af, len8, 8);
+    if (!rc) rc = zl_afile_write(&af, hdr, hlen);
+    if (!rc) rc = zl_afile_write(&af, spaces, padded - hlen);
     free(hdr);
     void *scratch = NULL;
-    for (int i = 0; i < n && !bad && !rc; i++) {
+    for (int i = 0; i < n && !rc; i++) {
         const zl_st_entry *e = se[i].e;
         size_t nb = (size_t)zl_st_nbytes(e->dtype, e->ndim, e->shape);
         if (nb == 0) continue;
         if (e->data) {
-            bad = fwrite(e->data, 1, nb, af.fp) != nb;
+            rc = zl_afile_write(&af, e->data, nb);
         } else if (e->fill) {
             if (!scratch) scratch = malloc(max_bytes);
             if (!scratch) { rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", path); break; }
             int frc = e->fill(e->fill_ctx, scratch, nb);
             if (frc) { rc = zl_error_prefix(frc, "%s: tensor '%s'", path, e->name); break; }
-            bad = fwrite(scratch, 1, nb, af.fp) != nb;
+            rc = zl_afile_write(&af, scratch, nb);
         } else {
             rc = zl_set_error(ZL_EINVAL, "%s: tensor '%s' has no data", path, e->name);
         }
-        if (!bad && !rc) zl_afile_write_behind(&af);
+        if (!rc) zl_afile_write_behind(&af);
     }
     free(scratch);
     free(se);
-    if (!rc && bad) rc = zl_set_error(ZL_EIO, "%s: write failed: %s", path, strerror(errno));
     if (rc) { zl_afile_abort(&af); return rc; }
     return zl_afile_commit(&af);
 }
