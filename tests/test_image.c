@@ -236,7 +236,60 @@ static void test_tensor_conversions(void) {
     zl_image_free(&a);
 }
 
+/* Column captions: the band's size, the picture below untouched, and the
+ * glyphs of 'I' and 'L' (the usual 5x7 shapes, written out here) at the
+ * expected place and scale. */
+static void test_captions(void) {
+    zl_image im = {0}, out = {0}, low = {0}, odd = {0};
+    CHECK_OK(zl_image_alloc(&im, 200, 50, 3));
+    memset(im.px, 77, (size_t)200 * 50 * 3);
+    const char *caps[2] = {"IL", ""};
+    CHECK_OK(zl_image_caption_columns(&im, 2, caps, &out));
+    /* column 100 px, longest caption 2 characters of 6 cells: scale min(4, 96 / 12) = 4, band 11 x 4 */
+    const int s = 4, band = 44;
+    CHECK(out.w == 200 && out.h == 50 + band && out.c == 3);
+    if (out.h == 50 + band) {
+        CHECK(!memcmp(out.px + (size_t)band * 200 * 3, im.px, (size_t)200 * 50 * 3));
+        static const char *const I[7] = {"01110", "00100", "00100", "00100", "00100", "00100", "01110"};
+        static const char *const L[7] = {"10000", "10000", "10000", "10000", "10000", "10000", "11111"};
+        int x0 = (100 - 11 * s) / 2, y0 = 2 * s, bad = 0, lit = 0;
+        for (int y = 0; y < band; y++)
+            for (int x = 0; x < 200; x++) {
+                int want = 0, gx = (x - x0) / s, gy = (y - y0) / s;
+                if (x >= x0 && y >= y0 && gy < 7 && gx < 11 && gx != 5) {
+                    const char *const *g = gx < 5 ? I : L;
+                    want = g[gy][gx < 5 ? gx : gx - 6] == '1';
+                }
+                const uint8_t *p = out.px + ((size_t)y * 200 + x) * 3;
+                bad += p[0] != (want ? 255 : 0) || p[1] != p[0] || p[2] != p[0];
+                lit += want;
+            }
+        CHECKM(bad == 0 && lit == (11 + 11) * s * s, "caption pixels: %d wrong, %d lit", bad, lit);
+    }
+    /* lowercase draws as capitals; an unknown character as '?' */
+    const char *lc[2] = {"il", ""}, *q1[2] = {"#", ""}, *q2[2] = {"?", ""};
+    CHECK_OK(zl_image_caption_columns(&im, 2, lc, &low));
+    CHECK(low.px && out.px && !memcmp(low.px, out.px, (size_t)out.w * out.h * 3));
+    zl_image_free(&low);
+    CHECK_OK(zl_image_caption_columns(&im, 2, q1, &low));
+    CHECK_OK(zl_image_caption_columns(&im, 2, q2, &odd));
+    CHECK(low.px && odd.px && low.h == odd.h && !memcmp(low.px, odd.px, (size_t)odd.w * odd.h * 3));
+    zl_image_free(&low);
+    zl_image_free(&odd);
+    /* a caption longer than its column is cut, never drawn outside it */
+    const char *longc[2] = {"", "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"};
+    CHECK_OK(zl_image_caption_columns(&im, 2, longc, &low));
+    int outside = 0;
+    for (int y = 0; low.px && y < low.h - 50; y++)
+        for (int x = 0; x < 100; x++) outside += low.px[((size_t)y * 200 + x) * 3] != 0;
+    CHECK(low.px && outside == 0);
+    zl_image_free(&low);
+    zl_image_free(&out);
+    zl_image_free(&im);
+}
+
 int main(void) {
+    test_captions();
     test_png_round_trip();
     test_jpeg();
     test_bad_files();

@@ -521,10 +521,18 @@ static void test_end_to_end(void) {
     CHECK(svg && strstr(svg, "<svg") && strstr(svg, "</svg>") && strstr(svg, "Loss per step") &&
           strstr(svg, "similarity"));
     free(svg);
-    /* preview: 2 rows x 4 columns of res x res */
+    /* preview: 2 rows x 4 columns of res x res under a band of column captions
+     * (scale: "subject alone", 13 characters of 6 font cells, in res - 4 pixels) */
     zl_image im = {0};
     CHECK_OK(zl_image_read(prev, &im));
-    CHECKM(im.w == 4 * res && im.h == 2 * res, "preview is %dx%d", im.w, im.h);
+    int cs_ = (res - 4) / (6 * 13), band = 11 * (cs_ < 1 ? 1 : cs_ > 4 ? 4 : cs_);
+    CHECKM(im.w == 4 * res && im.h == 2 * res + band, "preview is %dx%d", im.w, im.h);
+    int lit = 0, other = 0;
+    for (size_t i = 0; im.px && i < (size_t)band * im.w * im.c; i++) {
+        lit += im.px[i] == 255;
+        other += im.px[i] != 255 && im.px[i] != 0;
+    }
+    CHECKM(lit > 0 && other == 0, "caption band: %d lit, %d neither black nor white", lit, other);
     zl_image_free(&im);
 
     /* reference images: a folder for the content side, a file for the style side */

@@ -74,6 +74,11 @@ void zl_image_to_tensor(const zl_image *im, float *dst);
 int zl_image_from_tensor(const float *src, int h, int w, zl_image *out);
 /* Tile n equally sized images into a grid of `cols` columns (black padding). */
 int zl_image_grid(const zl_image *ims, int n, int cols, zl_image *out);
+/* `im` with a black band on top holding one white caption centred over each of
+ * `cols` equal columns (a built-in 5x7 pixel font: letters, digits, space, '-',
+ * '.', '+'; lowercase drawn as capitals, anything else as '?'), scaled to the
+ * column width; a caption too long for its column is cut. */
+int zl_image_caption_columns(const zl_image *im, int cols, const char *const *captions, zl_image *out);
 
 #ifdef __cplusplus
 }

@@ -124,7 +124,10 @@ static int preview_prompts(zl_ziprun *r, int n, char **out) {
 
 /* Grid: rows = prompts, columns = subject alone, style alone, direct merge,
  * ZipLoRA; the same seed along a row so that only the LoRAs differ. */
+static const char *const g_preview_cols[4] = {"subject alone", "style alone", "direct merge", "ZipLoRA"};
+
 static int write_preview(zl_ziprun *r, const zl_lora *merged, const char *path, const char *final_path) {
+    const char *const *col = g_preview_cols;
     const zl_ziprun_params *p = r->p;
     const int N = p->preview, V = 4;
     const size_t L = (size_t)r->C * r->h * r->w;
@@ -149,7 +152,6 @@ static int write_preview(zl_ziprun *r, const zl_lora *merged, const char *path, 
         if (!u) rc = ZL_EIO;
         else zl_unet_clear_loras(u);
         for (int k = 0; k < nl && !rc; k++) rc = zl_unet_add_lora(u, ls[k], w[k], ZL_UNET_LORA_FOLD, NULL);
-        static const char *const col[4] = {"subject alone", "style alone", "direct merge", "ZipLoRA"};
         for (int i = 0; i < N && !rc; i++) {
             char label[96];
             snprintf(label, sizeof label, "preview %s %d/%d", col[v], i + 1, N);
@@ -164,12 +166,14 @@ static int write_preview(zl_ziprun *r, const zl_lora *merged, const char *path, 
     }
     if (!rc) zl_pipeline_release(r->pipe, ZL_PIPE_UNET | ZL_PIPE_TEXT);
     for (int i = 0; i < N * V && !rc; i++) rc = zl_pipeline_decode(r->pipe, lat + L * i, r->h, r->w, NULL, &ims[i]);
-    zl_image grid = {0};
-    if (!rc) rc = zl_image_grid(ims, N * V, V, &grid);
+    zl_image tiles = {0}, grid = {0};
+    if (!rc) rc = zl_image_grid(ims, N * V, V, &tiles);
+    if (!rc) rc = zl_image_caption_columns(&tiles, V, col, &grid);
+    zl_image_free(&tiles);
     if (!rc) {
         char desc[2048];
-        int o = snprintf(desc, sizeof desc, "ziplora zip preview: columns = subject alone, style alone, direct merge, "
-                                            "ZipLoRA; rows:");
+        int o = snprintf(desc, sizeof desc, "ziplora zip preview: columns (captioned) = %s, %s, %s, %s; rows:", col[0],
+                         col[1], col[2], col[3]);
         for (int i = 0; i < N && o < (int)sizeof desc; i++)
             o += snprintf(desc + o, sizeof desc - (size_t)o, "%s %d: %s", i ? ";" : "", i + 1, prompts[i]);
         zl_png_text t = {"Description", desc};
