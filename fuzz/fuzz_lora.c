@@ -200,17 +200,51 @@ static void check_lora(const zl_lora *l) {
     (void)sink;
 }
 
+/* The lazy loader (merge's) must agree with the eager one: same verdict, same
+ * layers, and values read back from the file equal to the loaded ones. */
+static void check_lazy(const zl_st_file *f, const zl_lora_load_opts *opts, int rc_eager, const zl_lora *e) {
+    zl_lora *l = NULL;
+    zl_lora_lazy *z = NULL;
+    int rc = zl_lora_load_st_lazy(f, LORA_PATH, opts, &l, &z);
+    check(rc == rc_eager, "lazy and eager loads disagree");
+    if (rc) {
+        check(l == NULL && z == NULL, "failed lazy load returned a LoRA");
+        return;
+    }
+    check(l->n == e->n && l->family == e->family && l->layout == e->layout, "lazy load: other layers");
+    float *d = NULL, *u = NULL;
+    for (int i = 0; i < l->n; i++) {
+        const zl_lora_layer *a = &l->layers[i], *b = &e->layers[i];
+        check(!strcmp(a->module, b->module) && a->part == b->part && a->rank == b->rank && a->alpha == b->alpha &&
+                  a->in_features == b->in_features && a->out_features == b->out_features && a->kh == b->kh &&
+                  a->kw == b->kw && !a->down && !a->up,
+              "lazy load: layer differs");
+        size_t nd = (size_t)a->rank * a->in_features * a->kh * a->kw, nu = (size_t)a->out_features * a->rank;
+        d = realloc(d, nd * sizeof *d);
+        u = realloc(u, nu * sizeof *u);
+        check(d && u, "out of memory");
+        check(zl_lora_lazy_read(z, l, i, d, u) == ZL_OK, "lazy read failed");
+        check(!memcmp(d, b->down, nd * sizeof *d) && !memcmp(u, b->up, nu * sizeof *u), "lazy values differ");
+    }
+    free(d);
+    free(u);
+    zl_lora_lazy_free(z);
+    zl_lora_free(l);
+}
+
 static void load_and_check(const zl_st_file *f, const zl_lora_load_opts *opts) {
     zl_lora *l = NULL;
     int rc = zl_lora_load_st(f, LORA_PATH, opts, &l);
     if (rc) {
         check(l == NULL, "failed load returned a LoRA");
         check(strstr(zl_errmsg(), "fuzz_lora") != NULL, "error message does not name the file");
+        check_lazy(f, opts, rc, NULL);
         return;
     }
     check(l != NULL, "successful load returned no LoRA");
     check_lora(l);
     if (opts->expect_family != ZL_FAMILY_UNKNOWN) check(l->family == opts->expect_family, "LoRA of another family accepted");
+    check_lazy(f, opts, rc, l);
     zl_lora_free(l);
 }
 

@@ -681,6 +681,38 @@ static int same_tensors(const char *a, const char *b) {
     return same;
 }
 
+/* A lazily loaded LoRA whose file is a copied buffer (zl_st_parse), not a
+ * mapping, reads back its values (their pages must not be dropped: that
+ * would zero them). Found by fuzz_lora. */
+static void test_lazy_copied_buffer(void) {
+    const char *path = zt_data("mini-sdxl/loras/content.kohya.safetensors");
+    char *buf = NULL;
+    size_t len = 0;
+    CHECK_OK(zl_read_file(path, &buf, &len));
+    zl_st_file *f = NULL;
+    if (buf) CHECK_OK(zl_st_parse(buf, len, "copied", &f));
+    free(buf);
+    zl_lora *e = load(path), *l = NULL;
+    zl_lora_lazy *z = NULL;
+    if (f) CHECK_OK(zl_lora_load_st_lazy(f, "copied", NULL, &l, &z));
+    int bad = !l || !e || l->n != e->n;
+    for (int pass = 0; pass < 2 && !bad; pass++) /* twice: a dropped page would read back as zeros */
+        for (int i = 0; i < l->n && !bad; i++) {
+            const zl_lora_layer *y = &e->layers[i];
+            size_t nd = (size_t)y->rank * y->in_features * y->kh * y->kw, nu = (size_t)y->out_features * y->rank;
+            float *d = malloc(nd * sizeof *d), *u = malloc(nu * sizeof *u);
+            bad = !d || !u || zl_lora_lazy_read(z, l, i, d, u) != ZL_OK || memcmp(d, y->down, nd * sizeof *d) ||
+                  memcmp(u, y->up, nu * sizeof *u);
+            free(d);
+            free(u);
+        }
+    CHECKM(!bad, "lazy values from a copied buffer");
+    zl_lora_lazy_free(z);
+    zl_lora_free(l);
+    zl_lora_free(e);
+    zl_st_close(f);
+}
+
 static void test_raw_path(void) {
     static const struct {
         const char *c, *s;
@@ -738,6 +770,7 @@ static void test_raw_path(void) {
 int main(void) {
     test_truncate_unit();
     test_raw_path();
+    test_lazy_copied_buffer();
     test_library_errors();
     test_detach();
     test_exact("mini-sdxl");

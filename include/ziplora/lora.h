@@ -178,6 +178,9 @@ void zl_lora_lazy_free(zl_lora_lazy *z);
  * widening them: every layer's down/up is NULL and zl_lora_lazy_read reads it from
  * the mapped file on demand. Memory stays near zero whatever the file's size. */
 int zl_lora_load_lazy(const char *path, const zl_lora_load_opts *opts, zl_lora **out, zl_lora_lazy **lazy);
+/* The same from an open file, which must outlive the handle (the handle does not own it). */
+int zl_lora_load_st_lazy(const struct zl_st_file *f, const char *path, const zl_lora_load_opts *opts, zl_lora **out,
+                         zl_lora_lazy **lazy);
 /* Layer i's down/up (one of them may be NULL) in float32, from memory or the file. */
 int zl_lora_lazy_read(const zl_lora_lazy *z, const zl_lora *l, int i, float *down, float *up);
 

@@ -32,6 +32,9 @@ int zl_st_open(const char *path, zl_st_file **out);
 /* Validate an in-memory buffer (copied). `label` names it in messages. */
 int zl_st_parse(const void *buf, size_t len, const char *label, zl_st_file **out);
 void zl_st_close(zl_st_file *f);
+/* 1 when the tensors' data is a mapping of the file (zl_st_open): its pages can
+ * be dropped and are read again from the file; 0 for a copied buffer. */
+int zl_st_is_mapped(const zl_st_file *f);
 
 const char *zl_st_path(const zl_st_file *f);
 /* Tensors sorted by name. */

@@ -232,6 +232,7 @@ int zl_st_parse(const void *buf, size_t len, const char *label, zl_st_file **out
 
 const char *zl_st_path(const zl_st_file *f) { return f->path; }
 int zl_st_count(const zl_st_file *f) { return f->n; }
+int zl_st_is_mapped(const zl_st_file *f) { return f && f->mapped; }
 const zl_st_tensor *zl_st_at(const zl_st_file *f, int i) { return (i >= 0 && i < f->n) ? &f->t[i] : NULL; }
 
 const zl_st_tensor *zl_st_find(const zl_st_file *f, const char *name) {

@@ -25,8 +25,10 @@ struct zl_lora_lazy {
     zl_st_file *f;
     int n;
     const zl_st_tensor **down, **up; /* per layer of the LoRA; NULL: values stay in memory */
+    int mapped;                      /* the tensors live in a file mapping (zl_st_is_mapped) */
 };
-/* Drop a mapped tensor's pages from this process (they stay in the page cache). */
-void zl_lora_drop_pages(const zl_st_tensor *t);
+/* Drop a tensor's pages from this process when `mapped` (they stay in the page
+ * cache and are read again on use); a copied buffer must keep its pages. */
+void zl_lora_drop_pages(const zl_st_tensor *t, int mapped);
 
 #endif

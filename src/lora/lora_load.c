@@ -701,7 +701,7 @@ static int check_finite(loader *L, const zl_st_tensor *t) {
     else if (zl_dtype_is_float(t->dtype)) {
         bad = 1; /* other float types: decide by widening */
     }
-    zl_lora_drop_pages(t);
+    zl_lora_drop_pages(t, zl_st_is_mapped(L->f));
     if (!bad) return ZL_OK;
     float *tmp = NULL;
     int rc = read_values(L, t, &tmp);
@@ -999,12 +999,29 @@ int zl_lora_load_st(const zl_st_file *f, const char *path, const zl_lora_load_op
     return load_impl(f, path, opts, out, NULL);
 }
 
+int zl_lora_load_st_lazy(const zl_st_file *f, const char *path, const zl_lora_load_opts *opts, zl_lora **out,
+                         zl_lora_lazy **lazy) {
+    *out = NULL;
+    *lazy = NULL;
+    zl_lora_lazy *z = calloc(1, sizeof *z);
+    if (!z) return zl_set_error(ZL_ENOMEM, "out of memory");
+    z->mapped = zl_st_is_mapped(f);
+    int rc = load_impl(f, path, opts, out, z);
+    if (rc) {
+        zl_lora_lazy_free(z);
+        return rc;
+    }
+    *lazy = z;
+    return ZL_OK;
+}
+
 int zl_lora_load_lazy(const char *path, const zl_lora_load_opts *opts, zl_lora **out, zl_lora_lazy **lazy) {
     *out = NULL;
     *lazy = NULL;
     zl_lora_lazy *z = calloc(1, sizeof *z);
     if (!z) return zl_set_error(ZL_ENOMEM, "out of memory");
     int rc = zl_st_open(path, &z->f);
+    z->mapped = zl_st_is_mapped(z->f);
     if (!rc) rc = load_impl(z->f, path, opts, out, z);
     if (rc) {
         zl_lora_lazy_free(z);

@@ -457,7 +457,7 @@ static int stream_raw(void *ctx, int i, int which, zl_dtype dt, float scale, voi
             if (t[k]) {
                 memcpy(d, t[k]->data, t[k]->nbytes);
                 d += t[k]->nbytes;
-                zl_lora_drop_pages(t[k]);
+                zl_lora_drop_pages(t[k], (k ? p->zs : p->zc)->mapped);
             }
         *done = 1;
         p->n_raw++;
@@ -478,7 +478,8 @@ static int stream_raw(void *ctx, int i, int which, zl_dtype dt, float scale, voi
                              scale);
         col += r;
     }
-    for (int k = 0; k < 2; k++) zl_lora_drop_pages(t[k]);
+    for (int k = 0; k < 2; k++)
+        if (t[k]) zl_lora_drop_pages(t[k], (k ? p->zs : p->zc)->mapped);
     *done = ok;
     p->n_raw += ok;
     return ZL_OK;
@@ -496,8 +497,8 @@ void zl_lora_lazy_free(zl_lora_lazy *z) {
 
 /* Drop a mapped tensor's pages from this process (they stay in the page cache), so
  * reading two large inputs does not add up in resident memory. */
-void zl_lora_drop_pages(const zl_st_tensor *t) {
-    if (!t || !t->nbytes) return;
+void zl_lora_drop_pages(const zl_st_tensor *t, int mapped) {
+    if (!mapped || !t || !t->nbytes) return;
     long ps = sysconf(_SC_PAGESIZE);
     uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(ps - 1), b = (uintptr_t)t->data + t->nbytes;
     madvise((void *)a, b - a, MADV_DONTNEED);
@@ -516,6 +517,7 @@ int zl_lora_detach(zl_lora *l, const zl_unet_config *cfg, zl_lora_lazy **out) {
     zl_key_ctx kc;
     int rc = z->down && z->up ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory");
     if (!rc) rc = zl_st_open(l->path, &z->f);
+    if (!rc) z->mapped = zl_st_is_mapped(z->f);
     if (rc) { zl_lora_lazy_free(z); return rc; }
     rc = zl_key_ctx_init(&kc, l->family, peft ? ZL_FORMAT_PEFT : ZL_FORMAT_KOHYA, cfg);
     if (rc) { zl_lora_lazy_free(z); return rc; }
@@ -546,8 +548,8 @@ int zl_lora_detach(zl_lora *l, const zl_unet_config *cfg, zl_lora_lazy **out) {
             zl_st_read_f32(tu, tmp);
             same = !memcmp(tmp, y->up, un(y) * sizeof(float));
         }
-        zl_lora_drop_pages(td);
-        zl_lora_drop_pages(tu);
+        zl_lora_drop_pages(td, z->mapped);
+        zl_lora_drop_pages(tu, z->mapped);
         if (!same) continue;
         z->down[i] = td;
         z->up[i] = tu;
@@ -565,12 +567,12 @@ int zl_lora_lazy_read(const zl_lora_lazy *z, const zl_lora *l, int i, float *dow
     const zl_lora_layer *y = &l->layers[i];
     if (down) {
         if (y->down) memcpy(down, y->down, dn(y) * sizeof(float));
-        else if (z && i < z->n && z->down[i]) { zl_st_read_f32(z->down[i], down); zl_lora_drop_pages(z->down[i]); }
+        else if (z && i < z->n && z->down[i]) { zl_st_read_f32(z->down[i], down); zl_lora_drop_pages(z->down[i], z->mapped); }
         else return zl_set_error(ZL_EINVAL, "layer '%s' has no values", y->module);
     }
     if (up) {
         if (y->up) memcpy(up, y->up, un(y) * sizeof(float));
-        else if (z && i < z->n && z->up[i]) { zl_st_read_f32(z->up[i], up); zl_lora_drop_pages(z->up[i]); }
+        else if (z && i < z->n && z->up[i]) { zl_st_read_f32(z->up[i], up); zl_lora_drop_pages(z->up[i], z->mapped); }
         else return zl_set_error(ZL_EINVAL, "layer '%s' has no values", y->module);
     }
     return ZL_OK;
