@@ -157,30 +157,25 @@ int zl_afile_open_large(zl_afile *af, const char *path, const char *const *input
     if (rc) return rc;
     int fd = fileno(af->fp), fl = fcntl(fd, F_GETFL);
     zl_afile_dio *d = calloc(1, sizeof *d);
-    if (!d || fl < 0 || fcntl(fd, F_SETFL, fl | O_DIRECT) != 0 || posix_memalign((void **)&d->buf[0], DIO_ALIGN, DIO_BUF) ||
-        posix_memalign((void **)&d->buf[1], DIO_ALIGN, DIO_BUF)) {
-        /* no direct I/O here (tmpfs, say): the buffered file as it is */
-        if (d) {
-            free(d->buf[0]);
-            free(d->buf[1]);
-            free(d);
+    if (d && fl >= 0 && !posix_memalign((void **)&d->buf[0], DIO_ALIGN, DIO_BUF) &&
+        !posix_memalign((void **)&d->buf[1], DIO_ALIGN, DIO_BUF) && fcntl(fd, F_SETFL, fl | O_DIRECT) == 0) {
+        d->fd = fd;
+        pthread_mutex_init(&d->mu, NULL);
+        pthread_cond_init(&d->cv, NULL);
+        if (pthread_create(&d->th, NULL, dio_writer, d) == 0) {
+            af->dio = d;
+            return ZL_OK;
         }
-        if (fl >= 0) fcntl(fd, F_SETFL, fl);
-        return ZL_OK;
-    }
-    d->fd = fd;
-    pthread_mutex_init(&d->mu, NULL);
-    pthread_cond_init(&d->cv, NULL);
-    if (pthread_create(&d->th, NULL, dio_writer, d) != 0) {
         pthread_mutex_destroy(&d->mu);
         pthread_cond_destroy(&d->cv);
+    }
+    /* no direct I/O here (tmpfs on older kernels, say): the buffered file as it is */
+    if (fl >= 0) fcntl(fd, F_SETFL, fl);
+    if (d) {
         free(d->buf[0]);
         free(d->buf[1]);
         free(d);
-        fcntl(fd, F_SETFL, fl);
-        return ZL_OK;
     }
-    af->dio = d;
     return ZL_OK;
 }
 
