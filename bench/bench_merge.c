@@ -137,14 +137,26 @@ int main(int argc, char **argv) {
            zl_now() - t0);
     mkdir(cp_dst, 0755);
 
-    double best_cp = 1e30, best_merge = 1e30, cpu_cp = 1e30, cpu_merge = 1e30, secs;
+    /* Every timed command starts with no dirty pages (sync, untimed): cp leaves its
+     * 913 MB to the kernel's writeback, which would otherwise land on the disk
+     * while the next command runs. cp + sync (a durable copy, as merge's output
+     * is: it is fsync'ed) is timed too, for context. */
+    double best_cp = 1e30, best_merge = 1e30, best_cps = 1e30, cpu_cp = 1e30, cpu_merge = 1e30, secs;
     long rss, max_rss = 0;
     for (int r = 0; r < reps; r++) {
         char *cpv[] = {"/bin/cp", C, S, cp_dst, NULL};
+        sync();
         if (run_child(cpv, &secs, &rss) != 0) { fprintf(stderr, "cp failed\n"); return 1; }
         if (secs < best_cp) best_cp = secs;
         if (g_cpu < cpu_cp) cpu_cp = g_cpu;
+        char cps[2000];
+        snprintf(cps, sizeof cps, "/bin/cp '%s' '%s' '%s' && /bin/sync", C, S, cp_dst);
+        char *cpsv[] = {"/bin/sh", "-c", cps, NULL};
+        sync();
+        if (run_child(cpsv, &secs, &rss) != 0) { fprintf(stderr, "cp + sync failed\n"); return 1; }
+        if (secs < best_cps) best_cps = secs;
         remove(O);
+        sync();
         char *mv[] = {cli, "merge", "--content", C, "--style", S, "-o", O, "-q", rerank ? "--rank" : NULL, (char *)rerank, NULL};
         int code = run_child(mv, &secs, &rss);
         if (code != 0) { fprintf(stderr, "merge failed (exit %d)\n", code); return 1; }
@@ -154,8 +166,9 @@ int main(int argc, char **argv) {
     }
     long out_size = fsize(O);
     printf("cp of the inputs (%.1f MB): %.3f s (best of %d)\n", (fsize(C) + fsize(S)) / 1e6, best_cp, reps);
-    printf("merge%s%s: %.3f s (best of %d) -> ratio to cp %.2fx (target <= 2x)\n", rerank ? " --rank " : "",
-           rerank ? rerank : "", best_merge, reps, best_merge / best_cp);
+    printf("cp + sync (a durable copy): %.3f s (best of %d)\n", best_cps, reps);
+    printf("merge%s%s: %.3f s (best of %d) -> ratio to cp %.2fx (target <= 2x); to cp + sync %.2fx\n",
+           rerank ? " --rank " : "", rerank ? rerank : "", best_merge, reps, best_merge / best_cp, best_merge / best_cps);
     printf("CPU time (user+sys): cp %.3f s, merge %.3f s -> %.2fx\n", cpu_cp, cpu_merge, cpu_merge / cpu_cp);
     printf("merge peak RSS %.1f MB, output %.1f MB -> %.2fx the output size (target <= 2x)\n", max_rss / 1e6,
            out_size / 1e6, (double)max_rss / (double)out_size);

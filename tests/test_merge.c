@@ -657,6 +657,43 @@ static void test_bad_cli(void) {
     code = zt_cli("merge --content '%s' --style '%s' -o '%s' --mergers '%s'", C, S, o, M);
     CHECKM(code == 1 && strstr(zt_err, "not a merger"), "non-merger key: exit %d %s", code, zt_err);
     CHECK(stat(o, &st) != 0);
+    /* an input with an Inf in one tensor (the F16 content LoRA with one value
+     * overwritten): an error naming the file and the tensor, no output */
+    {
+        zl_st_file *f = NULL;
+        CHECK_OK(zl_st_open(C, &f));
+        int n = f ? zl_st_count(f) : 0;
+        zl_st_entry *es = calloc((size_t)(n ? n : 1), sizeof *es);
+        uint8_t *copy = NULL;
+        const char *poked = NULL;
+        for (int i = 0; i < n && es; i++) {
+            const zl_st_tensor *t = zl_st_at(f, i);
+            es[i].name = t->name;
+            es[i].dtype = t->dtype;
+            es[i].ndim = t->ndim;
+            memcpy(es[i].shape, t->shape, sizeof t->shape);
+            es[i].data = t->data;
+            if (!poked && t->dtype == ZL_DT_F16 && strstr(t->name, ".lora_up.weight") && t->numel > 3) {
+                copy = malloc(t->nbytes);
+                memcpy(copy, t->data, t->nbytes);
+                uint16_t inf = 0x7c00;
+                memcpy(copy + 2 * 3, &inf, 2);
+                es[i].data = copy;
+                poked = t->name;
+            }
+        }
+        const char *B = zt_tmp("inf_content.safetensors");
+        CHECK(poked != NULL);
+        CHECK_OK(zl_st_write(B, es, n, NULL, 0, NULL, 0));
+        code = zt_cli("merge --content '%s' --style '%s' -o '%s'", B, S, o);
+        CHECKM(code == 1 && strstr(zt_err, "inf_content.safetensors") && poked && strstr(zt_err, poked) &&
+                   strstr(zt_err, "Inf at element 3"),
+               "Inf in an input: exit %d %s", code, zt_err);
+        CHECK(stat(o, &st) != 0);
+        free(copy);
+        free(es);
+        zl_st_close(f);
+    }
     CHECK(no_temp_left());
     free((void *)C);
     free((void *)S);

@@ -28,6 +28,9 @@ int zl_afile_open(zl_afile *af, const char *path, const char *const *inputs, int
 int zl_afile_open_large(zl_afile *af, const char *path, const char *const *inputs, int n_inputs);
 /* Append n bytes (either kind of zl_afile). */
 int zl_afile_write(zl_afile *af, const void *data, size_t n);
+/* Overwrite n bytes at offset off of what was written (a header filled in last).
+ * Ends direct I/O: write nothing more afterwards. */
+int zl_afile_patch(zl_afile *af, long long off, const void *data, size_t n);
 /* Flush, fsync, rename onto path. On failure removes the temporary file. */
 int zl_afile_commit(zl_afile *af);
 /* For large files, call now and then while writing: once 32 MB more have been

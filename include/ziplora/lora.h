@@ -121,6 +121,11 @@ typedef struct {
     const char *const *inputs;         /* input files: their sha256 go into ziplora_inputs, and */
     int n_inputs;                      /* the output may not replace any of them */
     const char *const *input_sha256;   /* optional precomputed hex digests of `inputs` */
+    /* Optional: the digests are still being computed while the file is written.
+     * input_sha256 is then read only after sha256_wait(sha256_ctx) returns 0,
+     * once the data is written, and the header is filled in last. */
+    int (*sha256_wait)(void *ctx);
+    void *sha256_ctx;
 } zl_lora_write_opts;
 
 /* Where a streamed writer gets a layer's values: fill `dst` with layer i's down
@@ -174,9 +179,11 @@ typedef struct {
 typedef struct zl_lora_lazy zl_lora_lazy;
 int zl_lora_detach(zl_lora *l, const zl_unet_config *unet_config, zl_lora_lazy **out);
 void zl_lora_lazy_free(zl_lora_lazy *z);
-/* Load a LoRA file's structure and check its values (as zl_lora_load does) without
- * widening them: every layer's down/up is NULL and zl_lora_lazy_read reads it from
- * the mapped file on demand. Memory stays near zero whatever the file's size. */
+/* Load a LoRA file's structure (keys, shapes, alphas, as zl_lora_load does)
+ * without reading its values: every layer's down/up is NULL and
+ * zl_lora_lazy_read reads them from the mapped file on demand, checking them
+ * then (a non-finite value gets zl_lora_load's message). Memory stays near zero
+ * whatever the file's size. */
 int zl_lora_load_lazy(const char *path, const zl_lora_load_opts *opts, zl_lora **out, zl_lora_lazy **lazy);
 /* The same from an open file, which must outlive the handle (the handle does not own it). */
 int zl_lora_load_st_lazy(const struct zl_st_file *f, const char *path, const zl_lora_load_opts *opts, zl_lora **out,

@@ -75,6 +75,14 @@ typedef struct {
  * On failure no file is left at `path`. */
 int zl_st_write(const char *path, const zl_st_entry *entries, int n, const zl_st_meta_kv *meta,
                 int n_meta, const char *const *inputs, int n_inputs);
+/* The same, where some metadata is only known once the data is written (e.g.
+ * hashes computed meanwhile): after the last tensor, fix(ctx, header, len) may
+ * rewrite the header text in place (same length; it holds the placeholders the
+ * caller put into `meta`), and the file's header is patched before commit.
+ * A non-zero return aborts the write. */
+typedef int (*zl_st_header_fix)(void *ctx, char *header, size_t len);
+int zl_st_write_fix(const char *path, const zl_st_entry *entries, int n, const zl_st_meta_kv *meta, int n_meta,
+                    const char *const *inputs, int n_inputs, zl_st_header_fix fix, void *fix_ctx);
 
 /* Bytes a tensor of this dtype/shape occupies (0 on overflow or fractional bytes -> returns -1). */
 int64_t zl_st_nbytes(zl_dtype dt, int ndim, const int64_t *shape);

@@ -37,6 +37,7 @@ typedef struct {
     char hex[2][65];
     int rc;
     char err[512];
+    int joined;
 } hash_job;
 
 static void *hash_thread(void *p) {
@@ -46,6 +47,25 @@ static void *hash_thread(void *p) {
         if (j->rc) snprintf(j->err, sizeof j->err, "%s", zl_errmsg());
     }
     return NULL;
+}
+
+/* Wait for the hashing thread (once); its error, if any. */
+static int hash_join(hash_job *j, pthread_t *th, int threaded) {
+    if (threaded && !j->joined) pthread_join(*th, NULL);
+    j->joined = 1;
+    return j->rc ? zl_set_error(j->rc, "%s", j->err) : ZL_OK;
+}
+
+typedef struct {
+    hash_job *j;
+    pthread_t *th;
+    int threaded;
+} hash_wait_ctx;
+
+/* zl_lora_write_opts.sha256_wait: the output's data is written; the header needs the digests now. */
+static int hash_wait(void *ctx) {
+    hash_wait_ctx *w = ctx;
+    return hash_join(w->j, w->th, w->threaded);
 }
 
 static int parse_weights(const char *s, float *wc, float *ws) {
@@ -142,8 +162,7 @@ int zl_cmd_merge(int argc, char **argv) {
     rc = zl_lora_load_lazy(cpath, &lo, &c, &zc);
     if (!rc) rc = zl_lora_load_lazy(spath, &lo, &s, &zs);
     if (!rc && mpath) rc = zl_mergers_load(mpath, &mg);
-    if (threaded) pthread_join(th, NULL);
-    if (!rc && hj.rc) rc = zl_set_error(hj.rc, "%s", hj.err);
+    if (rc) hash_join(&hj, &th, threaded);
     if (rc) {
         /* an unreadable input is a failure, not a usage error */
         int code = zl_cli_fail(rc == ZL_EINVAL ? ZL_EFORMAT : rc, NULL);
@@ -181,8 +200,14 @@ int zl_cmd_merge(int argc, char **argv) {
     wo.inputs = inputs;
     wo.n_inputs = mpath ? 3 : 2;
     wo.input_sha256 = hexes;
+    /* the inputs are hashed while the output is written; its header is completed last */
+    hash_wait_ctx hw = {&hj, &th, threaded};
+    wo.sha256_wait = hash_wait;
+    wo.sha256_ctx = &hw;
     zl_merge_report rep;
     rc = zl_lora_merge_write(out, c, s, &mo, &wo, &rep);
+    int hrc = hash_join(&hj, &th, threaded); /* the write may have failed before asking */
+    if (!rc) rc = hrc;
     if (!rc) {
         if (rank) {
             printf("%-5s %-70s %6s %6s %12s\n", "part", "layer", "rank", "->", "rel. error");

@@ -53,27 +53,32 @@ int zl_afile_open(zl_afile *af, const char *path, const char *const *inputs, int
 }
 
 /* ---- direct-I/O writer ----
- * Two aligned buffers: the caller fills one while a thread writes the other
- * with O_DIRECT. The tail is written padded to the alignment and the file then
- * truncated to its length. Any EINVAL from a direct write (a filesystem that
- * accepted O_DIRECT at open but not these writes) turns O_DIRECT off for the
- * rest of the file, which is then written buffered. */
+ * A pool of aligned buffers: the caller fills one while writer threads write
+ * full ones with O_DIRECT at their offsets (two writes in flight keep the disk
+ * busy between requests). The tail is written padded to the alignment and the
+ * file then truncated to its length. Any EINVAL from a direct write (a
+ * filesystem that accepted O_DIRECT at open but not these writes) turns
+ * O_DIRECT off for the rest of the file, which is then written buffered. */
 #define DIO_ALIGN 4096
 #define DIO_BUF ((size_t)8 << 20)
+#define DIO_NBUF 4
+#define DIO_THREADS 2
+
+enum { DIO_FREE = 0, DIO_FILLING, DIO_FULL, DIO_WRITING };
 
 typedef struct zl_afile_dio {
     int fd;
-    unsigned char *buf[2];
+    unsigned char *buf[DIO_NBUF];
+    int state[DIO_NBUF];
+    size_t len[DIO_NBUF];
+    long long off[DIO_NBUF];
+    int cur;         /* the buffer the caller fills */
     size_t fill;     /* bytes in buf[cur] */
-    int cur;
     long long size;  /* bytes handed over so far (the file's length at the end) */
-    /* writer thread */
-    pthread_t th;
+    pthread_t th[DIO_THREADS];
+    int nth;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int busy;        /* buf[1 - cur] is being written */
-    size_t wlen;
-    long long woff;
     int quit, err;
 } zl_afile_dio;
 
@@ -95,48 +100,57 @@ static int pwrite_all(int fd, const unsigned char *p, size_t n, long long off) {
     return 0;
 }
 
+static int dio_find(const zl_afile_dio *d, int state) {
+    for (int b = 0; b < DIO_NBUF; b++)
+        if (d->state[b] == state) return b;
+    return -1;
+}
+
 static void *dio_writer(void *arg) {
     zl_afile_dio *d = arg;
     pthread_mutex_lock(&d->mu);
     for (;;) {
-        while (!d->busy && !d->quit) pthread_cond_wait(&d->cv, &d->mu);
-        if (!d->busy) break;
-        const unsigned char *p = d->buf[1 - d->cur];
-        size_t n = d->wlen;
-        long long off = d->woff;
+        int b;
+        while ((b = dio_find(d, DIO_FULL)) < 0 && !d->quit) pthread_cond_wait(&d->cv, &d->mu);
+        if (b < 0) break;
+        d->state[b] = DIO_WRITING;
         pthread_mutex_unlock(&d->mu);
-        int e = pwrite_all(d->fd, p, n, off);
+        int e = pwrite_all(d->fd, d->buf[b], d->len[b], d->off[b]);
         pthread_mutex_lock(&d->mu);
         if (e && !d->err) d->err = e;
-        d->busy = 0;
+        d->state[b] = DIO_FREE;
         pthread_cond_broadcast(&d->cv);
     }
     pthread_mutex_unlock(&d->mu);
     return NULL;
 }
 
-/* Wait for the writer to finish its buffer; its error, if any. */
+/* Wait until no buffer is queued or being written; the first error, if any. */
 static int dio_wait(zl_afile_dio *d) {
     pthread_mutex_lock(&d->mu);
-    while (d->busy) pthread_cond_wait(&d->cv, &d->mu);
+    while (dio_find(d, DIO_FULL) >= 0 || dio_find(d, DIO_WRITING) >= 0) pthread_cond_wait(&d->cv, &d->mu);
     int e = d->err;
     pthread_mutex_unlock(&d->mu);
     return e;
 }
 
-/* Hand the full current buffer to the writer and switch to the other one. */
+/* Queue the full current buffer and take a free one. */
 static int dio_submit(zl_afile_dio *d) {
-    int e = dio_wait(d);
-    if (e) return e;
     pthread_mutex_lock(&d->mu);
-    d->wlen = d->fill;
-    d->woff = d->size - (long long)d->fill;
-    d->busy = 1;
-    d->cur = 1 - d->cur;
-    d->fill = 0;
+    d->len[d->cur] = d->fill;
+    d->off[d->cur] = d->size - (long long)d->fill;
+    d->state[d->cur] = DIO_FULL;
     pthread_cond_broadcast(&d->cv);
+    int b;
+    while ((b = dio_find(d, DIO_FREE)) < 0 && !d->err) pthread_cond_wait(&d->cv, &d->mu);
+    int e = d->err;
+    if (b >= 0) {
+        d->state[b] = DIO_FILLING;
+        d->cur = b;
+        d->fill = 0;
+    }
     pthread_mutex_unlock(&d->mu);
-    return 0;
+    return e;
 }
 
 static void dio_stop(zl_afile_dio *d) {
@@ -144,11 +158,12 @@ static void dio_stop(zl_afile_dio *d) {
     d->quit = 1;
     pthread_cond_broadcast(&d->cv);
     pthread_mutex_unlock(&d->mu);
-    pthread_join(d->th, NULL);
-    pthread_mutex_destroy(&d->mu);
-    pthread_cond_destroy(&d->cv);
-    free(d->buf[0]);
-    free(d->buf[1]);
+    for (int t = 0; t < d->nth; t++) pthread_join(d->th[t], NULL);
+    if (d->nth) {
+        pthread_mutex_destroy(&d->mu);
+        pthread_cond_destroy(&d->cv);
+    }
+    for (int b = 0; b < DIO_NBUF; b++) free(d->buf[b]);
     free(d);
 }
 
@@ -157,12 +172,15 @@ int zl_afile_open_large(zl_afile *af, const char *path, const char *const *input
     if (rc) return rc;
     int fd = fileno(af->fp), fl = fcntl(fd, F_GETFL);
     zl_afile_dio *d = calloc(1, sizeof *d);
-    if (d && fl >= 0 && !posix_memalign((void **)&d->buf[0], DIO_ALIGN, DIO_BUF) &&
-        !posix_memalign((void **)&d->buf[1], DIO_ALIGN, DIO_BUF) && fcntl(fd, F_SETFL, fl | O_DIRECT) == 0) {
+    int ok = d && fl >= 0;
+    for (int b = 0; b < DIO_NBUF && ok; b++) ok = !posix_memalign((void **)&d->buf[b], DIO_ALIGN, DIO_BUF);
+    if (ok && fcntl(fd, F_SETFL, fl | O_DIRECT) == 0) {
         d->fd = fd;
+        d->state[0] = DIO_FILLING;
         pthread_mutex_init(&d->mu, NULL);
         pthread_cond_init(&d->cv, NULL);
-        if (pthread_create(&d->th, NULL, dio_writer, d) == 0) {
+        while (d->nth < DIO_THREADS && pthread_create(&d->th[d->nth], NULL, dio_writer, d) == 0) d->nth++;
+        if (d->nth) {
             af->dio = d;
             return ZL_OK;
         }
@@ -172,8 +190,7 @@ int zl_afile_open_large(zl_afile *af, const char *path, const char *const *input
     /* no direct I/O here (tmpfs on older kernels, say): the buffered file as it is */
     if (fl >= 0) fcntl(fd, F_SETFL, fl);
     if (d) {
-        free(d->buf[0]);
-        free(d->buf[1]);
+        for (int b = 0; b < DIO_NBUF; b++) free(d->buf[b]);
         free(d);
     }
     return ZL_OK;
@@ -213,6 +230,17 @@ static int dio_finish(zl_afile *af) {
     if (!e && ftruncate(d->fd, (off_t)d->size) != 0) e = errno;
     dio_stop(d);
     af->dio = NULL;
+    return e ? zl_set_error(ZL_EIO, "%s: write failed: %s", af->path, strerror(e)) : ZL_OK;
+}
+
+int zl_afile_patch(zl_afile *af, long long off, const void *data, size_t n) {
+    if (!af->fp) return zl_set_error(ZL_EINVAL, "patch of a file that is not open");
+    int rc = af->dio ? dio_finish(af) : ZL_OK;
+    if (rc) return rc;
+    int fd = fileno(af->fp), fl = fcntl(fd, F_GETFL);
+    if (fl >= 0 && (fl & O_DIRECT)) fcntl(fd, F_SETFL, fl & ~O_DIRECT);
+    if (fflush(af->fp) != 0) return zl_set_error(ZL_EIO, "%s: write failed: %s", af->path, strerror(errno));
+    int e = pwrite_all(fd, data, n, off);
     return e ? zl_set_error(ZL_EIO, "%s: write failed: %s", af->path, strerror(e)) : ZL_OK;
 }
 

@@ -287,6 +287,11 @@ static int cmp_write(const void *a, const void *b) {
 
 int zl_st_write(const char *path, const zl_st_entry *entries, int n, const zl_st_meta_kv *meta, int n_meta,
                 const char *const *inputs, int n_inputs) {
+    return zl_st_write_fix(path, entries, n, meta, n_meta, inputs, n_inputs, NULL, NULL);
+}
+
+int zl_st_write_fix(const char *path, const zl_st_entry *entries, int n, const zl_st_meta_kv *meta, int n_meta,
+                    const char *const *inputs, int n_inputs, zl_st_header_fix fix, void *fix_ctx) {
     for (int i = 0; i < n_inputs; i++)
         if (inputs[i] && (strcmp(inputs[i], path) == 0 || zl_same_file(inputs[i], path)))
             return zl_set_error(ZL_EINVAL, "%s: refusing to overwrite an input file", path);
@@ -345,7 +350,10 @@ int zl_st_write(const char *path, const zl_st_entry *entries, int n, const zl_st
     rc = zl_afile_write(&af, len8, 8);
     if (!rc) rc = zl_afile_write(&af, hdr, hlen);
     if (!rc) rc = zl_afile_write(&af, spaces, padded - hlen);
-    free(hdr);
+    if (!fix) {
+        free(hdr);
+        hdr = NULL;
+    }
     void *scratch = NULL;
     for (int i = 0; i < n && !rc; i++) {
         const zl_st_entry *e = se[i].e;
@@ -366,6 +374,11 @@ int zl_st_write(const char *path, const zl_st_entry *entries, int n, const zl_st
     }
     free(scratch);
     free(se);
+    if (!rc && fix) {
+        rc = fix(fix_ctx, hdr, hlen);
+        if (!rc) rc = zl_afile_patch(&af, 8, hdr, hlen);
+    }
+    free(hdr);
     if (rc) { zl_afile_abort(&af); return rc; }
     return zl_afile_commit(&af);
 }

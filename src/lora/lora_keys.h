@@ -26,7 +26,11 @@ struct zl_lora_lazy {
     int n;
     const zl_st_tensor **down, **up; /* per layer of the LoRA; NULL: values stay in memory */
     int mapped;                      /* the tensors live in a file mapping (zl_st_is_mapped) */
+    char *path;                      /* the file, for messages */
 };
+/* Every value of t finite? Else ZL_ENUMERIC naming the file, the tensor, the
+ * element and NaN/Inf (the eager loader's message). No copy for F16/BF16/F32. */
+int zl_lora_check_values(const char *path, const zl_st_tensor *t);
 /* Drop a tensor's pages from this process when `mapped` (they stay in the page
  * cache and are read again on use); a copied buffer must keep its pages. */
 void zl_lora_drop_pages(const zl_st_tensor *t, int mapped);

@@ -644,15 +644,20 @@ static const char *mod_kind_name(zl_module_kind k) {
     return k == ZL_MOD_LINEAR ? "Linear" : k == ZL_MOD_CONV ? "Conv2d" : k == ZL_MOD_NORM ? "norm" : "embedding";
 }
 
+/* The message for a tensor holding a non-finite value (widened values v). */
+static int non_finite(const char *path, const zl_st_tensor *t, const float *v) {
+    for (int64_t i = 0; i < t->numel; i++)
+        if (!isfinite(v[i]))
+            return zl_set_error(ZL_ENUMERIC, "%s: tensor '%s' holds %s at element %lld", path, t->name,
+                                isnan(v[i]) ? "NaN" : "Inf", (long long)i);
+    return ZL_OK;
+}
+
 static int read_values(loader *L, const zl_st_tensor *t, float **out) {
     *out = malloc((size_t)t->numel * sizeof(float));
     if (!*out) return zl_set_error(ZL_ENOMEM, "%s: out of memory reading '%s'", L->path, t->name);
     zl_st_read_f32(t, *out);
-    for (int64_t i = 0; i < t->numel; i++)
-        if (!isfinite((*out)[i]))
-            return zl_set_error(ZL_ENUMERIC, "%s: tensor '%s' holds %s at element %lld", L->path, t->name,
-                                isnan((*out)[i]) ? "NaN" : "Inf", (long long)i);
-    return ZL_OK;
+    return non_finite(L->path, t, *out);
 }
 
 /* Whether any of n values has all the bits of m set (m: a float format's
@@ -689,23 +694,21 @@ static unsigned any_all_ones32(const uint32_t *u, size_t n, uint32_t m) {
     return bad;
 }
 
-/* The lazy loader's check: the same verdict as read_values without widening
- * (non-finite values are those with an all-ones exponent). */
-static int check_finite(loader *L, const zl_st_tensor *t) {
+int zl_lora_check_values(const char *path, const zl_st_tensor *t) {
     size_t n = (size_t)t->numel;
     unsigned bad = 0;
     if (t->dtype == ZL_DT_F16 || t->dtype == ZL_DT_BF16)
         bad = any_all_ones16((const uint16_t *)t->data, n, t->dtype == ZL_DT_F16 ? 0x7c00u : 0x7f80u);
     else if (t->dtype == ZL_DT_F32)
         bad = any_all_ones32((const uint32_t *)t->data, n, 0x7f800000u);
-    else if (zl_dtype_is_float(t->dtype)) {
-        bad = 1; /* other float types: decide by widening */
-    }
-    zl_lora_drop_pages(t, zl_st_is_mapped(L->f));
+    else if (zl_dtype_is_float(t->dtype))
+        bad = 1; /* other float types (F64 may overflow float32): decide by widening */
     if (!bad) return ZL_OK;
-    float *tmp = NULL;
-    int rc = read_values(L, t, &tmp);
-    free(tmp);
+    float *v = malloc((n ? n : 1) * sizeof(float));
+    if (!v) return zl_set_error(ZL_ENOMEM, "%s: out of memory reading '%s'", path, t->name);
+    zl_st_read_f32(t, v);
+    int rc = non_finite(path, t, v);
+    free(v);
     return rc;
 }
 
@@ -769,24 +772,6 @@ static int read_all_values(loader *L, zl_lora *lo) {
     y->down = y->up = NULL;
     int rc = read_values(L, L->g[bad].e[ROLE_DOWN]->t, &y->down);
     if (!rc) rc = read_values(L, L->g[bad].e[ROLE_UP]->t, &y->up);
-    return rc ? rc : zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
-}
-
-/* Lazy loading: validate every value in place, widen nothing. */
-static int check_all_values(loader *L) {
-    int bad = -1;
-#pragma omp parallel for schedule(dynamic, 8)
-    for (int i = 0; i < L->ng; i++) {
-        int rc = check_finite(L, L->g[i].e[ROLE_DOWN]->t);
-        if (!rc) rc = check_finite(L, L->g[i].e[ROLE_UP]->t);
-        if (rc) {
-#pragma omp critical(zl_lora_load_bad)
-            if (bad < 0 || i < bad) bad = i;
-        }
-    }
-    if (bad < 0) return ZL_OK;
-    int rc = check_finite(L, L->g[bad].e[ROLE_DOWN]->t);
-    if (!rc) rc = check_finite(L, L->g[bad].e[ROLE_UP]->t);
     return rc ? rc : zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
 }
 
@@ -926,7 +911,7 @@ static int load_impl(const zl_st_file *f, const char *path, const zl_lora_load_o
         if ((rc = alpha_of(&L, g, y))) break;
         src_key[i] = g->e[ROLE_DOWN]->key;
     }
-    if (!rc) rc = lz ? check_all_values(&L) : read_all_values(&L, lo);
+    if (!rc && !lz) rc = read_all_values(&L, lo); /* lazy: values are checked as they are read */
     if (!rc) {
         /* Sort; a copy of the unsorted order maps each module string back to its key,
          * so a duplicate can name both source tensors (and a lazy layer its tensors). */
@@ -1006,7 +991,8 @@ int zl_lora_load_st_lazy(const zl_st_file *f, const char *path, const zl_lora_lo
     zl_lora_lazy *z = calloc(1, sizeof *z);
     if (!z) return zl_set_error(ZL_ENOMEM, "out of memory");
     z->mapped = zl_st_is_mapped(f);
-    int rc = load_impl(f, path, opts, out, z);
+    z->path = strdup(path ? path : zl_st_path(f));
+    int rc = z->path ? load_impl(f, path, opts, out, z) : zl_set_error(ZL_ENOMEM, "out of memory");
     if (rc) {
         zl_lora_lazy_free(z);
         return rc;
@@ -1022,6 +1008,7 @@ int zl_lora_load_lazy(const char *path, const zl_lora_load_opts *opts, zl_lora *
     if (!z) return zl_set_error(ZL_ENOMEM, "out of memory");
     int rc = zl_st_open(path, &z->f);
     z->mapped = zl_st_is_mapped(z->f);
+    if (!rc && !(z->path = strdup(path))) rc = zl_set_error(ZL_ENOMEM, "out of memory");
     if (!rc) rc = load_impl(z->f, path, opts, out, z);
     if (rc) {
         zl_lora_lazy_free(z);

@@ -283,6 +283,36 @@ static char *peft_metadata(const zl_lora *l) {
     return s;
 }
 
+/* Input digests computed while writing: 64-character placeholders in the
+ * header (lowercase hex never contains 'z'), replaced once they are known. */
+static void sha_placeholder(char hex[65], int i) {
+    memset(hex, 'z', 64);
+    hex[64] = 0;
+    char tag[40];
+    int n = snprintf(tag, sizeof tag, "ziplora-sha256-pending-%d", i);
+    memcpy(hex + 4, tag, (size_t)n);
+}
+
+static int sha_fix(void *ctx, char *header, size_t len) {
+    const zl_lora_write_opts *o = ctx;
+    int rc = o->sha256_wait(o->sha256_ctx);
+    if (rc) return rc;
+    for (int i = 0; i < o->n_inputs; i++) {
+        char ph[65];
+        sha_placeholder(ph, i);
+        char own[65];
+        const char *hex = o->input_sha256 ? o->input_sha256[i] : NULL;
+        if (!hex && o->inputs[i]) {
+            if ((rc = zl_sha256_file(o->inputs[i], own))) return rc;
+            hex = own;
+        }
+        char *at = memmem(header, len, ph, 64);
+        if (!hex || strlen(hex) != 64 || !at) return zl_set_error(ZL_EINVAL, "internal: digest of input %d missing", i);
+        memcpy(at, hex, 64);
+    }
+    return ZL_OK;
+}
+
 int zl_lora_write_stream(const char *path, const zl_lora *lay, const zl_lora_source *src, const zl_lora_write_opts *o) {
     zl_lora_write_opts def;
     if (!o) {
@@ -424,7 +454,8 @@ int zl_lora_write_stream(const char *path, const zl_lora *lay, const zl_lora_sou
             json_t *arr = json_array();
             for (int i = 0; i < o->n_inputs && !rc; i++) {
                 char hex[65];
-                if (o->input_sha256 && o->input_sha256[i]) snprintf(hex, sizeof hex, "%s", o->input_sha256[i]);
+                if (o->sha256_wait) sha_placeholder(hex, i); /* filled in by sha_fix */
+                else if (o->input_sha256 && o->input_sha256[i]) snprintf(hex, sizeof hex, "%s", o->input_sha256[i]);
                 else rc = zl_sha256_file(o->inputs[i], hex);
                 json_t *it = json_object();
                 json_object_set_new(it, "file", json_string(base_name(o->inputs[i])));
@@ -440,7 +471,9 @@ int zl_lora_write_stream(const char *path, const zl_lora *lay, const zl_lora_sou
             peft = peft_metadata(lay);
             if (peft) meta[nm++] = (zl_st_meta_kv){"lora_adapter_metadata", peft};
         }
-        rc = zl_st_write(path, ent, n_ent, meta, nm, o->inputs, o->n_inputs);
+        rc = o->sha256_wait && o->n_inputs > 0
+                 ? zl_st_write_fix(path, ent, n_ent, meta, nm, o->inputs, o->n_inputs, sha_fix, (void *)o)
+                 : zl_st_write(path, ent, n_ent, meta, nm, o->inputs, o->n_inputs);
         free(inputs_json);
         free(peft);
     }

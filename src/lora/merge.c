@@ -450,6 +450,10 @@ static int stream_raw(void *ctx, int i, int which, zl_dtype dt, float scale, voi
     size_t esz = (size_t)zl_dtype_bits(dt) / 8, tot = 0;
     for (int k = 0; k < 2; k++) tot += t[k] ? (size_t)t[k]->nbytes : 0;
     if (tot != nbytes) return ZL_OK;
+    for (int k = 0; k < 2; k++) {
+        int rc = t[k] ? zl_lora_check_values((k ? p->zs : p->zc)->path, t[k]) : ZL_OK;
+        if (rc) return rc;
+    }
     if (!which) {
         /* down [r_c + r_s, in*kh*kw]: the two inputs' rows one after the other */
         char *d = dst;
@@ -489,6 +493,7 @@ static int stream_raw(void *ctx, int i, int which, zl_dtype dt, float scale, voi
 
 void zl_lora_lazy_free(zl_lora_lazy *z) {
     if (!z) return;
+    free(z->path);
     zl_st_close(z->f);
     free(z->down);
     free(z->up);
@@ -518,6 +523,7 @@ int zl_lora_detach(zl_lora *l, const zl_unet_config *cfg, zl_lora_lazy **out) {
     int rc = z->down && z->up ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory");
     if (!rc) rc = zl_st_open(l->path, &z->f);
     if (!rc) z->mapped = zl_st_is_mapped(z->f);
+    if (!rc && !(z->path = strdup(l->path))) rc = zl_set_error(ZL_ENOMEM, "out of memory");
     if (rc) { zl_lora_lazy_free(z); return rc; }
     rc = zl_key_ctx_init(&kc, l->family, peft ? ZL_FORMAT_PEFT : ZL_FORMAT_KOHYA, cfg);
     if (rc) { zl_lora_lazy_free(z); return rc; }
@@ -565,15 +571,21 @@ int zl_lora_detach(zl_lora *l, const zl_unet_config *cfg, zl_lora_lazy **out) {
 
 int zl_lora_lazy_read(const zl_lora_lazy *z, const zl_lora *l, int i, float *down, float *up) {
     const zl_lora_layer *y = &l->layers[i];
-    if (down) {
-        if (y->down) memcpy(down, y->down, dn(y) * sizeof(float));
-        else if (z && i < z->n && z->down[i]) { zl_st_read_f32(z->down[i], down); zl_lora_drop_pages(z->down[i], z->mapped); }
-        else return zl_set_error(ZL_EINVAL, "layer '%s' has no values", y->module);
-    }
-    if (up) {
-        if (y->up) memcpy(up, y->up, un(y) * sizeof(float));
-        else if (z && i < z->n && z->up[i]) { zl_st_read_f32(z->up[i], up); zl_lora_drop_pages(z->up[i], z->mapped); }
-        else return zl_set_error(ZL_EINVAL, "layer '%s' has no values", y->module);
+    for (int w = 0; w < 2; w++) {
+        float *dst = w ? up : down;
+        const float *mem = w ? y->up : y->down;
+        const zl_st_tensor *t = z && i < z->n ? (w ? z->up[i] : z->down[i]) : NULL;
+        if (!dst) continue;
+        if (mem) {
+            memcpy(dst, mem, (w ? un(y) : dn(y)) * sizeof(float));
+        } else if (t) {
+            int rc = zl_lora_check_values(z->path, t);
+            if (!rc) zl_st_read_f32(t, dst);
+            zl_lora_drop_pages(t, z->mapped);
+            if (rc) return rc;
+        } else {
+            return zl_set_error(ZL_EINVAL, "layer '%s' has no values", y->module);
+        }
     }
     return ZL_OK;
 }
