@@ -4,11 +4,13 @@
  * re-saved without the prefix); text encoders; the SVD re-rank error against an
  * independent dense eigen-decomposition; bad inputs fail cleanly. */
 #include <dirent.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 
+#include "lora/lora_keys.h"
 #include "testlib.h"
 
 static const char *CLI_OUT_PREFIX = ".ziplora-";
@@ -750,6 +752,133 @@ static void test_lazy_copied_buffer(void) {
     zl_st_close(f);
 }
 
+/* Tensors at odd offsets (safetensors does not align them): the F16 kohya
+ * fixture repacked with one 2-byte F16 alpha first and every down/up widened
+ * to F32 after it, so the F32 data sit at 2 mod 4. The lazy loader's checks
+ * and reads give the eager loader's values (the ASan/UBSan build traps any
+ * misaligned access). Found by fuzz_lora. */
+static void test_lazy_misaligned(void) {
+    const char *path = zt_data("mini-sdxl/loras/content.kohya.safetensors");
+    zl_st_file *f = NULL;
+    CHECK_OK(zl_st_open(path, &f));
+    if (!f) return;
+    int n = zl_st_count(f), first = -1;
+    for (int i = 0; i < n && first < 0; i++)
+        if (strstr(zl_st_at(f, i)->name, ".alpha") && zl_st_at(f, i)->dtype == ZL_DT_F16) first = i;
+    CHECK(first >= 0);
+    if (first < 0) { zl_st_close(f); return; }
+    size_t total = 0;
+    for (int i = 0; i < n; i++) {
+        const zl_st_tensor *t = zl_st_at(f, i);
+        total += t->dtype == ZL_DT_F16 && !strstr(t->name, ".alpha") ? (size_t)t->numel * 4 : t->nbytes;
+    }
+    uint8_t *data = calloc(total, 1);
+    json_t *h = json_object();
+    size_t off = 0;
+    for (int pass = 0; pass < 3 && data; pass++) /* the first alpha, the widened factors, the other alphas */
+        for (int i = 0; i < n; i++) {
+            const zl_st_tensor *t = zl_st_at(f, i);
+            int alpha = strstr(t->name, ".alpha") != NULL;
+            if ((pass == 0) != (i == first) || (pass == 1) == alpha || (pass == 2 && i == first)) continue;
+            int widen = !alpha && t->dtype == ZL_DT_F16;
+            size_t nb = widen ? (size_t)t->numel * 4 : t->nbytes;
+            json_t *shape = json_array();
+            for (int d = 0; d < t->ndim; d++) json_array_append_new(shape, json_integer(t->shape[d]));
+            json_object_set_new(h, t->name,
+                                json_pack("{s:s, s:o, s:[I,I]}", "dtype", widen ? "F32" : zl_dtype_name(t->dtype), "shape",
+                                          shape, "data_offsets", (json_int_t)off, (json_int_t)(off + nb)));
+            if (widen) { /* into an aligned buffer first: data + off is 2 mod 4 */
+                float *w = malloc(nb);
+                if (w) {
+                    zl_st_read_f32(t, w);
+                    memcpy(data + off, w, nb);
+                }
+                free(w);
+            } else {
+                memcpy(data + off, t->data, nb);
+            }
+            off += nb;
+        }
+    char *hs = json_dumps(h, JSON_COMPACT);
+    json_decref(h);
+    size_t hl = hs ? strlen(hs) : 0, hp = (hl + 7) & ~(size_t)7;
+    uint8_t *buf = malloc(8 + hp + total);
+    zl_st_file *g = NULL;
+    if (buf && hs && data && off == total) {
+        for (int i = 0; i < 8; i++) buf[i] = (uint8_t)((uint64_t)hp >> (8 * i));
+        memset(buf + 8, ' ', hp);
+        memcpy(buf + 8, hs, hl);
+        memcpy(buf + 8 + hp, data, total);
+        CHECK_OK(zl_st_parse(buf, 8 + hp + total, "odd offsets", &g));
+    }
+    zl_lora *e = NULL, *l = NULL;
+    zl_lora_lazy *z = NULL;
+    if (g) {
+        CHECK_OK(zl_lora_load_st(g, "odd offsets", NULL, &e));
+        CHECK_OK(zl_lora_load_st_lazy(g, "odd offsets", NULL, &l, &z));
+    }
+    int bad = !e || !l || e->n != l->n, odd = 0;
+    for (int i = 0; !bad && i < l->n; i++) {
+        const zl_lora_layer *y = &e->layers[i];
+        odd += y->dtype == ZL_DT_F32;
+        size_t nd = (size_t)y->rank * y->in_features * y->kh * y->kw, nu = (size_t)y->out_features * y->rank;
+        float *d = malloc(nd * sizeof *d), *u = malloc(nu * sizeof *u);
+        bad = !d || !u || zl_lora_lazy_read(z, l, i, d, u) != ZL_OK || memcmp(d, y->down, nd * sizeof *d) ||
+              memcmp(u, y->up, nu * sizeof *u);
+        free(d);
+        free(u);
+    }
+    CHECKM(!bad && odd == l->n, "lazy values at odd offsets (%d F32 layers)", odd);
+    zl_lora_lazy_free(z);
+    zl_lora_free(l);
+    zl_lora_free(e);
+    zl_st_close(g);
+    zl_st_close(f);
+    free(buf);
+    free(hs);
+    free(data);
+}
+
+/* The in-place value check at any alignment and length (vector body and
+ * scalar tail): it finds the first non-finite element and names it. */
+static void test_check_values(void) {
+    for (int dt = 0; dt < 2; dt++) {
+        const int n = dt ? 21 : 11; /* not multiples of the vector width */
+        const size_t esz = dt ? 2 : 4;
+        uint8_t buf[1 + 4 * 21];
+        memset(buf, 0, sizeof buf);
+        zl_st_tensor t;
+        memset(&t, 0, sizeof t);
+        t.name = "odd";
+        t.dtype = dt ? ZL_DT_F16 : ZL_DT_F32;
+        t.ndim = 1;
+        t.shape[0] = t.numel = n;
+        t.data = buf + 1; /* misaligned */
+        t.nbytes = (size_t)n * esz;
+        for (int i = 0; i < n; i++) {
+            float v = 0.25f * (float)(i - 5);
+            if (dt) {
+                uint16_t h = zl_f32_to_f16(v);
+                memcpy(buf + 1 + 2 * i, &h, 2);
+            } else {
+                memcpy(buf + 1 + 4 * i, &v, 4);
+            }
+        }
+        CHECK_OK(zl_lora_check_values("f.safetensors", &t));
+        if (dt) {
+            uint16_t nan = 0x7e00;
+            memcpy(buf + 1 + 2 * (n - 1), &nan, 2);
+        } else {
+            float inf = INFINITY;
+            memcpy(buf + 1 + 4 * (n - 1), &inf, 4);
+        }
+        char want[96];
+        snprintf(want, sizeof want, "f.safetensors: tensor 'odd' holds %s at element %d", dt ? "NaN" : "Inf", n - 1);
+        int rc = zl_lora_check_values("f.safetensors", &t);
+        CHECKM(rc == ZL_ENUMERIC && strstr(zl_errmsg(), want), "check_values: %d %s", rc, zl_errmsg());
+    }
+}
+
 static void test_raw_path(void) {
     static const struct {
         const char *c, *s;
@@ -808,6 +937,8 @@ int main(void) {
     test_truncate_unit();
     test_raw_path();
     test_lazy_copied_buffer();
+    test_lazy_misaligned();
+    test_check_values();
     test_library_errors();
     test_detach();
     test_exact("mini-sdxl");

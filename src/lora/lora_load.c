@@ -661,36 +661,45 @@ static int read_values(loader *L, const zl_st_tensor *t, float **out) {
 }
 
 /* Whether any of n values has all the bits of m set (m: a float format's
- * exponent field, so: whether any value is Inf or NaN). */
-static unsigned any_all_ones16(const uint16_t *h, size_t n, uint16_t m) {
+ * exponent field, so: whether any value is Inf or NaN). The data may be at
+ * any alignment (safetensors offsets need not be multiples of the size). */
+static unsigned any_all_ones16(const unsigned char *p, size_t n, uint16_t m) {
     size_t i = 0;
     unsigned bad = 0;
 #ifdef __AVX2__
     const __m256i vm = _mm256_set1_epi16((short)m);
     __m256i acc = _mm256_setzero_si256();
     for (; i + 16 <= n; i += 16) {
-        __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(h + i)), vm);
+        __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(p + 2 * i)), vm);
         acc = _mm256_or_si256(acc, _mm256_cmpeq_epi16(v, vm));
     }
     bad = !_mm256_testz_si256(acc, acc);
 #endif
-    for (; i < n; i++) bad |= (h[i] & m) == m;
+    for (; i < n; i++) {
+        uint16_t h;
+        memcpy(&h, p + 2 * i, 2);
+        bad |= (h & m) == m;
+    }
     return bad;
 }
 
-static unsigned any_all_ones32(const uint32_t *u, size_t n, uint32_t m) {
+static unsigned any_all_ones32(const unsigned char *p, size_t n, uint32_t m) {
     size_t i = 0;
     unsigned bad = 0;
 #ifdef __AVX2__
     const __m256i vm = _mm256_set1_epi32((int)m);
     __m256i acc = _mm256_setzero_si256();
     for (; i + 8 <= n; i += 8) {
-        __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(u + i)), vm);
+        __m256i v = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(const void *)(p + 4 * i)), vm);
         acc = _mm256_or_si256(acc, _mm256_cmpeq_epi32(v, vm));
     }
     bad = !_mm256_testz_si256(acc, acc);
 #endif
-    for (; i < n; i++) bad |= (u[i] & m) == m;
+    for (; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, p + 4 * i, 4);
+        bad |= (u & m) == m;
+    }
     return bad;
 }
 
@@ -698,9 +707,9 @@ int zl_lora_check_values(const char *path, const zl_st_tensor *t) {
     size_t n = (size_t)t->numel;
     unsigned bad = 0;
     if (t->dtype == ZL_DT_F16 || t->dtype == ZL_DT_BF16)
-        bad = any_all_ones16((const uint16_t *)t->data, n, t->dtype == ZL_DT_F16 ? 0x7c00u : 0x7f80u);
+        bad = any_all_ones16(t->data, n, t->dtype == ZL_DT_F16 ? 0x7c00u : 0x7f80u);
     else if (t->dtype == ZL_DT_F32)
-        bad = any_all_ones32((const uint32_t *)t->data, n, 0x7f800000u);
+        bad = any_all_ones32(t->data, n, 0x7f800000u);
     else if (zl_dtype_is_float(t->dtype))
         bad = 1; /* other float types (F64 may overflow float32): decide by widening */
     if (!bad) return ZL_OK;
