@@ -49,12 +49,14 @@ static void *hash_thread(void *p) {
     return NULL;
 }
 
-/* Wait for the hashing thread (once); its error, if any. */
-static int hash_join(hash_job *j, pthread_t *th, int threaded) {
+/* Wait for the hashing thread (once). */
+static void hash_join(hash_job *j, pthread_t *th, int threaded) {
     if (threaded && !j->joined) pthread_join(*th, NULL);
     j->joined = 1;
-    return j->rc ? zl_set_error(j->rc, "%s", j->err) : ZL_OK;
 }
+
+/* The hashing's error as this thread's error, if any. */
+static int hash_error(const hash_job *j) { return j->rc ? zl_set_error(j->rc, "%s", j->err) : ZL_OK; }
 
 typedef struct {
     hash_job *j;
@@ -65,7 +67,8 @@ typedef struct {
 /* zl_lora_write_opts.sha256_wait: the output's data is written; the header needs the digests now. */
 static int hash_wait(void *ctx) {
     hash_wait_ctx *w = ctx;
-    return hash_join(w->j, w->th, w->threaded);
+    hash_join(w->j, w->th, w->threaded);
+    return hash_error(w->j);
 }
 
 static int parse_weights(const char *s, float *wc, float *ws) {
@@ -206,8 +209,8 @@ int zl_cmd_merge(int argc, char **argv) {
     wo.sha256_ctx = &hw;
     zl_merge_report rep;
     rc = zl_lora_merge_write(out, c, s, &mo, &wo, &rep);
-    int hrc = hash_join(&hj, &th, threaded); /* the write may have failed before asking */
-    if (!rc) rc = hrc;
+    hash_join(&hj, &th, threaded); /* the write may have failed before asking */
+    if (!rc) rc = hash_error(&hj);
     if (!rc) {
         if (rank) {
             printf("%-5s %-70s %6s %6s %12s\n", "part", "layer", "rank", "->", "rel. error");
