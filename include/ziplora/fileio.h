@@ -15,7 +15,6 @@ typedef struct {
     char *path;
     char *tmp;
     FILE *fp;
-    long long queued; /* bytes already handed to the kernel for writeback (zl_afile_write_behind) */
     struct zl_afile_dio *dio; /* direct-I/O writer (zl_afile_open_large), else NULL */
 } zl_afile;
 
@@ -33,10 +32,6 @@ int zl_afile_write(zl_afile *af, const void *data, size_t n);
 int zl_afile_patch(zl_afile *af, long long off, const void *data, size_t n);
 /* Flush, fsync, rename onto path. On failure removes the temporary file. */
 int zl_afile_commit(zl_afile *af);
-/* For large files, call now and then while writing: once 32 MB more have been
- * written, starts their writeback to disk without waiting (Linux
- * sync_file_range), so the fsync at commit finds little left to do. */
-void zl_afile_write_behind(zl_afile *af);
 /* Remove the temporary file (safe to call after a failed commit, or twice). */
 void zl_afile_abort(zl_afile *af);
 

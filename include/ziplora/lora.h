@@ -168,16 +168,10 @@ typedef struct {
     const zl_mergers *mergers; /* optional per-input-feature scales */
     int rank;                  /* > 0: re-rank layers above this rank by truncated SVD */
     zl_dtype dtype;            /* output dtype; ZL_DT_INVALID: the inputs' common dtype, else F32 */
-    const struct zl_lora_lazy *lazy_content, *lazy_style; /* values of detached LoRAs (zl_lora_detach) */
+    const struct zl_lora_lazy *lazy_content, *lazy_style; /* values of lazily loaded LoRAs (zl_lora_load_lazy) */
 } zl_merge_opts;
 
-/* Keep memory near the input size: release a loaded LoRA's float32 values and read
- * them back on demand from its file (mapped), for every layer whose tensors sit in
- * the file under the keys of its layout and hold exactly the loaded values (others
- * keep their values). The LoRA's down/up become NULL where detached; pass the
- * handle to the merge. unet_config: as given to the loader (NULL: the standard). */
 typedef struct zl_lora_lazy zl_lora_lazy;
-int zl_lora_detach(zl_lora *l, const zl_unet_config *unet_config, zl_lora_lazy **out);
 void zl_lora_lazy_free(zl_lora_lazy *z);
 /* Load a LoRA file's structure (keys, shapes, alphas, as zl_lora_load does)
  * without reading its values: every layer's down/up is NULL and

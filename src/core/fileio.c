@@ -244,19 +244,6 @@ int zl_afile_patch(zl_afile *af, long long off, const void *data, size_t n) {
     return e ? zl_set_error(ZL_EIO, "%s: write failed: %s", af->path, strerror(e)) : ZL_OK;
 }
 
-void zl_afile_write_behind(zl_afile *af) {
-#ifdef SYNC_FILE_RANGE_WRITE
-    const long long step = 32ll << 20;
-    if (!af->fp || af->dio) return;
-    long long pos = (long long)ftello(af->fp);
-    if (pos < af->queued + step || fflush(af->fp) != 0) return;
-    /* advisory: a failure here shows up again at fsync */
-    if (sync_file_range(fileno(af->fp), af->queued, pos - af->queued, SYNC_FILE_RANGE_WRITE) == 0) af->queued = pos;
-#else
-    (void)af;
-#endif
-}
-
 void zl_afile_abort(zl_afile *af) {
     if (af->dio) {
         dio_wait(af->dio);

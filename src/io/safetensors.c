@@ -370,7 +370,6 @@ int zl_st_write_fix(const char *path, const zl_st_entry *entries, int n, const z
         } else {
             rc = zl_set_error(ZL_EINVAL, "%s: tensor '%s' has no data", path, e->name);
         }
-        if (!rc) zl_afile_write_behind(&af);
     }
     free(scratch);
     free(se);

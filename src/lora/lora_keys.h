@@ -1,5 +1,5 @@
 /* Internal: LoRA key naming with a name table built once (lora_write.c), shared
- * with merge.c's detached readers. */
+ * with merge.c's lazy readers. */
 #ifndef ZL_LORA_KEYS_H
 #define ZL_LORA_KEYS_H
 
@@ -20,7 +20,7 @@ void zl_key_ctx_free(zl_key_ctx *k);
 int zl_key_of(const zl_key_ctx *k, const zl_lora_layer *l, int names, char *buf, size_t n);
 
 /* Values of a LoRA left in its mapped file (merge.c reads them, lora_load.c and
- * zl_lora_detach build them). */
+ * the lazy loader builds them). */
 struct zl_lora_lazy {
     zl_st_file *f;
     int n;

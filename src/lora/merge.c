@@ -136,7 +136,7 @@ typedef struct {
     /* one-layer cache for the streaming writer (down then up of the same layer) */
     int cached;
     float *cdown, *cup;
-    /* inputs and their detached values; scratch for one layer of each */
+    /* inputs and their lazily loaded values; scratch for one layer of each */
     const zl_lora *c, *s;
     const zl_lora_lazy *zc, *zs;
     float *sc_down, *sc_up, *ss_down, *ss_up;
@@ -313,7 +313,7 @@ static void put_up(float *dst, int R, int col0, const zl_lora_layer *l, const fl
         for (int t = 0; t < l->rank; t++) dst[(size_t)o * R + col0 + t] = f * B[(size_t)o * l->rank + t];
 }
 
-/* A side's factors: in memory, or read from its detached file into scratch. */
+/* A side's factors: in memory, or read from its mapped file into scratch. */
 static int side_values(const plan *p, int side, const zl_lora_layer *l, const float **A, const float **B) {
     if (l->down && l->up) {
         *A = l->down;
@@ -489,7 +489,7 @@ static int stream_raw(void *ctx, int i, int which, zl_dtype dt, float scale, voi
     return ZL_OK;
 }
 
-/* ---- detached LoRAs: values read back from the mapped input on demand ---- */
+/* ---- lazily loaded LoRAs: values read from the mapped input on demand ---- */
 
 void zl_lora_lazy_free(zl_lora_lazy *z) {
     if (!z) return;
@@ -507,66 +507,6 @@ void zl_lora_drop_pages(const zl_st_tensor *t, int mapped) {
     long ps = sysconf(_SC_PAGESIZE);
     uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(ps - 1), b = (uintptr_t)t->data + t->nbytes;
     madvise((void *)a, b - a, MADV_DONTNEED);
-}
-
-int zl_lora_detach(zl_lora *l, const zl_unet_config *cfg, zl_lora_lazy **out) {
-    *out = NULL;
-    int peft = l->layout == ZL_LAYOUT_PEFT;
-    if (!l->path || (!peft && l->layout != ZL_LAYOUT_KOHYA_LDM && l->layout != ZL_LAYOUT_KOHYA_DIFFUSERS))
-        return ZL_OK; /* other layouts keep their values in memory */
-    zl_lora_lazy *z = calloc(1, sizeof *z);
-    if (!z) return zl_set_error(ZL_ENOMEM, "out of memory");
-    z->n = l->n;
-    z->down = calloc((size_t)(l->n ? l->n : 1), sizeof *z->down);
-    z->up = calloc((size_t)(l->n ? l->n : 1), sizeof *z->up);
-    zl_key_ctx kc;
-    int rc = z->down && z->up ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory");
-    if (!rc) rc = zl_st_open(l->path, &z->f);
-    if (!rc) z->mapped = zl_st_is_mapped(z->f);
-    if (!rc && !(z->path = strdup(l->path))) rc = zl_set_error(ZL_ENOMEM, "out of memory");
-    if (rc) { zl_lora_lazy_free(z); return rc; }
-    rc = zl_key_ctx_init(&kc, l->family, peft ? ZL_FORMAT_PEFT : ZL_FORMAT_KOHYA, cfg);
-    if (rc) { zl_lora_lazy_free(z); return rc; }
-    size_t maxn = 0;
-    for (int i = 0; i < l->n; i++) {
-        if (dn(&l->layers[i]) > maxn) maxn = dn(&l->layers[i]);
-        if (un(&l->layers[i]) > maxn) maxn = un(&l->layers[i]);
-    }
-    float *tmp = malloc((maxn ? maxn : 1) * sizeof(float));
-    for (int i = 0; i < l->n && tmp; i++) {
-        zl_lora_layer *y = &l->layers[i];
-        char stem[600], key[640];
-        if (!y->down || !y->up || zl_key_of(&kc, y, l->layout == ZL_LAYOUT_KOHYA_DIFFUSERS ? 1 : l->layout == ZL_LAYOUT_KOHYA_LDM ? 2 : 0, stem, sizeof stem)) {
-            zl_clear_error();
-            continue;
-        }
-        snprintf(key, sizeof key, "%s%s", stem, peft ? ".lora_A.weight" : ".lora_down.weight");
-        const zl_st_tensor *td = zl_st_find(z->f, key);
-        snprintf(key, sizeof key, "%s%s", stem, peft ? ".lora_B.weight" : ".lora_up.weight");
-        const zl_st_tensor *tu = zl_st_find(z->f, key);
-        if (!td || !tu || (size_t)td->numel != dn(y) || (size_t)tu->numel != un(y) || !zl_dtype_is_float(td->dtype) ||
-            !zl_dtype_is_float(tu->dtype))
-            continue;
-        /* only when the file holds exactly the loaded values */
-        zl_st_read_f32(td, tmp);
-        int same = !memcmp(tmp, y->down, dn(y) * sizeof(float));
-        if (same) {
-            zl_st_read_f32(tu, tmp);
-            same = !memcmp(tmp, y->up, un(y) * sizeof(float));
-        }
-        zl_lora_drop_pages(td, z->mapped);
-        zl_lora_drop_pages(tu, z->mapped);
-        if (!same) continue;
-        z->down[i] = td;
-        z->up[i] = tu;
-        free(y->down);
-        free(y->up);
-        y->down = y->up = NULL;
-    }
-    free(tmp);
-    zl_key_ctx_free(&kc);
-    *out = z;
-    return ZL_OK;
 }
 
 int zl_lora_lazy_read(const zl_lora_lazy *z, const zl_lora *l, int i, float *down, float *up) {
