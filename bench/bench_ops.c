@@ -11,6 +11,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "nn/conv_tiles.h"
 #include "nn/ops.h"
 #include "ziplora.h"
 
@@ -61,10 +62,15 @@ static void run_gemm(void *c) {
     zl_sgemm(0, 0, g->n, g->n, g->n, 1.0f, g->A, g->n, g->B, g->n, 0.0f, g->C, g->n);
 }
 
-typedef struct { zl_conv_shape s; float *x, *W, *b, *y, *dx, *dW, *db; int bwd; } conv_ctx;
+/* mode: 0 forward as zl_conv2d_fwd picks, 1 forward by im2col + sgemm, 2 forward
+ * by Winograd, 3 Winograd from F16 weights (as the UNet's stored weights), 4 backward. */
+typedef struct { zl_conv_shape s; float *x, *W, *b, *y, *dx, *dW, *db; int mode; uint16_t *W16; } conv_ctx;
 static void run_conv(void *c) {
     conv_ctx *k = c;
-    if (k->bwd) zl_conv2d_bwd(k->dx, k->dW, k->db, k->y, k->x, k->W, &k->s);
+    if (k->mode == 4) zl_conv2d_bwd(k->dx, k->dW, k->db, k->y, k->x, k->W, &k->s);
+    else if (k->mode == 1) zl_conv2d_fwd_rows(k->y, k->x, k->W, k->b, &k->s, 0);
+    else if (k->mode == 2) zl_conv2d_fwd_winograd(k->y, k->x, ZL_DT_F32, k->W, k->b, &k->s);
+    else if (k->mode == 3) zl_conv2d_fwd_winograd(k->y, k->x, ZL_DT_F16, k->W16, k->b, &k->s);
     else zl_conv2d_fwd(k->y, k->x, k->W, k->b, &k->s);
 }
 
@@ -122,20 +128,23 @@ static void report(const char *name, double flops, double t) {
     fflush(stdout);
 }
 
-static void bench_conv(int C, int HW, int bwd) {
-    conv_ctx k = {{1, C, HW, HW, C, 3, 3, 1, 1, 1, 1, 1}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, bwd};
-    const size_t nx = (size_t)C * HW * HW, nw = (size_t)C * C * 9;
-    k.x = rnd(nx, 1), k.W = rnd(nw, 0.05f), k.b = rnd(C, 1), k.y = rnd(nx, 1);
-    if (bwd) k.dx = calloc(nx, sizeof(float)), k.dW = calloc(nw, sizeof(float)), k.db = calloc(C, sizeof(float));
+static void bench_conv2(int Cin, int C, int HW, int mode) {
+    static const char *what[] = {"fwd", "fwd im2col", "fwd winograd", "fwd winograd f16", "bwd (dx+dW)"};
     char name[96];
-    snprintf(name, sizeof name, "conv3x3 %d->%d @%dx%d %s", C, C, HW, HW, bwd ? "bwd (dx+dW)" : "fwd");
-    if (!wanted(name)) {
-        free(k.x), free(k.W), free(k.b), free(k.y), free(k.dx), free(k.dW), free(k.db);
-        return;
+    snprintf(name, sizeof name, "conv3x3 %d->%d @%dx%d %s", Cin, C, HW, HW, what[mode]);
+    if (!wanted(name)) return;
+    conv_ctx k = {{1, Cin, HW, HW, C, 3, 3, 1, 1, 1, 1, 1}, NULL, NULL, NULL, NULL, NULL, NULL, NULL, mode, NULL};
+    const size_t nx = (size_t)Cin * HW * HW, ny = (size_t)C * HW * HW, nw = (size_t)C * Cin * 9;
+    k.x = rnd(nx, 1), k.W = rnd(nw, 0.05f), k.b = rnd(C, 1), k.y = rnd(ny, 1);
+    if (mode == 3) {
+        k.W16 = malloc(nw * sizeof(uint16_t));
+        for (size_t i = 0; i < nw; i++) k.W16[i] = zl_f32_to_f16(k.W[i]);
     }
-    report(name, (bwd ? 4.0 : 2.0) * C * 9.0 * C * HW * HW, best_time(run_conv, &k));
-    free(k.x), free(k.W), free(k.b), free(k.y), free(k.dx), free(k.dW), free(k.db);
+    if (mode == 4) k.dx = calloc(nx, sizeof(float)), k.dW = calloc(nw, sizeof(float)), k.db = calloc(C, sizeof(float));
+    report(name, (mode == 4 ? 4.0 : 2.0) * Cin * 9.0 * C * HW * HW, best_time(run_conv, &k));
+    free(k.x), free(k.W), free(k.b), free(k.y), free(k.dx), free(k.dW), free(k.db), free(k.W16);
 }
+static void bench_conv(int C, int HW, int bwd) { bench_conv2(C, C, HW, bwd ? 4 : 0); }
 
 static void bench_att(int T, int Tk, int H, int bwd) {
     const int d = 64;
@@ -178,6 +187,13 @@ int main(int argc, char **argv) {
     bench_conv(640, 64, 0);
     bench_conv(1280, 32, 0);
     bench_conv(640, 64, 1);
+    /* im2col against Winograd at the UNet's 3x3 shapes (batch 1: 64x64 and
+     * 128x128 latents put the levels at these sizes) and a VAE decoder shape */
+    static const int cs[][3] = {{320, 320, 64}, {640, 640, 32}, {1280, 1280, 16}, {2560, 1280, 16},
+                                {320, 320, 128}, {640, 640, 64}, {1280, 1280, 32}, {2560, 1280, 32},
+                                {960, 320, 64}, {512, 512, 128}};
+    for (size_t i = 0; i < sizeof cs / sizeof cs[0]; i++)
+        for (int m = 1; m <= 3; m++) bench_conv2(cs[i][0], cs[i][1], cs[i][2], m);
 
     bench_att(4096, 4096, 10, 0);
     bench_att(4096, 77, 10, 0);

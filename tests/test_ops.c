@@ -238,6 +238,58 @@ static void test_conv(void) {
     conv_case("3x3 s2 tiles of 3", (zl_conv_shape){1, 3, 15, 7, 2, 3, 3, 2, 0, 0, 1, 1}, 1, 3);
     zl_conv_shape s = {1, 1, 2, 2, 1, 3, 3, 1, 0, 0, 0, 0};
     CHECK(zl_conv_out_h(&s) == 0 && zl_conv_out_w(&s) == 0); /* kernel larger than the padded image */
+    /* Big enough for Winograd (src/nn/winograd.c): the forward through
+     * zl_conv2d_fwd, the backward (im2col) checked against its differences. */
+    conv_case("3x3 winograd-size", (zl_conv_shape){2, 17, 13, 22, 18, 3, 3, 1, 1, 1, 1, 1}, 1, 0);
+}
+
+/* Winograd F(4x4, 3x3) against the float64 direct convolution: ragged tile
+ * edges (H, W not multiples of 4), channel counts off the 8-lane steps, two
+ * images, every chunking of output channels and tiles (chunks that split a
+ * tile row and an image), and weights given as F16 and as unaligned BF16. */
+static void wino_case(const char *name, zl_conv_shape s, int with_bias, zl_dtype dt, int kc, int pc) {
+    const size_t nx = (size_t)s.B * s.Cin * s.H * s.W, nw = (size_t)s.Cout * s.Cin * 9, ny = (size_t)s.B * s.Cout * s.H * s.W;
+    float *x = frnd(nx, 1), *W = frnd(nw, 0.5f), *b = with_bias ? frnd(s.Cout, 1) : NULL, *y = ffill(ny, NAN);
+    unsigned char *store = malloc(nw * 4 + 1), *wp = store + (dt == ZL_DT_F32 ? 0 : 1);
+    for (size_t i = 0; i < nw; i++) { /* round to the stored type; the reference uses the rounded values */
+        uint16_t h;
+        if (dt == ZL_DT_F16) h = zl_f32_to_f16(W[i]), W[i] = zl_f16_to_f32(h), memcpy(wp + 2 * i, &h, 2);
+        else if (dt == ZL_DT_BF16) h = zl_f32_to_bf16(W[i]), W[i] = zl_bf16_to_f32(h), memcpy(wp + 2 * i, &h, 2);
+        else memcpy(wp + 4 * i, &W[i], 4);
+    }
+    double *ref = malloc(sizeof(double) * ny), *xd = todbl(x, nx), *Wd = todbl(W, nw), *bd = b ? todbl(b, s.Cout) : NULL;
+    nv_conv(ref, xd, Wd, bd, &s);
+    zl_conv2d_fwd_winograd_chunks(y, x, dt, wp, b, &s, kc, pc);
+    char what[160];
+    snprintf(what, sizeof what, "winograd %s (chunks %d/%d)", name, kc, pc);
+    fwd_close(what, y, ref, ny);
+    free(x), free(W), free(b), free(y), free(store), free(ref), free(xd), free(Wd), free(bd);
+}
+
+static void test_winograd(void) {
+    const zl_conv_shape s1 = {2, 19, 13, 22, 17, 3, 3, 1, 1, 1, 1, 1}; /* 2 x 4 x 6 = 48 tiles */
+    wino_case("19->17 13x22 b2", s1, 1, ZL_DT_F32, 0, 0);
+    wino_case("19->17 13x22 b2", s1, 1, ZL_DT_F32, 16, 5);  /* 2 channel chunks, tile chunks of 5 */
+    wino_case("19->17 13x22 b2", s1, 0, ZL_DT_F32, 8, 48);  /* 3 channel chunks, input transformed once */
+    wino_case("19->17 13x22 b2 F16", s1, 1, ZL_DT_F16, 0, 7);
+    wino_case("19->17 13x22 b2 BF16 unaligned", s1, 1, ZL_DT_BF16, 5, 0);
+    wino_case("32->24 16x16", (zl_conv_shape){1, 32, 16, 16, 24, 3, 3, 1, 1, 1, 1, 1}, 1, ZL_DT_F16, 0, 0);
+    wino_case("16->16 1x1 image", (zl_conv_shape){3, 16, 1, 1, 16, 3, 3, 1, 1, 1, 1, 1}, 1, ZL_DT_F32, 0, 0);
+    wino_case("16->40 5x33 (tile row wider than 8)", (zl_conv_shape){1, 16, 5, 33, 40, 3, 3, 1, 1, 1, 1, 1}, 1,
+              ZL_DT_F32, 0, 11);
+    /* Which shapes take it: 3x3, stride 1, pad 1, >= 16 channels each side, >= 48 tiles. */
+    CHECK(zl_conv2d_winograd_ok(&s1));
+    zl_conv_shape t = s1;
+    t.B = 1; /* 24 tiles */
+    CHECK(!zl_conv2d_winograd_ok(&t));
+    t = s1, t.stride = 2;
+    CHECK(!zl_conv2d_winograd_ok(&t));
+    t = s1, t.pad_t = t.pad_l = 0;
+    CHECK(!zl_conv2d_winograd_ok(&t));
+    t = s1, t.Cin = 15;
+    CHECK(!zl_conv2d_winograd_ok(&t));
+    t = s1, t.kh = t.kw = 1, t.pad_t = t.pad_l = t.pad_b = t.pad_r = 0;
+    CHECK(!zl_conv2d_winograd_ok(&t));
 }
 
 /* ---- norms ------------------------------------------------------------------------ */
@@ -789,6 +841,7 @@ int main(void) {
     test_sgemm();
     test_linear();
     test_conv();
+    test_winograd();
     test_groupnorm();
     test_layernorm();
     test_activations();

@@ -296,6 +296,7 @@ static void transformer_free(zl_unet_transformer *t) { free(t->blocks); t->block
 
 void zl_unet_free(zl_unet *u) {
     if (!u) return;
+    zl_conv2d_winograd_release();
     for (int i = 0; i < u->n_mods; i++) {
         zl_unet_mod *m = u->mods[i];
         for (int k = 0; k < m->n_br; k++) {
@@ -374,8 +375,11 @@ void zl_unet_conv(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, in
     if (u->mod_hook.fn) u->mod_hook.fn(u->mod_hook.ctx, m, x, B, H, W, stride);
     int pad = m->kh / 2;
     zl_conv_shape s = {B, m->in, H, W, m->out, m->kh, m->kw, stride, pad, pad, pad, pad};
-    const float *Wt = weight_f32(u, &m->w);
-    zl_conv2d_fwd(y, x, Wt, bias_of(m), &s);
+    if (zl_conv2d_winograd_ok(&s)) /* transforms the weights straight from their stored dtype: no widening */
+        zl_conv2d_fwd_winograd(y, x, m->w.f32 ? ZL_DT_F32 : m->w.dtype, m->w.f32 ? (const void *)m->w.f32 : m->w.data,
+                               bias_of(m), &s);
+    else
+        zl_conv2d_fwd(y, x, weight_f32(u, &m->w), bias_of(m), &s);
     if (!m->n_br) return;
     int Ho = zl_conv_out_h(&s), Wo = zl_conv_out_w(&s), HWo = Ho * Wo, HW = H * W;
     for (int k = 0; k < m->n_br; k++) {

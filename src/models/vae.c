@@ -415,6 +415,7 @@ static void free_attn(vae_attn *a) {
 
 void zl_vae_free(zl_vae *v) {
     if (!v) return;
+    zl_conv2d_winograd_release();
     free_conv(&v->enc_in);
     free_conv(&v->enc_out);
     free_conv(&v->quant);

@@ -133,6 +133,10 @@ static void fill_bias(float *y, const float *b, int Cout, size_t HW) {
 }
 
 void zl_conv2d_fwd(float *y, const float *x, const float *Wt, const float *b, const zl_conv_shape *s) {
+    if (zl_conv2d_winograd_ok(s)) {
+        zl_conv2d_fwd_winograd(y, x, ZL_DT_F32, Wt, b, s);
+        return;
+    }
     zl_conv2d_fwd_rows(y, x, Wt, b, s, 0);
 }
 

@@ -10,4 +10,9 @@ void zl_conv2d_fwd_rows(float *y, const float *x, const float *Wt, const float *
 void zl_conv2d_bwd_rows(float *dx, float *dW, float *db, const float *dy, const float *x, const float *Wt,
                         const zl_conv_shape *s, int rows);
 
+/* Winograd with explicit chunks: kc output channels per weight transform, pc
+ * tiles per input transform (<= 0: chosen from the byte budgets). */
+void zl_conv2d_fwd_winograd_chunks(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b,
+                                   const zl_conv_shape *s, int kc, int pc);
+
 #endif

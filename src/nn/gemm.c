@@ -119,6 +119,20 @@ void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, 
     }
 }
 
+void zl_sgemm_serial(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                     int ldb, float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (beta == 0.0f)
+        for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+    if (K <= 0) {
+        if (beta != 0.0f && beta != 1.0f)
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+        return;
+    }
+    gemm1(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta == 0.0f ? 1.0f : beta, C, ldc);
+}
+
 /* The machine's sgemm rate as OpenBLAS itself achieves it (its own threading,
  * `threads` threads), for benchmarks to report ratios against. Median of reps. */
 double zl_sgemm_reference_gflops(int n, int reps, int threads) {

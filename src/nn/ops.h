@@ -17,11 +17,18 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ziplora/core.h"
+
 /* ---- GEMM ---------------------------------------------------------------
  * C[M,N] = alpha * op(A) * op(B) + beta * C, row-major; op = transpose if tX.
  * With beta == 0, C is never read (NaNs in C do not propagate). */
 void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
               float beta, float *C, int ldc);
+
+/* The same product as one single-threaded call, whatever the thread count:
+ * for callers that parallelise over independent products themselves. */
+void zl_sgemm_serial(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
+                     int ldb, float beta, float *C, int ldc);
 
 /* OpenBLAS's own sgemm rate at n x n x n with `threads` threads (its native
  * threading), median of `reps` runs: the baseline benchmarks report against. */
@@ -47,6 +54,16 @@ int zl_conv_out_w(const zl_conv_shape *s);
 void zl_conv2d_fwd(float *y, const float *x, const float *Wt, const float *b, const zl_conv_shape *s);
 void zl_conv2d_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *Wt,
                    const zl_conv_shape *s);
+/* 3x3 stride-1 pad-1 convolutions with enough tiles and channels go through
+ * Winograd F(4x4, 3x3) (src/nn/winograd.c); zl_conv2d_fwd does that itself.
+ * The _winograd entry takes the weights in their stored dtype (F32, F16,
+ * BF16; any alignment), so F16-resident weights need no widening pass. */
+int zl_conv2d_winograd_ok(const zl_conv_shape *s);
+void zl_conv2d_fwd_winograd(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b,
+                            const zl_conv_shape *s);
+/* Winograd keeps one workspace (up to ~250 MB at SDXL shapes) between calls,
+ * since fresh pages cost as much as the transforms; this frees it. */
+void zl_conv2d_winograd_release(void);
 
 /* ---- Normalisation ----------------------------------------------------------
  * GroupNorm over x [B, C, HW] with G groups (C % G == 0), affine gamma/beta [C].
