@@ -167,6 +167,36 @@ static void test_sgemm(void) {
     free(A), free(B), free(C);
 }
 
+/* zl_sgemm_nt_stored (W widened block by block) gives exactly what zl_sgemm
+ * gives on the widened W, for F16, BF16 and unaligned F32, on one block and on
+ * a multi-block grid, with beta 0 (NaN garbage in C) and beta 1. */
+static void test_sgemm_stored(void) {
+    const int shapes[][3] = {{5, 7, 9}, {200, 300, 70}, {256, 1280, 64}};
+    const zl_dtype dts[] = {ZL_DT_F16, ZL_DT_BF16, ZL_DT_F32};
+    for (size_t si = 0; si < 3; si++)
+        for (size_t di = 0; di < 3; di++) {
+            const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+            const zl_dtype dt = dts[di];
+            float *A = frnd((size_t)M * K, 1), *W = frnd((size_t)N * K, 1);
+            unsigned char *raw = malloc((size_t)N * K * 4 + 1), *wp = raw + 1;
+            for (size_t i = 0; i < (size_t)N * K; i++) {
+                uint16_t h;
+                if (dt == ZL_DT_F16) h = zl_f32_to_f16(W[i]), W[i] = zl_f16_to_f32(h), memcpy(wp + 2 * i, &h, 2);
+                else if (dt == ZL_DT_BF16) h = zl_f32_to_bf16(W[i]), W[i] = zl_bf16_to_f32(h), memcpy(wp + 2 * i, &h, 2);
+                else memcpy(wp + 4 * i, &W[i], 4);
+            }
+            for (int beta = 0; beta <= 1; beta++) {
+                float *C1 = ffill((size_t)M * N, beta ? 0.5f : NAN), *C2 = ffill((size_t)M * N, beta ? 0.5f : NAN);
+                zl_sgemm(0, 1, M, N, K, 1.0f, A, K, W, K, (float)beta, C1, N);
+                CHECK_OK(zl_sgemm_nt_stored(M, N, K, A, K, dt, wp, (float)beta, C2, N));
+                CHECKM(memcmp(C1, C2, sizeof(float) * M * N) == 0, "stored-dtype gemm %dx%dx%d %s beta %d bit-identical",
+                       M, N, K, zl_dtype_name(dt), beta);
+                free(C1), free(C2);
+            }
+            free(A), free(W), free(raw);
+        }
+}
+
 /* ---- conv2d --------------------------------------------------------------------- */
 
 typedef struct { zl_conv_shape s; double *x, *W, *b, *dy, *y; } conv_ctx;
@@ -839,6 +869,7 @@ static void test_threads(void) {
 
 int main(void) {
     test_sgemm();
+    test_sgemm_stored();
     test_linear();
     test_conv();
     test_winograd();

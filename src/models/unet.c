@@ -354,8 +354,11 @@ const float *zl_unet_weight_f32(zl_unet *u, const zl_unet_mod *m) { return weigh
 
 void zl_unet_linear(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, int N) {
     if (u->mod_hook.fn) u->mod_hook.fn(u->mod_hook.ctx, m, x, N, 1, 1, 1);
-    const float *W = weight_f32(u, &m->w);
-    zl_linear_fwd(y, x, W, bias_of(m), N, m->in, m->out);
+    /* stored F16/BF16: widened block by block inside the product (in cache);
+     * the whole-weight widening is the fallback if that runs out of memory */
+    if (!zl_weight_needs_scratch(&m->w) ||
+        zl_linear_fwd_stored(y, x, m->w.dtype, m->w.data, bias_of(m), N, m->in, m->out) != ZL_OK)
+        zl_linear_fwd(y, x, weight_f32(u, &m->w), bias_of(m), N, m->in, m->out);
     for (int k = 0; k < m->n_br; k++) {
         const zl_unet_branch *br = &m->br[k];
         const float *xin = x;

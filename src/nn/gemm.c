@@ -119,6 +119,54 @@ void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, 
     }
 }
 
+/* Per-thread buffer for the widened rows of a stored-dtype operand; OpenMP's
+ * worker threads persist, and so do these (reused call after call, since
+ * fresh pages cost a fault and a zeroing each). */
+static _Thread_local float *tl_wide;
+static _Thread_local size_t tl_wide_n;
+
+static float *wide_buf(size_t n) {
+    if (tl_wide_n < n) {
+        free(tl_wide);
+        tl_wide = malloc(n * sizeof(float));
+        tl_wide_n = tl_wide ? n : 0;
+    }
+    return tl_wide;
+}
+
+int zl_sgemm_nt_stored(int M, int N, int K, const float *A, int lda, zl_dtype wdt, const void *W, float beta, float *C,
+                       int ldc) {
+    if (M <= 0 || N <= 0) return 0;
+    if (beta == 0.0f)
+        for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
+    if (K <= 0) {
+        if (beta != 0.0f && beta != 1.0f)
+            for (int i = 0; i < M; i++)
+                for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+        return 0;
+    }
+    const float b = beta == 0.0f ? 1.0f : beta;
+    const size_t esz = (size_t)zl_dtype_bits(wdt) / 8;
+    int bm = M, bn = N;
+    if (2.0 * M * N * K >= ZL_GEMM_PAR_FLOPS) grid(M, N, &bm, &bn);
+    const int nbm = ceil_div(M, bm), nbn = ceil_div(N, bn), nblk = nbm * nbn;
+    int fail = 0;
+    /* The same blocks as zl_sgemm (so the same sums); each widens its own rows of W into a buffer that stays in cache. */
+    #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel() && nblk > 1) reduction(| : fail)
+    for (int t = 0; t < nblk; t++) {
+        const int i = (t / nbn) * bm, j = (t % nbn) * bn;
+        const int m = M - i < bm ? M - i : bm, n = N - j < bn ? N - j : bn;
+        float *w = wide_buf((size_t)n * K);
+        if (!w) {
+            fail = 1;
+            continue;
+        }
+        zl_convert_to_f32(wdt, (const char *)W + (size_t)j * K * esz, w, (size_t)n * K);
+        gemm1(0, 1, m, n, K, 1.0f, A + (size_t)i * lda, lda, w, K, b, C + (size_t)i * ldc + j, ldc);
+    }
+    return fail ? zl_set_error(ZL_ENOMEM, "out of memory widening a %d x %d weight", N, K) : 0;
+}
+
 void zl_sgemm_serial(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                      int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;

@@ -15,6 +15,15 @@ void zl_linear_fwd(float *y, const float *x, const float *W, const float *b, int
     }
 }
 
+int zl_linear_fwd_stored(float *y, const float *x, zl_dtype wdt, const void *W, const float *b, int N, int in, int out) {
+    if (N <= 0 || out <= 0) return 0;
+    if (b) {
+        #pragma omp parallel for schedule(static) if ((size_t)N * out > 65536)
+        for (int n = 0; n < N; n++) memcpy(y + (size_t)n * out, b, (size_t)out * sizeof(float));
+    }
+    return zl_sgemm_nt_stored(N, out, in, x, in, wdt, W, b ? 1.0f : 0.0f, y, out);
+}
+
 void zl_linear_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N, int in,
                    int out) {
     if (N <= 0 || out <= 0) return;

@@ -30,6 +30,15 @@ void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, 
 void zl_sgemm_serial(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                      int ldb, float beta, float *C, int ldc);
 
+/* C[M,N] = A[M,K] * W^T (+ beta C) with W [N,K] in its stored dtype (F16, BF16,
+ * F32; any alignment): each block of zl_sgemm's grid widens its own rows of W
+ * into a per-thread buffer just before its product, so the float32 copy stays
+ * in cache instead of going through memory. The same blocks and calls as
+ * zl_sgemm(0, 1, ...) on the widened W: identical results. Returns ZL_ENOMEM
+ * (C then incomplete) if a buffer cannot be had. */
+int zl_sgemm_nt_stored(int M, int N, int K, const float *A, int lda, zl_dtype wdt, const void *W, float beta, float *C,
+                       int ldc);
+
 /* OpenBLAS's own sgemm rate at n x n x n with `threads` threads (its native
  * threading), median of `reps` runs: the baseline benchmarks report against. */
 double zl_sgemm_reference_gflops(int n, int reps, int threads);
@@ -37,6 +46,8 @@ double zl_sgemm_reference_gflops(int n, int reps, int threads);
 /* ---- Linear ---------------------------------------------------------------
  * x [N, in], W [out, in], b [out] or NULL -> y [N, out]. */
 void zl_linear_fwd(float *y, const float *x, const float *W, const float *b, int N, int in, int out);
+/* The same with W [out, in] in its stored dtype (zl_sgemm_nt_stored). */
+int zl_linear_fwd_stored(float *y, const float *x, zl_dtype wdt, const void *W, const float *b, int N, int in, int out);
 /* dx [N,in] += dy W ; dW [out,in] += dy^T x ; db [out] += sum_n dy */
 void zl_linear_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N, int in,
                    int out);
