@@ -192,6 +192,16 @@ static void test_sgemm_stored(void) {
                 CHECKM(memcmp(C1, C2, sizeof(float) * M * N) == 0, "stored-dtype gemm %dx%dx%d %s beta %d bit-identical",
                        M, N, K, zl_dtype_name(dt), beta);
                 free(C1), free(C2);
+                /* the stored operand on the left: C [N, M] = W [N, K] * A^T, A^T given as [K, M] */
+                float *At = malloc(sizeof(float) * K * M);
+                for (int r = 0; r < M; r++)
+                    for (int k = 0; k < K; k++) At[(size_t)k * M + r] = A[(size_t)r * K + k];
+                C1 = ffill((size_t)N * M, beta ? 0.5f : NAN), C2 = ffill((size_t)N * M, beta ? 0.5f : NAN);
+                zl_sgemm(0, 0, N, M, K, 1.0f, W, K, At, M, (float)beta, C1, M);
+                CHECK_OK(zl_sgemm_stored_nn(N, M, K, dt, wp, At, M, (float)beta, C2, M));
+                CHECKM(memcmp(C1, C2, sizeof(float) * M * N) == 0, "stored-dtype gemm (left) %dx%dx%d %s beta %d bit-identical",
+                       N, M, K, zl_dtype_name(dt), beta);
+                free(C1), free(C2), free(At);
             }
             free(A), free(W), free(raw);
         }
@@ -294,6 +304,29 @@ static void wino_case(const char *name, zl_conv_shape s, int with_bias, zl_dtype
     snprintf(what, sizeof what, "winograd %s (chunks %d/%d)", name, kc, pc);
     fwd_close(what, y, ref, ny);
     free(x), free(W), free(b), free(y), free(store), free(ref), free(xd), free(Wd), free(bd);
+}
+
+/* zl_conv2d_fwd_stored (F16 weights) gives exactly zl_conv2d_fwd on the
+ * widened weights, through im2col (stride 2, 1x1, a Winograd-size shape with
+ * too few tiles) and through Winograd. */
+static void test_conv_stored(void) {
+    const zl_conv_shape shapes[] = {{2, 20, 9, 11, 24, 3, 3, 2, 1, 1, 1, 1},
+                                    {2, 20, 9, 11, 24, 1, 1, 1, 0, 0, 0, 0},
+                                    {1, 32, 12, 12, 40, 3, 3, 1, 1, 1, 1, 1},
+                                    {2, 19, 13, 22, 17, 3, 3, 1, 1, 1, 1, 1}};
+    for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) {
+        const zl_conv_shape s = shapes[i];
+        const size_t nx = (size_t)s.B * s.Cin * s.H * s.W, nw = (size_t)s.Cout * s.Cin * s.kh * s.kw,
+                     ny = (size_t)s.B * s.Cout * zl_conv_out_h(&s) * zl_conv_out_w(&s);
+        float *x = frnd(nx, 1), *W = frnd(nw, 0.5f), *b = frnd(s.Cout, 1), *y1 = ffill(ny, NAN), *y2 = ffill(ny, NAN);
+        uint16_t *h = malloc(nw * sizeof(uint16_t));
+        for (size_t k = 0; k < nw; k++) h[k] = zl_f32_to_f16(W[k]), W[k] = zl_f16_to_f32(h[k]);
+        zl_conv2d_fwd(y1, x, W, b, &s);
+        CHECK_OK(zl_conv2d_fwd_stored(y2, x, ZL_DT_F16, h, b, &s));
+        CHECKM(memcmp(y1, y2, sizeof(float) * ny) == 0, "conv from F16 weights, shape %zu (%s), bit-identical", i,
+               zl_conv2d_winograd_ok(&s) ? "winograd" : "im2col");
+        free(x), free(W), free(b), free(y1), free(y2), free(h);
+    }
 }
 
 static void test_winograd(void) {
@@ -873,6 +906,7 @@ int main(void) {
     test_linear();
     test_conv();
     test_winograd();
+    test_conv_stored();
     test_groupnorm();
     test_layernorm();
     test_activations();

@@ -378,10 +378,9 @@ void zl_unet_conv(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, in
     if (u->mod_hook.fn) u->mod_hook.fn(u->mod_hook.ctx, m, x, B, H, W, stride);
     int pad = m->kh / 2;
     zl_conv_shape s = {B, m->in, H, W, m->out, m->kh, m->kw, stride, pad, pad, pad, pad};
-    if (zl_conv2d_winograd_ok(&s)) /* transforms the weights straight from their stored dtype: no widening */
-        zl_conv2d_fwd_winograd(y, x, m->w.f32 ? ZL_DT_F32 : m->w.dtype, m->w.f32 ? (const void *)m->w.f32 : m->w.data,
-                               bias_of(m), &s);
-    else
+    /* stored F16/BF16: Winograd transforms them directly, im2col widens them block by block in the product;
+     * the whole-weight widening is the fallback if that runs out of memory */
+    if (!zl_weight_needs_scratch(&m->w) || zl_conv2d_fwd_stored(y, x, m->w.dtype, m->w.data, bias_of(m), &s) != ZL_OK)
         zl_conv2d_fwd(y, x, weight_f32(u, &m->w), bias_of(m), &s);
     if (!m->n_br) return;
     int Ho = zl_conv_out_h(&s), Wo = zl_conv_out_w(&s), HWo = Ho * Wo, HW = H * W;

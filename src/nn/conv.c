@@ -145,37 +145,59 @@ void zl_conv2d_bwd(float *dx, float *dW, float *db, const float *dy, const float
     zl_conv2d_bwd_rows(dx, dW, db, dy, x, Wt, s, 0);
 }
 
-void zl_conv2d_fwd_rows(float *y, const float *x, const float *Wt, const float *b, const zl_conv_shape *s, int rows) {
+/* The forward, with the weights as float32 (F != NULL) or in a stored dtype. */
+static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, const void *Wst, const float *b,
+                    const zl_conv_shape *s, int rows) {
     const int Ho = zl_conv_out_h(s), Wo = zl_conv_out_w(s);
     const size_t HWo = (size_t)Ho * Wo, HWi = (size_t)s->H * s->W;
     const int K = s->Cin * s->kh * s->kw;
-    if (Ho <= 0 || Wo <= 0 || s->Cout <= 0) return;
+    int rc = 0;
+    if (Ho <= 0 || Wo <= 0 || s->Cout <= 0) return 0;
     if (is_pointwise(s)) {
-        for (int n = 0; n < s->B; n++) {
+        for (int n = 0; n < s->B && !rc; n++) {
             float *yb = y + (size_t)n * s->Cout * HWo;
+            const float *xb = x + (size_t)n * s->Cin * HWi;
             if (b) fill_bias(yb, b, s->Cout, HWo);
-            zl_sgemm(0, 0, s->Cout, (int)HWo, s->Cin, 1.0f, Wt, s->Cin, x + (size_t)n * s->Cin * HWi, (int)HWo,
-                     b ? 1.0f : 0.0f, yb, (int)HWo);
+            if (F)
+                zl_sgemm(0, 0, s->Cout, (int)HWo, s->Cin, 1.0f, F, s->Cin, xb, (int)HWo, b ? 1.0f : 0.0f, yb, (int)HWo);
+            else
+                rc = zl_sgemm_stored_nn(s->Cout, (int)HWo, s->Cin, wdt, Wst, xb, (int)HWo, b ? 1.0f : 0.0f, yb, (int)HWo);
         }
-        return;
+        return rc;
     }
     int R = rows > 0 ? (rows < Ho ? rows : Ho) : tile_rows(s, Ho, Wo);
     float *col = alloc_col(K, Wo, &R); // [K, R*Wo]
     if (!col) {
         poison(y, (size_t)s->B * s->Cout * HWo);
-        return;
+        return 0;
     }
-    for (int n = 0; n < s->B; n++) {
+    for (int n = 0; n < s->B && !rc; n++) {
         const float *xb = x + (size_t)n * s->Cin * HWi;
         float *yb = y + (size_t)n * s->Cout * HWo; // [Cout, Ho*Wo]
         if (b) fill_bias(yb, b, s->Cout, HWo);
-        for (int r0 = 0; r0 < Ho; r0 += R) {
+        for (int r0 = 0; r0 < Ho && !rc; r0 += R) {
             const int r1 = r0 + R < Ho ? r0 + R : Ho, N = (r1 - r0) * Wo;
             im2col(col, xb, s, Wo, r0, r1);
-            zl_sgemm(0, 0, s->Cout, N, K, 1.0f, Wt, K, col, N, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo, (int)HWo);
+            if (F)
+                zl_sgemm(0, 0, s->Cout, N, K, 1.0f, F, K, col, N, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo, (int)HWo);
+            else
+                rc = zl_sgemm_stored_nn(s->Cout, N, K, wdt, Wst, col, N, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo, (int)HWo);
         }
     }
     free(col);
+    return rc;
+}
+
+void zl_conv2d_fwd_rows(float *y, const float *x, const float *Wt, const float *b, const zl_conv_shape *s, int rows) {
+    conv_fwd(y, x, Wt, ZL_DT_F32, NULL, b, s, rows);
+}
+
+int zl_conv2d_fwd_stored(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b, const zl_conv_shape *s) {
+    if (zl_conv2d_winograd_ok(s)) {
+        zl_conv2d_fwd_winograd(y, x, wdt, Wt, b, s);
+        return 0;
+    }
+    return conv_fwd(y, x, NULL, wdt, Wt, b, s, 0);
 }
 
 void zl_conv2d_bwd_rows(float *dx, float *dW, float *db, const float *dy, const float *x, const float *Wt,

@@ -134,8 +134,11 @@ static float *wide_buf(size_t n) {
     return tl_wide;
 }
 
-int zl_sgemm_nt_stored(int M, int N, int K, const float *A, int lda, zl_dtype wdt, const void *W, float beta, float *C,
-                       int ldc) {
+/* C = op(A) op(B) with one operand in a stored dtype: A [M,K] (stored_a) or
+ * B^T as W [N,K]. The grid and calls of zl_sgemm, each block widening its own
+ * rows of the stored operand first. */
+static int gemm_stored(int stored_a, int M, int N, int K, const float *F, int ldf, zl_dtype wdt, const void *W,
+                       float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return 0;
     if (beta == 0.0f)
         for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
@@ -151,20 +154,33 @@ int zl_sgemm_nt_stored(int M, int N, int K, const float *A, int lda, zl_dtype wd
     if (2.0 * M * N * K >= ZL_GEMM_PAR_FLOPS) grid(M, N, &bm, &bn);
     const int nbm = ceil_div(M, bm), nbn = ceil_div(N, bn), nblk = nbm * nbn;
     int fail = 0;
-    /* The same blocks as zl_sgemm (so the same sums); each widens its own rows of W into a buffer that stays in cache. */
     #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel() && nblk > 1) reduction(| : fail)
     for (int t = 0; t < nblk; t++) {
         const int i = (t / nbn) * bm, j = (t % nbn) * bn;
         const int m = M - i < bm ? M - i : bm, n = N - j < bn ? N - j : bn;
-        float *w = wide_buf((size_t)n * K);
+        const int rows = stored_a ? m : n, r0 = stored_a ? i : j;
+        float *w = wide_buf((size_t)rows * K);
         if (!w) {
             fail = 1;
             continue;
         }
-        zl_convert_to_f32(wdt, (const char *)W + (size_t)j * K * esz, w, (size_t)n * K);
-        gemm1(0, 1, m, n, K, 1.0f, A + (size_t)i * lda, lda, w, K, b, C + (size_t)i * ldc + j, ldc);
+        zl_convert_to_f32(wdt, (const char *)W + (size_t)r0 * K * esz, w, (size_t)rows * K);
+        if (stored_a)
+            gemm1(0, 0, m, n, K, 1.0f, w, K, F + j, ldf, b, C + (size_t)i * ldc + j, ldc);
+        else
+            gemm1(0, 1, m, n, K, 1.0f, F + (size_t)i * ldf, ldf, w, K, b, C + (size_t)i * ldc + j, ldc);
     }
-    return fail ? zl_set_error(ZL_ENOMEM, "out of memory widening a %d x %d weight", N, K) : 0;
+    return fail ? zl_set_error(ZL_ENOMEM, "out of memory widening a %d x %d weight", stored_a ? M : N, K) : 0;
+}
+
+int zl_sgemm_nt_stored(int M, int N, int K, const float *A, int lda, zl_dtype wdt, const void *W, float beta, float *C,
+                       int ldc) {
+    return gemm_stored(0, M, N, K, A, lda, wdt, W, beta, C, ldc);
+}
+
+int zl_sgemm_stored_nn(int M, int N, int K, zl_dtype wdt, const void *W, const float *B, int ldb, float beta, float *C,
+                       int ldc) {
+    return gemm_stored(1, M, N, K, B, ldb, wdt, W, beta, C, ldc);
 }
 
 void zl_sgemm_serial(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,

@@ -38,6 +38,10 @@ void zl_sgemm_serial(int tA, int tB, int M, int N, int K, float alpha, const flo
  * (C then incomplete) if a buffer cannot be had. */
 int zl_sgemm_nt_stored(int M, int N, int K, const float *A, int lda, zl_dtype wdt, const void *W, float beta, float *C,
                        int ldc);
+/* C[M,N] = W[M,K] * B[K,N] (+ beta C), W stored, as zl_sgemm(0, 0, ...) on the
+ * widened W: identical results. */
+int zl_sgemm_stored_nn(int M, int N, int K, zl_dtype wdt, const void *W, const float *B, int ldb, float beta, float *C,
+                       int ldc);
 
 /* OpenBLAS's own sgemm rate at n x n x n with `threads` threads (its native
  * threading), median of `reps` runs: the baseline benchmarks report against. */
@@ -75,6 +79,11 @@ void zl_conv2d_fwd_winograd(float *y, const float *x, zl_dtype wdt, const void *
 /* Winograd keeps one workspace (up to ~250 MB at SDXL shapes) between calls,
  * since fresh pages cost as much as the transforms; this frees it. */
 void zl_conv2d_winograd_release(void);
+/* zl_conv2d_fwd with the weights in their stored dtype: Winograd where it
+ * applies, else the same products as zl_conv2d_fwd on the widened weights
+ * (identical results), each block widening its own rows. ZL_ENOMEM if a
+ * buffer cannot be had (y then incomplete). */
+int zl_conv2d_fwd_stored(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b, const zl_conv_shape *s);
 
 /* ---- Normalisation ----------------------------------------------------------
  * GroupNorm over x [B, C, HW] with G groups (C % G == 0), affine gamma/beta [C].
