@@ -3,7 +3,10 @@
  * and thread count:
  *  - the OpenBLAS sgemm rate at M=N=K=2048 measured in the same run (median);
  *  - seconds per forward at 64x64 and 128x128 latents, batch 1 and 2, the
- *    achieved GFLOP/s (zl_unet_flops / time) and its ratio to the sgemm rate;
+ *    achieved GFLOP/s (zl_unet_flops / time) and its ratio to the sgemm rate,
+ *    both to the rate at the start and "bracketed": each forward against the
+ *    mean of sgemm rates measured just before and just after it, in the same
+ *    process (the shared host's speed drifts by 30 % within minutes);
  *  - peak RSS of each configuration (each runs in its own forked process, so
  *    the figure is that configuration's own peak);
  *  - forward + backward (merger and input gradients, two runtime LoRAs with
@@ -42,6 +45,7 @@ typedef struct {
     char err[256];
     double load_s, times[16], cpu[16];
     int n_times;
+    double ref[17]; /* sgemm rate just before timed forward k (ref[k]) and just after it (ref[k + 1]) */
     double rss_loaded, rss_peak; /* bytes */
     double out_rms;
     /* backward run */
@@ -163,7 +167,9 @@ static void child_forward(const opts *o, const char *model, int S, int B, report
         return;
     }
     int warm = o->warmup >= 0 ? o->warmup : (S <= 64 ? 1 : 0);
+    double ref_cpu;
     for (int i = 0; i < warm + o->reps && !rc; i++) {
+        if (i == warm) rp->ref[0] = sgemm_rate(3, &ref_cpu); /* bracket every timed forward */
         double t0 = zl_now(), c0 = cpu_now();
         rc = zl_unet_forward(u, &x.in, x.out);
         double dt = zl_now() - t0, dc = cpu_now() - c0;
@@ -171,6 +177,7 @@ static void child_forward(const opts *o, const char *model, int S, int B, report
         if (i >= warm) {
             rp->cpu[rp->n_times] = dc;
             rp->times[rp->n_times++] = dt;
+            rp->ref[rp->n_times] = sgemm_rate(3, &ref_cpu);
         }
     }
     if (rc) snprintf(rp->err, sizeof rp->err, "%s", zl_errmsg());
@@ -413,8 +420,8 @@ int main(int argc, char **argv) {
     zl_unet_config cfg;
     zl_unet_config_sdxl_base(&cfg);
     if (o.forward) {
-        printf("%-12s %9s %9s %9s %7s %9s %10s %7s  %s\n", "forward", "TFLOP", "s (med)", "GFLOP/s", "ratio", "cpu ratio",
-               "peak RSS", "load s", "target");
+        printf("%-12s %9s %9s %9s %7s %9s %9s %10s %7s  %s\n", "forward", "TFLOP", "s (med)", "GFLOP/s", "ratio", "cpu ratio",
+               "bracketed", "peak RSS", "load s", "target");
         for (int si = 0; si < o.n_sizes; si++)
             for (int bi = 0; bi < o.n_batches; bi++) {
                 int S = o.sizes[si], B = o.batches[bi];
@@ -435,13 +442,17 @@ int main(int argc, char **argv) {
                 }
                 double t = median(r.times, r.n_times), gf = fl.total / t / 1e9;
                 double gfc = fl.total / median(r.cpu, r.n_times) / 1e9;
-                printf("%-12s %9.3f %9.2f %9.1f %7.3f %9.3f %7.2f GB %7.1f  %s\n", lab, fl.total / 1e12, t, gf, gf / sg,
-                       gfc / sgc, r.rss_peak / 1e9, r.load_s, tgt);
-                if (r.n_times > 1) {
-                    printf("%12s times:", "");
-                    for (int k = 0; k < r.n_times; k++) printf(" %.2f", r.times[k]);
-                    printf("\n");
-                }
+                /* bracketed: each forward against the mean of the sgemm rates measured just before and just
+                 * after it (this host's speed drifts within minutes), median over the timed forwards */
+                double br[16];
+                for (int k = 0; k < r.n_times; k++) br[k] = fl.total / r.times[k] / 1e9 / (0.5 * (r.ref[k] + r.ref[k + 1]));
+                printf("%-12s %9.3f %9.2f %9.1f %7.3f %9.3f %9.3f %7.2f GB %7.1f  %s\n", lab, fl.total / 1e12, t, gf, gf / sg,
+                       gfc / sgc, median(br, r.n_times), r.rss_peak / 1e9, r.load_s, tgt);
+                printf("%12s times:", "");
+                for (int k = 0; k < r.n_times; k++) printf(" %.2f", r.times[k]);
+                printf(" | sgemm around them:");
+                for (int k = 0; k <= r.n_times; k++) printf(" %.1f", r.ref[k]);
+                printf(" GFLOP/s\n");
                 fflush(stdout);
             }
     }

@@ -85,22 +85,27 @@ static void grid(int M, int N, int *bm, int *bn) {
         }
 }
 
-void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
-              float beta, float *C, int ldc) {
-    if (M <= 0 || N <= 0) return;
+/* What every entry does first: C = 0 when beta == 0 (some OpenBLAS paths
+ * compute beta*C even then, and 0 * NaN = NaN), and with K <= 0 the whole
+ * product (C = beta C). Returns 1 when nothing is left to do. */
+static int beta_first(int M, int N, int K, float beta, float *C, int ldc) {
     if (beta == 0.0f) {
-        /* Some OpenBLAS paths compute beta*C even for beta == 0, and 0 * NaN = NaN. */
         if (ldc == N)
             memset(C, 0, (size_t)M * (size_t)N * sizeof(float));
         else
             for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
     }
-    if (K <= 0) {
-        if (beta != 0.0f && beta != 1.0f)
-            for (int i = 0; i < M; i++)
-                for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
-        return;
-    }
+    if (K > 0) return 0;
+    if (beta != 0.0f && beta != 1.0f)
+        for (int i = 0; i < M; i++)
+            for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
+    return 1;
+}
+
+void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+              float beta, float *C, int ldc) {
+    if (M <= 0 || N <= 0) return;
+    if (beta_first(M, N, K, beta, C, ldc)) return;
     const float b = beta == 0.0f ? 1.0f : beta;
     if (2.0 * M * N * K < ZL_GEMM_PAR_FLOPS) {
         gemm1(tA, tB, M, N, K, alpha, A, lda, B, ldb, b, C, ldc);
@@ -140,14 +145,7 @@ static float *wide_buf(size_t n) {
 static int gemm_stored(int stored_a, int M, int N, int K, const float *F, int ldf, zl_dtype wdt, const void *W,
                        float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return 0;
-    if (beta == 0.0f)
-        for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
-    if (K <= 0) {
-        if (beta != 0.0f && beta != 1.0f)
-            for (int i = 0; i < M; i++)
-                for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
-        return 0;
-    }
+    if (beta_first(M, N, K, beta, C, ldc)) return 0;
     const float b = beta == 0.0f ? 1.0f : beta;
     const size_t esz = (size_t)zl_dtype_bits(wdt) / 8;
     int bm = M, bn = N;
@@ -186,14 +184,7 @@ int zl_sgemm_stored_nn(int M, int N, int K, zl_dtype wdt, const void *W, const f
 void zl_sgemm_serial(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                      int ldb, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return;
-    if (beta == 0.0f)
-        for (int i = 0; i < M; i++) memset(C + (size_t)i * ldc, 0, (size_t)N * sizeof(float));
-    if (K <= 0) {
-        if (beta != 0.0f && beta != 1.0f)
-            for (int i = 0; i < M; i++)
-                for (int j = 0; j < N; j++) C[(size_t)i * ldc + j] *= beta;
-        return;
-    }
+    if (beta_first(M, N, K, beta, C, ldc)) return;
     gemm1(tA, tB, M, N, K, alpha, A, lda, B, ldb, beta == 0.0f ? 1.0f : beta, C, ldc);
 }
 

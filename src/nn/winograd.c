@@ -128,12 +128,22 @@ static void weights_tf(float *U, const void *W, zl_dtype dt, int Cin, int k0, in
 /* V[xi][c][p - p0] for tiles p in [p0, p0 + pc) of x [B, Cin, H, W]: B^T d B of
  * each 6x6 patch (rows 4ty-1.., columns 4tx-1.., zero outside), 8 tiles of a
  * tile row per step. ldv = Cin * pc. */
+/* Tiles are numbered p = (b * th + ty) * tw + tx. From tile p: its image b,
+ * tile row ty and column tx0, and how many tiles of that row lie before pend. */
+static int tile_run(size_t p, size_t pend, int th, int tw, size_t *b, int *ty, int *tx0) {
+    const size_t tpi = (size_t)th * tw, r = p % tpi;
+    *b = p / tpi;
+    *ty = (int)(r / tw);
+    *tx0 = (int)(r % tw);
+    return (int)((size_t)(tw - *tx0) < pend - p ? (size_t)(tw - *tx0) : pend - p);
+}
+
 static size_t row_floats(int tw) { return (size_t)6 * (4 * tw + 34); }
 
 /* rows: row_floats(tw) floats per OpenMP thread. */
 static void input_tf(float *V, const float *x, const zl_conv_shape *s, int th, int tw, size_t p0, int pc, float *rows) {
     const int H = s->H, W = s->W, Cin = s->Cin;
-    const size_t ldv = (size_t)Cin * pc, tpi = (size_t)th * tw;
+    const size_t ldv = (size_t)Cin * pc;
     const int wp = 4 * tw + 2; /* a padded row: columns -1 .. 4*tw, then slack for the unused lanes */
     #pragma omp parallel
     {
@@ -143,9 +153,9 @@ static void input_tf(float *V, const float *x, const zl_conv_shape *s, int th, i
             size_t p = p0;
             const size_t pend = p0 + (size_t)pc;
             while (p < pend) {
-                const size_t b = p / tpi, r = p % tpi;
-                const int ty = (int)(r / tw), tx0 = (int)(r % tw);
-                const int n8 = (int)((size_t)(tw - tx0) < pend - p ? (size_t)(tw - tx0) : pend - p);
+                size_t b;
+                int ty, tx0;
+                const int n8 = tile_run(p, pend, th, tw, &b, &ty, &tx0);
                 const float *xc = x + ((size_t)b * Cin + c) * H * W;
                 /* the six padded input rows of this tile row */
                 for (int i = 0; i < 6; i++) {
@@ -187,16 +197,16 @@ static void input_tf(float *V, const float *x, const zl_conv_shape *s, int th, i
 static void output_tf(float *y, const float *M, const float *bias, const zl_conv_shape *s, int th, int tw, int k0,
                       int kc, size_t p0, int pc) {
     const int H = s->H, W = s->W, Cout = s->Cout;
-    const size_t ldm = (size_t)kc * pc, tpi = (size_t)th * tw;
+    const size_t ldm = (size_t)kc * pc;
     #pragma omp parallel for schedule(static)
     for (int k = 0; k < kc; k++) {
         const float bv = bias ? bias[k0 + k] : 0.0f;
         size_t p = p0;
         const size_t pend = p0 + (size_t)pc;
         while (p < pend) {
-            const size_t b = p / tpi, r = p % tpi;
-            const int ty = (int)(r / tw), tx0 = (int)(r % tw);
-            const int n8 = (int)((size_t)(tw - tx0) < pend - p ? (size_t)(tw - tx0) : pend - p);
+            size_t b;
+            int ty, tx0;
+            const int n8 = tile_run(p, pend, th, tw, &b, &ty, &tx0);
             float *yk = y + ((size_t)b * Cout + k0 + k) * H * W;
             for (int t0 = 0; t0 < n8; t0 += 8) {
                 const int n = n8 - t0 < 8 ? n8 - t0 : 8;
