@@ -8,8 +8,9 @@
  *  - VAE decode (tiled above 640 px, as by default).
  * It prints seconds for each, the step's GFLOP/s (zl_unet_flops of the batch-2
  * forward / time) and its ratio to the OpenBLAS sgemm 2048^3 rate measured in
- * the same run (also per CPU-second, steadier on a shared machine), and the
- * peak RSS.
+ * the same run (also per CPU-second, steadier on a shared machine, and
+ * "bracketed": against sgemm rates measured in the child just before and just
+ * after the steps), and the peak RSS.
  *
  * usage: bench_generate [--dir D] [--threads N] [--sizes 512,1024] [--steps N] */
 #include <cblas.h>
@@ -65,7 +66,7 @@ static void sgemm_rates(int threads, double *wall, double *cpu) {
 }
 
 typedef struct {
-    double step_cpu_s;
+    double step_cpu_s, ref_before, ref_after; /* sgemm rate just before and just after the steps */
     double open_s, text_s, step_s, decode_s, gflop, rss_text, rss_step, rss_end;
     int ok;
     char err[512];
@@ -118,12 +119,17 @@ static void child(const char *model, int size, int steps, report *r) {
     lat = malloc(sizeof(float) * 4 * (size_t)h * w); // [4, h, w]
     zl_gen_params g = {.width = size, .height = size, .steps = steps, .cfg = 5.0f, .sampler = ZL_SAMPLER_EULER,
                        .seed = 1};
+    double ref_cpu;
+    sgemm_rates(g_threads, &r->ref_before, &ref_cpu);
+    zl_set_threads(g_threads); /* OpenBLAS's thread setting also resets OpenMP's */
     t0 = zl_now();
     double c0 = cpu_now();
     if (!lat || zl_pipeline_sample(p, &c, &g, lat)) goto fail;
     r->step_s = (zl_now() - t0) / steps;
     r->step_cpu_s = (cpu_now() - c0) / steps;
     r->rss_step = (double)zl_peak_rss();
+    sgemm_rates(g_threads, &r->ref_after, &ref_cpu);
+    zl_set_threads(g_threads);
     zl_pipeline_release(p, ZL_PIPE_UNET);
     t0 = zl_now();
     if (zl_pipeline_decode(p, lat, h, w, NULL, &im)) goto fail;
@@ -254,8 +260,8 @@ int main(int argc, char **argv) {
     double sg, sgc;
     sgemm_rates_forked(threads, &sg, &sgc);
     printf("OpenBLAS sgemm 2048^3: %.1f GFLOP/s wall, %.1f GFLOP per CPU-second (medians of 5)\n\n", sg, sgc);
-    printf("%-9s %7s %8s %10s %9s %8s %7s %7s %9s %11s %11s %11s\n", "size", "open s", "text s", "CFG step s", "GFLOP",
-           "GFLOP/s", "/sgemm", "cpu", "decode s", "RSS text GB", "RSS step GB", "peak RSS GB");
+    printf("%-9s %7s %8s %10s %9s %8s %7s %7s %9s %9s %11s %11s %11s\n", "size", "open s", "text s", "CFG step s", "GFLOP",
+           "GFLOP/s", "/sgemm", "cpu", "bracketed", "decode s", "RSS text GB", "RSS step GB", "peak RSS GB");
     for (int i = 0; i < n_sizes; i++) {
         report r;
         if (run_forked(model, sizes[i], steps, &r)) {
@@ -269,12 +275,14 @@ int main(int argc, char **argv) {
             continue;
         }
         double rate = r.gflop / r.step_s, cpu_ratio = r.gflop / r.step_cpu_s / sgc;
-        printf("%-9s %7.2f %8.2f %10.2f %9.0f %8.1f %6.2fx %6.2fx %9.2f %11.2f %11.2f %11.2f\n", label, r.open_s,
-               r.text_s, r.step_s, r.gflop, rate, rate / sg, cpu_ratio, r.decode_s, r.rss_text / 1e9, r.rss_step / 1e9,
-               r.rss_end / 1e9);
+        printf("%-9s %7.2f %8.2f %10.2f %9.0f %8.1f %6.2fx %6.2fx %8.2fx %9.2f %11.2f %11.2f %11.2f\n", label, r.open_s,
+               r.text_s, r.step_s, r.gflop, rate, rate / sg, cpu_ratio, rate / (0.5 * (r.ref_before + r.ref_after)),
+               r.decode_s, r.rss_text / 1e9, r.rss_step / 1e9, r.rss_end / 1e9);
+        printf("%-9s sgemm just before / after the steps: %.1f / %.1f GFLOP/s\n", "", r.ref_before, r.ref_after);
     }
     printf("\n/sgemm = wall-clock GFLOP/s ratio; cpu = the same ratio per CPU-second of each process (steadier when\n"
-           "other processes share the cores).\n");
+           "other processes share the cores); bracketed = against the mean of the sgemm rates measured in the same\n"
+           "process just before and just after the steps (this host's speed drifts by 30%% within minutes).\n");
     printf("CFG step = one Euler step, batch-2 [uncond, cond] UNet forward (%d step%s averaged); text = prompt +\n"
            "negative through CLIP-L and bigG; decode = VAE of one latent (tiled above 80 latent cells).\n"
            "context (issue 4, 2 threads): stable-diffusion.cpp 51-58 s per CFG step at 512, 221-264 s at 1024, peak 7.2 GB;\n"
