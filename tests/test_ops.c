@@ -341,6 +341,24 @@ static void test_winograd(void) {
     wino_case("16->40 5x33 (tile row wider than 8)", (zl_conv_shape){1, 16, 5, 33, 40, 3, 3, 1, 1, 1, 1, 1}, 1,
               ZL_DT_F32, 0, 11);
     /* Which shapes take it: 3x3, stride 1, pad 1, >= 16 channels each side, >= 48 tiles. */
+    /* the input gradient, against the im2col backward (itself checked against differences above) */
+    const zl_conv_shape sg[] = {s1, {1, 16, 5, 33, 40, 3, 3, 1, 1, 1, 1, 1}};
+    for (int g = 0; g < 2; g++) {
+        const zl_conv_shape t = sg[g];
+        const size_t nx = (size_t)t.B * t.Cin * t.H * t.W, nw = (size_t)t.Cout * t.Cin * 9, ny = (size_t)t.B * t.Cout * t.H * t.W;
+        float *W = frnd(nw, 0.5f), *dy = frnd(ny, 1), *x = frnd(nx, 1), *ref = frnd(nx, 1);
+        float *got = malloc(nx * sizeof(float)), *got2 = malloc(nx * sizeof(float));
+        uint16_t *h = malloc(nw * sizeof(uint16_t));
+        for (size_t k = 0; k < nw; k++) h[k] = zl_f32_to_f16(W[k]), W[k] = zl_f16_to_f32(h[k]);
+        memcpy(got, ref, nx * sizeof(float)); /* all accumulate onto the same values */
+        memcpy(got2, ref, nx * sizeof(float));
+        zl_conv2d_bwd_rows(ref, NULL, NULL, dy, x, W, &t, 3);
+        zl_conv2d_dx_winograd_chunks(got, dy, ZL_DT_F32, W, &t, 0, 0);
+        zt_close("winograd dx (F32 weights)", got, ref, (int64_t)nx, FWD_TOL);
+        zl_conv2d_dx_winograd_chunks(got2, dy, ZL_DT_F16, h, &t, 16, 5); /* F16, chunked */
+        zt_close("winograd dx (F16 weights, chunks 16/5)", got2, ref, (int64_t)nx, FWD_TOL);
+        free(W), free(dy), free(x), free(ref), free(got), free(got2), free(h);
+    }
     CHECK(zl_conv2d_winograd_ok(&s1));
     zl_conv_shape t = s1;
     t.B = 1; /* 24 tiles */

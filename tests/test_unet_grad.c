@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "models/unet_internal.h"
+#include "nn/conv_tiles.h"
 #include "testlib.h"
 #include "ziplora/unet.h"
 
@@ -354,6 +355,49 @@ static void test_fd(const char *fixture) {
     rig_close(&g);
 }
 
+/* At a 32x32 latent the first level's 3x3 convolutions have 64 tiles and run
+ * by Winograd, forward and input gradient, with the weights transformed
+ * straight from their stored F16 (the fixture latents are too small for it).
+ * The same UNet with Winograd turned off (im2col + sgemm everywhere) is the
+ * reference: outputs within FIXTURES.md's forward tolerance, gradients within
+ * its gradient tolerance. */
+static void test_winograd_unet(const char *fixture) {
+    rig g;
+    if (rig_open(&g, fixture)) { rig_close(&g); return; }
+    const int S = 32, cin = zl_unet_get_config(g.u)->in_channels;
+    free(g.sample);
+    free(g.r);
+    g.in.H = g.in.W = S;
+    g.n_in = (size_t)g.in.B * cin * S * S;
+    g.n_out = (size_t)g.in.B * zl_unet_get_config(g.u)->out_channels * S * S;
+    g.sample = malloc(g.n_in * sizeof(float));
+    g.r = malloc(g.n_out * sizeof(float));
+    for (size_t i = 0; i < g.n_in; i++) g.sample[i] = (float)(2 * urand() - 1);
+    for (size_t i = 0; i < g.n_out; i++) g.r[i] = (float)(2 * urand() - 1);
+    g.in.sample = g.sample;
+    float *o1 = malloc(g.n_out * sizeof(float)), *o2 = malloc(g.n_out * sizeof(float));
+    const long calls0 = zl_conv2d_winograd_calls();
+    grads a = backward(&g, ZL_UNET_GRAD_KEEP, o1);
+    const long calls = zl_conv2d_winograd_calls() - calls0;
+    zl_conv2d_winograd_disable(1);
+    grads b = backward(&g, ZL_UNET_GRAD_KEEP, o2);
+    CHECKM(zl_conv2d_winograd_calls() - calls0 == calls, "%s: no Winograd call while turned off", fixture);
+    zl_conv2d_winograd_disable(0);
+    char what[200];
+    CHECKM(calls >= 4, "%s at 32x32: %ld Winograd convolutions ran (forward and input gradient)", fixture, calls);
+    snprintf(what, sizeof what, "%s 32x32 forward, Winograd vs im2col", fixture);
+    zt_close(what, o1, o2, (int64_t)g.n_out, 1e-4);
+    double e = zt_relerr(a.dsample, b.dsample, (int64_t)g.n_in);
+    CHECKM(e <= 1e-3, "%s 32x32 dL/dsample, Winograd vs im2col: relative error %.3g", fixture, e);
+    CHECKM(a.n == b.n, "%s: same merger count", fixture);
+    e = zt_relerr(a.dm, b.dm, a.n);
+    CHECKM(e <= 1e-3, "%s 32x32 dL/dm, Winograd vs im2col: relative error %.3g", fixture, e);
+    grads_free(&a);
+    grads_free(&b);
+    free(o1), free(o2);
+    rig_close(&g);
+}
+
 /* 1 vs 2 threads: same gradients to float reassociation. */
 static void test_threads(void) {
     rig g;
@@ -396,6 +440,8 @@ int main(void) {
     zl_set_threads(1);
     test_fd("tiny-sdxl");
     test_fd("tiny-sd15");
+    test_winograd_unet("tiny-sdxl");
+    test_winograd_unet("tiny-sd15");
     test_threads();
     test_errors();
     return zt_done();

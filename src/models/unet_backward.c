@@ -97,7 +97,11 @@ static int conv_bwd(bwctx *c, const zl_unet_mod *m, const float *x, const float 
                     int stride) {
     int pad = m->kh / 2;
     zl_conv_shape s = {B, m->in, H, W, m->out, m->kh, m->kw, stride, pad, pad, pad, pad};
-    if (dx) zl_conv2d_bwd(dx, NULL, NULL, dy, x, zl_unet_weight_f32(c->u, m), &s);
+    if (dx && zl_conv2d_winograd_ok(&s)) /* transforms the stored (F16) weights directly */
+        zl_conv2d_dx_winograd(dx, dy, m->w.f32 ? ZL_DT_F32 : m->w.dtype, m->w.f32 ? (const void *)m->w.f32 : m->w.data,
+                              &s);
+    else if (dx)
+        zl_conv2d_bwd(dx, NULL, NULL, dy, x, zl_unet_weight_f32(c->u, m), &s);
     int HWo = zl_conv_out_h(&s) * zl_conv_out_w(&s), HW = H * W;
     for (int k = 0; k < m->n_br; k++) {
         zl_unet_branch *br = &m->br[k];

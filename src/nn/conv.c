@@ -142,6 +142,10 @@ void zl_conv2d_fwd(float *y, const float *x, const float *Wt, const float *b, co
 
 void zl_conv2d_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *Wt,
                    const zl_conv_shape *s) {
+    if (dx && zl_conv2d_winograd_ok(s)) {
+        zl_conv2d_dx_winograd(dx, dy, ZL_DT_F32, Wt, s);
+        dx = NULL;
+    }
     zl_conv2d_bwd_rows(dx, dW, db, dy, x, Wt, s, 0);
 }
 

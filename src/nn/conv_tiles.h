@@ -14,5 +14,14 @@ void zl_conv2d_bwd_rows(float *dx, float *dW, float *db, const float *dy, const 
  * tiles per input transform (<= 0: chosen from the byte budgets). */
 void zl_conv2d_fwd_winograd_chunks(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b,
                                    const zl_conv_shape *s, int kc, int pc);
+/* The input gradient the same way: kc input channels per weight transform. */
+void zl_conv2d_dx_winograd_chunks(float *dx, const float *dy, zl_dtype wdt, const void *Wt, const zl_conv_shape *s,
+                                  int kc, int pc);
+
+/* For tests: turn Winograd off (zl_conv2d_winograd_ok then says no), so that
+ * a model can be compared with itself on im2col; and how many Winograd
+ * convolutions (forward or input gradient) have run in this process. */
+void zl_conv2d_winograd_disable(int off);
+long zl_conv2d_winograd_calls(void);
 
 #endif

@@ -76,6 +76,10 @@ void zl_conv2d_bwd(float *dx, float *dW, float *db, const float *dy, const float
 int zl_conv2d_winograd_ok(const zl_conv_shape *s);
 void zl_conv2d_fwd_winograd(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b,
                             const zl_conv_shape *s);
+/* dx [B, Cin, H, W] += the input gradient of that convolution for dy [B, Cout,
+ * H, W] (a 3x3 convolution with the kernel rotated and its channels swapped),
+ * by Winograd; for shapes zl_conv2d_winograd_ok accepts. zl_conv2d_bwd uses it. */
+void zl_conv2d_dx_winograd(float *dx, const float *dy, zl_dtype wdt, const void *Wt, const zl_conv_shape *s);
 /* Winograd keeps one workspace (up to ~250 MB at SDXL shapes) between calls,
  * since fresh pages cost as much as the transforms; this frees it. */
 void zl_conv2d_winograd_release(void);

@@ -39,7 +39,14 @@
 
 #define L8 for (int l = 0; l < 8; l++)
 
+static int g_wg_off;
+static long g_wg_calls;
+
+void zl_conv2d_winograd_disable(int off) { g_wg_off = off; }
+long zl_conv2d_winograd_calls(void) { return g_wg_calls; }
+
 int zl_conv2d_winograd_ok(const zl_conv_shape *s) {
+    if (g_wg_off) return 0;
     if (s->kh != 3 || s->kw != 3 || s->stride != 1) return 0;
     if (s->pad_t != 1 || s->pad_l != 1 || s->pad_b != 1 || s->pad_r != 1) return 0;
     if (s->Cin < WG_MIN_CH || s->Cout < WG_MIN_CH || s->H < 1 || s->W < 1) return 0;
@@ -80,7 +87,9 @@ static inline void at_tf(float o[4][8], const float *m0, const float *m1, const 
 /* 8 lanes as a GCC/clang vector: AVX with -march=native, two SSE halves otherwise. */
 typedef float v8 __attribute__((vector_size(32)));
 
-static inline void g_tf8(v8 o[6], v8 x, v8 y, v8 z) {
+/* (pointers, not vector arguments: their ABI depends on the target's AVX) */
+static inline void g_tf8(v8 o[6], const v8 *px, const v8 *py, const v8 *pz) {
+    const v8 x = *px, y = *py, z = *pz;
     const v8 s = x + z, q = x * (1.0f / 24.0f) + z * (1.0f / 6.0f);
     o[0] = x * 0.25f;
     o[1] = -(s + y) * (1.0f / 6.0f);
@@ -90,31 +99,40 @@ static inline void g_tf8(v8 o[6], v8 x, v8 y, v8 z) {
     o[5] = z;
 }
 
-/* U[xi][k - k0][c] for k in [k0, k0 + kc): G g G^T of W[k][c] (stored dtype
- * dt, [Cout, Cin, 3, 3]), 8 input channels per step. ldu = kc * Cin. */
-static void weights_tf(float *U, const void *W, zl_dtype dt, int Cin, int k0, int kc) {
+/* U[xi][k - k0][c] for output channels k in [k0, k0 + kc) and input channels
+ * c < Cin, 8 input channels per step; ldu = kc * Cin. Forward (tr = 0): G g G^T
+ * of g = W[k][c], W [Cout, Cin, 3, 3]. For the input gradient (tr = 1) the
+ * convolution runs from dy to dx with g = W[c][k] rotated by 180 degrees, W
+ * then being the forward's [Cin', Cout', 3, 3] = [this Cin, this Cout]. W is
+ * in its stored dtype dt, at any alignment. */
+static void weights_tf(float *U, const void *W, zl_dtype dt, int Cin, int Cout, int k0, int kc, int tr) {
     const size_t esz = (size_t)zl_dtype_bits(dt) / 8, ldu = (size_t)kc * Cin;
     #pragma omp parallel for schedule(static) if ((size_t)kc * Cin > 4096)
     for (int k = 0; k < kc; k++) {
-        const char *wk = (const char *)W + (size_t)(k0 + k) * Cin * 9 * esz;
         unsigned char raw[72 * 8];
         float tmp[72];
         for (int c0 = 0; c0 < Cin; c0 += 8) {
             const int n = Cin - c0 < 8 ? Cin - c0 : 8;
-            memcpy(raw, wk + (size_t)c0 * 9 * esz, (size_t)n * 9 * esz); /* the source may be unaligned */
+            if (!tr) /* the 8 channels' taps are contiguous */
+                memcpy(raw, (const char *)W + ((size_t)(k0 + k) * Cin + c0) * 9 * esz, (size_t)n * 9 * esz);
+            else
+                for (int l = 0; l < n; l++)
+                    memcpy(raw + (size_t)l * 9 * esz, (const char *)W + ((size_t)(c0 + l) * Cout + k0 + k) * 9 * esz, 9 * esz);
             zl_convert_to_f32(dt, raw, tmp, (size_t)n * 9);
             if (n < 8) memset(tmp + n * 9, 0, (size_t)(8 - n) * 9 * sizeof(float));
             v8 g[9], a[6][3], u[6];
-            for (int t = 0; t < 9; t++)
-                g[t] = (v8){tmp[t], tmp[9 + t], tmp[18 + t], tmp[27 + t], tmp[36 + t], tmp[45 + t], tmp[54 + t], tmp[63 + t]};
+            for (int t = 0; t < 9; t++) {
+                const int q = tr ? 8 - t : t; /* tap (i, j) of the rotated kernel is (2 - i, 2 - j) */
+                g[t] = (v8){tmp[q], tmp[9 + q], tmp[18 + q], tmp[27 + q], tmp[36 + q], tmp[45 + q], tmp[54 + q], tmp[63 + q]};
+            }
             for (int j = 0; j < 3; j++) { /* columns j of g (t = 3i + j): a[.][j] = G g[:, j] */
                 v8 o[6];
-                g_tf8(o, g[j], g[3 + j], g[6 + j]);
+                g_tf8(o, &g[j], &g[3 + j], &g[6 + j]);
                 for (int r = 0; r < 6; r++) a[r][j] = o[r];
             }
             float *dst = U + (size_t)k * Cin + c0;
             for (int r = 0; r < 6; r++) {
-                g_tf8(u, a[r][0], a[r][1], a[r][2]);
+                g_tf8(u, &a[r][0], &a[r][1], &a[r][2]);
                 for (int q = 0; q < 6; q++) {
                     float *d = dst + (size_t)(r * 6 + q) * ldu;
                     if (n == 8) memcpy(d, &u[q], sizeof(v8));
@@ -193,9 +211,10 @@ static void input_tf(float *V, const float *x, const zl_conv_shape *s, int th, i
 }
 
 /* y[b][k0 + k] tiles p in [p0, p0 + pc) from M[xi][k][p - p0] (ldm = kc * pc):
- * A^T m A, plus the bias, cropped at the image's right and bottom edges. */
+ * A^T m A, plus the bias (or added to y if acc), cropped at the image's right
+ * and bottom edges. */
 static void output_tf(float *y, const float *M, const float *bias, const zl_conv_shape *s, int th, int tw, int k0,
-                      int kc, size_t p0, int pc) {
+                      int kc, size_t p0, int pc, int acc) {
     const int H = s->H, W = s->W, Cout = s->Cout;
     const size_t ldm = (size_t)kc * pc;
     #pragma omp parallel for schedule(static)
@@ -234,7 +253,10 @@ static void output_tf(float *y, const float *M, const float *bias, const zl_conv
                     for (int l = 0; l < n; l++) {
                         const int ox = 4 * (tx0 + t0 + l);
                         const int nj = W - ox < 4 ? W - ox : 4;
-                        for (int j = 0; j < nj; j++) yr[ox + j] = o[i][j][l] + bv;
+                        if (acc)
+                            for (int j = 0; j < nj; j++) yr[ox + j] += o[i][j][l];
+                        else
+                            for (int j = 0; j < nj; j++) yr[ox + j] = o[i][j][l] + bv;
                     }
                 }
             }
@@ -290,10 +312,14 @@ void zl_conv2d_winograd_release(void) {
 
 static int round16_down(size_t v) { return v >= 16 ? (int)(v & ~(size_t)15) : 16; }
 
-void zl_conv2d_fwd_winograd_chunks(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b,
-                                   const zl_conv_shape *s, int kc, int pc) {
+/* The driver: s is the shape of the convolution this computes (for the input
+ * gradient, the one from dy [B, Cout', H, W] to dx [B, Cin', H, W]). */
+static void wino(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b, const zl_conv_shape *s, int kc,
+                 int pc, int tr) {
     const int th = (s->H + 3) / 4, tw = (s->W + 3) / 4, Cin = s->Cin, Cout = s->Cout;
     const size_t P = (size_t)s->B * th * tw;
+    #pragma omp atomic
+    g_wg_calls++;
     const size_t ny = (size_t)s->B * Cout * s->H * s->W;
     if (kc <= 0) kc = round16_down(WG_U_BYTES / (36 * sizeof(float) * (size_t)Cin));
     if (kc > Cout) kc = Cout;
@@ -312,7 +338,7 @@ void zl_conv2d_fwd_winograd_chunks(float *y, const float *x, zl_dtype wdt, const
     if (one_v) input_tf(V, x, s, th, tw, 0, (int)P, rows);
     for (int k0 = 0; k0 < Cout; k0 += kc) {
         const int kn = Cout - k0 < kc ? Cout - k0 : kc;
-        weights_tf(U, Wt, wdt, Cin, k0, kn);
+        weights_tf(U, Wt, wdt, Cin, Cout, k0, kn, tr);
         for (size_t p0 = 0; p0 < P; p0 += (size_t)pc) {
             const int pn = (int)(P - p0 < (size_t)pc ? P - p0 : (size_t)pc);
             if (!one_v) input_tf(V, x, s, th, tw, p0, pn, rows);
@@ -321,13 +347,30 @@ void zl_conv2d_fwd_winograd_chunks(float *y, const float *x, zl_dtype wdt, const
             for (int xi = 0; xi < 36; xi++)
                 zl_sgemm_serial(0, 0, kn, pn, Cin, 1.0f, U + (size_t)xi * kn * Cin, Cin, V + (size_t)xi * Cin * pn, pn,
                                 0.0f, M + (size_t)xi * kn * pn, pn);
-            output_tf(y, M, b, s, th, tw, k0, kn, p0, pn);
+            output_tf(y, M, b, s, th, tw, k0, kn, p0, pn, tr);
         }
     }
     ws_give(U, owned);
 }
 
+void zl_conv2d_fwd_winograd_chunks(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b,
+                                   const zl_conv_shape *s, int kc, int pc) {
+    wino(y, x, wdt, Wt, b, s, kc, pc, 0);
+}
+
+void zl_conv2d_dx_winograd_chunks(float *dx, const float *dy, zl_dtype wdt, const void *Wt, const zl_conv_shape *s,
+                                  int kc, int pc) {
+    zl_conv_shape t = *s; /* dy [B, Cout, H, W] -> dx [B, Cin, H, W], the same padding */
+    t.Cin = s->Cout;
+    t.Cout = s->Cin;
+    wino(dx, dy, wdt, Wt, NULL, &t, kc, pc, 1);
+}
+
 void zl_conv2d_fwd_winograd(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b,
                             const zl_conv_shape *s) {
-    zl_conv2d_fwd_winograd_chunks(y, x, wdt, Wt, b, s, 0, 0);
+    wino(y, x, wdt, Wt, b, s, 0, 0, 0);
+}
+
+void zl_conv2d_dx_winograd(float *dx, const float *dy, zl_dtype wdt, const void *Wt, const zl_conv_shape *s) {
+    zl_conv2d_dx_winograd_chunks(dx, dy, wdt, Wt, s, 0, 0);
 }
