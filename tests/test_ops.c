@@ -201,7 +201,15 @@ static void test_sgemm_stored(void) {
                 CHECK_OK(zl_sgemm_stored_nn(N, M, K, dt, wp, At, M, (float)beta, C2, M));
                 CHECKM(memcmp(C1, C2, sizeof(float) * M * N) == 0, "stored-dtype gemm (left) %dx%dx%d %s beta %d bit-identical",
                        N, M, K, zl_dtype_name(dt), beta);
-                free(C1), free(C2), free(At);
+                free(C1), free(C2);
+                /* a linear's input gradient: C [M, K] = A' [M, N] * W [N, K], W stored */
+                float *G = frnd((size_t)M * N, 1);
+                C1 = ffill((size_t)M * K, beta ? 0.5f : NAN), C2 = ffill((size_t)M * K, beta ? 0.5f : NAN);
+                zl_sgemm(0, 0, M, K, N, 1.0f, G, N, W, K, (float)beta, C1, K);
+                CHECK_OK(zl_sgemm_nn_stored(M, K, N, G, N, dt, wp, (float)beta, C2, K));
+                CHECKM(memcmp(C1, C2, sizeof(float) * M * K) == 0, "stored-dtype gemm (right, not transposed) %dx%dx%d %s beta %d bit-identical",
+                       M, K, N, zl_dtype_name(dt), beta);
+                free(C1), free(C2), free(At), free(G);
             }
             free(A), free(W), free(raw);
         }

@@ -139,10 +139,11 @@ static float *wide_buf(size_t n) {
     return tl_wide;
 }
 
-/* C = op(A) op(B) with one operand in a stored dtype: A [M,K] (stored_a) or
- * B^T as W [N,K]. The grid and calls of zl_sgemm, each block widening its own
- * rows of the stored operand first. */
-static int gemm_stored(int stored_a, int M, int N, int K, const float *F, int ldf, zl_dtype wdt, const void *W,
+/* C = op(A) op(B) with one operand in a stored dtype W: mode 1, W = A [M,K];
+ * mode 0, W = B^T [N,K]; mode 2, W = B [K,N]. The grid and calls of zl_sgemm,
+ * each block widening its own slice of W first (rows of W in modes 0 and 1,
+ * a column range of every row in mode 2). */
+static int gemm_stored(int mode, int M, int N, int K, const float *F, int ldf, zl_dtype wdt, const void *W,
                        float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return 0;
     if (beta_first(M, N, K, beta, C, ldc)) return 0;
@@ -156,19 +157,25 @@ static int gemm_stored(int stored_a, int M, int N, int K, const float *F, int ld
     for (int t = 0; t < nblk; t++) {
         const int i = (t / nbn) * bm, j = (t % nbn) * bn;
         const int m = M - i < bm ? M - i : bm, n = N - j < bn ? N - j : bn;
-        const int rows = stored_a ? m : n, r0 = stored_a ? i : j;
-        float *w = wide_buf((size_t)rows * K);
+        float *w = wide_buf((size_t)(mode == 1 ? m : n) * K);
         if (!w) {
             fail = 1;
             continue;
         }
-        zl_convert_to_f32(wdt, (const char *)W + (size_t)r0 * K * esz, w, (size_t)rows * K);
-        if (stored_a)
+        if (mode == 2) {
+            for (int k = 0; k < K; k++)
+                zl_convert_to_f32(wdt, (const char *)W + ((size_t)k * N + j) * esz, w + (size_t)k * n, (size_t)n);
+            gemm1(0, 0, m, n, K, 1.0f, F + (size_t)i * ldf, ldf, w, n, b, C + (size_t)i * ldc + j, ldc);
+        } else if (mode == 1) {
+            zl_convert_to_f32(wdt, (const char *)W + (size_t)i * K * esz, w, (size_t)m * K);
             gemm1(0, 0, m, n, K, 1.0f, w, K, F + j, ldf, b, C + (size_t)i * ldc + j, ldc);
-        else
+        } else {
+            zl_convert_to_f32(wdt, (const char *)W + (size_t)j * K * esz, w, (size_t)n * K);
             gemm1(0, 1, m, n, K, 1.0f, F + (size_t)i * ldf, ldf, w, K, b, C + (size_t)i * ldc + j, ldc);
+        }
     }
-    return fail ? zl_set_error(ZL_ENOMEM, "out of memory widening a %d x %d weight", stored_a ? M : N, K) : 0;
+    return fail ? zl_set_error(ZL_ENOMEM, "out of memory widening a slice of a %s weight",
+                               mode == 1 ? "left" : "right") : 0;
 }
 
 int zl_sgemm_nt_stored(int M, int N, int K, const float *A, int lda, zl_dtype wdt, const void *W, float beta, float *C,
@@ -179,6 +186,11 @@ int zl_sgemm_nt_stored(int M, int N, int K, const float *A, int lda, zl_dtype wd
 int zl_sgemm_stored_nn(int M, int N, int K, zl_dtype wdt, const void *W, const float *B, int ldb, float beta, float *C,
                        int ldc) {
     return gemm_stored(1, M, N, K, B, ldb, wdt, W, beta, C, ldc);
+}
+
+int zl_sgemm_nn_stored(int M, int N, int K, const float *A, int lda, zl_dtype wdt, const void *W, float beta, float *C,
+                       int ldc) {
+    return gemm_stored(2, M, N, K, A, lda, wdt, W, beta, C, ldc);
 }
 
 void zl_sgemm_serial(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,

@@ -42,6 +42,10 @@ int zl_sgemm_nt_stored(int M, int N, int K, const float *A, int lda, zl_dtype wd
  * widened W: identical results. */
 int zl_sgemm_stored_nn(int M, int N, int K, zl_dtype wdt, const void *W, const float *B, int ldb, float beta, float *C,
                        int ldc);
+/* C[M,N] = A[M,K] * W[K,N] (+ beta C), W stored (a linear's input gradient
+ * dy W): as zl_sgemm(0, 0, ...) on the widened W, identical results. */
+int zl_sgemm_nn_stored(int M, int N, int K, const float *A, int lda, zl_dtype wdt, const void *W, float beta, float *C,
+                       int ldc);
 
 /* OpenBLAS's own sgemm rate at n x n x n with `threads` threads (its native
  * threading), median of `reps` runs: the baseline benchmarks report against. */
