@@ -885,6 +885,13 @@ static size_t run_threaded(float *out) {
         zl_linear_bwd(out + pos, out + pos + n, out + pos + n + (size_t)C * C, dy, x, W, N, C, C);
         pos += n + (size_t)C * C + C;
         zl_geglu_fwd(out + pos, x, N, C / 2), pos += n / 2;
+        uint16_t *Wh = malloc(sizeof(uint16_t) * C * C); /* the stored-dtype products of the UNet */
+        for (int i = 0; i < C * C; i++) Wh[i] = zl_f32_to_f16(W[i]);
+        CHECK_OK(zl_linear_fwd_stored(out + pos, x, ZL_DT_F16, Wh, b, N, C, C));
+        pos += n;
+        CHECK_OK(zl_sgemm_nn_stored(N, C, C, dy, C, ZL_DT_F16, Wh, 0.0f, out + pos, C));
+        pos += n;
+        free(Wh);
         free(x), free(g), free(b), free(dy), free(W);
     }
     { /* attention with grads, causal and not */
