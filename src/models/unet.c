@@ -288,7 +288,7 @@ int zl_unet_load_model(const zl_model_paths *p, const zl_unet_load_opts *opts, z
 static void ws_free(zl_unet_ws *ws) {
     free(ws->cur); free(ws->nxt); free(ws->cat);
     for (int i = 0; i < 5; i++) free(ws->t[i]);
-    free(ws->bt); free(ws->ba); free(ws->temb); free(ws->tproj);
+    free(ws->ba); free(ws->bd); free(ws->temb); free(ws->tproj);
     memset(ws, 0, sizeof *ws);
 }
 
@@ -361,15 +361,15 @@ void zl_unet_linear(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, 
         zl_linear_fwd(y, x, weight_f32(u, &m->w), bias_of(m), N, m->in, m->out);
     for (int k = 0; k < m->n_br; k++) {
         const zl_unet_branch *br = &m->br[k];
-        const float *xin = x;
-        if (br->merger_set) {
-            float *t = u->ws.bt; // [N, in]
-            for (int n = 0; n < N; n++)
-                for (int j = 0; j < m->in; j++) t[(size_t)n * m->in + j] = x[(size_t)n * m->in + j] * br->merger[j];
-            xin = t;
+        const float *down = br->down; // [r, in]
+        if (br->merger_set) { /* A (m ⊙ x) = (A diag(m)) x: scale the rank x in matrix, not the N x in input */
+            float *d = u->ws.bd;
+            for (int o = 0; o < br->rank; o++)
+                for (int j = 0; j < m->in; j++) d[(size_t)o * m->in + j] = br->down[(size_t)o * m->in + j] * br->merger[j];
+            down = d;
         }
         float *a = u->ws.ba; // [N, r]
-        zl_sgemm(0, 1, N, br->rank, m->in, 1.0f, xin, m->in, br->down, m->in, 0.0f, a, br->rank);
+        zl_sgemm(0, 1, N, br->rank, m->in, 1.0f, x, m->in, down, m->in, 0.0f, a, br->rank);
         zl_sgemm(0, 1, N, m->out, br->rank, br->w * br->s, a, br->rank, br->up, br->rank, 1.0f, y, m->out);
     }
 }
@@ -383,24 +383,25 @@ void zl_unet_conv(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, in
     if (!zl_weight_needs_scratch(&m->w) || zl_conv2d_fwd_stored(y, x, m->w.dtype, m->w.data, bias_of(m), &s) != ZL_OK)
         zl_conv2d_fwd(y, x, weight_f32(u, &m->w), bias_of(m), &s);
     if (!m->n_br) return;
-    int Ho = zl_conv_out_h(&s), Wo = zl_conv_out_w(&s), HWo = Ho * Wo, HW = H * W;
+    int Ho = zl_conv_out_h(&s), Wo = zl_conv_out_w(&s), HWo = Ho * Wo;
     for (int k = 0; k < m->n_br; k++) {
         const zl_unet_branch *br = &m->br[k];
-        const float *xin = x;
-        if (br->merger_set) {
-            float *t = u->ws.bt; // [B, Cin, H, W], channels scaled by the merger
-            for (int b = 0; b < B; b++)
-                for (int c = 0; c < m->in; c++) {
-                    const float *src = x + ((size_t)b * m->in + c) * HW;
-                    float *dst = t + ((size_t)b * m->in + c) * HW, g = br->merger[c];
-                    for (int i = 0; i < HW; i++) dst[i] = src[i] * g;
-                }
-            xin = t;
+        const float *down = br->down; // [r, Cin, kh, kw]
+        if (br->merger_set) { /* scale the down kernel's input channels, not the input */
+            const size_t kk = (size_t)m->kh * m->kw;
+            float *d = u->ws.bd;
+            for (int o = 0; o < br->rank; o++)
+                for (int c = 0; c < m->in; c++)
+                    for (size_t t = 0; t < kk; t++) {
+                        const size_t i = ((size_t)o * m->in + c) * kk + t;
+                        d[i] = br->down[i] * br->merger[c];
+                    }
+            down = d;
         }
         zl_conv_shape sd = s;
         sd.Cout = br->rank;
         float *a = u->ws.ba; // [B, r, Ho, Wo]
-        zl_conv2d_fwd(a, xin, br->down, NULL, &sd);
+        zl_conv2d_fwd(a, x, down, NULL, &sd);
         for (int b = 0; b < B; b++) /* up is 1x1: y[b] += w s up [out, r] @ a[b] [r, HWo] */
             zl_sgemm(0, 0, m->out, HWo, br->rank, br->w * br->s, br->up, br->rank, a + (size_t)b * br->rank * HWo, HWo,
                      1.0f, y + (size_t)b * m->out * HWo, HWo);
@@ -494,15 +495,22 @@ static size_t zmax(size_t a, size_t b) { return a > b ? a : b; }
 static int ws_ensure(zl_unet *u, int B, int H, int W, int T) {
     const zl_unet_config *c = &u->cfg;
     int max_rank = 0;
+    size_t bd_n = 0;
     for (int i = 0; i < u->n_mods; i++)
-        for (int k = 0; k < u->mods[i]->n_br; k++)
+        for (int k = 0; k < u->mods[i]->n_br; k++) {
             if (u->mods[i]->br[k].rank > max_rank) max_rank = u->mods[i]->br[k].rank;
+            const zl_unet_mod *m = u->mods[i];
+            const size_t kk = (size_t)(m->kh > 1 ? m->kh : 1) * (m->kw > 1 ? m->kw : 1);
+            bd_n = zmax(bd_n, (size_t)m->br[k].rank * m->in * kk);
+        }
     zl_unet_ws *ws = &u->ws;
-    if (ws->cur && ws->B == B && ws->H == H && ws->W == W && ws->T == T && ws->max_rank >= max_rank) return ZL_OK;
+    if (ws->cur && ws->B == B && ws->H == H && ws->W == W && ws->T == T && ws->max_rank >= max_rank &&
+        ws->bd_n >= bd_n)
+        return ZL_OK;
     ws_free(ws);
     /* Each buffer sized for what it holds (see the block functions): cN a block's
      * [B, C, HW] at any level, catN an up-block concat, ffN the GEGLU projection
-     * [N, 8C], ff4N its output, kvN cross-attention keys, inN any branch input. */
+     * [N, 8C], ff4N its output, kvN cross-attention keys. */
     int n = c->n_levels, cmax = 0;
     size_t cN = (size_t)B * zmax(c->in_channels, c->out_channels) * H * W, catN = 0, ffN = 0, ff4N = 0, kvN = 0;
     for (int l = 0, hl = H, wl = W; l < n; l++, hl = (hl + 1) / 2, wl = (wl + 1) / 2) {
@@ -521,8 +529,6 @@ static int ws_ensure(zl_unet *u, int B, int H, int W, int T) {
         }
     }
     catN = zmax(catN, cN);
-    size_t inN = zmax(zmax(catN, ff4N), (size_t)B * zmax((size_t)T * c->cross_attention_dim,
-                                                         zmax(c->time_embed_dim, c->projection_class_embeddings_input_dim)));
     size_t sz[5] = {catN, zmax(cN, ffN), cN, zmax(zmax(ff4N, kvN), cN), zmax(cN, kvN)};
     ws->B = B; ws->H = H; ws->W = W; ws->T = T; ws->max_rank = max_rank;
     ws->act_n = cN;
@@ -530,7 +536,8 @@ static int ws_ensure(zl_unet *u, int B, int H, int W, int T) {
              (ws->cat = malloc(catN * sizeof(float))) && (ws->temb = malloc((size_t)B * c->time_embed_dim * sizeof(float))) &&
              (ws->tproj = malloc((size_t)B * cmax * sizeof(float)));
     for (int i = 0; i < 5 && ok; i++) ok = (ws->t[i] = malloc(sz[i] * sizeof(float))) != NULL;
-    if (ok && max_rank) ok = (ws->bt = malloc(inN * sizeof(float))) != NULL;
+    if (ok && bd_n) ok = (ws->bd = malloc(bd_n * sizeof(float))) != NULL;
+    ws->bd_n = ok ? bd_n : 0;
     if (ok && max_rank) {
         size_t nb = (size_t)B * H * W * max_rank;
         nb = zmax(nb, (size_t)B * T * max_rank);

@@ -69,8 +69,9 @@ typedef struct {
     int B, H, W, T, max_rank;
     size_t act_n;   /* floats in cur / nxt: the largest [B, C, HW] */
     float *cur, *nxt, *cat, *t[5];
-    float *bt;      /* branch input (x ⊙ m); only with runtime branches */
     float *ba;      /* branch rank activations, B*H*W*max_rank */
+    float *bd;      /* a branch's down weights with the merger folded in: [rank, in (, kh, kw)] */
+    size_t bd_n;
     float *temb;    /* [B, time_embed_dim]: SiLU(time embedding), shared by all resnets */
     float *tproj;   /* [B, max channels] */
 } zl_unet_ws;
