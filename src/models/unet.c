@@ -297,6 +297,7 @@ static void transformer_free(zl_unet_transformer *t) { free(t->blocks); t->block
 void zl_unet_free(zl_unet *u) {
     if (!u) return;
     zl_conv2d_winograd_release();
+    zl_sgemm_release_buffers();
     for (int i = 0; i < u->n_mods; i++) {
         zl_unet_mod *m = u->mods[i];
         for (int k = 0; k < m->n_br; k++) {

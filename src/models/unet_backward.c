@@ -63,10 +63,14 @@ static int ensure_grad(zl_unet_branch *br, int n) {
 /* Linear module y = x W^T + b + branches; x [N, in], dy [N, out].
  * dx [N, in] += dL/dx (NULL: not needed); every branch's grad += dL/dm. */
 static int lin_bwd(bwctx *c, const zl_unet_mod *m, const float *x, const float *dy, float *dx, int N) {
-    /* dx [N, in] += dy [N, out] W [out, in]; stored F16 widened per block inside the product */
-    if (dx && (!zl_weight_needs_scratch(&m->w) ||
-               zl_sgemm_nn_stored(N, m->in, m->out, dy, m->out, m->w.dtype, m->w.data, 1.0f, dx, m->in) != ZL_OK))
+    /* dx [N, in] += dy [N, out] W [out, in]; stored F16 widened per block inside the product. That
+     * accumulates block by block, so a failure part-way cannot fall back to another path: it is an error. */
+    if (dx && zl_weight_needs_scratch(&m->w)) {
+        int rc = zl_sgemm_nn_stored(N, m->in, m->out, dy, m->out, m->w.dtype, m->w.data, 1.0f, dx, m->in);
+        if (rc) return rc;
+    } else if (dx) {
         zl_linear_bwd(dx, NULL, NULL, dy, x, zl_unet_weight_f32(c->u, m), N, m->in, m->out);
+    }
     for (int k = 0; k < m->n_br; k++) {
         zl_unet_branch *br = &m->br[k];
         int in = m->in, r = br->rank;

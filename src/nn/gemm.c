@@ -130,6 +130,15 @@ void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, 
 static _Thread_local float *tl_wide;
 static _Thread_local size_t tl_wide_n;
 
+void zl_sgemm_release_buffers(void) {
+    #pragma omp parallel
+    {
+        free(tl_wide);
+        tl_wide = NULL;
+        tl_wide_n = 0;
+    }
+}
+
 static float *wide_buf(size_t n) {
     if (tl_wide_n < n) {
         free(tl_wide);

@@ -30,6 +30,10 @@ void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, 
 void zl_sgemm_serial(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                      int ldb, float beta, float *C, int ldc);
 
+/* The stored-dtype products below keep a per-thread buffer between calls
+ * (tens of MB at SDXL shapes); this frees the buffers of the current team. */
+void zl_sgemm_release_buffers(void);
+
 /* C[M,N] = A[M,K] * W^T (+ beta C) with W [N,K] in its stored dtype (F16, BF16,
  * F32; any alignment): each block of zl_sgemm's grid widens its own rows of W
  * into a per-thread buffer just before its product, so the float32 copy stays
@@ -84,7 +88,7 @@ void zl_conv2d_fwd_winograd(float *y, const float *x, zl_dtype wdt, const void *
  * H, W] (a 3x3 convolution with the kernel rotated and its channels swapped),
  * by Winograd; for shapes zl_conv2d_winograd_ok accepts. zl_conv2d_bwd uses it. */
 void zl_conv2d_dx_winograd(float *dx, const float *dy, zl_dtype wdt, const void *Wt, const zl_conv_shape *s);
-/* Winograd keeps one workspace (up to ~250 MB at SDXL shapes) between calls,
+/* Winograd keeps one workspace (at most about 256 MB) between calls,
  * since fresh pages cost as much as the transforms; this frees it. */
 void zl_conv2d_winograd_release(void);
 /* zl_conv2d_fwd with the weights in their stored dtype: Winograd where it

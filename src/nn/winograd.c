@@ -28,10 +28,11 @@
 #include "nn/conv_tiles.h"
 #include "nn/ops.h"
 
-/* Byte budgets for one chunk of transformed weights (U) and of transformed
- * input (V). */
+/* Byte budgets for one chunk of transformed weights (U), of transformed
+ * input (V) and of products (M): the workspace stays under 256 MB. */
 #define WG_U_BYTES ((size_t)128 << 20)
 #define WG_V_BYTES ((size_t)64 << 20)
+#define WG_M_BYTES ((size_t)64 << 20)
 /* Fewest tiles and channels for which the transforms pay for themselves
  * (bench_ops "conv3x3 ... winograd" against im2col + sgemm). */
 #define WG_MIN_TILES 48
@@ -323,7 +324,10 @@ static void wino(float *y, const float *x, zl_dtype wdt, const void *Wt, const f
     const size_t ny = (size_t)s->B * Cout * s->H * s->W;
     if (kc <= 0) kc = round16_down(WG_U_BYTES / (36 * sizeof(float) * (size_t)Cin));
     if (kc > Cout) kc = Cout;
-    if (pc <= 0) pc = round16_down(WG_V_BYTES / (36 * sizeof(float) * (size_t)Cin));
+    if (pc <= 0) {
+        const size_t pv = WG_V_BYTES / (36 * sizeof(float) * (size_t)Cin), pm = WG_M_BYTES / (36 * sizeof(float) * (size_t)kc);
+        pc = round16_down(pv < pm ? pv : pm);
+    }
     if ((size_t)pc > P) pc = (int)P;
     const size_t nu = (size_t)36 * kc * Cin, nv = (size_t)36 * Cin * pc, nm = (size_t)36 * kc * pc;
     const size_t nr = (size_t)omp_get_max_threads() * row_floats(tw);
