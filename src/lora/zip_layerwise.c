@@ -123,17 +123,31 @@ static double quad_form(const double *Q, const double *x, const double *y, int n
     return acc;
 }
 
-/* The local objective (weighted quadratic + similarity) and its gradient at v. */
+/* The local objective (weighted quadratic + similarity) and its gradient at v.
+ * Qw is symmetric and only its upper triangle (b >= a) is read: the Adam loop
+ * streams it every step, and at SDXL's 2048-wide inputs (nv = 4096) the whole
+ * matrix is 134 MB. (Float storage would halve that again, but the objective's
+ * exact cancellation at a perfect merge, tested, needs double.) r [nv] is scratch. */
 static double local_eval(const double *Qw, const double *bw, double cw, const double *v, int nv, int n, int both,
-                         double lambda, double *grad) {
+                         double lambda, double *grad, double *r) {
     double q = 0, lin = 0, sim = 0;
+    for (int a = 0; a < nv; a++) r[a] = 0;
     for (int a = 0; a < nv; a++) {
         const double *row = Qw + (size_t)a * nv;
-        double r = 0;
-        for (int b = 0; b < nv; b++) r += row[b] * v[b];
-        q += v[a] * r;
+        const double va = v[a];
+        double acc = row[a] * va;
+        /* vector lanes: a fixed order (the build's, not the thread count's) */
+        #pragma omp simd reduction(+ : acc)
+        for (int b = a + 1; b < nv; b++) {
+            acc += row[b] * v[b];
+            r[b] += row[b] * va;
+        }
+        r[a] += acc;
+    }
+    for (int a = 0; a < nv; a++) {
+        q += v[a] * r[a];
         lin += bw[a] * v[a];
-        if (grad) grad[a] = 2 * (r - bw[a]);
+        if (grad) grad[a] = 2 * (r[a] - bw[a]);
     }
     if (both) {
         for (int j = 0; j < n; j++) {
@@ -153,15 +167,20 @@ static double local_eval(const double *Qw, const double *bw, double cw, const do
 static int layer_adam(const double *Q, int nv, int n, int both, double w_c, double w_s, const double *e_c,
                       const double *e_s, double lambda, int steps, double lr, double *v, double *before, double *after) {
     const size_t nn = (size_t)nv * nv;
-    double *Qw = malloc(sizeof(double) * nn), *bw = malloc(sizeof(double) * nv), *g = malloc(sizeof(double) * nv);
+    double *Qw = malloc(sizeof(double) * nn);
+    double *bw = malloc(sizeof(double) * nv), *g = malloc(sizeof(double) * nv), *r = malloc(sizeof(double) * nv);
     double *am = calloc((size_t)nv, sizeof(double)), *av = calloc((size_t)nv, sizeof(double));
     int rc = ZL_OK;
-    if (!Qw || !bw || !g || !am || !av) {
+    if (!Qw || !bw || !g || !r || !am || !av) {
         rc = ZL_ENOMEM;
         goto done;
     }
     const double *Qc = Q, *Qs = Q + nn;
-    for (size_t i = 0; i < nn; i++) Qw[i] = w_c * Qc[i] + w_s * Qs[i];
+    for (int a = 0; a < nv; a++) /* the upper triangle, all local_eval reads */
+        for (int b = a; b < nv; b++) {
+            const size_t i = (size_t)a * nv + b;
+            Qw[i] = w_c * Qc[i] + w_s * Qs[i];
+        }
     double cw = w_c * quad_form(Qc, e_c, e_c, nv) + w_s * quad_form(Qs, e_s, e_s, nv);
     for (int a = 0; a < nv; a++) {
         double rc_ = 0, rs = 0;
@@ -172,7 +191,7 @@ static int layer_adam(const double *Q, int nv, int n, int both, double w_c, doub
         bw[a] = w_c * rc_ + w_s * rs;
     }
     const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
-    double L = local_eval(Qw, bw, cw, v, nv, n, both, lambda, g);
+    double L = local_eval(Qw, bw, cw, v, nv, n, both, lambda, g, r);
     if (before) *before = L;
     for (int k = 1; k <= steps; k++) {
         if (both) { /* full mode's stopping rule, per layer: the similarity has reached 0 */
@@ -186,7 +205,7 @@ static int layer_adam(const double *Q, int nv, int n, int both, double w_c, doub
             av[a] = b2 * av[a] + (1 - b2) * g[a] * g[a];
             v[a] -= lr / bc1 * am[a] / (sqrt(av[a]) / bc2 + eps);
         }
-        L = local_eval(Qw, bw, cw, v, nv, n, both, lambda, g);
+        L = local_eval(Qw, bw, cw, v, nv, n, both, lambda, g, r);
         if (!isfinite(L)) {
             rc = ZL_ENUMERIC;
             break;
@@ -197,6 +216,7 @@ done:
     free(Qw);
     free(bw);
     free(g);
+    free(r);
     free(am);
     free(av);
     return rc;
