@@ -30,9 +30,6 @@ typedef struct {
     double lr, beta1, beta2;    /* Adam (0.01, 0.9, 0.999) */
     double eps;                 /* Adam (1e-8) */
     zl_unet_grad_mode grad_mode; /* ZL_UNET_GRAD_RECOMPUTE by default (bounded memory) */
-    int batch_sides;             /* 1 (default): zl_zip_eval runs the content and style inputs as one
-                                    batch when their shapes allow (faster; the activations of both
-                                    at once); 0: one after the other */
 } zl_zip_opts;
 
 void zl_zip_opts_default(zl_zip_opts *o);

@@ -31,7 +31,6 @@ void zl_zip_opts_default(zl_zip_opts *o) {
     o->beta2 = 0.999;
     o->eps = 1e-8;
     o->grad_mode = ZL_UNET_GRAD_RECOMPUTE;
-    o->batch_sides = 1;
 }
 
 static void layer_free(zl_zip_layer *l) {
@@ -253,69 +252,13 @@ static int side_eval(zl_zip *z, const zl_unet_input *in, const float *target, in
     return rc;
 }
 
-/* Both sides see the same merged model, so they can run as one batch (batch
- * Bc + Bs): one forward (and backward) instead of two, and the larger products
- * run faster. That needs the same latent size, text length and conditioning. */
-static int can_batch(const zl_unet_input *a, const zl_unet_input *b) {
-    return a->H == b->H && a->W == b->W && a->T == b->T && !a->text_embeds == !b->text_embeds &&
-           !a->time_ids == !b->time_ids && a->sample && b->sample && a->timestep && b->timestep && a->context &&
-           b->context;
-}
-
-/* dst = the rows of a (na items of n floats) then those of b (nb items). */
-static float *cat2(const float *a, int na, const float *b, int nb, size_t n) {
-    const size_t total = (size_t)(na + nb) * n;
-    float *p = malloc((total ? total : 1) * sizeof(float));
-    if (!p) return NULL;
-    memcpy(p, a, (size_t)na * n * sizeof(float));
-    memcpy(p + (size_t)na * n, b, (size_t)nb * n * sizeof(float));
-    return p;
-}
-
-/* Both losses, and with want_grad the UNet backward of their sum, from one
- * batch: each side's mse is over its own samples, as side_eval's. */
-static int batch_eval(zl_zip *z, const zl_unet_input *xc, const float *target_c, const zl_unet_input *xs,
-                      const float *target_s, int want_grad, zl_zip_loss *loss) {
-    const zl_unet_config *cfg = zl_unet_get_config(z->u);
-    const size_t hw = (size_t)xc->H * xc->W, ns = (size_t)cfg->in_channels * hw,
-                 nctx = (size_t)xc->T * cfg->cross_attention_dim, npool = (size_t)zl_unet_pooled_dim(z->u);
-    const size_t nc = out_numel(z, xc), nsd = out_numel(z, xs);
-    zl_unet_input in = {xc->B + xs->B, xc->H, xc->W, xc->T, NULL, NULL, NULL, NULL, NULL};
-    float *sample = cat2(xc->sample, xc->B, xs->sample, xs->B, ns);
-    float *ts = cat2(xc->timestep, xc->B, xs->timestep, xs->B, 1);
-    float *ctx = cat2(xc->context, xc->B, xs->context, xs->B, nctx);
-    float *te = xc->text_embeds ? cat2(xc->text_embeds, xc->B, xs->text_embeds, xs->B, npool) : NULL;
-    float *tid = xc->time_ids ? cat2(xc->time_ids, xc->B, xs->time_ids, xs->B, 6) : NULL;
-    float *out = malloc((nc + nsd) * sizeof(float)), *dout = want_grad ? calloc(nc + nsd, sizeof(float)) : NULL;
-    int rc = ZL_OK;
-    if (!sample || !ts || !ctx || (xc->text_embeds && !te) || (xc->time_ids && !tid) || !out || (want_grad && !dout)) {
-        rc = zl_set_error(ZL_ENOMEM, "out of memory");
-    } else {
-        in.sample = sample, in.timestep = ts, in.context = ctx, in.text_embeds = te, in.time_ids = tid;
-        zl_unet_tape *t = NULL;
-        rc = want_grad ? zl_unet_forward_tape(z->u, &in, z->o.grad_mode, out, &t) : zl_unet_forward(z->u, &in, out);
-        if (!rc) {
-            loss->loss_content = zl_mse(out, target_c, nc, dout, 1.0f);
-            loss->loss_style = zl_mse(out + nc, target_s, nsd, dout ? dout + nc : NULL, 1.0f);
-            if (want_grad) rc = zl_unet_backward(z->u, t, dout, NULL);
-        }
-        zl_unet_tape_free(t);
-    }
-    free(sample), free(ts), free(ctx), free(te), free(tid), free(out), free(dout);
-    return rc;
-}
-
 int zl_zip_eval(zl_zip *z, const zl_unet_input *xc, const float *target_c, const zl_unet_input *xs,
                 const float *target_s, int want_grad, zl_zip_loss *loss) {
     if (!xc || !xs || !target_c || !target_s || !loss) return zl_set_error(ZL_EINVAL, "zip: missing input or target");
     int rc = push(z);
     if (!rc && want_grad) rc = zl_unet_zero_merger_grads(z->u);
-    if (!rc && z->o.batch_sides && can_batch(xc, xs)) {
-        rc = batch_eval(z, xc, target_c, xs, target_s, want_grad, loss);
-    } else {
-        if (!rc) rc = side_eval(z, xc, target_c, want_grad, &loss->loss_content);
-        if (!rc) rc = side_eval(z, xs, target_s, want_grad, &loss->loss_style);
-    }
+    if (!rc) rc = side_eval(z, xc, target_c, want_grad, &loss->loss_content);
+    if (!rc) rc = side_eval(z, xs, target_s, want_grad, &loss->loss_style);
     if (rc) {
         z->have_grad = 0;
         return rc;
