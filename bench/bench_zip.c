@@ -17,6 +17,10 @@
  *     generated references (a --fixed-inputs file written first). Time (wall
  *     and CPU) and peak RSS of the process: run one configuration per process.
  *
+ *   bench_zip solve [STEPS]
+ *     One layerwise per-layer solve at SDXL's input widths against a memory
+ *     streaming baseline measured in the same run.
+ *
  * Uses the driver's internal header (src/lora/zip_run_internal.h) to reuse one
  * prepared run; benchmarks only. */
 #include <math.h>
@@ -28,6 +32,7 @@
 #include <unistd.h>
 
 #include "lora/zip_run_internal.h"
+#include "nn/ops.h"
 #include "ziplora.h"
 #include "ziplora/synth.h"
 #include "ziplora/zip_layerwise.h"
@@ -364,10 +369,64 @@ static int sdxl(int argc, char **argv) {
     return 0;
 }
 
+/* bench_zip solve [STEPS]: one layerwise per-layer solve (zl_lw_layer_solve:
+ * the quadratic's setup, then STEPS Adam steps, default 100) for two rank-64
+ * linear LoRAs at SDXL's input widths, single-threaded (the solves run one
+ * layer per thread). Baseline, same run: streaming the Adam loop's matrix
+ * (half of nv x nv doubles, nv = 2 in) from memory once per step, a vectorised
+ * summing loop over an array of that size; the ratio is solve / stream. */
+static int solve_bench(int argc, char **argv) {
+    const int steps = argc > 2 ? atoi(argv[2]) : 100, r = 64;
+    zl_set_threads(1);
+    printf("bench_zip solve: one layer, 2 rank-%d LoRAs, %d Adam steps, 1 thread\n", r, steps);
+    printf("%-8s %12s %14s %8s\n", "in", "solve", "stream x steps", "ratio");
+    const int widths[] = {640, 1280, 2048};
+    for (int wi = 0; wi < 3; wi++) {
+        const int n = widths[wi], T = 1024;
+        zl_lora_layer L[2];
+        memset(L, 0, sizeof L);
+        for (int k = 0; k < 2; k++) {
+            L[k] = (zl_lora_layer){.module = "bench", .kind = ZL_LORA_LINEAR, .rank = r, .in_features = n,
+                                   .out_features = n, .kh = 1, .kw = 1, .alpha = (float)r};
+            L[k].down = rnd_n((size_t)r * n);
+            L[k].up = rnd_n((size_t)n * r);
+            for (size_t i = 0; i < (size_t)r * n; i++) L[k].down[i] *= 0.05f, L[k].up[i] *= 0.05f;
+        }
+        float *X = rnd_n((size_t)T * n), *C = malloc(sizeof(float) * n * n);
+        if (!C) die("out of memory");
+        zl_sgemm(1, 0, n, n, T, 1.0f, X, n, X, n, 0.0f, C, n); /* second moments of T random tokens */
+        float *mc = malloc(sizeof(float) * n), *ms = malloc(sizeof(float) * n);
+        for (int j = 0; j < n; j++) mc[j] = ms[j] = 1.0f;
+        double before, after, t0 = zl_now();
+        if (zl_lw_layer_solve(&L[0], &L[1], C, C, T, T, 1, 1, 0.01, steps, 0.01, mc, ms, &before, &after))
+            die("solve");
+        const double ts = zl_now() - t0;
+        /* the baseline: nv*nv/2 doubles read once per step */
+        const size_t nh = (size_t)(2 * n) * (2 * n) / 2;
+        double *a = malloc(sizeof(double) * nh);
+        volatile double sink = 0;
+        if (!a) die("out of memory");
+        for (size_t i = 0; i < nh; i++) a[i] = (double)(i & 1023);
+        t0 = zl_now();
+        for (int k = 0; k < steps; k++) {
+            double sacc = 0;
+            #pragma omp simd reduction(+ : sacc)
+            for (size_t i = 0; i < nh; i++) sacc += a[i];
+            sink += sacc;
+        }
+        const double tb = zl_now() - t0;
+        printf("%-8d %10.3f s %12.3f s %8.2f   (objective %.6g -> %.6g)\n", n, ts, tb, ts / tb, before, after);
+        free(a), free(X), free(C), free(mc), free(ms);
+        for (int k = 0; k < 2; k++) free(L[k].down), free(L[k].up);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     setvbuf(stdout, NULL, _IOLBF, 0);
+    if (argc > 1 && !strcmp(argv[1], "solve")) return solve_bench(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "tune")) return tune(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "sdxl")) return sdxl(argc, argv);
-    fprintf(stderr, "usage: bench_zip tune ... | bench_zip sdxl full|layerwise RES [threads]\n");
+    fprintf(stderr, "usage: bench_zip tune ... | bench_zip sdxl full|layerwise RES [threads] | bench_zip solve [STEPS]\n");
     return 2;
 }
