@@ -71,22 +71,36 @@ static int layer_quad(const zl_lora_layer *lc, const zl_lora_layer *ls, const fl
                 if (!(tok[t] > 0) || !Cs[t]) continue;
                 const float *C = Cs[t];
                 double *Qt = Q + (size_t)t * nv * nv, norm = 1.0 / (tok[t] * out);
-                /* channel-level reduction over the kernel offsets of both patches */
-                for (int j = 0; j < n; j++)
-                    for (int jj = 0; jj < n; jj++) {
+                /* channel-level reduction over the kernel offsets of both patches; the
+                 * upper triangle only (jj >= j on a diagonal block), mirrored below */
+                for (int j = 0; j < n; j++) {
+                    double *qrow = Qt + (size_t)(blk[x] * n + j) * nv + (size_t)blk[y] * n;
+                    if (kk == 1) {
+                        const float *g = G + (size_t)j * K, *c = C + (size_t)j * K;
+                        #pragma omp simd
+                        for (int jj = x == y ? j : 0; jj < n; jj++) qrow[jj] = (double)g[jj] * c[jj] * norm;
+                        continue;
+                    }
+                    for (int jj = x == y ? j : 0; jj < n; jj++) {
                         double acc = 0;
                         for (int o = 0; o < kk; o++) {
                             const float *g = G + ((size_t)j * kk + o) * K + (size_t)jj * kk;
                             const float *c = C + ((size_t)j * kk + o) * K + (size_t)jj * kk;
                             for (int oo = 0; oo < kk; oo++) acc += (double)g[oo] * c[oo];
                         }
-                        acc *= norm;
-                        size_t a = (size_t)(blk[x] * n + j), b = (size_t)(blk[y] * n + jj);
-                        Qt[a * nv + b] = acc;
-                        Qt[b * nv + a] = acc; /* the (y, x) block is the transpose */
+                        qrow[jj] = acc * norm;
                     }
+                }
             }
         }
+    /* Q_t is symmetric: the lower triangle is the transpose of the upper, by tiles */
+    for (int t = 0; t < 2; t++) {
+        double *Qt = Q + (size_t)t * nv * nv;
+        for (int a0 = 0; a0 < nv; a0 += 64)
+            for (int b0 = 0; b0 <= a0; b0 += 64)
+                for (int a = a0; a < a0 + 64 && a < nv; a++)
+                    for (int b = b0; b < b0 + 64 && b < a; b++) Qt[(size_t)a * nv + b] = Qt[(size_t)b * nv + a];
+    }
 done:
     free(P);
     free(M);
@@ -117,57 +131,100 @@ static double quad_form(const double *Q, const double *x, const double *y, int n
     for (int a = 0; a < nv; a++) {
         double r = 0;
         const double *q = Q + (size_t)a * nv;
+        #pragma omp simd reduction(+ : r)
         for (int b = 0; b < nv; b++) r += q[b] * y[b];
         acc += x[a] * r;
     }
     return acc;
 }
 
-/* The local objective (weighted quadratic + similarity) and its gradient at v.
- * Qw is symmetric and only its upper triangle (b >= a) is read: the Adam loop
- * streams it every step, and at SDXL's 2048-wide inputs (nv = 4096) the whole
- * matrix is 134 MB. (Float storage would halve that again, but the objective's
- * exact cancellation at a perfect merge, tested, needs double.) r [nv] is scratch. */
-static double local_eval(const double *Qw, const double *bw, double cw, const double *v, int nv, int n, int both,
-                         double lambda, double *grad, double *r) {
-    double q = 0, lin = 0, sim = 0;
-    for (int a = 0; a < nv; a++) r[a] = 0;
-    for (int a = 0; a < nv; a++) {
-        const double *row = Qw + (size_t)a * nv;
-        const double va = v[a];
-        double acc = row[a] * va;
-        /* vector lanes: a fixed order (the build's, not the thread count's) */
-        #pragma omp simd reduction(+ : acc)
-        for (int b = a + 1; b < nv; b++) {
-            acc += row[b] * v[b];
-            r[b] += row[b] * va;
+/* λ mean_j |m_c[j] m_s[j]| of v = (m_c, m_s); with grad, its subgradient (sign 0
+ * at 0, as torch's abs) added to grad. */
+static double sim_term(const double *v, int n, double lambda, double *grad) {
+    double sim = 0;
+    for (int j = 0; j < n; j++) {
+        double p = v[j] * v[n + j], sg = p > 0 ? 1 : p < 0 ? -1 : 0;
+        sim += fabs(p);
+        if (grad) {
+            grad[j] += lambda * sg * v[n + j] / n;
+            grad[n + j] += lambda * sg * v[j] / n;
         }
-        r[a] += acc;
+    }
+    return lambda * sim / n;
+}
+
+/* The local objective at v in double, from each side's own matrix:
+ * Σ_t w_t (v - e_t)^T Q_t (v - e_t) + λ sim (no cancellation: exactly 0 for
+ * the quadratic part where a merge reproduces both targets). u [nv] is scratch. */
+static double local_value(const double *Qc, const double *Qs, double w_c, double w_s, const double *e_c,
+                          const double *e_s, const double *v, int nv, int n, int both, double lambda, double *u) {
+    const double *Q[2] = {Qc, Qs}, *e[2] = {e_c, e_s}, w[2] = {w_c, w_s};
+    double L = 0;
+    for (int t = 0; t < 2; t++) {
+        if (w[t] == 0) continue;
+        for (int a = 0; a < nv; a++) u[a] = v[a] - e[t][a];
+        L += w[t] * quad_form(Q[t], u, u, nv);
+    }
+    return both ? L + sim_term(v, n, lambda, NULL) : L;
+}
+
+/* The gradient of the local objective at v, 2 (Qw v - bw) + the similarity's,
+ * and (returned) the objective from the same product, which the loop only
+ * checks for being finite. Qw = w_c Q_c + w_s Q_s is symmetric and only its
+ * upper triangle (b >= a) is read, stored in float: the Adam loop streams it
+ * every step (at SDXL's 2048-wide inputs, nv = 4096: 34 M entries) and is
+ * bound by memory. Products are summed in double. r [nv] is scratch. */
+static double local_grad(const float *Qw, const double *bw, double cw, const double *v, int nv, int n, int both,
+                         double lambda, double *grad, double *r) {
+    double q = 0, lin = 0;
+    for (int a = 0; a < nv; a++) r[a] = 0;
+    /* Four rows at a time, so each pass over r and v serves four rows. */
+    for (int a0 = 0; a0 < nv; a0 += 4) {
+        const int na = nv - a0 < 4 ? nv - a0 : 4, b0 = a0 + na;
+        for (int a = a0; a < b0; a++) { /* the diagonal block */
+            const float *row = Qw + (size_t)a * nv;
+            r[a] += (double)row[a] * v[a];
+            for (int b = a + 1; b < b0; b++) {
+                r[a] += (double)row[b] * v[b];
+                r[b] += (double)row[b] * v[a];
+            }
+        }
+        if (na < 4) {
+            for (int a = a0; a < b0; a++) {
+                const float *row = Qw + (size_t)a * nv;
+                for (int b = b0; b < nv; b++) {
+                    r[a] += (double)row[b] * v[b];
+                    r[b] += (double)row[b] * v[a];
+                }
+            }
+            continue;
+        }
+        const float *q0 = Qw + (size_t)a0 * nv, *q1 = q0 + nv, *q2 = q1 + nv, *q3 = q2 + nv;
+        const double v0 = v[a0], v1 = v[a0 + 1], v2 = v[a0 + 2], v3 = v[a0 + 3];
+        double s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+        /* vector lanes: a fixed order (the build's, not the thread count's) */
+        #pragma omp simd reduction(+ : s0, s1, s2, s3)
+        for (int b = b0; b < nv; b++) {
+            const double x0 = q0[b], x1 = q1[b], x2 = q2[b], x3 = q3[b], vb = v[b];
+            s0 += x0 * vb, s1 += x1 * vb, s2 += x2 * vb, s3 += x3 * vb;
+            r[b] += x0 * v0 + x1 * v1 + x2 * v2 + x3 * v3;
+        }
+        r[a0] += s0, r[a0 + 1] += s1, r[a0 + 2] += s2, r[a0 + 3] += s3;
     }
     for (int a = 0; a < nv; a++) {
         q += v[a] * r[a];
         lin += bw[a] * v[a];
-        if (grad) grad[a] = 2 * (r[a] - bw[a]);
+        grad[a] = 2 * (r[a] - bw[a]);
     }
-    if (both) {
-        for (int j = 0; j < n; j++) {
-            double p = v[j] * v[n + j], sg = p > 0 ? 1 : p < 0 ? -1 : 0;
-            sim += fabs(p);
-            if (grad) {
-                grad[j] += lambda * sg * v[n + j] / n;
-                grad[n + j] += lambda * sg * v[j] / n;
-            }
-        }
-        sim /= n;
-    }
-    return q - 2 * lin + cw + lambda * sim;
+    return q - 2 * lin + cw + (both ? sim_term(v, n, lambda, grad) : 0);
 }
 
-/* Adam on the local objective from v (torch.optim.Adam, as zl_zip_adam_step). */
+/* Adam on the local objective from v (torch.optim.Adam, as zl_zip_adam_step).
+ * *before / *after: the objective at the start and the end, in double. */
 static int layer_adam(const double *Q, int nv, int n, int both, double w_c, double w_s, const double *e_c,
                       const double *e_s, double lambda, int steps, double lr, double *v, double *before, double *after) {
     const size_t nn = (size_t)nv * nv;
-    double *Qw = malloc(sizeof(double) * nn);
+    float *Qw = malloc(sizeof(float) * nn);
     double *bw = malloc(sizeof(double) * nv), *g = malloc(sizeof(double) * nv), *r = malloc(sizeof(double) * nv);
     double *am = calloc((size_t)nv, sizeof(double)), *av = calloc((size_t)nv, sizeof(double));
     int rc = ZL_OK;
@@ -176,14 +233,15 @@ static int layer_adam(const double *Q, int nv, int n, int both, double w_c, doub
         goto done;
     }
     const double *Qc = Q, *Qs = Q + nn;
-    for (int a = 0; a < nv; a++) /* the upper triangle, all local_eval reads */
+    for (int a = 0; a < nv; a++) /* the upper triangle, all local_grad reads */
         for (int b = a; b < nv; b++) {
             const size_t i = (size_t)a * nv + b;
-            Qw[i] = w_c * Qc[i] + w_s * Qs[i];
+            Qw[i] = (float)(w_c * Qc[i] + w_s * Qs[i]);
         }
     double cw = w_c * quad_form(Qc, e_c, e_c, nv) + w_s * quad_form(Qs, e_s, e_s, nv);
     for (int a = 0; a < nv; a++) {
         double rc_ = 0, rs = 0;
+        #pragma omp simd reduction(+ : rc_, rs)
         for (int b = 0; b < nv; b++) {
             rc_ += Qc[(size_t)a * nv + b] * e_c[b];
             rs += Qs[(size_t)a * nv + b] * e_s[b];
@@ -191,8 +249,8 @@ static int layer_adam(const double *Q, int nv, int n, int both, double w_c, doub
         bw[a] = w_c * rc_ + w_s * rs;
     }
     const double b1 = 0.9, b2 = 0.999, eps = 1e-8;
-    double L = local_eval(Qw, bw, cw, v, nv, n, both, lambda, g, r);
-    if (before) *before = L;
+    if (before) *before = local_value(Qc, Qs, w_c, w_s, e_c, e_s, v, nv, n, both, lambda, r);
+    local_grad(Qw, bw, cw, v, nv, n, both, lambda, g, r);
     for (int k = 1; k <= steps; k++) {
         if (both) { /* full mode's stopping rule, per layer: the similarity has reached 0 */
             double sim = 0;
@@ -205,13 +263,12 @@ static int layer_adam(const double *Q, int nv, int n, int both, double w_c, doub
             av[a] = b2 * av[a] + (1 - b2) * g[a] * g[a];
             v[a] -= lr / bc1 * am[a] / (sqrt(av[a]) / bc2 + eps);
         }
-        L = local_eval(Qw, bw, cw, v, nv, n, both, lambda, g, r);
-        if (!isfinite(L)) {
+        if (!isfinite(local_grad(Qw, bw, cw, v, nv, n, both, lambda, g, r))) {
             rc = ZL_ENUMERIC;
             break;
         }
     }
-    if (after) *after = L;
+    if (after) *after = local_value(Qc, Qs, w_c, w_s, e_c, e_s, v, nv, n, both, lambda, r);
 done:
     free(Qw);
     free(bw);
