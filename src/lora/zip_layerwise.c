@@ -407,6 +407,32 @@ static int current_side(const zl_lw *w) {
     return -1;
 }
 
+/* C [K, K] += X^T X for X [N, K], upper triangle only (tiles on and above the
+ * diagonal; half the products of the whole). One single-threaded product per
+ * tile, so the result does not depend on the thread count. mirror_lower fills
+ * the rest once the capture is done. */
+#define GRAM_TILE 256
+static void gram_upper(float *C, const float *X, int N, int K) {
+    const int nt = (K + GRAM_TILE - 1) / GRAM_TILE, ntiles = nt * (nt + 1) / 2;
+    #pragma omp parallel for schedule(dynamic, 1) if (ntiles > 1 && (double)N * K * K > 1e7)
+    for (int t = 0; t < ntiles; t++) {
+        int i = 0, rem = t; /* tile t -> (i, j), j >= i, row by row */
+        while (rem >= nt - i) rem -= nt - i, i++;
+        const int j = i + rem, a = i * GRAM_TILE, b = j * GRAM_TILE;
+        const int m = K - a < GRAM_TILE ? K - a : GRAM_TILE, n = K - b < GRAM_TILE ? K - b : GRAM_TILE;
+        zl_sgemm_serial(1, 0, m, n, N, 1.0f, X + a, K, X + b, K, 1.0f, C + (size_t)a * K + b, K);
+    }
+}
+
+/* The lower triangle of C [K, K] from its upper one (by tiles). */
+static void mirror_lower(float *C, int K) {
+    #pragma omp parallel for schedule(static) if ((size_t)K * K > 1 << 20)
+    for (int a0 = 0; a0 < K; a0 += 64)
+        for (int b0 = 0; b0 <= a0; b0 += 64)
+            for (int a = a0; a < a0 + 64 && a < K; a++)
+                for (int b = b0; b < b0 + 64 && b < a; b++) C[(size_t)a * K + b] = C[(size_t)b * K + a];
+}
+
 static void lw_hook(void *ctx, const zl_unet_mod *m, const float *x, int N, int H, int W, int stride) {
     zl_lw *w = ctx;
     if (w->hook_rc) return;
@@ -454,7 +480,7 @@ static void lw_hook(void *ctx, const zl_unet_mod *m, const float *x, int N, int 
         }
         X = t;
     }
-    zl_sgemm(1, 0, K, K, Ns, 1.0f, X, K, X, K, 1.0f, g->C[side], K);
+    gram_upper(g->C[side], X, Ns, K);
     g->tok[side] += Ns;
     w->recorded++;
 }
@@ -649,6 +675,13 @@ int zl_lw_capture(zl_lw *w, int pass) {
         }
     }
     free(tmp);
+    if (!rc)
+        for (int g = 0; g < w->n_groups; g++) {
+            lw_group *G = &w->groups[g];
+            if (G->pass != pass) continue;
+            for (int s = 0; s < 2; s++)
+                if (G->C[s]) mirror_lower(G->C[s], G->K);
+        }
     w->capture_s += zl_now() - t0;
     return rc;
 }
