@@ -384,7 +384,6 @@ static int solve_bench(int argc, char **argv) {
     for (int wi = 0; wi < 3; wi++) {
         const int n = widths[wi], T = 1024;
         zl_lora_layer L[2];
-        memset(L, 0, sizeof L);
         for (int k = 0; k < 2; k++) {
             L[k] = (zl_lora_layer){.module = "bench", .kind = ZL_LORA_LINEAR, .rank = r, .in_features = n,
                                    .out_features = n, .kh = 1, .kw = 1, .alpha = (float)r};

@@ -29,6 +29,19 @@ void zl_layerwise_opts_default(zl_layerwise_opts *o) {
 
 /* ------------------------------------------------------------------ one layer */
 
+/* The lower triangle of a symmetric M [K, K] from its upper one, by tiles
+ * (each thread writes whole rows of its tiles and reads only the upper part). */
+#define MIRROR_LOWER(name, T)                                                                                          \
+    static void name(T *M, int K) {                                                                                    \
+        _Pragma("omp parallel for schedule(static) if ((size_t)K * K > 1 << 20)")                                      \
+        for (int a0 = 0; a0 < K; a0 += 64)                                                                             \
+            for (int b0 = 0; b0 <= a0; b0 += 64)                                                                       \
+                for (int a = a0; a < a0 + 64 && a < K; a++)                                                            \
+                    for (int b = b0; b < b0 + 64 && b < a; b++) M[(size_t)a * K + b] = M[(size_t)b * K + a];           \
+    }
+MIRROR_LOWER(mirror_lower_d, double)
+MIRROR_LOWER(mirror_lower, float)
+
 /* Q_c, Q_s [nv, nv] (nv = n per present side) of one layer; see the header. */
 static int layer_quad(const zl_lora_layer *lc, const zl_lora_layer *ls, const float *Cs[2], const double tok[2],
                       double **Qout, int *nv_out) {
@@ -93,14 +106,8 @@ static int layer_quad(const zl_lora_layer *lc, const zl_lora_layer *ls, const fl
                 }
             }
         }
-    /* Q_t is symmetric: the lower triangle is the transpose of the upper, by tiles */
-    for (int t = 0; t < 2; t++) {
-        double *Qt = Q + (size_t)t * nv * nv;
-        for (int a0 = 0; a0 < nv; a0 += 64)
-            for (int b0 = 0; b0 <= a0; b0 += 64)
-                for (int a = a0; a < a0 + 64 && a < nv; a++)
-                    for (int b = b0; b < b0 + 64 && b < a; b++) Qt[(size_t)a * nv + b] = Qt[(size_t)b * nv + a];
-    }
+    /* Q_t is symmetric: the lower triangle is the transpose of the upper */
+    for (int t = 0; t < 2; t++) mirror_lower_d(Q + (size_t)t * nv * nv, nv);
 done:
     free(P);
     free(M);
@@ -172,8 +179,8 @@ static double local_value(const double *Qc, const double *Qs, double w_c, double
  * and (returned) the objective from the same product, which the loop only
  * checks for being finite. Qw = w_c Q_c + w_s Q_s is symmetric and only its
  * upper triangle (b >= a) is read, stored in float: the Adam loop streams it
- * every step (at SDXL's 2048-wide inputs, nv = 4096: 34 M entries) and is
- * bound by memory. Products are summed in double. r [nv] is scratch. */
+ * every step (at SDXL's 2048-wide inputs, nv = 4096: 8.4 M entries in the
+ * triangle) and is bound by memory. Products are summed in double. r [nv] is scratch. */
 static double local_grad(const float *Qw, const double *bw, double cw, const double *v, int nv, int n, int both,
                          double lambda, double *grad, double *r) {
     double q = 0, lin = 0;
@@ -422,15 +429,6 @@ static void gram_upper(float *C, const float *X, int N, int K) {
         const int m = K - a < GRAM_TILE ? K - a : GRAM_TILE, n = K - b < GRAM_TILE ? K - b : GRAM_TILE;
         zl_sgemm_serial(1, 0, m, n, N, 1.0f, X + a, K, X + b, K, 1.0f, C + (size_t)a * K + b, K);
     }
-}
-
-/* The lower triangle of C [K, K] from its upper one (by tiles). */
-static void mirror_lower(float *C, int K) {
-    #pragma omp parallel for schedule(static) if ((size_t)K * K > 1 << 20)
-    for (int a0 = 0; a0 < K; a0 += 64)
-        for (int b0 = 0; b0 <= a0; b0 += 64)
-            for (int a = a0; a < a0 + 64 && a < K; a++)
-                for (int b = b0; b < b0 + 64 && b < a; b++) C[(size_t)a * K + b] = C[(size_t)b * K + a];
 }
 
 static void lw_hook(void *ctx, const zl_unet_mod *m, const float *x, int N, int H, int W, int stride) {
