@@ -217,6 +217,16 @@ def lora_seeds():
                                       [("text_encoder." + te + ".lora_B.weight", "F32", [32, 4]),
                                        ("text_encoder_2." + te + ".lora_A.weight", "F32", [4, 32]),
                                        ("text_encoder_2." + te + ".lora_B.weight", "F32", [32, 4])]))
+    # ComfyUI's generic keys: the module's own ldm path, text encoders under text_encoders.clip_l/clip_g.transformer.
+    cmod = "diffusion_model.input_blocks.4.1.transformer_blocks.0.attn1.to_q"
+    put(H, "comfy_ldm", spec(["unet tiny-sdxl"], lin(cmod, ".lora_down.weight", ".lora_up.weight") + [(cmod + ".alpha", "F16", [])],
+                             fills={cmod + ".alpha": "2"}))
+    put(H, "comfy_ldm_nomodel", spec([], lin(cmod, ".lora_down.weight", ".lora_up.weight")))
+    put(H, "comfy_text_encoders", spec(["unet mini-sdxl", "te 1"],
+                                       [("text_encoders.clip_l.transformer." + te + ".lora_down.weight", "F32", [4, 32]),
+                                        ("text_encoders.clip_l.transformer." + te + ".lora_up.weight", "F32", [32, 4]),
+                                        ("text_encoders.clip_g.transformer." + te + ".lora_down.weight", "F32", [4, 32]),
+                                        ("text_encoders.clip_g.transformer." + te + ".lora_up.weight", "F32", [32, 4])]))
     kl = [(kmod + ".lora_down.weight", "F16", [4, 64]), (kmod + ".lora_up.weight", "F16", [64, 4]), (kmod + ".alpha", "I64", [])]
     put(H, "kohya_alpha_i64", spec(["unet tiny-sdxl"], kl, fills={kmod + ".alpha": "2"}))
     put(H, "kohya_alpha_zero", spec([], kl, fills={kmod + ".alpha": "0"}))

@@ -7,6 +7,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "testlib.h"
 
@@ -597,6 +598,112 @@ static void test_family_rules(void) {
     zl_lora_free(l);
 }
 
+/* ---------------------------------------------------------------- ComfyUI's generic keys */
+
+/* Find the key of `f` that is prefix + P + ".weight" with P's dots as underscores equal to
+ * `flat`; return P (static buffer) or NULL. The dotted path comes from the checkpoint's own
+ * key list, so nothing is guessed. */
+static const char *dotted_from(const zl_st_file *f, const char *prefix, const char *flat) {
+    static char buf[512];
+    size_t pl = strlen(prefix);
+    for (int i = 0; i < zl_st_count(f); i++) {
+        const char *k = zl_st_at(f, i)->name;
+        size_t n = strlen(k);
+        if (strncmp(k, prefix, pl) || n < pl + 8 || strcmp(k + n - 7, ".weight") || n - pl - 7 >= sizeof buf) continue;
+        memcpy(buf, k + pl, n - pl - 7);
+        buf[n - pl - 7] = 0;
+        int same = strlen(buf) == strlen(flat);
+        for (size_t j = 0; same && buf[j]; j++) same = (buf[j] == '.' ? '_' : buf[j]) == flat[j];
+        if (same) return buf;
+    }
+    return NULL;
+}
+
+/* Rewrite a kohya file into ComfyUI's generic form (what its LoRA extraction and training
+ * nodes save): diffusion_model.<ldm path>.lora_up.weight, text_encoders.clip_l.transformer.<HF
+ * path>... (clip_g for SDXL's second encoder), with or without the alpha tensors. */
+static int write_comfy(const char *dir, const char *src, int keep_alpha, const char *out) {
+    char p[512];
+    zl_st_file *f = NULL, *ckpt = NULL, *te[2] = {NULL, NULL};
+    snprintf(p, sizeof p, "%s/loras/%s", dir, src);
+    int rc = zl_st_open(zt_data(p), &f);
+    snprintf(p, sizeof p, "%s/single_file.safetensors", dir);
+    if (!rc) rc = zl_st_open(zt_data(p), &ckpt);
+    snprintf(p, sizeof p, "%s/text_encoder/model.safetensors", dir);
+    if (!rc) rc = zl_st_open(zt_data(p), &te[0]);
+    snprintf(p, sizeof p, "%s/text_encoder_2/model.safetensors", dir);
+    if (!rc && access(zt_data(p), F_OK) == 0) rc = zl_st_open(zt_data(p), &te[1]);
+    int n = rc ? 0 : zl_st_count(f), m = 0;
+    zl_st_entry *e = calloc((size_t)(n ? n : 1), sizeof *e);
+    char **names = calloc((size_t)(n ? n : 1), sizeof *names);
+    for (int i = 0; i < n && !rc; i++) {
+        const zl_st_tensor *t = zl_st_at(f, i);
+        const char *dot = strchr(t->name, '.');
+        if (!dot) { rc = -1; break; }
+        if (!keep_alpha && !strcmp(dot, ".alpha")) continue;
+        char flat[512];
+        const char *pre, *path = NULL;
+        snprintf(flat, sizeof flat, "%.*s", (int)(dot - t->name), t->name);
+        if (!strncmp(flat, "lora_unet_", 10)) pre = "diffusion_model.", path = dotted_from(ckpt, "model.diffusion_model.", flat + 10);
+        else if (!strncmp(flat, "lora_te2_", 9)) pre = "text_encoders.clip_g.transformer.", path = te[1] ? dotted_from(te[1], "", flat + 9) : NULL;
+        else if (!strncmp(flat, "lora_te1_", 9)) pre = "text_encoders.clip_l.transformer.", path = dotted_from(te[0], "", flat + 9);
+        else if (!strncmp(flat, "lora_te_", 8)) pre = "text_encoders.clip_l.transformer.", path = dotted_from(te[0], "", flat + 8);
+        else pre = "";
+        if (!path) { CHECKM(0, "%s: no checkpoint key for '%s'", src, t->name); rc = -1; break; }
+        size_t len = strlen(pre) + strlen(path) + strlen(dot) + 1;
+        names[m] = malloc(len);
+        snprintf(names[m], len, "%s%s%s", pre, path, dot);
+        e[m].name = names[m];
+        e[m].dtype = t->dtype;
+        e[m].ndim = t->ndim;
+        for (int d = 0; d < t->ndim; d++) e[m].shape[d] = t->shape[d];
+        e[m].data = t->data;
+        m++;
+    }
+    if (!rc) rc = zl_st_write(out, e, m, NULL, 0, NULL, 0);
+    for (int i = 0; i < m; i++) free(names[i]);
+    free(names);
+    free(e);
+    zl_st_close(f);
+    zl_st_close(ckpt);
+    zl_st_close(te[0]);
+    zl_st_close(te[1]);
+    return rc;
+}
+
+static void test_comfy(const char *dir, int sdxl) {
+    const char *src[3] = {"content.kohya_sgm.safetensors", "style.kohya_sgm.safetensors", "text_encoders.kohya.safetensors"};
+    zl_family fam = sdxl ? ZL_FAMILY_SDXL : ZL_FAMILY_SD1;
+    for (int s = 0; s < 3; s++)
+        for (int keep = 0; keep < 2; keep++) {
+            const char *out = zt_tmp("comfy.safetensors");
+            CHECKM(write_comfy(dir, src[s], keep, out) == 0, "%s %s: writing the ComfyUI form", dir, src[s]);
+            char p[512], what[600];
+            snprintf(p, sizeof p, "%s/loras/%s", dir, src[s]);
+            zl_lora *a = NULL, *b = NULL;
+            CHECK_OK(zl_lora_load(zt_data(p), NULL, &a));
+            CHECK_OK(zl_lora_load(out, NULL, &b));
+            remove(out);
+            if (a && b) {
+                snprintf(what, sizeof what, "%s %s as ComfyUI keys%s", dir, src[s], keep ? " with alpha" : "");
+                /* without alpha tensors every layer's scale is 1 (alpha = rank), as ComfyUI reads it */
+                if (!keep)
+                    for (int i = 0; i < a->n; i++) a->layers[i].alpha = (float)a->layers[i].rank;
+                same_lora(what, a, b);
+                /* CLIP-L keys alone cannot tell SD 1.x from SDXL's first encoder */
+                zl_family want = !sdxl && s == 2 ? ZL_FAMILY_UNKNOWN : fam;
+                CHECKM(b->family == want, "%s: family %s", what, zl_family_name(b->family));
+                CHECKM(b->layout == ZL_LAYOUT_COMFY, "%s: layout %d", what, b->layout);
+                int scale_one = 1;
+                for (int i = 0; i < b->n; i++) scale_one &= fabsf(zl_lora_scale(&b->layers[i]) - 1.0f) < 1e-7f;
+                if (!keep) CHECKM(scale_one, "%s: every scale 1", what);
+                if (keep && s > 0) CHECKM(!scale_one, "%s: the alpha tensors are read", what);
+            }
+            zl_lora_free(a);
+            zl_lora_free(b);
+        }
+}
+
 int main(void) {
     test_fixture("tiny-sdxl", 1, 0);
     test_fixture("mini-sdxl", 1, 1);
@@ -607,5 +714,7 @@ int main(void) {
     test_alpha();
     test_layouts();
     test_family_rules();
+    test_comfy("mini-sdxl", 1);
+    test_comfy("tiny-sd15", 0);
     return zt_done();
 }

@@ -257,16 +257,12 @@ static int layer_fits(const zl_lora_layer *y, json_t *model_tensors) {
     return shape_is(e, s, 4);
 }
 
-static void test_lora_list(const char *list, int sdxl, int n_unet, int n_te1, int n_te2, int per_module,
-                           zl_lora_layout layout, json_t *model) {
-    char rel[256];
-    snprintf(rel, sizeof rel, "real-keys/%s.keys.json", list);
-    json_t *j = load_json(rel);
-    if (!j) return;
+static void test_lora_tensors(const char *list, json_t *tensors, int sdxl, int n_unet, int n_te1, int n_te2,
+                              int per_module, zl_lora_layout layout, json_t *model) {
     int count = 0;
     char path[600];
     snprintf(path, sizeof path, "%s", zt_tmp("real_lora.safetensors"));
-    CHECK_OK(write_zero_file(path, tensors_of(j, NULL), &count));
+    CHECK_OK(write_zero_file(path, tensors, &count));
     json_t *mu = tensors_of(model, "unet"), *m1 = tensors_of(model, "text_encoder"),
            *m2 = sdxl ? tensors_of(model, "text_encoder_2") : NULL;
 
@@ -305,7 +301,109 @@ static void test_lora_list(const char *list, int sdxl, int n_unet, int n_te1, in
         zl_lora_free(l);
     }
     remove(path);
+}
+
+static void test_lora_list(const char *list, int sdxl, int n_unet, int n_te1, int n_te2, int per_module,
+                           zl_lora_layout layout, json_t *model) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "real-keys/%s.keys.json", list);
+    json_t *j = load_json(rel);
+    if (!j) return;
+    test_lora_tensors(list, tensors_of(j, NULL), sdxl, n_unet, n_te1, n_te2, per_module, layout, model);
     json_decref(j);
+}
+
+/* The key of `tensors` that is prefix + P + ".weight" with P's dots as underscores equal to
+ * `flat`: P, or NULL. (The dotted path comes from the real checkpoint's key list.) */
+static const char *dotted_path(json_t *tensors, const char *prefix, const char *flat, char *buf, size_t n) {
+    const char *k;
+    json_t *v;
+    size_t pl = strlen(prefix);
+    json_object_foreach(tensors, k, v) {
+        size_t kl = strlen(k);
+        if (strncmp(k, prefix, pl) || kl < pl + 8 || strcmp(k + kl - 7, ".weight") || kl - pl - 7 >= n) continue;
+        memcpy(buf, k + pl, kl - pl - 7);
+        buf[kl - pl - 7] = 0;
+        int same = strlen(buf) == strlen(flat);
+        for (size_t i = 0; same && buf[i]; i++) same = (buf[i] == '.' ? '_' : buf[i]) == flat[i];
+        if (same) return buf;
+    }
+    return NULL;
+}
+
+/* A kohya key list rewritten into ComfyUI's generic form (diffusion_model.<ldm path>,
+ * text_encoders.clip_l/clip_g.transformer.<HF path>), as its extraction and training nodes save. */
+static void test_comfy_list(const char *list, int sdxl, int n_unet, int n_te1, int n_te2, json_t *model) {
+    char rel[256];
+    snprintf(rel, sizeof rel, "real-keys/%s.keys.json", list);
+    json_t *j = load_json(rel);
+    json_t *ck = load_json(sdxl ? "real-keys/sdxl_base_1.0.single_file.keys.json" : "real-keys/sd15.single_file.keys.json");
+    if (!j || !ck) {
+        json_decref(j);
+        json_decref(ck);
+        return;
+    }
+    json_t *out = json_object(), *ckt = tensors_of(ck, NULL), *t1 = tensors_of(model, "text_encoder"),
+           *t2 = sdxl ? tensors_of(model, "text_encoder_2") : NULL;
+    const char *k;
+    json_t *v;
+    int missing = 0;
+    json_object_foreach(tensors_of(j, NULL), k, v) {
+        const char *dot = strchr(k, '.');
+        char flat[512], buf[512], name[1024];
+        snprintf(flat, sizeof flat, "%.*s", dot ? (int)(dot - k) : 0, k);
+        const char *pre = "", *p = NULL;
+        if (!strncmp(flat, "lora_unet_", 10)) pre = "diffusion_model.", p = dotted_path(ckt, "model.diffusion_model.", flat + 10, buf, sizeof buf);
+        else if (!strncmp(flat, "lora_te2_", 9) && t2) pre = "text_encoders.clip_g.transformer.", p = dotted_path(t2, "", flat + 9, buf, sizeof buf);
+        else if (!strncmp(flat, "lora_te1_", 9)) pre = "text_encoders.clip_l.transformer.", p = dotted_path(t1, "", flat + 9, buf, sizeof buf);
+        else if (!strncmp(flat, "lora_te_", 8)) pre = "text_encoders.clip_l.transformer.", p = dotted_path(t1, "", flat + 8, buf, sizeof buf);
+        if (!p) {
+            if (missing++ < 3) CHECKM(0, "%s: no checkpoint key for '%s'", list, k);
+            continue;
+        }
+        snprintf(name, sizeof name, "%s%s%s", pre, p, dot);
+        json_object_set(out, name, v);
+    }
+    char label[300];
+    snprintf(label, sizeof label, "%s as ComfyUI keys", list);
+    if (!missing) test_lora_tensors(label, out, sdxl, n_unet, n_te1, n_te2, 3, ZL_LAYOUT_COMFY, model);
+    json_decref(out);
+    json_decref(ck);
+    json_decref(j);
+}
+
+/* What ComfyUI's LoRA extraction node saves: a rank-r pair for every weight of the diffusion
+ * model with two or more dimensions, under its own key (no alpha). */
+static void test_comfy_extract(int sdxl, json_t *model) {
+    json_t *ck = load_json(sdxl ? "real-keys/sdxl_base_1.0.single_file.keys.json" : "real-keys/sd15.single_file.keys.json");
+    if (!ck) return;
+    json_t *out = json_object();
+    const char *k;
+    json_t *v;
+    int n = 0;
+    json_object_foreach(tensors_of(ck, NULL), k, v) {
+        json_t *sh = json_object_get(v, "shape");
+        size_t kl = strlen(k), nd = json_array_size(sh);
+        if (strncmp(k, "model.diffusion_model.", 22) || kl < 30 || strcmp(k + kl - 7, ".weight") || nd < 2) continue;
+        char name[600];
+        for (int up = 0; up < 2; up++) {
+            json_t *shape = json_array();
+            json_int_t o = json_integer_value(json_array_get(sh, 0)), i = json_integer_value(json_array_get(sh, 1));
+            json_array_append_new(shape, json_integer(up ? o : 8));
+            json_array_append_new(shape, json_integer(up ? 8 : i));
+            for (size_t d = 2; d < nd; d++)
+                json_array_append_new(shape, json_integer(up ? 1 : json_integer_value(json_array_get(sh, d))));
+            json_t *e = json_pack("{s:o, s:s}", "shape", shape, "dtype", "F16");
+            snprintf(name, sizeof name, "diffusion_model.%.*s.%s", (int)(kl - 29), k + 22, up ? "lora_up.weight" : "lora_down.weight");
+            json_object_set_new(out, name, e);
+        }
+        n++;
+    }
+    char label[64];
+    snprintf(label, sizeof label, "%s ComfyUI extraction", sdxl ? "SDXL" : "SD 1.5");
+    test_lora_tensors(label, out, sdxl, n, 0, 0, 2, ZL_LAYOUT_COMFY, model);
+    json_decref(out);
+    json_decref(ck);
 }
 
 static void test_real_loras(void) {
@@ -320,6 +418,9 @@ static void test_real_loras(void) {
         test_lora_list("sdxl.diffusers_lora", 1, 560, 0, 0, 2, ZL_LAYOUT_DIFFUSERS_OLD, mx);
         test_lora_list("sdxl.diffusers_lora_old", 1, 560, 0, 0, 2, ZL_LAYOUT_DIFFUSERS_OLD, mx);
         test_lora_list("sdxl.kohya_from_diffusers", 1, 560, 0, 0, 3, ZL_LAYOUT_KOHYA_DIFFUSERS, mx);
+        test_comfy_list("sdxl.kohya_locon", 1, 788, 72, 192, mx);
+        test_comfy_extract(1, mx);
+        test_comfy_extract(0, m1);
     }
     json_decref(mx);
     json_decref(m1);

@@ -46,6 +46,8 @@ typedef enum {
     ZL_LAYOUT_KOHYA_DIFFUSERS, /* lora_unet_down_blocks_1_attentions_0_... */
     ZL_LAYOUT_PEFT,            /* unet.<module>.lora_A.weight / base_model.model.<module>... */
     ZL_LAYOUT_DIFFUSERS_OLD,   /* unet.<module>.lora.down.weight / processor.to_q_lora */
+    ZL_LAYOUT_COMFY,           /* ComfyUI's generic form: diffusion_model.<ldm module>.lora_up.weight
+                                  (its LoRA extraction and training nodes write it) */
     ZL_LAYOUT_MIXED,
 } zl_lora_layout; /* from the UNet keys; a kohya file with text encoders only is KOHYA_DIFFUSERS */
 

@@ -31,6 +31,7 @@ static const char *layout_name(zl_lora_layout l) {
     case ZL_LAYOUT_KOHYA_DIFFUSERS: return "kohya (diffusers names)";
     case ZL_LAYOUT_PEFT: return "peft";
     case ZL_LAYOUT_DIFFUSERS_OLD: return "diffusers (old)";
+    case ZL_LAYOUT_COMFY: return "comfyui (ldm names)";
     case ZL_LAYOUT_MIXED: return "mixed";
     default: return "unknown";
     }

@@ -1,5 +1,6 @@
 /* LoRA loading: every common on-disk layout (kohya on ldm or diffusers names,
  * PEFT lora_A/B, diffusers .lora.down/up and the attention-processor form,
+ * ComfyUI's generic diffusion_model.<ldm path> / text_encoders.clip_l/clip_g keys,
  * text-encoder parts, LoCon convs) into the canonical zl_lora. A key is first
  * split into (part, name, role) by its syntax alone; the name is then looked
  * up in the name tables of the target model (src/models/names.c), so an
@@ -32,6 +33,8 @@ typedef struct {
     const zl_st_tensor *t;
     char *name;              /* kohya: flat base without prefix; else the dotted module path */
     int flat;                /* 1 for kohya keys */
+    int comfy;               /* 1 for ComfyUI's generic keys: the model's own module paths
+                                (diffusion_model.<ldm path>, text_encoders.clip_l/clip_g.transformer.<HF path>) */
     zl_part part;
     role_t role;
     zl_lora_layout layout;   /* PEFT / DIFFUSERS_OLD for dotted keys; 0 for kohya (decided by lookup) */
@@ -123,7 +126,10 @@ static int parse_key(const char *key, entry *e, int *plain_te) {
     /* Dotted keys: a component prefix, the module path, a role suffix. */
     const char *r = key;
     int part = -1;
-    if (starts(r, "unet.")) r += 5, part = ZL_PART_UNET;
+    if (starts(r, "diffusion_model.")) r += 16, part = ZL_PART_UNET, e->comfy = 1;
+    else if (starts(r, "text_encoders.clip_l.transformer.")) r += 33, part = ZL_PART_TE1, e->comfy = 1;
+    else if (starts(r, "text_encoders.clip_g.transformer.")) r += 33, part = ZL_PART_TE2, e->comfy = 1;
+    else if (starts(r, "unet.")) r += 5, part = ZL_PART_UNET;
     else if (starts(r, "text_encoder_2.")) r += 15, part = ZL_PART_TE2;
     else if (starts(r, "text_encoder.")) r += 13, part = ZL_PART_TE1;
     else if (starts(r, "base_model.model.")) r += 17;
@@ -150,10 +156,11 @@ static int parse_key(const char *key, entry *e, int *plain_te) {
         long n = base_len(r, sufs[i].suf);
         if (n <= 0) continue;
         e->role = sufs[i].role;
-        e->layout = sufs[i].layout;
+        e->layout = e->comfy ? ZL_LAYOUT_COMFY : sufs[i].layout;
         e->name = strndup_(r, (size_t)n);
         return e->name ? 0 : ZL_ENOMEM;
     }
+    if (e->comfy) return 1; /* ComfyUI names a module by its path and nothing else */
     /* PEFT with the adapter name kept: <module>.lora_A.<adapter>.weight */
     for (int ab = 0; ab < 2; ab++) {
         const char *tag = ab ? ".lora_B." : ".lora_A.";
@@ -198,6 +205,7 @@ static int cmp_entry(const void *a, const void *b) {
     const entry *x = a, *y = b;
     if (x->part != y->part) return x->part < y->part ? -1 : 1;
     if (x->flat != y->flat) return x->flat < y->flat ? -1 : 1;
+    if (x->comfy != y->comfy) return x->comfy < y->comfy ? -1 : 1;
     int c = strcmp(x->name, y->name);
     if (c) return c;
     return (int)x->role - (int)y->role;
@@ -243,7 +251,9 @@ static int compatible(const zl_module_info *m, const zl_st_tensor *down) {
 static const zl_module_info *find_module(const zl_name_table *t, const entry *e, int *is_ldm) {
     *is_ldm = 0;
     if (!t) return NULL;
-    return e->flat ? zl_name_find_kohya(t, e->name, is_ldm) : zl_name_find_diffusers(t, e->name);
+    if (e->flat) return zl_name_find_kohya(t, e->name, is_ldm);
+    if (e->comfy && e->part == ZL_PART_UNET) return *is_ldm = 1, zl_name_find_ldm(t, e->name);
+    return zl_name_find_diffusers(t, e->name);
 }
 
 static const entry *first_entry(const group *g) { return g->e[0] ? g->e[0] : g->e[1] ? g->e[1] : g->e[2]; }
@@ -529,7 +539,8 @@ static int group_all(loader *L) {
         entry *e = &L->ent[i];
         group *g = L->ng ? &L->g[L->ng - 1] : NULL;
         const entry *p = g ? first_entry(g) : NULL;
-        if (!p || p->part != e->part || p->flat != e->flat || strcmp(p->name, e->name)) g = &L->g[L->ng++];
+        if (!p || p->part != e->part || p->flat != e->flat || p->comfy != e->comfy || strcmp(p->name, e->name))
+            g = &L->g[L->ng++];
         if (g->e[e->role])
             return zl_set_error(ZL_EFORMAT, "%s: tensors '%s' and '%s' are both the %s of module '%s'", L->path,
                                 g->e[e->role]->key, e->key, role_suffix(e->role), e->name);
@@ -794,7 +805,7 @@ static int alpha_of(loader *L, group *g, zl_lora_layer *y) {
         zl_st_read_f32(t, &a);
         if (!isfinite(a)) return zl_set_error(ZL_ENUMERIC, "%s: alpha tensor '%s' is %s", L->path, ae->key, isnan(a) ? "NaN" : "Inf");
         y->alpha = a;
-    } else if (!first_entry(g)->flat) {
+    } else if (!first_entry(g)->flat && !first_entry(g)->comfy) {
         /* PEFT/diffusers: adapter metadata, else an adapter_config.json, else alpha = r */
         const peft_cfg *c = L->o->adapter_config ? NULL : &L->meta_cfg[y->part];
         if (!c || !c->present) {
@@ -812,7 +823,7 @@ static int alpha_of(loader *L, group *g, zl_lora_layer *y) {
             y->alpha = (float)y->rank;
         }
     } else {
-        y->alpha = (float)y->rank; /* kohya without alpha: scale 1 */
+        y->alpha = (float)y->rank; /* kohya or ComfyUI without alpha: scale 1 */
     }
     if (y->alpha == 0.0f) y->alpha = (float)y->rank;
     return ZL_OK;
