@@ -433,7 +433,101 @@ static void test_large_writer(void) {
     free(v);
 }
 
+/* A sharded checkpoint (index.json + shards, as save_pretrained writes an F32 SDXL UNet) opens
+ * as one file holding exactly the original tensors; a broken index or shard set is refused
+ * with a message naming the index and the tensor or shard. */
+static void write_text(const char *path, const char *text) {
+    FILE *o = fopen(path, "w");
+    if (o) {
+        fputs(text, o);
+        fclose(o);
+    }
+}
+
+static void test_sharded(void) {
+    const char *src = zt_data("mini-sdxl/unet/diffusion_pytorch_model.safetensors");
+    char srcp[1024], dir[1024], idx[1100];
+    snprintf(srcp, sizeof srcp, "%s", src);
+    snprintf(dir, sizeof dir, "%s", zt_tmpdir());
+    CHECK(zt_shard(srcp, dir, "diffusion_pytorch_model", 3) == 0);
+    snprintf(idx, sizeof idx, "%s/diffusion_pytorch_model.safetensors.index.json", dir);
+    zl_st_file *a = NULL, *b = NULL;
+    CHECK_OK(zl_st_open(srcp, &a));
+    CHECK_OK(zl_st_open(idx, &b));
+    if (a && b) {
+        CHECKM(zl_st_count(a) == zl_st_count(b), "%d vs %d tensors", zl_st_count(a), zl_st_count(b));
+        int same = 1;
+        for (int i = 0; i < zl_st_count(a); i++) {
+            const zl_st_tensor *x = zl_st_at(a, i), *y = zl_st_find(b, x->name);
+            same &= y && y->dtype == x->dtype && y->ndim == x->ndim && y->nbytes == x->nbytes &&
+                    !memcmp(x->shape, y->shape, sizeof x->shape) && !memcmp(x->data, y->data, x->nbytes);
+        }
+        CHECKM(same, "every tensor of the sharded file equals the original");
+        CHECK(zl_st_is_mapped(b));
+        CHECK(!strcmp(zl_st_path(b), idx));
+    }
+    zl_st_close(a);
+    zl_st_close(b);
+
+    /* broken sets: each refused, the message naming the index and what is wrong */
+    char p[1200], s1[1200], text[4096];
+    snprintf(s1, sizeof s1, "%s/diffusion_pytorch_model-00001-of-00003.safetensors", dir);
+    const char *first = NULL;
+    CHECK_OK(zl_st_open(s1, &a));
+    if (a) first = zl_st_at(a, 0)->name;
+    const struct {
+        const char *json, *must;
+    } bad[] = {
+        {"{\"weight_map\": {\"x.weight\": \"diffusion_pytorch_model-00001-of-00003.safetensors\"}}", "not in the index"},
+        {"{\"weight_map\": {\"%s\": \"missing-shard.safetensors\"}}", "missing-shard.safetensors"},
+        {"{\"weight_map\": {\"%s\": \"../diffusion_pytorch_model-00001-of-00003.safetensors\"}}", "not a shard file name"},
+        {"{\"metadata\": {}}", "weight_map"},
+        {"{\"weight_map\": {\"a\": \"b\",", "not a valid index JSON"},
+        {"{\"weight_map\": {\"a\": \"x.safetensors\", \"a\": \"y.safetensors\"}}", "not a valid index JSON"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0] && first; i++) {
+        snprintf(p, sizeof p, "%s/bad%d.safetensors.index.json", dir, (int)i);
+        snprintf(text, sizeof text, bad[i].json, first);
+        write_text(p, text);
+        b = NULL;
+        int rc = zl_st_open(p, &b);
+        CHECKM(rc != ZL_OK && !b && strstr(zl_errmsg(), p) && strstr(zl_errmsg(), bad[i].must), "bad index %d: rc %d: %s",
+               (int)i, rc, zl_errmsg());
+        zl_st_close(b);
+    }
+    /* an index missing a tensor that its shard holds, and one naming a tensor no shard has */
+    if (first) {
+        snprintf(p, sizeof p, "%s/bad_extra.safetensors.index.json", dir);
+        snprintf(text, sizeof text, "{\"weight_map\": {\"%s\": \"diffusion_pytorch_model-00001-of-00003.safetensors\"}}", first);
+        write_text(p, text);
+        CHECK(zl_st_open(p, &b) != ZL_OK && strstr(zl_errmsg(), "not in the index's weight_map"));
+        /* shard 2 complete in the index, plus a tensor of shard 1 said to be in shard 2 */
+        char s2[1200];
+        zl_st_file *f2 = NULL;
+        snprintf(s2, sizeof s2, "%s/diffusion_pytorch_model-00002-of-00003.safetensors", dir);
+        CHECK_OK(zl_st_open(s2, &f2));
+        if (f2) {
+            size_t len = (size_t)snprintf(text, sizeof text, "{\"weight_map\": {\"%s\": \"%s\"", first,
+                                          "diffusion_pytorch_model-00002-of-00003.safetensors");
+            char *big = malloc(len + 200 * (size_t)zl_st_count(f2) + 8);
+            memcpy(big, text, len);
+            for (int i = 0; i < zl_st_count(f2); i++)
+                len += (size_t)sprintf(big + len, ", \"%s\": \"diffusion_pytorch_model-00002-of-00003.safetensors\"",
+                                       zl_st_at(f2, i)->name);
+            strcpy(big + len, "}}");
+            snprintf(p, sizeof p, "%s/bad_wrong.safetensors.index.json", dir);
+            write_text(p, big);
+            free(big);
+            CHECKM(zl_st_open(p, &b) != ZL_OK && strstr(zl_errmsg(), first) && strstr(zl_errmsg(), "not in its shard"),
+                   "misplaced tensor: %s", zl_errmsg());
+            zl_st_close(f2);
+        }
+    }
+    zl_st_close(a);
+}
+
 int main(void) {
+    test_sharded();
     test_large_writer();
     test_reference_vectors();
     test_rejections();

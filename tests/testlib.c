@@ -116,3 +116,35 @@ int zt_done(void) {
     free(zt_err);
     return zt_fail ? 1 : 0;
 }
+
+int zt_shard(const char *src, const char *dir, const char *stem, int n) {
+    zl_st_file *f = NULL;
+    if (n < 1 || n > 9 || zl_st_open(src, &f)) return -1;
+    int nt = zl_st_count(f), rc = 0;
+    zl_st_entry *e = calloc((size_t)(nt ? nt : 1), sizeof *e);
+    char path[1024], name[256];
+    FILE *idx = NULL;
+    snprintf(path, sizeof path, "%s/%s.safetensors.index.json", dir, stem);
+    if (!e || !(idx = fopen(path, "w"))) rc = -1;
+    if (!rc) fprintf(idx, "{\"metadata\": {\"total_size\": 0}, \"weight_map\": {");
+    for (int s = 0; s < n && !rc; s++) {
+        int m = 0;
+        snprintf(name, sizeof name, "%s-%05d-of-%05d.safetensors", stem, s + 1, n);
+        for (int i = s; i < nt; i += n) {
+            const zl_st_tensor *t = zl_st_at(f, i);
+            e[m] = (zl_st_entry){.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
+            for (int d = 0; d < t->ndim; d++) e[m].shape[d] = t->shape[d];
+            fprintf(idx, "%s\"%s\": \"%s\"", i ? ", " : "", t->name, name);
+            m++;
+        }
+        snprintf(path, sizeof path, "%s/%s", dir, name);
+        rc = zl_st_write(path, e, m, NULL, 0, NULL, 0);
+    }
+    if (idx) {
+        fprintf(idx, "}}\n");
+        if (fclose(idx)) rc = -1;
+    }
+    free(e);
+    zl_st_close(f);
+    return rc;
+}

@@ -37,6 +37,11 @@ double zt_relerr(const float *got, const float *ref, int64_t n);
 int zt_cli(const char *args_fmt, ...) __attribute__((format(printf, 1, 2)));
 extern char *zt_out, *zt_err;
 
+/* Split the safetensors file `src` into `n` shards dir/<stem>-0000i-of-0000n.safetensors
+ * (tensor i goes to shard i % n) and write dir/<stem>.safetensors.index.json, as
+ * save_pretrained does. Returns 0 on success. */
+int zt_shard(const char *src, const char *dir, const char *stem, int n);
+
 /* Print the summary line and return the exit status. */
 int zt_done(void);
 

@@ -27,7 +27,9 @@ typedef struct {
 typedef struct zl_st_file zl_st_file;
 
 /* Open and validate a file (mmap). On failure *out is NULL and the error
- * message starts with the path. */
+ * message starts with the path. A path ending in ".safetensors.index.json" is
+ * a sharded checkpoint: its shards (named by the index's weight_map, in the
+ * same folder) are opened and presented as one file. */
 int zl_st_open(const char *path, zl_st_file **out);
 /* Validate an in-memory buffer (copied). `label` names it in messages. */
 int zl_st_parse(const void *buf, size_t len, const char *label, zl_st_file **out);

@@ -25,6 +25,8 @@ struct zl_st_file {
     char **names;
     int n_meta;
     char **meta_k, **meta_v; /* sorted by key */
+    int n_shards;       /* a sharded checkpoint (index.json): the open shards; names point into them */
+    zl_st_file **shards;
 };
 
 int64_t zl_st_nbytes(zl_dtype dt, int ndim, const int64_t *shape) {
@@ -48,7 +50,10 @@ void zl_st_close(zl_st_file *f) {
         if (f->mapped) munmap(f->map, f->size);
         else free(f->map);
     }
-    for (int i = 0; i < f->n; i++) free(f->names[i]);
+    if (f->names)
+        for (int i = 0; i < f->n; i++) free(f->names[i]);
+    for (int i = 0; i < f->n_shards; i++) zl_st_close(f->shards[i]);
+    free(f->shards);
     for (int i = 0; i < f->n_meta; i++) { free(f->meta_k[i]); free(f->meta_v[i]); }
     free(f->names);
     free(f->t);
@@ -184,8 +189,109 @@ static int parse_file(zl_st_file *f) {
     return ZL_OK;
 }
 
+static int ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), m = strlen(suf);
+    return n >= m && !strcmp(s + n - m, suf);
+}
+
+/* A sharded checkpoint: <name>.safetensors.index.json maps every tensor to a
+ * shard file in the same folder ({"weight_map": {tensor: file}}), as
+ * transformers' and diffusers' save_pretrained write it. The shards are opened
+ * (each fully validated) and presented as one file; a tensor must be in the
+ * shard the index names, and in no other. */
+static int open_sharded(const char *path, zl_st_file **out) {
+    json_error_t je;
+    json_t *root = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!root) return zl_set_error(ZL_EFORMAT, "%s: not a valid index JSON (line %d: %s)", path, je.line, je.text);
+    json_t *wm = json_object_get(root, "weight_map");
+    int rc = ZL_OK;
+    zl_st_file *f = calloc(1, sizeof *f);
+    if (!f || !(f->path = strdup(path))) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
+    if (!json_is_object(wm) || !json_object_size(wm)) {
+        rc = zl_set_error(ZL_EFORMAT, "%s: no \"weight_map\" object naming the shards", path);
+        goto done;
+    }
+    const char *slash = strrchr(path, '/');
+    size_t dl = slash ? (size_t)(slash - path + 1) : 0;
+    const char *key;
+    json_t *v;
+    /* distinct shard names, in the order met */
+    size_t nk = json_object_size(wm);
+    const char **shard_name = calloc(nk, sizeof *shard_name);
+    f->shards = calloc(nk, sizeof *f->shards);
+    if (!shard_name || !f->shards) { free(shard_name); rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
+    json_object_foreach(wm, key, v) {
+        const char *sn = json_string_value(v);
+        if (!sn || !*sn || strchr(sn, '/') || !strcmp(sn, "..") || !strcmp(sn, ".")) {
+            rc = zl_set_error(ZL_EFORMAT, "%s: weight_map entry '%s' is not a shard file name in this folder", path, key);
+            break;
+        }
+        int seen = 0;
+        for (int i = 0; i < f->n_shards && !seen; i++) seen = !strcmp(shard_name[i], sn);
+        if (seen) continue;
+        shard_name[f->n_shards] = sn;
+        char *sp = malloc(dl + strlen(sn) + 1);
+        if (!sp) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); break; }
+        memcpy(sp, path, dl);
+        strcpy(sp + dl, sn);
+        rc = zl_st_open(sp, &f->shards[f->n_shards]);
+        free(sp);
+        if (rc) { rc = zl_error_prefix(rc, "%s", path); break; }
+        f->n += zl_st_count(f->shards[f->n_shards]);
+        f->n_shards++;
+    }
+    if (!rc) {
+        f->t = calloc((size_t)(f->n ? f->n : 1), sizeof *f->t);
+        if (!f->t) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+        int k = 0;
+        f->mapped = 1;
+        for (int i = 0; i < f->n_shards && !rc; i++) {
+            f->mapped &= f->shards[i]->mapped;
+            for (int j = 0; j < f->shards[i]->n; j++) {
+                const zl_st_tensor *t = &f->shards[i]->t[j];
+                const char *want = json_string_value(json_object_get(wm, t->name));
+                if (!want) {
+                    rc = zl_set_error(ZL_EFORMAT, "%s: tensor '%s' of shard %s is not in the index's weight_map", path,
+                                      t->name, shard_name[i]);
+                    break;
+                }
+                if (strcmp(want, shard_name[i])) {
+                    rc = zl_set_error(ZL_EFORMAT, "%s: tensor '%s' is in shard %s but the index puts it in %s", path,
+                                      t->name, shard_name[i], want);
+                    break;
+                }
+                f->t[k++] = *t;
+            }
+        }
+        if (!rc) {
+            qsort(f->t, (size_t)f->n, sizeof *f->t, cmp_names);
+            /* every indexed tensor found, none twice */
+            if ((size_t)f->n != nk) {
+                json_object_foreach(wm, key, v) {
+                    if (zl_st_find(f, key)) continue;
+                    rc = zl_set_error(ZL_EFORMAT, "%s: tensor '%s' is not in its shard %s", path, key, json_string_value(v));
+                    break;
+                }
+            }
+            for (int i = 1; i < f->n && !rc; i++)
+                if (!strcmp(f->t[i - 1].name, f->t[i].name))
+                    rc = zl_set_error(ZL_EFORMAT, "%s: tensor '%s' is in two shards", path, f->t[i].name);
+        }
+    }
+    free(shard_name);
+done:
+    json_decref(root);
+    if (rc) {
+        zl_st_close(f);
+        return rc;
+    }
+    *out = f;
+    return ZL_OK;
+}
+
 int zl_st_open(const char *path, zl_st_file **out) {
     *out = NULL;
+    if (ends_with(path, ".safetensors.index.json")) return open_sharded(path, out);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return zl_set_error(ZL_EIO, "%s: %s", path, strerror(errno));
     struct stat st;

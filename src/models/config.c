@@ -296,8 +296,12 @@ int zl_model_paths_resolve(const char *model, zl_model_paths *out) {
         if (vae) out->vae_weights = strdup(model);
         return ZL_OK;
     }
-    const char *unet_names[] = {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors", NULL};
-    const char *te_names[] = {"model.safetensors", "model.fp16.safetensors", NULL};
+    /* one file, or shards listed by an index (save_pretrained shards an F32 SDXL UNet: 10.3 GB) */
+    const char *unet_names[] = {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+                                "diffusion_pytorch_model.safetensors.index.json",
+                                "diffusion_pytorch_model.fp16.safetensors.index.json", NULL};
+    const char *te_names[] = {"model.safetensors", "model.fp16.safetensors", "model.safetensors.index.json",
+                              "model.fp16.safetensors.index.json", NULL};
     char *ud = join(model, "unet"), *t1 = join(model, "text_encoder"), *t2 = join(model, "text_encoder_2"), *vd = join(model, "vae");
     out->unet_weights = first_existing(ud, unet_names);
     out->unet_config = join(ud, "config.json");
