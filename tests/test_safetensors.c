@@ -70,6 +70,21 @@ static void test_rejections(void) {
     buf[3] = 0x10; /* 0x10000000 > 1e8 */
     CHECK(parse(buf, 16) == ZL_EFORMAT);
     CHECK(strstr(zl_errmsg(), "100000000") != NULL);
+    /* other formats are named, with what to do */
+    const struct {
+        const char *bytes;
+        size_t n;
+        const char *must;
+    } other[] = {
+        {"PK\x03\x04\x14\x00\x00\x00\x08\x00archive/data.pkl", 26, "PyTorch checkpoint"},
+        {"\x80\x02\x8a\x0alp\xfc\x9c" "F\xf9 j\xa8P\x19.", 16, "pickle"},
+        {"GGUF\x03\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00", 16, "GGUF"},
+        {"{\"weight_map\": {}}", 18, "JSON"},
+    };
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
+        CHECK(parse((const uint8_t *)other[i].bytes, other[i].n) == ZL_EFORMAT);
+        CHECKM(strstr(zl_errmsg(), other[i].must) && strstr(zl_errmsg(), "convert it to .safetensors"), "%s", zl_errmsg());
+    }
     /* N past the end */
     n = mk(buf, "{}", 8, NULL, 0);
     CHECK(parse(buf, n - 1) == ZL_EFORMAT);

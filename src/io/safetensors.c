@@ -83,12 +83,31 @@ static int get_u64(json_t *v, uint64_t *out) {
     return 1;
 }
 
+/* What a file that is not safetensors is, from its first bytes (for the message); NULL if unknown. */
+static const char *other_format(const uint8_t *m, size_t n) {
+    if (n >= 4 && !memcmp(m, "PK\x03\x04", 4))
+        return "a PyTorch checkpoint (.ckpt/.pt/.bin: a zip of pickles)";
+    if (n >= 2 && m[0] == 0x80 && m[1] >= 2 && m[1] <= 5) return "a pickle file (an old PyTorch .ckpt/.pt/.bin)";
+    if (n >= 4 && !memcmp(m, "GGUF", 4)) return "a GGUF file (quantized weights for ggml)";
+    if (n >= 8 && !memcmp(m, "\x89PNG\r\n\x1a\n", 8)) return "a PNG image";
+    if (n >= 1 && m[0] == '{') return "a JSON file";
+    return NULL;
+}
+
 /* Validate f->map[0..size) and fill the tables. */
 static int parse_file(zl_st_file *f) {
     const char *P = f->path;
     if (f->size < 8) return zl_set_error(ZL_EFORMAT, "%s: file is %zu bytes, shorter than the 8-byte header length", P, f->size);
     uint64_t N = 0;
     for (int i = 7; i >= 0; i--) N = (N << 8) | f->map[i];
+    if (N > ZL_ST_MAX_HEADER || N > f->size - 8) {
+        const char *other = other_format(f->map, f->size);
+        if (other)
+            return zl_set_error(ZL_EFORMAT,
+                                "%s: this is %s, not safetensors; only safetensors files are read (pickle-based files can "
+                                "run code when loaded); convert it to .safetensors first",
+                                P, other);
+    }
     if (N > ZL_ST_MAX_HEADER) return zl_set_error(ZL_EFORMAT, "%s: header length %llu exceeds the 100000000-byte limit", P, (unsigned long long)N);
     if (N > f->size - 8) return zl_set_error(ZL_EFORMAT, "%s: header length %llu runs past the end of the %zu-byte file", P, (unsigned long long)N, f->size);
 
