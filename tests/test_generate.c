@@ -82,7 +82,8 @@ static int sha_prefix_in(const char *text, const char *file, int n) {
 }
 
 /* One pipeline case through the CLI. `extra` adds flags (single-file configs). */
-static void run_case(const char *fx, const char *model_rel, const char *extra, json_t *cs, int idx) {
+/* vae_weights: the file a --vae in `extra` decodes with (its hash must be in the parameters), or NULL. */
+static void run_case(const char *fx, const char *model_rel, const char *extra, json_t *cs, int idx, const char *vae_weights) {
     char io[1024], model[1024], what[256], key[64];
     snprintf(io, sizeof io, "%s/%s/pipeline_io.safetensors", ZL_TEST_DATA, fx);
     snprintf(model, sizeof model, "%s/%s%s%s", ZL_TEST_DATA, fx, model_rel[0] ? "/" : "", model_rel);
@@ -144,6 +145,13 @@ static void run_case(const char *fx, const char *model_rel, const char *extra, j
         if (model_rel[0]) snprintf(uw, sizeof uw, "%s", model);
         else snprintf(uw, sizeof uw, "%s/unet/diffusion_pytorch_model.safetensors", model);
         CHECKM(sha_prefix_in(par, uw, 10), "%s: model hash is not sha256[:10] of %s: %s", what, uw, par);
+        if (vae_weights) {
+            CHECKM(strstr(par, ", VAE hash: ") && sha_prefix_in(par, vae_weights, 10) &&
+                       (strstr(par, ", VAE: vae,") || strstr(par, ", VAE: diffusion_pytorch_model.safetensors,")),
+                   "%s: VAE hash and name: %s", what, par);
+        } else {
+            CHECKM(!strstr(par, "VAE"), "%s: no VAE field without --vae: %s", what, par);
+        }
         snprintf(want, sizeof want, "Initial noise: \"%s:case%d.initial_noise[0]\"", io, idx);
         CHECKM(strstr(par, want) != NULL, "%s: initial noise field: %s", what, par);
         free(par);
@@ -161,13 +169,15 @@ static void test_cases(void) {
         if (!root) continue;
         json_t *cases = json_object_get(root, "cases");
         CHECK(json_array_size(cases) == 2);
-        for (size_t i = 0; i < json_array_size(cases); i++) run_case(fxs[f], "", "", json_array_get(cases, i), (int)i);
+        for (size_t i = 0; i < json_array_size(cases); i++) run_case(fxs[f], "", "", json_array_get(cases, i), (int)i, NULL);
         /* the single-file layout; the fixture models' head and group counts need their configs */
         char extra[8192], d[1024];
         snprintf(d, sizeof d, "%s/%s", ZL_TEST_DATA, fxs[f]);
-        if (f == 0)
+        char vw[1200];
+        snprintf(vw, sizeof vw, "%s/vae/diffusion_pytorch_model.safetensors", d);
+        if (f == 0) /* SDXL: the VAE given separately, as a diffusers vae folder (its config.json is read) */
             snprintf(extra, sizeof extra,
-                     "--unet-config '%s/unet/config.json' --vae-config '%s/vae/config.json' "
+                     "--unet-config '%s/unet/config.json' --vae '%s/vae' "
                      "--te1-config '%s/text_encoder/config.json' --te2-config '%s/text_encoder_2/config.json'",
                      d, d, d, d);
         else
@@ -175,7 +185,11 @@ static void test_cases(void) {
                      "--unet-config '%s/unet/config.json' --vae-config '%s/vae/config.json' "
                      "--te1-config '%s/text_encoder/config.json'",
                      d, d, d);
-        run_case(fxs[f], "single_file.safetensors", extra, json_array_get(cases, f == 0 ? 1 : 0), f == 0 ? 1 : 0);
+        run_case(fxs[f], "single_file.safetensors", extra, json_array_get(cases, f == 0 ? 1 : 0), f == 0 ? 1 : 0,
+                 f == 0 ? vw : NULL);
+        /* a separate VAE given as its weights file: the folder's config.json beside it is used */
+        snprintf(extra, sizeof extra, "--vae '%s'", vw);
+        run_case(fxs[f], "", extra, json_array_get(cases, 0), 0, vw);
         json_decref(root);
     }
 }
@@ -421,6 +435,10 @@ static void test_bad_inputs(void) {
     expect_fail(code, 1, "case1.initial_noise", out, "noise of another size");
     code = zt_cli("%s --model '%s' -o '%s'", gen, d, out);
     expect_fail(code, 2, "prompt", out, "no prompt");
+    code = zt_cli("%s --model '%s' -p cat --vae '%s/no-such-vae.safetensors' -o '%s'", gen, d, d, out);
+    expect_fail(code, 1, "no-such-vae.safetensors", out, "missing VAE");
+    code = zt_cli("%s --model '%s' -p cat --vae '%s/unet' -o '%s'", gen, d, d, out);
+    expect_fail(code, 1, "no VAE in this file", out, "a UNet given as the VAE");
     /* the output may not replace an input: the prompt file stays as it was */
     f = fopen(pf, "wb");
     fputs("a cat", f);

@@ -72,6 +72,11 @@ typedef struct {
 } zl_model_paths;
 
 int zl_model_paths_resolve(const char *model, zl_model_paths *out);
+/* Use a separate VAE instead of the model's: a diffusers vae folder (weights and
+ * config.json), a diffusers VAE weights file (its folder's config.json is used), a
+ * standalone VAE file (ldm or diffusers names) or another checkpoint's
+ * first_stage_model. */
+int zl_model_paths_set_vae(zl_model_paths *p, const char *vae);
 void zl_model_paths_free(zl_model_paths *p);
 
 #ifdef __cplusplus

@@ -55,6 +55,7 @@ typedef struct {
     /* Configs for single checkpoints whose sizes the shapes cannot tell
      * (non-standard head or group counts); NULL for released models. */
     const char *unet_config, *vae_config, *te1_config, *te2_config;
+    const char *vae;             /* a separate VAE (zl_model_paths_set_vae), or NULL: the model's */
     zl_unet_weight_mode weights; /* default: stored dtype, widened per layer */
     zl_vae_tile_mode vae_tile;   /* default AUTO: tile latents over one tile */
     int vae_tile_size, vae_tile_overlap; /* latent cells; 0: the VAE's defaults (80, 16) */

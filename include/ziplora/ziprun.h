@@ -44,6 +44,7 @@ extern "C" {
  * (zl_ziprun_params_default sets them explicitly). */
 typedef struct {
     const char *model;                      /* diffusers folder or single checkpoint */
+    const char *vae;                        /* a separate VAE (zl_model_paths_set_vae), or NULL: the model's */
     const char *content, *style;            /* the two LoRA files */
     const char *content_adapter, *style_adapter; /* PEFT adapter_config.json (optional) */
     const char *content_prompt, *style_prompt;   /* NULL: from LoRA metadata (zl_ziprun_default_prompt) */

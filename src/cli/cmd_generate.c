@@ -49,6 +49,8 @@ static void usage(FILE *f) {
             "                         latents = noise * init_noise_sigma. Sets the size if -W/-H are absent\n"
             "  --save-latent FILE     also write the final latents [N,4,h,w] (F32, before the VAE's\n"
             "                         scaling) as 'latent' to a safetensors file\n"
+            "  --vae FILE|DIR         decode with this VAE instead of the model's (a standalone VAE file,\n"
+            "                         a diffusers vae folder, or another checkpoint's VAE)\n"
             "  --unet-config JSON     diffusers config.json of the UNet, VAE or text encoders, for a\n"
             "  --vae-config JSON      single-file checkpoint whose sizes its shapes cannot tell\n"
             "  --te1-config JSON\n"
@@ -181,6 +183,8 @@ typedef struct {
     int width, height;
     const char *model_name;
     char model_hash[11];
+    const char *vae_name; /* --vae: its file name and hash; NULL: the model's */
+    char vae_hash[11];
     int n_loras;
     char lora_names[MAX_LORAS][256];
     char lora_hashes[MAX_LORAS][13];
@@ -198,6 +202,8 @@ static int make_parameters(const infotext *it, uint64_t seed, long noise_index, 
                        it->steps, zl_sampler_name(it->sampler), (double)it->cfg, (unsigned long long)seed, it->width,
                        it->height, it->model_hash);
     if (!rc) rc = sb_quoted(&b, it->model_name);
+    if (!rc && it->vae_name) rc = sb_printf(&b, ", VAE hash: %s, VAE: ", it->vae_hash);
+    if (!rc && it->vae_name) rc = sb_quoted(&b, it->vae_name);
     if (!rc && it->n_loras) {
         sbuf h = {0}, w = {0};
         for (int i = 0; !rc && i < it->n_loras; i++) {
@@ -290,7 +296,7 @@ static int load_noise(const char *spec, int batch, int C, float **out, int *h, i
 int zl_cmd_generate(int argc, char **argv) {
     const char *model = NULL, *out_path = NULL, *prompt_arg = NULL, *negative = NULL, *prompt_file = NULL;
     const char *sampler_name = "euler", *noise_spec = NULL, *latent_path = NULL;
-    const char *unet_cfg = NULL, *vae_cfg = NULL, *te1_cfg = NULL, *te2_cfg = NULL;
+    const char *unet_cfg = NULL, *vae_cfg = NULL, *te1_cfg = NULL, *te2_cfg = NULL, *vae = NULL;
     const char *lora_args[MAX_LORAS];
     int n_lora = 0, grid = 0, f32 = 0, no_tile = 0, have_seed = 0;
     long steps = 50, width = 0, height = 0, batch = 1;
@@ -315,6 +321,7 @@ int zl_cmd_generate(int argc, char **argv) {
                            : !strcmp(a, "--save-latent") ? &latent_path
                            : !strcmp(a, "--unet-config") ? &unet_cfg
                            : !strcmp(a, "--vae-config") ? &vae_cfg
+                           : !strcmp(a, "--vae") ? &vae
                            : !strcmp(a, "--te1-config") ? &te1_cfg
                            : !strcmp(a, "--te2-config") ? &te2_cfg
                            : NULL;
@@ -394,7 +401,7 @@ int zl_cmd_generate(int argc, char **argv) {
     }
     if (grid && !(grid_path = derived_path(out_path, "grid"))) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
 
-    zl_pipeline_opts po = {.unet_config = unet_cfg, .vae_config = vae_cfg, .te1_config = te1_cfg, .te2_config = te2_cfg,
+    zl_pipeline_opts po = {.unet_config = unet_cfg, .vae_config = vae_cfg, .te1_config = te1_cfg, .te2_config = te2_cfg, .vae = vae,
                            .weights = f32 ? ZL_UNET_WEIGHTS_F32 : ZL_UNET_WEIGHTS_STORED,
                            .vae_tile = no_tile ? ZL_VAE_TILE_OFF : ZL_VAE_TILE_AUTO};
     double t0 = zl_now();
@@ -479,6 +486,17 @@ int zl_cmd_generate(int argc, char **argv) {
     it.model_name = model_name;
     /* A1111 hashes the checkpoint file; a diffusers folder is named by its UNet weights */
     if ((rc = short_hash(mp->unet_weights, 10, it.model_hash))) goto done;
+    char vae_name[256];
+    if (vae) {
+        /* A1111 writes the VAE file's base name, extension kept */
+        size_t vl = strlen(vae);
+        while (vl > 1 && vae[vl - 1] == '/') vl--;
+        size_t vb = vl;
+        while (vb > 0 && vae[vb - 1] != '/') vb--;
+        snprintf(vae_name, sizeof vae_name, "%.*s", (int)(vl - vb), vae + vb);
+        it.vae_name = vae_name;
+        if ((rc = short_hash(mp->vae_weights, 10, it.vae_hash))) goto done;
+    }
     it.n_loras = n_lora;
     for (int k = 0; k < n_lora; k++)
         if ((rc = short_hash(lpaths[k], 12, it.lora_hashes[k]))) goto done;

@@ -100,7 +100,7 @@ static int add_images(const char *cmd, const char *flag, const char *v, zl_strli
 }
 
 int zl_zip_cli_flag(const char *cmd, int argc, char **argv, int *i, zl_zip_cli *z) {
-    static const char *const with_val[] = {"--model", "--content", "--style", "--content-prompt", "--style-prompt",
+    static const char *const with_val[] = {"--model", "--vae", "--content", "--style", "--content-prompt", "--style-prompt",
                                            "--content-images", "--style-images", "--ref-count", "--ref-steps",
                                            "--ref-cfg", "--seed", "--resolution", "--fixed-inputs",
                                            "--content-adapter-config", "--style-adapter-config"};
@@ -118,6 +118,7 @@ int zl_zip_cli_flag(const char *cmd, int argc, char **argv, int *i, zl_zip_cli *
     long n;
     double d;
     if (!strcmp(a, "--model")) p->model = v;
+    else if (!strcmp(a, "--vae")) p->vae = v;
     else if (!strcmp(a, "--content")) p->content = v;
     else if (!strcmp(a, "--style")) p->style = v;
     else if (!strcmp(a, "--content-prompt")) p->content_prompt = v;
@@ -170,6 +171,8 @@ void zl_zip_cli_help(FILE *f) {
     fprintf(f,
             "inputs:\n"
             "  --model M                 SDXL or SD 1.x model: diffusers folder or single .safetensors checkpoint\n"
+            "  --vae FILE|DIR            encode reference images and decode previews with this VAE instead of\n"
+            "                            the model's (standalone VAE file, diffusers vae folder)\n"
             "  --content C, --style S    the subject LoRA and the style LoRA (kohya, PEFT, diffusers layouts)\n"
             "  --content-adapter-config FILE, --style-adapter-config FILE   PEFT adapter_config.json (else found\n"
             "                            next to the file)\n"

@@ -332,7 +332,8 @@ static int refs_generated(zl_ziprun *r, int s) {
 /* Prepare from a full model: pipeline, LoRAs, prompts, conditionings, references. */
 static int prepare_model(zl_ziprun *r, int want_refs) {
     const zl_ziprun_params *p = r->p;
-    int rc = zl_pipeline_open(p->model, NULL, &r->pipe);
+    zl_pipeline_opts po = {.vae = p->vae};
+    int rc = zl_pipeline_open(p->model, &po, &r->pipe);
     if (rc) return rc;
     r->ucfg = *zl_pipeline_unet_config(r->pipe);
     r->scale = zl_pipeline_vae_scale(r->pipe);

@@ -1,9 +1,11 @@
 /* UNet configs (diffusers config.json and the built-in standard ones) and the
  * resolution of a model path (diffusers folder or single file) into its parts. */
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "ziplora/fileio.h"
 #include "ziplora/model.h"
@@ -259,6 +261,41 @@ static char *first_existing(const char *dir, const char *const *names) {
     return NULL;
 }
 
+static const char *const diffusers_weight_names[] = {
+    "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors.index.json", NULL};
+
+int zl_model_paths_set_vae(zl_model_paths *p, const char *vae) {
+    struct stat st;
+    if (stat(vae, &st) != 0) return zl_set_error(ZL_EIO, "--vae %s: %s", vae, strerror(errno));
+    char *w = NULL, *c = NULL;
+    if (S_ISDIR(st.st_mode)) {
+        w = first_existing(vae, diffusers_weight_names);
+        if (!w) return zl_set_error(ZL_ENOTFOUND, "--vae %s: a folder without diffusion_pytorch_model.safetensors", vae);
+        c = join(vae, "config.json");
+    } else {
+        w = strdup(vae);
+        /* a diffusers VAE file: its folder's config.json (a standalone file's neighbours say nothing) */
+        const char *base = strrchr(vae, '/');
+        base = base ? base + 1 : vae;
+        if (!strncmp(base, "diffusion_pytorch_model", 23)) {
+            size_t dl = (size_t)(base - vae);
+            c = malloc(dl + 12);
+            if (c) {
+                memcpy(c, vae, dl);
+                strcpy(c + dl, "config.json");
+            }
+        }
+    }
+    if (!w) { free(c); return zl_set_error(ZL_ENOMEM, "out of memory"); }
+    if (c && !zl_file_exists(c)) { free(c); c = NULL; }
+    free(p->vae_weights);
+    free(p->vae_config);
+    p->vae_weights = w;
+    p->vae_config = c;
+    return ZL_OK;
+}
+
 void zl_model_paths_free(zl_model_paths *p) {
     free(p->root); free(p->unet_weights); free(p->unet_config);
     free(p->te1_weights); free(p->te1_config); free(p->te2_weights); free(p->te2_config);
@@ -297,9 +334,7 @@ int zl_model_paths_resolve(const char *model, zl_model_paths *out) {
         return ZL_OK;
     }
     /* one file, or shards listed by an index (save_pretrained shards an F32 SDXL UNet: 10.3 GB) */
-    const char *unet_names[] = {"diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-                                "diffusion_pytorch_model.safetensors.index.json",
-                                "diffusion_pytorch_model.fp16.safetensors.index.json", NULL};
+    const char *const *unet_names = diffusers_weight_names;
     const char *te_names[] = {"model.safetensors", "model.fp16.safetensors", "model.safetensors.index.json",
                               "model.fp16.safetensors.index.json", NULL};
     char *ud = join(model, "unet"), *t1 = join(model, "text_encoder"), *t2 = join(model, "text_encoder_2"), *vd = join(model, "vae");

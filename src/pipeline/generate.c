@@ -134,6 +134,11 @@ int zl_pipeline_open(const char *model, const zl_pipeline_opts *opts, zl_pipelin
     if (!p) return zl_set_error(ZL_ENOMEM, "out of memory");
     int rc = zl_model_paths_resolve(model, &p->paths);
     if (rc) { free(p); return rc; }
+    if (o.vae && (rc = zl_model_paths_set_vae(&p->paths, o.vae))) {
+        zl_model_paths_free(&p->paths);
+        free(p);
+        return rc;
+    }
     p->unet_config = dup_or_null(o.unet_config);
     p->vae_config = dup_or_null(o.vae_config);
     p->te1_config = dup_or_null(o.te1_config);
@@ -145,6 +150,12 @@ int zl_pipeline_open(const char *model, const zl_pipeline_opts *opts, zl_pipelin
     /* Everything is mapped now so that a broken part is reported before any
      * compute; mapping costs little memory until pages are touched. */
     if ((rc = load_unet(p)) || (rc = load_vae(p)) || (rc = load_text(p))) {
+        zl_pipeline_free(p);
+        return rc;
+    }
+    if (zl_vae_get_config(p->vae)->latent_channels != p->ucfg.in_channels) {
+        rc = zl_set_error(ZL_ESHAPE, "%s: the VAE's latents have %d channels but the UNet takes %d", p->paths.vae_weights,
+                          zl_vae_get_config(p->vae)->latent_channels, p->ucfg.in_channels);
         zl_pipeline_free(p);
         return rc;
     }
