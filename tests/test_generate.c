@@ -431,6 +431,11 @@ static void test_bad_inputs(void) {
     size_t len = 0;
     CHECK(zl_read_file(pf, &s, &len) == ZL_OK && len == 5 && !memcmp(s, "a cat", 5));
     free(s);
+    /* numbers out of range: the seed past 64 bits, a guidance scale past float */
+    code = zt_cli("%s --model '%s' -p cat --seed 18446744073709551616 -o '%s'", gen, d, out);
+    expect_fail(code, 2, "--seed", out, "seed past 64 bits");
+    code = zt_cli("%s --model '%s' -p cat --cfg 1e300 -o '%s'", gen, d, out);
+    expect_fail(code, 2, "--cfg", out, "cfg past float");
 }
 
 int main(void) {

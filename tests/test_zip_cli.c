@@ -355,6 +355,12 @@ static void test_bad_inputs(void) {
                 args, tx, tx);
     expect_fail("--mode fast", rc, 2, "--mode", out);
     CHECK(!zl_file_exists(rep));
+
+    /* a seed past 64 bits is a usage error, not silently 2^64 - 1 */
+    rc = zt_cli("zip %s --style '%s/loras/style.peft.safetensors' --fixed-inputs '%s/zip_io.safetensors' "
+                "--seed 18446744073709551616",
+                args, tx, tx);
+    expect_fail("--seed past 64 bits", rc, 2, "--seed", out);
 }
 
 /* ---------------------------------------------------------------- metadata prompts */

@@ -3,6 +3,7 @@
  * runs encode -> sample -> decode while keeping one large part resident at a
  * time, and writes PNGs whose `parameters` text chunk follows AUTOMATIC1111's
  * infotext, so the seed and settings travel with the image. */
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -337,8 +338,10 @@ int zl_cmd_generate(int argc, char **argv) {
             if (zl_cli_float(CMD, a, v, &cfg)) return ZL_EXIT_USAGE;
         } else if (is_seed) {
             char *end;
+            errno = 0;
             unsigned long long s = strtoull(v, &end, 10);
-            if (!*v || *end || *v == '-') return zl_cli_usage(CMD, "--seed expects a non-negative integer, got '%s'", v);
+            if (!*v || *end || *v == '-' || errno)
+                return zl_cli_usage(CMD, "--seed expects an integer in [0, %llu], got '%s'", (unsigned long long)UINT64_MAX, v);
             seed = s;
             have_seed = 1;
         } else if (num == &steps) {
