@@ -12,6 +12,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "testlib.h"
 #include "ziplora/image.h"
@@ -449,6 +451,30 @@ static void test_bad_inputs(void) {
     size_t len = 0;
     CHECK(zl_read_file(pf, &s, &len) == ZL_OK && len == 5 && !memcmp(s, "a cat", 5));
     free(s);
+    /* outputs are checked before any compute: two outputs with one name, a missing
+     * folder; a batch whose second image cannot be written leaves no first image */
+    char lat[1024], out1[1024], dir1[1024];
+    snprintf(lat, sizeof lat, "%s", zt_tmp("bad.safetensors"));
+    code = zt_cli("%s --model '%s' -p cat --save-latent '%s' -o '%s'", gen, d, out, out);
+    expect_fail(code, 2, "bad.png", out, "--save-latent = -o");
+    code = zt_cli("%s --model '%s' -p cat --save-latent '%s' -o '%s/no-such-dir/x.png'", gen, d, lat, zt_tmpdir());
+    expect_fail(code, 1, "no-such-dir", lat, "output in a missing folder");
+    snprintf(out1, sizeof out1, "%s", zt_tmp("bad-1.png"));
+    CHECK(mkdir(out1, 0755) == 0);
+    code = zt_cli("%s --model '%s' -p cat --batch 2 --save-latent '%s' -o '%s'", gen, d, lat, out);
+    expect_fail(code, 2, "bad-1.png", out, "batch image 2 is a folder");
+    CHECKM(!zl_file_exists(lat), "the latent of a failed batch was left");
+    rmdir(out1);
+    snprintf(dir1, sizeof dir1, "%s", zt_tmp("folder"));
+    CHECK(mkdir(dir1, 0755) == 0);
+    code = zt_cli("%s --model '%s' --prompt-file '%s' -o '%s'", gen, d, dir1, out);
+    expect_fail(code, 1, "is a folder", out, "prompt file is a folder");
+    rmdir(dir1);
+    /* numbers out of range: the seed past 64 bits, a guidance scale past float */
+    code = zt_cli("%s --model '%s' -p cat --seed 18446744073709551616 -o '%s'", gen, d, out);
+    expect_fail(code, 2, "--seed", out, "seed past 64 bits");
+    code = zt_cli("%s --model '%s' -p cat --cfg 1e300 -o '%s'", gen, d, out);
+    expect_fail(code, 2, "--cfg", out, "cfg past float");
 }
 
 int main(void) {

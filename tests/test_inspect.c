@@ -217,6 +217,11 @@ static void test_bad(void) {
     const char *svg = zt_tmp("nope.svg");
     code = zt_cli("inspect '%s' /nonexistent/b.safetensors --plot '%s'", A, svg);
     CHECK(code == 1 && stat(svg, &st) != 0);
+    /* a plot that cannot be written fails before the table is printed */
+    code = zt_cli("inspect '%s' --plot '%s/no-such-dir/p.svg'", A, zt_tmpdir());
+    CHECKM(code == 1 && strstr(zt_err, "no-such-dir") && zt_out[0] == 0, "plot in a missing folder: %d %s", code, zt_err);
+    code = zt_cli("inspect '%s' --plot '%s'", A, A);
+    CHECKM(code == 2 && strstr(zt_err, "input") && zt_out[0] == 0, "plot over the input: %d %s", code, zt_err);
     free((void *)A);
 }
 

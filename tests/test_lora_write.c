@@ -301,6 +301,12 @@ static void test_convert_cli(void) {
     CHECKM(code != 0 && strstr(zt_err, "input"), "output = input: %d %s", code, zt_err);
     CHECK_OK(zl_sha256_file(in, h1));
     CHECK(!strcmp(h0, h1));
+    /* --model as a single-file checkpoint names layers with the config its shapes
+     * give (as generate loads it), not the family's full-size config */
+    code = zt_cli("convert '%s' -o '%s' --model '%s' -q", zt_data("mini-sdxl/loras/style.kohya.safetensors"), o,
+                  zt_data("mini-sdxl/single_file.safetensors"));
+    CHECKM(code == 0 && stat(o, &st) == 0, "--model single file: %d %s", code, zt_err);
+    remove(o);
     free((void *)in);
     free((void *)o);
 }

@@ -355,6 +355,19 @@ static void test_bad_inputs(void) {
                 args, tx, tx);
     expect_fail("--mode fast", rc, 2, "--mode", out);
     CHECK(!zl_file_exists(rep));
+
+    /* an output in a missing folder is refused before the run, naming that output (not a temporary) */
+    rc = zt_cli("zip --model '%s' --content '%s/loras/content.peft.safetensors' --style '%s/loras/style.peft.safetensors' "
+                "--fixed-inputs '%s/zip_io.safetensors' -o '%s' --report '%s/no-such-dir/r.json' -q",
+                tx, tx, tx, tx, out, zt_tmpdir());
+    expect_fail("--report in a missing folder", rc, 1, "no-such-dir/r.json: the folder", out);
+    CHECKM(!strstr(zt_err, ".tmp"), "the message names the output, not a temporary: %s", zt_err);
+
+    /* a seed past 64 bits is a usage error, not silently 2^64 - 1 */
+    rc = zt_cli("zip %s --style '%s/loras/style.peft.safetensors' --fixed-inputs '%s/zip_io.safetensors' "
+                "--seed 18446744073709551616",
+                args, tx, tx);
+    expect_fail("--seed past 64 bits", rc, 2, "--seed", out);
 }
 
 /* ---------------------------------------------------------------- metadata prompts */

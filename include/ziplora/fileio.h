@@ -18,6 +18,10 @@ typedef struct {
     struct zl_afile_dio *dio; /* direct-I/O writer (zl_afile_open_large), else NULL */
 } zl_afile;
 
+/* Check, before any work, that `path` can become an output: not one of `inputs`
+ * (ZL_EINVAL), not a folder (ZL_EINVAL), in an existing folder we may write in
+ * (ZL_EIO). zl_afile_open checks the same again when it opens. */
+int zl_output_check(const char *path, const char *const *inputs, int n_inputs);
 /* Open a temporary file next to `path`. Refuses if `path` is one of `inputs`. */
 int zl_afile_open(zl_afile *af, const char *path, const char *const *inputs, int n_inputs);
 /* The same for one large sequential write: the data goes to disk with direct

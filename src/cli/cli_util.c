@@ -1,5 +1,6 @@
 /* Helpers shared by the subcommands: error reporting and strict number parsing. */
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -42,7 +43,8 @@ int zl_cli_float(const char *cmd, const char *flag, const char *s, double *out) 
     char *end;
     errno = 0;
     double v = s ? strtod(s, &end) : 0;
-    if (!s || !*s || *end || errno || !isfinite(v)) {
+    /* the library computes in float: a value beyond its range would become Inf */
+    if (!s || !*s || *end || errno || !isfinite(v) || fabs(v) > FLT_MAX) {
         zl_cli_usage(cmd, "%s expects a number, got '%s'", flag, s ? s : "");
         return -1;
     }

@@ -3,6 +3,7 @@
  * runs encode -> sample -> decode while keeping one large part resident at a
  * time, and writes PNGs whose `parameters` text chunk follows AUTOMATIC1111's
  * infotext, so the seed and settings travel with the image. */
+#include <errno.h>
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -344,8 +345,10 @@ int zl_cmd_generate(int argc, char **argv) {
             if (zl_cli_float(CMD, a, v, &cfg)) return ZL_EXIT_USAGE;
         } else if (is_seed) {
             char *end;
+            errno = 0;
             unsigned long long s = strtoull(v, &end, 10);
-            if (!*v || *end || *v == '-') return zl_cli_usage(CMD, "--seed expects a non-negative integer, got '%s'", v);
+            if (!*v || *end || *v == '-' || errno)
+                return zl_cli_usage(CMD, "--seed expects an integer in [0, %llu], got '%s'", (unsigned long long)UINT64_MAX, v);
             seed = s;
             have_seed = 1;
         } else if (num == &steps) {
@@ -380,6 +383,8 @@ int zl_cmd_generate(int argc, char **argv) {
     infotext it = {0};
     const char *inputs[MAX_LORAS + 8];
     int n_inputs = 0, nh = 0, nw = 0;
+    const char *written[MAX_BATCH + 2]; /* outputs in place so far, removed on a later failure */
+    int n_written = 0;
 
     if (prompt_file) {
         if ((rc = read_prompt_file(prompt_file, &prompt_buf))) goto done;
@@ -436,6 +441,22 @@ int zl_cmd_generate(int argc, char **argv) {
         inputs[n_inputs++] = lpaths[k];
         short_name(lpaths[k], it.lora_names[k], sizeof it.lora_names[k]);
         it.lora_w[k] = w;
+    }
+    /* every output, before any compute: not an input, not a folder, in a folder we can write
+     * in, and no two the same (--save-latent a.png -o a.png would keep only the image) */
+    {
+        const char *outs[MAX_BATCH + 2];
+        int n_outs = 0;
+        for (long b = 0; b < batch; b++) outs[n_outs++] = out_paths[b];
+        if (grid_path) outs[n_outs++] = grid_path;
+        if (latent_path) outs[n_outs++] = latent_path;
+        for (int k = 0; k < n_outs && !rc; k++) {
+            rc = zl_output_check(outs[k], inputs, n_inputs);
+            for (int j = 0; j < k && !rc; j++)
+                if (!strcmp(outs[k], outs[j]) || zl_same_file(outs[k], outs[j]))
+                    rc = zl_set_error(ZL_EINVAL, "output %s is given twice (-o, --batch, --grid, --save-latent)", outs[k]);
+        }
+        if (rc) goto done;
     }
     zl_info("%s model %s, %ldx%ld, %ld step%s (%s), CFG %g, seed %llu%s", zl_family_name(zl_pipeline_family(p)),
             model, width, height, steps, steps == 1 ? "" : "s", zl_sampler_name((zl_sampler_kind)skind), cfg,
@@ -505,6 +526,7 @@ int zl_cmd_generate(int argc, char **argv) {
     if (latent_path) {
         zl_st_entry e = {.name = "latent", .dtype = ZL_DT_F32, .ndim = 4, .shape = {batch, C, h, w}, .data = latents};
         if ((rc = zl_st_write(latent_path, &e, 1, NULL, 0, inputs, n_inputs))) goto done;
+        written[n_written++] = latent_path;
     }
     for (long b = 0; b < batch; b++) {
         char *params = NULL;
@@ -513,7 +535,7 @@ int zl_cmd_generate(int argc, char **argv) {
         rc = zl_png_write(out_paths[b], &imgs[b], &tx, 1, inputs, n_inputs);
         free(params);
         if (rc) goto done;
-        printf("%s\n", out_paths[b]);
+        written[n_written++] = out_paths[b];
     }
     if (grid) {
         zl_image gi = {0};
@@ -526,12 +548,15 @@ int zl_cmd_generate(int argc, char **argv) {
         free(params);
         zl_image_free(&gi);
         if (rc) goto done;
-        printf("%s\n", grid_path);
+        written[n_written++] = grid_path;
     }
+    for (int k = 0; k < n_written; k++)
+        if (written[k] != latent_path) printf("%s\n", written[k]);
     zl_info("done in %.1f s (peak RSS %.2f GB)", zl_now() - t0, (double)zl_peak_rss() / 1e9);
 
 done:
     if (rc) zl_cli_fail(rc, NULL);
+    for (int k = 0; rc && k < n_written; k++) unlink(written[k]); /* a partial batch is worse than none */
     zl_cond_free(&cond);
     zl_pipeline_free(p);
     for (int k = 0; k < n_lora; k++) free(lpaths[k]);

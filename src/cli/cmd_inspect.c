@@ -185,7 +185,11 @@ int zl_cmd_inspect(int argc, char **argv) {
         else return zl_cli_usage("inspect", "at most two LoRAs can be inspected (got '%s')", a);
     }
     if (!pa) return zl_cli_usage("inspect", "no LoRA given");
-    int rc = zl_lora_cli_prepare(&lf);
+    const char *inputs[2] = {pa, pb};
+    /* the plot's name first: no table on stdout followed by a failure */
+    int rc = plot ? zl_output_check(plot, inputs, pb ? 2 : 1) : ZL_OK;
+    if (rc) return zl_cli_fail(rc, NULL);
+    rc = zl_lora_cli_prepare(&lf);
     if (rc) return zl_cli_fail(rc, NULL);
     zl_lora *a = NULL, *b = NULL;
     rc = zl_lora_cli_load(pa, &lf, &a);
@@ -197,7 +201,6 @@ int zl_cmd_inspect(int argc, char **argv) {
         if (json) print_json(a, b, &r);
         else print_table(a, b, &r);
         if (plot) {
-            const char *inputs[2] = {pa, pb};
             rc = zl_inspect_plot(plot, &r, base(pa), pb ? base(pb) : NULL, inputs, pb ? 2 : 1);
             if (!rc) zl_info("wrote %s", plot);
         }

@@ -25,6 +25,16 @@ int zl_lora_cli_prepare(zl_lora_cli_flags *f) {
     if (mp.unet_config) {
         rc = zl_unet_config_load(mp.unet_config, &f->cfg);
         if (!rc) f->have_cfg = 1;
+    } else if (mp.single_file) {
+        /* a single file: its key shapes give the config, as zl_unet_load infers it
+         * (the family's standard config would refuse a smaller model's LoRAs) */
+        zl_st_file *sf;
+        rc = zl_st_open(mp.unet_weights, &sf);
+        if (!rc) {
+            rc = zl_unet_config_infer(sf, "model.diffusion_model.", &f->cfg);
+            zl_st_close(sf);
+        }
+        if (!rc) f->have_cfg = 1;
     } else if (mp.family == ZL_FAMILY_SDXL) {
         zl_unet_config_sdxl_base(&f->cfg);
         f->have_cfg = 1;

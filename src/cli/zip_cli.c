@@ -3,6 +3,8 @@
  * comma-separated list of files, or a folder (its .png/.jpg/.jpeg files,
  * sorted by name); the flag may be repeated. */
 #include <dirent.h>
+#include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -141,9 +143,10 @@ int zl_zip_cli_flag(const char *cmd, int argc, char **argv, int *i, zl_zip_cli *
         p->ref_cfg = (float)d;
     } else if (!strcmp(a, "--seed")) {
         char *end;
+        errno = 0;
         unsigned long long s = strtoull(v, &end, 10);
-        if (!*v || *end || v[0] == '-') {
-            zl_cli_usage(cmd, "--seed expects a non-negative integer, got '%s'", v);
+        if (!*v || *end || v[0] == '-' || errno) {
+            zl_cli_usage(cmd, "--seed expects an integer in [0, %llu], got '%s'", (unsigned long long)UINT64_MAX, v);
             return -1;
         }
         p->seed = s;

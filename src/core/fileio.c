@@ -12,12 +12,25 @@
 
 #include "ziplora/safetensors.h"
 
-int zl_afile_open(zl_afile *af, const char *path, const char *const *inputs, int n_inputs) {
-    memset(af, 0, sizeof *af);
+int zl_output_check(const char *path, const char *const *inputs, int n_inputs) {
     for (int i = 0; i < n_inputs; i++)
         if (inputs[i] && (strcmp(inputs[i], path) == 0 || zl_same_file(inputs[i], path)))
             return zl_set_error(ZL_EINVAL, "%s: refusing to overwrite an input file", path);
     if (zl_is_dir(path)) return zl_set_error(ZL_EINVAL, "%s: is a folder, not a file name", path);
+    char *dup = strdup(path);
+    if (!dup) return zl_set_error(ZL_ENOMEM, "out of memory");
+    const char *dir = dirname(dup);
+    int rc = ZL_OK;
+    if (!zl_is_dir(dir)) rc = zl_set_error(ZL_EIO, "%s: the folder %s does not exist", path, dir);
+    else if (access(dir, W_OK) != 0) rc = zl_set_error(ZL_EIO, "%s: cannot write in the folder %s: %s", path, dir, strerror(errno));
+    free(dup);
+    return rc;
+}
+
+int zl_afile_open(zl_afile *af, const char *path, const char *const *inputs, int n_inputs) {
+    memset(af, 0, sizeof *af);
+    int rc = zl_output_check(path, inputs, n_inputs);
+    if (rc) return rc;
     char *dup = strdup(path);
     if (!dup) return zl_set_error(ZL_ENOMEM, "out of memory");
     const char *dir = dirname(dup);
@@ -294,6 +307,7 @@ int zl_write_file_atomic(const char *path, const void *data, size_t len, const c
 int zl_read_file(const char *path, char **out, size_t *len) {
     *out = NULL;
     if (len) *len = 0;
+    if (zl_is_dir(path)) return zl_set_error(ZL_EIO, "%s: is a folder, not a file", path);
     FILE *f = fopen(path, "rb");
     if (!f) return zl_set_error(ZL_EIO, "%s: %s", path, strerror(errno));
     size_t cap = 4096, n = 0;

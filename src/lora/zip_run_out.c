@@ -520,6 +520,9 @@ static int check_outputs(const zl_ziprun_params *p, const char *const *outs, int
             if (!strcmp(outs[i], ins[j]) || zl_same_file(outs[i], ins[j]))
                 return zl_set_error(ZL_EINVAL, "output %s would replace the input %s", outs[i], ins[j]);
         if (zl_is_dir(outs[i])) return zl_set_error(ZL_EINVAL, "output %s is a folder", outs[i]);
+        /* a missing or read-only folder is found now, not after the run */
+        int rc = zl_output_check(outs[i], NULL, 0);
+        if (rc) return rc;
     }
     (void)p;
     return ZL_OK;
