@@ -2,6 +2,7 @@
  * within the FIXTURES.md tolerance, from the diffusers folder and from
  * single_file.safetensors, with and without loras/text_encoders.kohya.safetensors
  * (the lora.* tensors); prompt-string encoding; errors; one case through the CLI. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,6 +37,77 @@ static void cmp(zl_st_file *ref, const char *prefix, const char *name, const flo
     snprintf(what, sizeof what, "%s %s", label, full);
     zt_close(what, got, r, t->numel, TOL);
     free(r);
+}
+
+/* Clip skip (A1111 numbering). The hidden-state output of zl_clip_forward against the fixture's
+ * penultimate and last states; SD 1.x skip 2 against the fixture's penultimate state put through
+ * the final LayerNorm here, in double, with the file's weights; SDXL skip 2 = the default. */
+static void clip_skip_case(zl_text *tx, zl_st_file *io, const int32_t *il, const int32_t *ig, int B,
+                           const char *fixture, const float *embeds_default) {
+    const zl_clip *te1 = zl_text_encoder(tx, ZL_PART_TE1);
+    const zl_clip_config *cc = zl_clip_get_config(te1);
+    const int C = cc->hidden, L = cc->layers;
+    const size_t N = (size_t)B * ZL_CLIP_CTX;
+    float *h = malloc(N * C * sizeof(float));
+    char what[256];
+    for (int ln = 0; ln < 2; ln++) {
+        zl_clip_out o = {.hidden = h, .hidden_layer = ln ? L : L - 1, .hidden_final_ln = ln};
+        CHECK_OK(zl_clip_forward(te1, il, B, ZL_CLIP_CTX, &o));
+        snprintf(what, sizeof what, "%s hidden state %d%s", fixture, o.hidden_layer, ln ? " + final LN" : "");
+        cmp(io, "", ln ? "te1_last_hidden" : "te1_penultimate", h, what);
+    }
+    zl_clip_out bad = {.hidden = h, .hidden_layer = L + 1};
+    CHECK(zl_clip_forward(te1, il, B, ZL_CLIP_CTX, &bad) == ZL_EINVAL);
+    int D = zl_text_context_dim(tx);
+    float *e = malloc(N * D * sizeof(float));
+    zl_text_cond c = {.prompt_embeds = e};
+    CHECK(zl_text_set_clip_skip(tx, 0) == ZL_EINVAL && zl_text_set_clip_skip(tx, L + 1) == ZL_EINVAL);
+    CHECK_OK(zl_text_set_clip_skip(tx, 2));
+    CHECK(zl_text_clip_skip(tx) == 2);
+    CHECK_OK(zl_text_encode_ids(tx, il, ig, B, &c));
+    if (!ig) {
+        /* SD 1.x: final_layer_norm(hidden_states[-2]) */
+        char rel[256];
+        snprintf(rel, sizeof rel, "%s/text_encoder/model.safetensors", fixture);
+        zl_st_file *w = NULL;
+        CHECK_OK(zl_st_open(zt_data(rel), &w));
+        const zl_st_tensor *pt = zl_st_find(io, "te1_penultimate"),
+                           *gt = w ? zl_st_find(w, "text_model.final_layer_norm.weight") : NULL,
+                           *bt = w ? zl_st_find(w, "text_model.final_layer_norm.bias") : NULL;
+        CHECK(pt && gt && bt);
+        if (pt && gt && bt) {
+            float *pen = malloc(N * C * sizeof(float)), *g = malloc(C * sizeof(float)), *b = malloc(C * sizeof(float)),
+                  *want = malloc(N * C * sizeof(float));
+            zl_st_read_f32(pt, pen);
+            zl_st_read_f32(gt, g);
+            zl_st_read_f32(bt, b);
+            for (size_t n = 0; n < N; n++) {
+                double m = 0, v = 0;
+                for (int j = 0; j < C; j++) m += pen[n * C + j];
+                m /= C;
+                for (int j = 0; j < C; j++) v += (pen[n * C + j] - m) * (pen[n * C + j] - m);
+                v /= C;
+                for (int j = 0; j < C; j++)
+                    want[n * C + j] = (float)((pen[n * C + j] - m) / sqrt(v + cc->eps) * g[j] + b[j]);
+            }
+            snprintf(what, sizeof what, "%s clip skip 2 = final LN of the penultimate state", fixture);
+            zt_close(what, e, want, (int64_t)(N * C), TOL);
+            free(pen); free(g); free(b); free(want);
+        }
+        zl_st_close(w);
+    } else {
+        CHECKM(!memcmp(e, embeds_default, N * D * sizeof(float)), "%s: SDXL clip skip 2 is the default", fixture);
+        if (L >= 3) {
+            CHECK_OK(zl_text_set_clip_skip(tx, 3));
+            CHECK_OK(zl_text_encode_ids(tx, il, ig, B, &c));
+            CHECKM(memcmp(e, embeds_default, N * D * sizeof(float)), "%s: SDXL clip skip 3 differs", fixture);
+        }
+    }
+    CHECK_OK(zl_text_set_clip_skip(tx, 1));
+    CHECK_OK(zl_text_encode_ids(tx, il, ig, B, &c));
+    CHECKM(!memcmp(e, embeds_default, N * D * sizeof(float)), "%s: clip skip 1 is the default", fixture);
+    free(e);
+    free(h);
 }
 
 /* Encode the fixture's ids with the model at `model` and compare everything. */
@@ -130,6 +202,7 @@ static void run_case(const char *fixture, const char *model_rel, int single, int
         }
         free(pe);
         free(pp);
+        clip_skip_case(tx, io, il, ig, B, fixture, c.prompt_embeds);
     }
     free(c.prompt_embeds); free(c.pooled);
     free(c.te1.penultimate); free(c.te1.last_hidden); free(c.te1.pooled);

@@ -437,6 +437,31 @@ static void test_bad_inputs(void) {
     expect_fail(code, 1, "case1.initial_noise", out, "noise of another size");
     code = zt_cli("%s --model '%s' -o '%s'", gen, d, out);
     expect_fail(code, 2, "prompt", out, "no prompt");
+    code = zt_cli("%s --model '%s' -p cat --clip-skip 0 -o '%s'", gen, d, out);
+    expect_fail(code, 2, "--clip-skip", out, "clip skip 0");
+    code = zt_cli("%s --model '%s' -p cat --clip-skip 40 -o '%s'", gen, d, out);
+    expect_fail(code, 2, "clip skip 40", out, "clip skip past the encoder's layers");
+    /* clip skip 2 on SD 1.x: recorded as A1111 does, and a different conditioning */
+    {
+        char sd[1024], o1[1024], o2[1024];
+        snprintf(sd, sizeof sd, "%s/tiny-sd15", ZL_TEST_DATA);
+        snprintf(o1, sizeof o1, "%s", zt_tmp("skip1.png"));
+        snprintf(o2, sizeof o2, "%s", zt_tmp("skip2.png"));
+        code = zt_cli("%s --seed 5 --model '%s' -p cat -o '%s'", gen, sd, o1);
+        CHECKM(code == 0, "clip skip 1: %s", zt_err);
+        code = zt_cli("%s --seed 5 --model '%s' -p cat --clip-skip 2 -o '%s'", gen, sd, o2);
+        CHECKM(code == 0, "clip skip 2: %s", zt_err);
+        char *p1 = png_parameters(o1), *p2 = png_parameters(o2);
+        CHECKM(p1 && p2 && !strstr(p1, "Clip skip") && strstr(p2, ", Clip skip: 2,"), "parameters: %s | %s",
+               p1 ? p1 : "-", p2 ? p2 : "-");
+        zl_image a = {0}, b = {0};
+        if (zl_image_read(o1, &a) == ZL_OK && zl_image_read(o2, &b) == ZL_OK)
+            CHECK(a.w == b.w && a.h == b.h && memcmp(a.px, b.px, (size_t)a.w * a.h * a.c) != 0);
+        zl_image_free(&a);
+        zl_image_free(&b);
+        free(p1);
+        free(p2);
+    }
     code = zt_cli("%s --model '%s' -p cat --vae '%s/no-such-vae.safetensors' -o '%s'", gen, d, d, out);
     expect_fail(code, 1, "no-such-vae.safetensors", out, "missing VAE");
     code = zt_cli("%s --model '%s' -p cat --vae '%s/unet' -o '%s'", gen, d, d, out);

@@ -56,6 +56,7 @@ typedef struct {
      * (non-standard head or group counts); NULL for released models. */
     const char *unet_config, *vae_config, *te1_config, *te2_config;
     const char *vae;             /* a separate VAE (zl_model_paths_set_vae), or NULL: the model's */
+    int clip_skip;               /* A1111's "Clip skip" (zl_text_set_clip_skip); 0 or 1: default */
     zl_unet_weight_mode weights; /* default: stored dtype, widened per layer */
     zl_vae_tile_mode vae_tile;   /* default AUTO: tile latents over one tile */
     int vae_tile_size, vae_tile_overlap; /* latent cells; 0: the VAE's defaults (80, 16) */

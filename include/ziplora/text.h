@@ -83,6 +83,9 @@ typedef struct {
     float *last_hidden; /* [B, T, C] after the last layer and the final LayerNorm */
     float *pooled;      /* [B, C] last_hidden at the first end token (the argmax id) */
     float *projected;   /* [B, P] pooled @ text_projection (encoders with a projection) */
+    float *hidden;      /* [B, T, C] hidden_states[hidden_layer]: the output of the first hidden_layer
+                           layers (1..layers), through the final LayerNorm when hidden_final_ln */
+    int hidden_layer, hidden_final_ln;
 } zl_clip_out;
 
 /* ids [B, T] (T <= max_position_embeddings; ids < vocab). */
@@ -106,6 +109,12 @@ const zl_tokenizer *zl_text_tokenizer(const zl_text *t);
 int zl_text_apply_lora(zl_text *t, const zl_lora *lora, float weight);
 /* Width of prompt_embeds (SDXL: C_L + C_G; SD1: C_L) and of the pooled vector (SDXL: P; SD1: 0). */
 int zl_text_context_dim(const zl_text *t);
+/* A1111's "Clip skip" n (1 = default): SD 1.x conditions on the output of layer L - n + 1
+ * through the final LayerNorm (diffusers' clip_skip = n - 1); SDXL, which takes the
+ * penultimate layers already, is unchanged for n <= 2 and goes to layer L - n + 1 of each
+ * encoder beyond (ComfyUI's CLIPSetLastLayer -n). The pooled vector never changes. */
+int zl_text_set_clip_skip(zl_text *t, int n);
+int zl_text_clip_skip(const zl_text *t);
 int zl_text_pooled_dim(const zl_text *t);
 
 /* Everything `ziplora run text` writes; NULL pointers are skipped. */

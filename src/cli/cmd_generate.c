@@ -50,6 +50,9 @@ static void usage(FILE *f) {
             "                         latents = noise * init_noise_sigma. Sets the size if -W/-H are absent\n"
             "  --save-latent FILE     also write the final latents [N,4,h,w] (F32, before the VAE's\n"
             "                         scaling) as 'latent' to a safetensors file\n"
+            "  --clip-skip N          condition on the text encoder's N-th layer from the end (A1111's\n"
+            "                         'Clip skip'; default 1 = the last; SD 1.x anime models often want 2;\n"
+            "                         SDXL uses the penultimate layers already, so 2 changes nothing there)\n"
             "  --vae FILE|DIR         decode with this VAE instead of the model's (a standalone VAE file,\n"
             "                         a diffusers vae folder, or another checkpoint's VAE)\n"
             "  --unet-config JSON     diffusers config.json of the UNet, VAE or text encoders, for a\n"
@@ -185,6 +188,7 @@ typedef struct {
     const char *model_name;
     char model_hash[11];
     const char *vae_name; /* --vae: its file name and hash; NULL: the model's */
+    int clip_skip;
     char vae_hash[11];
     int n_loras;
     char lora_names[MAX_LORAS][256];
@@ -203,6 +207,7 @@ static int make_parameters(const infotext *it, uint64_t seed, long noise_index, 
                        it->steps, zl_sampler_name(it->sampler), (double)it->cfg, (unsigned long long)seed, it->width,
                        it->height, it->model_hash);
     if (!rc) rc = sb_quoted(&b, it->model_name);
+    if (!rc && it->clip_skip > 1) rc = sb_printf(&b, ", Clip skip: %d", it->clip_skip);
     if (!rc && it->vae_name) rc = sb_printf(&b, ", VAE hash: %s, VAE: ", it->vae_hash);
     if (!rc && it->vae_name) rc = sb_quoted(&b, it->vae_name);
     if (!rc && it->n_loras) {
@@ -300,7 +305,7 @@ int zl_cmd_generate(int argc, char **argv) {
     const char *unet_cfg = NULL, *vae_cfg = NULL, *te1_cfg = NULL, *te2_cfg = NULL, *vae = NULL;
     const char *lora_args[MAX_LORAS];
     int n_lora = 0, grid = 0, f32 = 0, no_tile = 0, have_seed = 0;
-    long steps = 50, width = 0, height = 0, batch = 1;
+    long steps = 50, width = 0, height = 0, batch = 1, clip_skip = 1;
     double cfg = NAN;
     uint64_t seed = 0;
     for (int i = 1; i < argc; i++) {
@@ -327,6 +332,7 @@ int zl_cmd_generate(int argc, char **argv) {
                            : !strcmp(a, "--te2-config") ? &te2_cfg
                            : NULL;
         long *num = !strcmp(a, "--steps") ? &steps
+                    : !strcmp(a, "--clip-skip") ? &clip_skip
                     : (!strcmp(a, "-W") || !strcmp(a, "--width")) ? &width
                     : (!strcmp(a, "-H") || !strcmp(a, "--height")) ? &height
                     : !strcmp(a, "--batch") ? &batch
@@ -355,6 +361,8 @@ int zl_cmd_generate(int argc, char **argv) {
             if (zl_cli_int(CMD, a, v, 1, 1000, num)) return ZL_EXIT_USAGE;
         } else if (num == &batch) {
             if (zl_cli_int(CMD, a, v, 1, MAX_BATCH, num)) return ZL_EXIT_USAGE;
+        } else if (num == &clip_skip) {
+            if (zl_cli_int(CMD, a, v, 1, 48, num)) return ZL_EXIT_USAGE;
         } else {
             if (zl_cli_int(CMD, a, v, 1, ZL_IMAGE_MAX_SIDE, num)) return ZL_EXIT_USAGE;
             if (*num % 8)
@@ -407,6 +415,7 @@ int zl_cmd_generate(int argc, char **argv) {
     if (grid && !(grid_path = derived_path(out_path, "grid"))) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
 
     zl_pipeline_opts po = {.unet_config = unet_cfg, .vae_config = vae_cfg, .te1_config = te1_cfg, .te2_config = te2_cfg, .vae = vae,
+                           .clip_skip = (int)clip_skip,
                            .weights = f32 ? ZL_UNET_WEIGHTS_F32 : ZL_UNET_WEIGHTS_STORED,
                            .vae_tile = no_tile ? ZL_VAE_TILE_OFF : ZL_VAE_TILE_AUTO};
     double t0 = zl_now();
@@ -498,6 +507,7 @@ int zl_cmd_generate(int argc, char **argv) {
     it.prompt = prompt;
     it.negative = negative;
     it.steps = (int)steps;
+    it.clip_skip = (int)clip_skip;
     it.cfg = (float)cfg;
     it.sampler = (zl_sampler_kind)skind;
     it.width = (int)width;

@@ -104,7 +104,7 @@ static int add_images(const char *cmd, const char *flag, const char *v, zl_strli
 int zl_zip_cli_flag(const char *cmd, int argc, char **argv, int *i, zl_zip_cli *z) {
     static const char *const with_val[] = {"--model", "--vae", "--content", "--style", "--content-prompt", "--style-prompt",
                                            "--content-images", "--style-images", "--ref-count", "--ref-steps",
-                                           "--ref-cfg", "--seed", "--resolution", "--fixed-inputs",
+                                           "--ref-cfg", "--seed", "--resolution", "--clip-skip", "--fixed-inputs",
                                            "--content-adapter-config", "--style-adapter-config"};
     const char *a = argv[*i];
     int known = 0;
@@ -150,6 +150,9 @@ int zl_zip_cli_flag(const char *cmd, int argc, char **argv, int *i, zl_zip_cli *
             return -1;
         }
         p->seed = s;
+    } else if (!strcmp(a, "--clip-skip")) {
+        if (zl_cli_int(cmd, a, v, 1, 48, &n)) return -1;
+        p->clip_skip = (int)n;
     } else if (!strcmp(a, "--resolution")) {
         if (zl_cli_int(cmd, a, v, 8, 16384, &n)) return -1;
         p->resolution = (int)n;
@@ -174,6 +177,8 @@ void zl_zip_cli_help(FILE *f) {
     fprintf(f,
             "inputs:\n"
             "  --model M                 SDXL or SD 1.x model: diffusers folder or single .safetensors checkpoint\n"
+            "  --clip-skip N             text encoder layer from the end for every prompt (A1111's 'Clip skip',\n"
+            "                            default 1; use what the LoRAs were trained with, e.g. their ss_clip_skip)\n"
             "  --vae FILE|DIR            encode reference images and decode previews with this VAE instead of\n"
             "                            the model's (standalone VAE file, diffusers vae folder)\n"
             "  --content C, --style S    the subject LoRA and the style LoRA (kohya, PEFT, diffusers layouts)\n"

@@ -332,7 +332,7 @@ static int refs_generated(zl_ziprun *r, int s) {
 /* Prepare from a full model: pipeline, LoRAs, prompts, conditionings, references. */
 static int prepare_model(zl_ziprun *r, int want_refs) {
     const zl_ziprun_params *p = r->p;
-    zl_pipeline_opts po = {.vae = p->vae};
+    zl_pipeline_opts po = {.vae = p->vae, .clip_skip = p->clip_skip};
     int rc = zl_pipeline_open(p->model, &po, &r->pipe);
     if (rc) return rc;
     r->ucfg = *zl_pipeline_unet_config(r->pipe);

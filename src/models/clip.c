@@ -386,6 +386,9 @@ int zl_clip_forward(const zl_clip *c, const int32_t *ids, int B, int T, const zl
                                 (long long)(i / T), (long long)(i % T), cfg->vocab);
     if (o->projected && !cfg->has_projection)
         return zl_set_error(ZL_EINVAL, "text encoder: this model has no text projection");
+    if (o->hidden && (o->hidden_layer < 1 || o->hidden_layer > cfg->layers))
+        return zl_set_error(ZL_EINVAL, "text encoder: hidden state %d asked of a %d-layer encoder", o->hidden_layer,
+                            cfg->layers);
     const size_t N = (size_t)B * T;
     int need_last = o->last_hidden || o->pooled || o->projected;
     size_t wmax = (size_t)C * (size_t)(I > C ? I : C);
@@ -411,6 +414,7 @@ int zl_clip_forward(const zl_clip *c, const int32_t *ids, int B, int T, const zl
     }
 #define WF(w, s) zl_weight_f32(&(w), (s))
     int n_run = need_last ? cfg->layers : cfg->layers - 1; /* the last layer only feeds last_hidden/pooled */
+    if (o->hidden && o->hidden_layer > n_run) n_run = o->hidden_layer;
     for (int l = 0; l < n_run; l++) {
         const clip_layer *L = &c->layers[l];
         if (l == cfg->layers - 1 && o->penultimate) memcpy(o->penultimate, x, N * C * sizeof *x);
@@ -432,8 +436,15 @@ int zl_clip_forward(const zl_clip *c, const int32_t *ids, int B, int T, const zl
         else zl_gelu_fwd(ff, ff, N * I);
         zl_linear_fwd(h, ff, WF(L->fc2_w, sw), WF(L->fc2_b, sb), (int)N, I, C);
         zl_acc(x, h, N * C);
+        if (o->hidden && l + 1 == o->hidden_layer) {
+            if (o->hidden_final_ln)
+                zl_layernorm_fwd(o->hidden, NULL, NULL, x, WF(c->lnf_w, sg), WF(c->lnf_b, sb), (int)N, C, cfg->eps);
+            else
+                memcpy(o->hidden, x, N * C * sizeof *x);
+        }
     }
-    if (o->penultimate && !need_last) memcpy(o->penultimate, x, N * C * sizeof *x); /* the loop stopped before the last layer */
+    if (o->penultimate && n_run == cfg->layers - 1) /* the loop stopped before the last layer */
+        memcpy(o->penultimate, x, N * C * sizeof *x);
     if (need_last) {
         last = o->last_hidden ? o->last_hidden : h; /* h is free now */
         const float *g = WF(c->lnf_w, sg), *bb = WF(c->lnf_b, sb);

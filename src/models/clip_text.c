@@ -12,7 +12,19 @@ struct zl_text {
     zl_family family;
     zl_clip *te1, *te2;
     zl_tokenizer *tok;
+    int clip_skip; /* A1111's "Clip skip" (0 or 1: the family's default layer) */
 };
+
+int zl_text_set_clip_skip(zl_text *t, int n) {
+    int L = zl_clip_get_config(t->te1)->layers;
+    if (t->te2 && zl_clip_get_config(t->te2)->layers < L) L = zl_clip_get_config(t->te2)->layers;
+    if (n < 1 || n > L)
+        return zl_set_error(ZL_EINVAL, "clip skip %d: must be 1 (the last layer) to %d (the encoder's layer count)", n, L);
+    t->clip_skip = n;
+    return ZL_OK;
+}
+
+int zl_text_clip_skip(const zl_text *t) { return t->clip_skip > 1 ? t->clip_skip : 1; }
 
 void zl_text_free(zl_text *t) {
     if (!t) return;
@@ -74,6 +86,18 @@ int zl_text_encode_ids(const zl_text *t, const int32_t *ids_l, const int32_t *id
     int C1 = zl_clip_get_config(t->te1)->hidden;
     size_t N = (size_t)B * T;
     int rc;
+    if (t->family == ZL_FAMILY_SD1 && t->clip_skip > 1) {
+        /* A1111's clip skip n: the output of layer L - n + 1 through the final LayerNorm
+         * (diffusers' clip_skip = n - 1) */
+        zl_clip_out o = out->te1;
+        float *e = out->prompt_embeds;
+        if (e) {
+            o.hidden = e;
+            o.hidden_layer = zl_clip_get_config(t->te1)->layers - t->clip_skip + 1;
+            o.hidden_final_ln = 1;
+        }
+        return zl_clip_forward(t->te1, ids_l, B, T, &o);
+    }
     if (t->family == ZL_FAMILY_SD1) {
         zl_clip_out o = out->te1;
         float *tmp = NULL;
@@ -87,7 +111,21 @@ int zl_text_encode_ids(const zl_text *t, const int32_t *ids_l, const int32_t *id
     int C2 = zl_clip_get_config(t->te2)->hidden;
     zl_clip_out o1 = out->te1, o2 = out->te2;
     float *p1 = NULL, *p2 = NULL;
-    if (out->prompt_embeds) {
+    /* SDXL takes the penultimate layers already; a clip skip n > 2 goes deeper, to layer
+     * L - n + 1 of each encoder, still without the final LayerNorm (ComfyUI's CLIPSetLastLayer -n) */
+    const int deeper = t->clip_skip > 2;
+    if (out->prompt_embeds && deeper) {
+        o1.hidden = p1 = malloc(N * C1 * sizeof(float));
+        o2.hidden = p2 = malloc(N * C2 * sizeof(float));
+        o1.hidden_layer = zl_clip_get_config(t->te1)->layers - t->clip_skip + 1;
+        o2.hidden_layer = zl_clip_get_config(t->te2)->layers - t->clip_skip + 1;
+        o1.hidden_final_ln = o2.hidden_final_ln = 0;
+        if (!p1 || !p2) {
+            free(p1);
+            free(p2);
+            return zl_set_error(ZL_ENOMEM, "out of memory encoding %d prompts", B);
+        }
+    } else if (out->prompt_embeds) {
         if (!o1.penultimate) o1.penultimate = p1 = malloc(N * C1 * sizeof(float));
         if (!o2.penultimate) o2.penultimate = p2 = malloc(N * C2 * sizeof(float));
         if (!o1.penultimate || !o2.penultimate) {
@@ -104,8 +142,8 @@ int zl_text_encode_ids(const zl_text *t, const int32_t *ids_l, const int32_t *id
     if (!rc && out->prompt_embeds) {
         for (size_t n = 0; n < N; n++) {
             float *dst = out->prompt_embeds + n * (size_t)(C1 + C2);
-            memcpy(dst, o1.penultimate + n * C1, (size_t)C1 * sizeof(float));
-            memcpy(dst + C1, o2.penultimate + n * C2, (size_t)C2 * sizeof(float));
+            memcpy(dst, (deeper ? o1.hidden : o1.penultimate) + n * C1, (size_t)C1 * sizeof(float));
+            memcpy(dst + C1, (deeper ? o2.hidden : o2.penultimate) + n * C2, (size_t)C2 * sizeof(float));
         }
     }
     if (!rc && pool) memcpy(out->pooled, pool, (size_t)B * zl_text_pooled_dim(t) * sizeof(float));

@@ -24,6 +24,7 @@ struct zl_pipeline {
     zl_unet_weight_mode weights;
     zl_vae_tile_mode vae_tile;
     int vae_tile_size, vae_tile_overlap;
+    int clip_skip;
     zl_unet_config ucfg; /* kept across releases: LoRAs are checked against it */
     int vae_scale;
     zl_unet *unet;
@@ -91,6 +92,11 @@ static int load_text(zl_pipeline *p) {
     zl_text_load_opts o = {.te1_config = p->te1_config, .te2_config = p->te2_config};
     int rc = zl_text_load(&p->paths, &o, &p->text);
     if (rc) return rc;
+    if (p->clip_skip > 1 && (rc = zl_text_set_clip_skip(p->text, p->clip_skip))) {
+        zl_text_free(p->text);
+        p->text = NULL;
+        return rc;
+    }
     for (int i = 0; i < p->n_loras; i++) {
         if (!has_part(p->loras[i].lora, 0)) continue;
         rc = zl_text_apply_lora(p->text, p->loras[i].lora, p->loras[i].weight);
@@ -147,6 +153,7 @@ int zl_pipeline_open(const char *model, const zl_pipeline_opts *opts, zl_pipelin
     p->vae_tile = o.vae_tile;
     p->vae_tile_size = o.vae_tile_size;
     p->vae_tile_overlap = o.vae_tile_overlap;
+    p->clip_skip = o.clip_skip;
     /* Everything is mapped now so that a broken part is reported before any
      * compute; mapping costs little memory until pages are touched. */
     if ((rc = load_unet(p)) || (rc = load_vae(p)) || (rc = load_text(p))) {
