@@ -107,6 +107,21 @@ static void test_bad_files(void) {
     zl_image_free(&src);
     CHECK(zl_image_read(zt_tmp("missing.jpg"), &im) != ZL_OK);
     CHECK(strstr(zl_errmsg(), "missing.jpg") != NULL);
+    /* formats stb_image does not read are named (first bytes of real files) */
+    const struct {
+        const char *bytes;
+        size_t n;
+        const char *name;
+    } other[] = {
+        {"RIFF\x24\x00\x00\x00WEBPVP8 \x18\x00\x00\x00", 20, "WebP"},
+        {"\x00\x00\x00\x1c" "ftypavif\x00\x00\x00\x00", 16, "AVIF"},
+        {"\x00\x00\x00\x18" "ftypheic\x00\x00\x00\x00", 16, "HEIF"},
+        {"II*\x00\x08\x00\x00\x00", 8, "TIFF"},
+    };
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
+        CHECK(zl_image_read_mem(other[i].bytes, other[i].n, "photo", &im) == ZL_EUNSUPPORTED);
+        CHECKM(strstr(zl_errmsg(), other[i].name) && strstr(zl_errmsg(), "photo"), "%s", zl_errmsg());
+    }
 }
 
 static void fill(zl_image *im, int (*f)(int x, int y, int k)) {

@@ -31,9 +31,26 @@ void zl_image_free(zl_image *im) {
 
 /* ---- reading ------------------------------------------------------------ */
 
+/* Formats users have that stb_image does not read, named from their first bytes. */
+static const char *unread_format(const unsigned char *b, size_t n) {
+    if (n >= 12 && !memcmp(b, "RIFF", 4) && !memcmp(b + 8, "WEBP", 4)) return "WebP";
+    if (n >= 12 && !memcmp(b + 4, "ftyp", 4)) {
+        if (!memcmp(b + 8, "avif", 4) || !memcmp(b + 8, "avis", 4)) return "AVIF";
+        if (!memcmp(b + 8, "heic", 4) || !memcmp(b + 8, "heix", 4) || !memcmp(b + 8, "mif1", 4)) return "HEIF/HEIC";
+    }
+    if (n >= 4 && (!memcmp(b, "II*\0", 4) || !memcmp(b, "MM\0*", 4))) return "TIFF";
+    if (n >= 12 && !memcmp(b, "\0\0\0\x0cjXL \r\n\x87\n", 12)) return "JPEG XL";
+    if (n >= 2 && b[0] == 0xff && b[1] == 0x0a) return "JPEG XL";
+    return NULL;
+}
+
 int zl_image_read_mem(const void *buf, size_t len, const char *label, zl_image *out) {
     memset(out, 0, sizeof *out);
     if (len > (size_t)0x7fffffff) return zl_set_error(ZL_EFORMAT, "%s: image file too large", label);
+    const char *other = unread_format(buf, len);
+    if (other)
+        return zl_set_error(ZL_EUNSUPPORTED, "%s: a %s image; only PNG, JPEG, BMP, TGA, GIF and PNM are read: convert it first",
+                            label, other);
     int w, h, comp;
     if (!stbi_info_from_memory(buf, (int)len, &w, &h, &comp))
         return zl_set_error(ZL_EFORMAT, "%s: cannot decode image (%s)", label,
