@@ -447,6 +447,13 @@ static void test_bad_inputs(void) {
         snprintf(sd, sizeof sd, "%s/tiny-sd15", ZL_TEST_DATA);
         snprintf(o1, sizeof o1, "%s", zt_tmp("skip1.png"));
         snprintf(o2, sizeof o2, "%s", zt_tmp("skip2.png"));
+        code = zt_cli("%s --seed 5 --model '%s' -p 'a (red) cat' -o '%s'", gen, sd, o1);
+        CHECKM(code == 0 && !strstr(zt_err, "emphasis"), "plain parentheses: no warning: %s", zt_err);
+        code = zt_cli("generate --steps 1 -W 64 -H 64 --seed 5 --model '%s' -p 'a (red cat:1.3)' -n '(blurry: 0.5)' -o '%s'",
+                      sd, o1);
+        CHECKM(code == 0 && strstr(zt_err, "prompt: '(red cat:1.3)' is A1111/ComfyUI emphasis") &&
+                   strstr(zt_err, "negative prompt: '(blurry: 0.5)'"),
+               "emphasis syntax warned about: %s", zt_err);
         code = zt_cli("%s --seed 5 --model '%s' -p cat -o '%s'", gen, sd, o1);
         CHECKM(code == 0, "clip skip 1: %s", zt_err);
         code = zt_cli("%s --seed 5 --model '%s' -p cat --clip-skip 2 -o '%s'", gen, sd, o2);

@@ -282,8 +282,36 @@ void zl_cond_free(zl_cond *c) {
     memset(c, 0, sizeof *c);
 }
 
+/* A1111/ComfyUI emphasis "(text:1.2)": the first such span, or NULL. */
+static const char *weighted_span(const char *s, int *len) {
+    for (const char *o = s ? strchr(s, '(') : NULL; o; o = strchr(o + 1, '(')) {
+        const char *c = strchr(o, ')');
+        if (!c) return NULL;
+        const char *colon = NULL;
+        for (const char *q = o + 1; q < c; q++)
+            if (*q == ':') colon = q;
+        if (!colon || colon == o + 1) continue;
+        char *end;
+        double w = strtod(colon + 1, &end);
+        while (*end == ' ') end++;
+        if (end == c && end > colon + 1 && w >= 0 && w <= 10) {
+            *len = (int)(c - o + 1);
+            return o;
+        }
+    }
+    return NULL;
+}
+
 int zl_pipeline_encode(zl_pipeline *p, const char *prompt, const char *negative, zl_cond *out) {
     memset(out, 0, sizeof *out);
+    for (int k = 0; k < 2; k++) {
+        int n = 0;
+        const char *w = weighted_span(k ? negative : prompt, &n);
+        if (w)
+            zl_warn("%s: '%.*s' is A1111/ComfyUI emphasis syntax; prompts are encoded as written (as diffusers "
+                    "does), weights and parentheses included",
+                    k ? "negative prompt" : "prompt", n > 60 ? 60 : n, w);
+    }
     int rc = load_text(p);
     if (rc) return rc;
     int D = zl_text_context_dim(p->text), P = zl_text_pooled_dim(p->text);
