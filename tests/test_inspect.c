@@ -193,6 +193,33 @@ static void test_table_and_plot(void) {
         CHECK(!strncmp(s, "<?xml", 5) && strstr(s, "<svg") && strstr(s, "</svg>"));
         CHECK(strstr(s, "cosine") && strstr(s, "80% zeroed") && strstr(s, "down 1") && strstr(s, "up 0"));
         free(s);
+        s = NULL;
+    }
+    /* the same plot as a PNG: the SVG's size at 2 pixels per unit */
+    {
+        const char *png = strdup(zt_tmp("plot.png"));
+        code = zt_cli("inspect '%s' '%s' --plot '%s'", A, B, png);
+        CHECKM(code == 0, "inspect --plot x.png: %s", zt_err);
+        zl_image im = {0};
+        int w = 0, h = 0;
+        if (s == NULL && zl_read_file(svg, &s, &len) == ZL_OK) {
+            const char *q = strstr(s, "width=\"");
+            if (q) sscanf(q, "width=\"%d\" height=\"%d\"", &w, &h);
+            free(s);
+            s = NULL;
+        }
+        CHECK_OK(zl_image_read(png, &im));
+        CHECKM(im.px && w > 0 && im.w == 2 * w && im.h == 2 * h, "PNG plot %dx%d for an SVG of %dx%d", im.w, im.h, w, h);
+        /* drawn: dark text and coloured marks on the white ground */
+        int dark = 0, colour = 0;
+        for (size_t i = 0; im.px && i < (size_t)im.w * im.h; i++) {
+            const uint8_t *p = im.px + 3 * i;
+            dark += p[0] < 80 && p[1] < 80 && p[2] < 80;
+            colour += abs(p[0] - p[2]) > 100;
+        }
+        CHECKM(dark > 1000 && colour > 1000, "PNG plot content: %d dark, %d coloured pixels", dark, colour);
+        zl_image_free(&im);
+        free((void *)png);
     }
     /* one LoRA: no similarity; the JSON has no "b" */
     code = zt_cli("inspect '%s' --json", A);

@@ -65,11 +65,19 @@ static void test_fixed(const char *fx, const char *format) {
     remove(out);
     remove(mg);
     remove(rep);
+    char plot[512];
+    snprintf(plot, sizeof plot, "%s", zt_tmp("plot.png"));
+    remove(plot);
     int rc = zt_cli("zip --model '%s' --content '%s' --style '%s' --fixed-inputs '%s' --steps 10 --lr 0.01 "
-                    "--format %s -o '%s' --mergers-out '%s' --report '%s' -q",
-                    dir, lc, ls, io, format, out, mg, rep);
+                    "--format %s -o '%s' --mergers-out '%s' --report '%s' --plot '%s' -q",
+                    dir, lc, ls, io, format, out, mg, rep, plot);
     CHECKM(rc == 0, "%s: zip exits 0 (got %d): %s", fx, rc, zt_err);
     if (rc) return;
+    /* --plot FILE.png: a PNG (the drawing of the SVG plot), written through the temporary file */
+    zl_image pim = {0};
+    CHECK_OK(zl_image_read(plot, &pim));
+    CHECKM(pim.px && pim.w >= 1000 && pim.h >= 1000, "%s: PNG plot %dx%d", fx, pim.w, pim.h);
+    zl_image_free(&pim);
     zl_st_file *f = NULL;
     CHECK_OK(zl_st_open(io, &f));
     if (!f) return;

@@ -1,7 +1,7 @@
 /* `ziplora inspect A [B]`: per layer kind, shape, rank, alpha, scale, ||dW||,
  * the paper's sparsity observation, and with two LoRAs the per-layer column
  * cosine similarity (paper Fig. 3). A table on stdout, --json for machines,
- * --plot FILE.svg for people. */
+ * --plot FILE.svg or FILE.png for people. */
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -10,14 +10,14 @@
 
 static void usage(FILE *f) {
     fprintf(f,
-            "usage: ziplora inspect A.safetensors [B.safetensors] [--json] [--plot FILE.svg] [options]\n\n"
+            "usage: ziplora inspect A.safetensors [B.safetensors] [--json] [--plot FILE.svg|png] [options]\n\n"
             "Per layer: kind, shape, rank, alpha, scale = alpha/rank, ||dW||_F (dW = scale * up @ down), and the\n"
             "relative change ||dW - dW_pruned|| / ||dW|| when the 80 %% / 90 %% smallest-magnitude entries of dW\n"
             "are zeroed. With two LoRAs also the mean |cosine| between matching columns (input features) of\n"
             "dW_A and dW_B per layer, and its mean over the shared layers.\n\n"
             "options:\n"
             "  --json                machine-readable output on stdout\n"
-            "  --plot FILE.svg       draw per-layer similarity and sparsity\n"
+            "  --plot FILE.svg|png   draw per-layer similarity and sparsity (SVG, or a PNG of it)\n"
             "  --model M             name layers with this model's UNet config\n"
             "  --adapter-config F    PEFT adapter_config.json for the inputs' alpha\n"
             "  -q, -v, --threads N   quiet, verbose, threads\n");

@@ -38,7 +38,7 @@ static void usage(FILE *f) {
             "  --mergers-out FILE        the learned mergers (safetensors, docs/formats.md)\n"
             "  --report FILE.json        loss curve, per-layer similarity and column cosine before/after, mode,\n"
             "                            parameters, input sha256, wall time, peak memory\n"
-            "  --plot FILE.svg           loss curve and per-layer similarity/cosine before and after\n"
+            "  --plot FILE.svg|png       loss curve and per-layer similarity/cosine before and after\n"
             "  --preview N               a PNG grid: rows = N prompts (1 to 8; the subject in the style, then\n"
             "                            recontextualizations), columns = subject alone, style alone, direct merge, ZipLoRA\n"
             "  --preview-out FILE.png    where (default: OUT without .safetensors + .preview.png)\n"

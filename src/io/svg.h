@@ -17,8 +17,13 @@ void zl_svg_circle(zl_svg *s, double cx, double cy, double r, const char *fill, 
 /* anchor: "start", "middle", "end"; rotate in degrees about (x, y). Text is XML-escaped. */
 void zl_svg_text(zl_svg *s, double x, double y, double size, const char *anchor, double rotate, const char *fill,
                  int bold, const char *fmt, ...) __attribute__((format(printf, 9, 10)));
-/* Write the document atomically (never replacing one of `inputs`). */
+/* Write the document atomically (never replacing one of `inputs`): SVG, or a PNG drawing of it
+ * when the path ends in ".png". */
 int zl_svg_save(zl_svg *s, const char *path, const char *const *inputs, int n_inputs);
+/* The same, the format given (png 1: PNG, 0: SVG) whatever the name (for temporary files). */
+int zl_svg_save_as(zl_svg *s, const char *path, int png, const char *const *inputs, int n_inputs);
+/* 1 if `path` names a PNG plot (ends in .png, any case). */
+int zl_svg_path_is_png(const char *path);
 /* 1 if something failed while building (out of memory). */
 int zl_svg_failed(const zl_svg *s);
 

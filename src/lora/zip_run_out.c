@@ -240,7 +240,7 @@ static void series(zl_svg *s, const panel *p, const double *v, int n, const char
     free(ys);
 }
 
-static int write_plot(zl_ziprun *r, const layer_row *rows, int nl, const char *path) {
+static int write_plot(zl_ziprun *r, const layer_row *rows, int nl, const char *path, int png) {
     const double W = 1200, ml = 90, mr = 40, ph = 240;
     const double H = 80 + 3 * (ph + 110);
     zl_svg *s = zl_svg_new(W, H);
@@ -341,7 +341,7 @@ static int write_plot(zl_ziprun *r, const layer_row *rows, int nl, const char *p
         y += ph + 110;
     }
     for (int k = 0; k < 4; k++) free(v[k]);
-    if (!rc) rc = zl_svg_failed(s) ? zl_set_error(ZL_ENOMEM, "%s: out of memory", path) : zl_svg_save(s, path, NULL, 0);
+    if (!rc) rc = zl_svg_failed(s) ? zl_set_error(ZL_ENOMEM, "%s: out of memory", path) : zl_svg_save_as(s, path, png, NULL, 0);
     zl_svg_free(s);
     return rc;
 }
@@ -672,7 +672,7 @@ int zl_zip_run(const zl_ziprun_params *p) {
     }
     for (int i = 1; i < n_out && !rc; i++) {
         if (!strcmp(kinds[i], "mergers")) rc = zl_zip_save_mergers(r.zip, tmps[i]);
-        else if (!strcmp(kinds[i], "plot")) rc = write_plot(&r, rows, nl, tmps[i]);
+        else if (!strcmp(kinds[i], "plot")) rc = write_plot(&r, rows, nl, tmps[i], zl_svg_path_is_png(finals[i]));
         else if (!strcmp(kinds[i], "preview")) {
             zl_zip_free(r.zip); /* gives the UNet back (its branches are cleared) */
             r.zip = NULL;
