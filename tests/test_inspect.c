@@ -252,7 +252,18 @@ static void test_bad(void) {
     free((void *)A);
 }
 
+/* The top level: usage, version, "help CMD". */
+static void test_top_level(void) {
+    CHECK(zt_cli("%s", "") == 2 && strstr(zt_err, "usage: ziplora COMMAND"));
+    CHECK(zt_cli("--version") == 0 && strstr(zt_out, ZIPLORA_VERSION));
+    CHECK(zt_cli("help") == 0 && strstr(zt_out, "commands:"));
+    CHECK(zt_cli("help generate") == 0 && strstr(zt_out, "usage: ziplora generate"));
+    CHECK(zt_cli("help no-such-command") == 2 && strstr(zt_err, "no-such-command"));
+    CHECK(zt_cli("no-such-command") == 2 && strstr(zt_err, "unknown command"));
+}
+
 int main(void) {
+    test_top_level();
     test_json("mini-sdxl", "content.kohya_sgm.safetensors", "style.kohya_sgm.safetensors");
     test_json("tiny-sd15", "content.peft.safetensors", "style.kohya.safetensors");
     test_self();

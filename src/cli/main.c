@@ -54,6 +54,16 @@ int main(int argc, char **argv) {
         return ZL_EXIT_USAGE;
     }
     const char *c = argv[1];
+    if (!strcmp(c, "help") && argc > 2) { /* "ziplora help CMD" = "ziplora CMD --help" */
+        zl_cmd_fn fn = lookup(argv[2]);
+        if (!fn) {
+            fprintf(stderr, "ziplora: unknown command '%s'\n\n", argv[2]);
+            usage(stderr);
+            return ZL_EXIT_USAGE;
+        }
+        char *hargv[3] = {argv[2], (char *)"--help", NULL};
+        return fn(2, hargv);
+    }
     if (!strcmp(c, "--help") || !strcmp(c, "-h") || !strcmp(c, "help")) {
         usage(stdout);
         return ZL_EXIT_OK;
