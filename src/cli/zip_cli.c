@@ -178,7 +178,7 @@ void zl_zip_cli_help(FILE *f) {
             "inputs:\n"
             "  --model M                 SDXL or SD 1.x model: diffusers folder or single .safetensors checkpoint\n"
             "  --clip-skip N             text encoder layer from the end for every prompt (A1111's 'Clip skip',\n"
-            "                            default 1; use what the LoRAs were trained with, e.g. their ss_clip_skip)\n"
+            "                            default: what the LoRAs were trained with (kohya's ss_clip_skip), else 1)\n"
             "  --vae FILE|DIR            encode reference images and decode previews with this VAE instead of\n"
             "                            the model's (standalone VAE file, diffusers vae folder)\n"
             "  --content C, --style S    the subject LoRA and the style LoRA (kohya, PEFT, diffusers layouts)\n"

@@ -216,6 +216,38 @@ static int resolve_prompts(zl_ziprun *r) {
     return ZL_OK;
 }
 
+/* Clip skip: the flag, else what kohya recorded of the LoRAs' training (ss_clip_skip, "None"
+ * when not set); two different values fall back to 1 with a warning. */
+static int meta_clip_skip(const zl_lora *l) {
+    const char *v = meta_get(l, "ss_clip_skip");
+    if (!v) return 0;
+    char *end;
+    long n = strtol(v, &end, 10);
+    return end != v && !*end && n >= 1 && n <= 48 ? (int)n : 0;
+}
+
+static void resolve_clip_skip(zl_ziprun *r) {
+    r->clip_skip = 1;
+    r->clip_skip_src = "default";
+    if (r->p->clip_skip > 0) {
+        r->clip_skip = r->p->clip_skip;
+        r->clip_skip_src = "flag";
+        return;
+    }
+    int c = meta_clip_skip(r->lora[0]), s = meta_clip_skip(r->lora[1]);
+    if (c && s && c != s) {
+        zl_warn("the content LoRA was trained with clip skip %d and the style LoRA with %d (ss_clip_skip); using 1, "
+                "give --clip-skip N to choose",
+                c, s);
+        return;
+    }
+    if (c > 1 || s > 1) {
+        r->clip_skip = c > s ? c : s;
+        r->clip_skip_src = "ss_clip_skip";
+        zl_info("clip skip %d, as the LoRA%s trained with (ss_clip_skip)", r->clip_skip, c && s ? "s were" : " was");
+    }
+}
+
 /* Encode `n` prompts with a fresh copy of the text encoders carrying `ls`
  * (weights ws) folded in: emb[i] [77, D], pool[i] [P] (SDXL). With neg, also
  * the negative prompt as the pipeline makes it (SDXL: zeros; SD1: ""). */
@@ -223,6 +255,7 @@ static int encode_with(zl_ziprun *r, const zl_lora *const *ls, const float *ws, 
                        int n, float **emb, float **pool, float *neg_emb, float *neg_pool) {
     zl_text *t = NULL;
     int rc = zl_text_load(zl_pipeline_paths(r->pipe), NULL, &t);
+    if (!rc && r->clip_skip > 1) rc = zl_text_set_clip_skip(t, r->clip_skip);
     for (int i = 0; i < nl && !rc; i++)
         if (lora_has_text(ls[i])) rc = zl_text_apply_lora(t, ls[i], ws[i]);
     for (int i = 0; i < n && !rc; i++) {
@@ -370,6 +403,7 @@ static int prepare_model(zl_ziprun *r, int want_refs) {
             zl_image_free(&im);
         }
     if ((rc = resolve_prompts(r))) return rc;
+    resolve_clip_skip(r);
     r->cfg = p->ref_cfg > 0 ? p->ref_cfg : r->ucfg.family == ZL_FAMILY_SDXL ? 5.0f : 7.5f;
 
     /* Conditionings: targets with each LoRA's own text-encoder part, the merged

@@ -29,6 +29,8 @@ struct zl_ziprun {
      * (each LoRA's own text encoders) and for the merged branch */
     char *prompt[2];
     const char *prompt_src[2];
+    int clip_skip;             /* for every prompt encoding (1: the last layer) */
+    const char *clip_skip_src; /* "flag", "ss_clip_skip" or "default" */
     int B, C, h, w, T, D, P;
     int te_any;      /* a LoRA has text-encoder layers */
     int cond_shared; /* cond_m aliases cond_t (fixed inputs) */

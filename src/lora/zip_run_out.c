@@ -355,7 +355,8 @@ static json_t *params_json(const zl_ziprun *r) {
     json_t *o = json_object();
     json_object_set_new(o, "model", json_string(p->model));
     json_object_set_new(o, "vae", p->vae ? json_string(p->vae) : json_null());
-    json_object_set_new(o, "clip_skip", json_integer(p->clip_skip > 1 ? p->clip_skip : 1));
+    json_object_set_new(o, "clip_skip", json_integer(r->clip_skip > 0 ? r->clip_skip : 1));
+    json_object_set_new(o, "clip_skip_source", json_string(r->clip_skip_src ? r->clip_skip_src : "default"));
     json_object_set_new(o, "content", json_string(p->content));
     json_object_set_new(o, "style", json_string(p->style));
     json_object_set_new(o, "content_prompt", r->prompt[0] ? json_string(r->prompt[0]) : json_null());
