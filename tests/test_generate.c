@@ -381,8 +381,11 @@ static void test_user_run(void) {
     CHECK(c.px && a.px && !memcmp(a.px, c.px, 64 * 64 * 3));
     zl_image_free(&a); zl_image_free(&b); zl_image_free(&gi); zl_image_free(&c);
     /* the other samplers run on the SDXL fixture and write their names */
-    static const char *const sm[][2] = {{"euler_a", "Sampler: Euler a,"}, {"dpmpp_2m", "Sampler: DPM++ 2M,"}};
-    for (int i = 0; i < 2; i++) {
+    static const char *const sm[][2] = {{"euler_a", "Sampler: Euler a, CFG"},
+                                        {"dpmpp_2m", "Sampler: DPM++ 2M, CFG"},
+                                        {"'DPM++ 2M Karras'", "Sampler: DPM++ 2M, Schedule type: Karras, CFG"},
+                                        {"euler_karras", "Sampler: Euler, Schedule type: Karras, CFG"}};
+    for (int i = 0; i < 4; i++) {
         snprintf(again, sizeof again, "%s", zt_tmp("sampler.png"));
         code = zt_cli("generate --model '%s/mini-sdxl' -p cat --steps 3 -W 64 -H 64 --sampler %s --seed 1 -o '%s' -q",
                       ZL_TEST_DATA, sm[i][0], again);
@@ -429,6 +432,8 @@ static void test_bad_inputs(void) {
     expect_fail(code, 2, "--steps", out, "steps 0");
     code = zt_cli("%s --model '%s' -p cat --sampler heun -o '%s'", gen, d, out);
     expect_fail(code, 2, "heun", out, "unknown sampler");
+    code = zt_cli("%s --model '%s' -p cat --sampler euler_a_karras -o '%s'", gen, d, out);
+    expect_fail(code, 2, "no Karras schedule", out, "Euler a with Karras sigmas");
     code = zt_cli("%s --model '%s' -p cat --initial-noise '%s/pipeline_io.safetensors:case9.initial_noise' -o '%s'", gen, d,
                   d, out);
     expect_fail(code, 1, "case9.initial_noise", out, "missing noise tensor");

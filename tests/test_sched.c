@@ -377,6 +377,79 @@ static void test_errors_and_names(void) {
     CHECK(!strcmp(zl_sampler_name(ZL_SAMPLER_DPMPP_2M), "DPM++ 2M"));
 }
 
+/* Karras sigmas (diffusers' use_karras_sigmas), from the formula written out here:
+ * sigma_i = (hi^(1/7) + i/(n-1) (lo^(1/7) - hi^(1/7)))^7, with hi, lo the ends of Euler's own
+ * leading grid, or of the whole training range for DPM-Solver; each timestep is the t at which
+ * the training sigmas, interpolated linearly in log sigma, equal sigma_i (rounded for DPM). */
+static double log_interp_sigma(const zl_schedule *sch, double t) {
+    int i = (int)floor(t);
+    if (i >= sch->n_train - 1) i = sch->n_train - 2;
+    double f = t - i;
+    return exp((1 - f) * log(sch->train_sigmas[i]) + f * log(sch->train_sigmas[i + 1]));
+}
+
+static void test_karras(void) {
+    zl_schedule sch;
+    zl_schedule_default(&sch);
+    for (int kind = 0; kind < 2; kind++) {
+        const int N = 20;
+        zl_sampler s;
+        CHECK_OK(zl_sampler_init_ex(&s, &sch, kind ? ZL_SAMPLER_DPMPP_2M : ZL_SAMPLER_EULER, ZL_SIGMAS_KARRAS, N, 0));
+        CHECK(s.sigma_schedule == ZL_SIGMAS_KARRAS && s.sigmas[N] == 0.0f);
+        double hi, lo;
+        if (kind) {
+            hi = sch.train_sigmas[999], lo = sch.train_sigmas[0];
+        } else {
+            int ratio = 1000 / N; /* Euler's leading grid: t = (N - 1 - k) ratio + 1, integers */
+            hi = sch.train_sigmas[(N - 1) * ratio + 1], lo = sch.train_sigmas[1];
+        }
+        double worst_s = 0, worst_t = 0;
+        int integral = 1, decreasing = 1;
+        for (int k = 0; k < N; k++) {
+            double r = (double)k / (N - 1), want = pow(pow(hi, 1.0 / 7) + r * (pow(lo, 1.0 / 7) - pow(hi, 1.0 / 7)), 7);
+            worst_s = fmax(worst_s, fabs(s.sigmas[k] - want) / want);
+            double t = s.timesteps[k];
+            if (kind) {
+                integral &= t == floor(t) && t >= 0 && t <= 999;
+            } else {
+                worst_t = fmax(worst_t, fabs(log_interp_sigma(&sch, t) - want) / want);
+            }
+            if (k) decreasing &= s.timesteps[k] <= s.timesteps[k - 1];
+        }
+        CHECKM(worst_s < 2e-6, "karras %s: sigma relative error %g", kind ? "dpm" : "euler", worst_s);
+        CHECK(decreasing);
+        if (kind) {
+            CHECKM(integral && s.timesteps[0] == 999.0f && s.timesteps[N - 1] == 0.0f, "dpm karras: timesteps %g .. %g",
+                   s.timesteps[0], s.timesteps[N - 1]);
+            /* each rounded timestep is the nearest integer to the exact inverse */
+            double worst_r = 0;
+            for (int k = 0; k < N; k++) {
+                double lo_t = 0, hi_t = 999; /* bisection of log_interp_sigma(t) = sigma_k (increasing in t) */
+                for (int it = 0; it < 60; it++) {
+                    double mid = 0.5 * (lo_t + hi_t);
+                    if (log_interp_sigma(&sch, mid) < s.sigmas[k]) lo_t = mid;
+                    else hi_t = mid;
+                }
+                worst_r = fmax(worst_r, fabs(s.timesteps[k] - 0.5 * (lo_t + hi_t)));
+            }
+            CHECKM(worst_r <= 0.5 + 1e-6, "dpm karras: rounded timesteps off by up to %g", worst_r);
+        } else {
+            CHECKM(worst_t < 1e-5, "euler karras: sigma at the fractional timestep, relative error %g", worst_t);
+            CHECKM(fabs(s.init_noise_sigma - sqrt(hi * hi + 1)) < 1e-4 * s.init_noise_sigma, "init_noise_sigma %g",
+                   s.init_noise_sigma);
+        }
+        zl_sampler_free(&s);
+    }
+    /* the inverse at the training sigmas themselves, and clamped outside */
+    CHECK(fabs(zl_sigma_to_t(&sch, sch.train_sigmas[500]) - 500) < 1e-3);
+    CHECK(fabs(zl_sigma_to_t(&sch, sch.train_sigmas[0] * 0.5)) < 1e-9);
+    CHECK(fabs(zl_sigma_to_t(&sch, sch.train_sigmas[999] * 2) - 999) < 1e-9);
+    zl_sampler s;
+    CHECK(zl_sampler_init_ex(&s, &sch, ZL_SAMPLER_EULER_A, ZL_SIGMAS_KARRAS, 10, 0) == ZL_EUNSUPPORTED);
+    CHECK(zl_sampler_from_name("dpmpp_2m_karras") == ZL_SAMPLER_DPMPP_2M && zl_sampler_name_karras("DPM++ 2M Karras"));
+    CHECK(zl_sampler_from_name("Euler Karras") == ZL_SAMPLER_EULER && !zl_sampler_name_karras("euler"));
+}
+
 int main(void) {
     for (int i = 0; i < 2; i++) {
         test_scheduler_cases(k_families[i]);
@@ -388,5 +461,6 @@ int main(void) {
     test_euler_a_formula();
     test_gaussian_closed_form();
     test_errors_and_names();
+    test_karras();
     return zt_done();
 }

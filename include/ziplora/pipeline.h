@@ -121,6 +121,7 @@ typedef struct {
     int steps;                  /* >= 1 */
     float cfg;                  /* guidance scale g; g <= 1 runs the prompt alone */
     zl_sampler_kind sampler;
+    zl_sigma_schedule sigmas;   /* default or Karras */
     uint64_t seed;              /* initial noise (unless given) and Euler-a noise */
     const float *initial_noise; /* [4, h, w] standard normal noise, or NULL: Philox(seed, stream 0) */
     int progress;               /* show a progress bar on stderr */

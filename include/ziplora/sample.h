@@ -16,6 +16,12 @@
  *    runs in the variance preserving space; it is the same update written in
  *    sigma space (x_vp = x / sqrt(sigma^2 + 1)), so it shares the interface.
  *    Its "leading" grid differs from Euler's: step = N_train // (steps + 1).
+ *
+ * Karras sigmas (ZL_SIGMAS_KARRAS, diffusers' use_karras_sigmas; A1111's "Karras"
+ * schedule type): sigma_i = (smax^(1/7) + i/(n-1) (smin^(1/7) - smax^(1/7)))^7 and the
+ * timestep of each sigma found by interpolating t linearly in log sigma over the
+ * training sigmas. Euler takes smax, smin from its leading grid and keeps fractional
+ * timesteps; DPM++ 2M takes the whole training range and rounds them.
  */
 #ifndef ZIPLORA_SAMPLE_H
 #define ZIPLORA_SAMPLE_H
@@ -75,10 +81,15 @@ typedef enum { ZL_SAMPLER_EULER = 0, ZL_SAMPLER_EULER_A = 1, ZL_SAMPLER_DPMPP_2M
 /* "euler", "euler_a", "dpmpp_2m" (also the A1111 names "Euler", "Euler a",
  * "DPM++ 2M"); -1 if unknown. */
 int zl_sampler_from_name(const char *name);
+/* 1 if the name asks for Karras sigmas ("dpmpp_2m_karras", "DPM++ 2M Karras"). */
+int zl_sampler_name_karras(const char *name);
 const char *zl_sampler_name(zl_sampler_kind k);   /* A1111 spelling, for PNG parameters */
+
+typedef enum { ZL_SIGMAS_DEFAULT = 0, ZL_SIGMAS_KARRAS = 1 } zl_sigma_schedule;
 
 typedef struct {
     zl_sampler_kind kind;
+    zl_sigma_schedule sigma_schedule;
     int n_steps;
     float *timesteps;        /* [n_steps], what the UNet gets */
     float *sigmas;           /* [n_steps + 1], final 0 */
@@ -92,6 +103,12 @@ typedef struct {
 
 /* Build the timesteps and sigmas of `kind` for n_steps (1..n_train). */
 int zl_sampler_init(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind kind, int n_steps, uint64_t seed);
+/* The same with a sigma schedule (Karras: Euler and DPM++ 2M, as diffusers offers it). */
+int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind kind, zl_sigma_schedule sigmas,
+                       int n_steps, uint64_t seed);
+/* diffusers' _sigma_to_t: the fractional timestep of `sigma`, linear in log sigma between
+ * the training sigmas (clamped to [0, n_train - 1]). */
+double zl_sigma_to_t(const zl_schedule *sch, double sigma);
 void zl_sampler_free(zl_sampler *s);
 /* Model input scale at step k: 1 / sqrt(sigma_k^2 + 1). */
 float zl_sampler_input_scale(const zl_sampler *s, int k);

@@ -38,7 +38,9 @@ static void usage(FILE *f) {
             "                         enough with euler)\n"
             "  --cfg G                guidance scale (default 5.0 for SDXL, 7.5 for SD 1.x; G <= 1 runs\n"
             "                         without guidance)\n"
-            "  --sampler S            euler (default, as diffusers' SDXL), euler_a, dpmpp_2m\n"
+            "  --sampler S            euler (default, as diffusers' SDXL), euler_a, dpmpp_2m; with\n"
+            "                         _karras (euler_karras, dpmpp_2m_karras = A1111's DPM++ 2M Karras)\n"
+            "                         the Karras sigma schedule, as diffusers' use_karras_sigmas\n"
             "  --seed S               seed of the initial noise (default: random, printed and saved);\n"
             "                         image i of a batch uses S + i\n"
             "  -W, --width W          image width in pixels (default: the model's native size,\n"
@@ -184,6 +186,7 @@ typedef struct {
     int steps;
     float cfg;
     zl_sampler_kind sampler;
+    int karras;
     int width, height;
     const char *model_name;
     char model_hash[11];
@@ -203,9 +206,9 @@ static int make_parameters(const infotext *it, uint64_t seed, long noise_index, 
     int rc = sb_printf(&b, "%s\n", it->prompt);
     if (!rc && it->negative && it->negative[0]) rc = sb_printf(&b, "Negative prompt: %s\n", it->negative);
     if (!rc)
-        rc = sb_printf(&b, "Steps: %d, Sampler: %s, CFG scale: %g, Seed: %llu, Size: %dx%d, Model hash: %s, Model: ",
-                       it->steps, zl_sampler_name(it->sampler), (double)it->cfg, (unsigned long long)seed, it->width,
-                       it->height, it->model_hash);
+        rc = sb_printf(&b, "Steps: %d, Sampler: %s, %sCFG scale: %g, Seed: %llu, Size: %dx%d, Model hash: %s, Model: ",
+                       it->steps, zl_sampler_name(it->sampler), it->karras ? "Schedule type: Karras, " : "",
+                       (double)it->cfg, (unsigned long long)seed, it->width, it->height, it->model_hash);
     if (!rc) rc = sb_quoted(&b, it->model_name);
     if (!rc && it->clip_skip > 1) rc = sb_printf(&b, ", Clip skip: %d", it->clip_skip);
     if (!rc && it->vae_name) rc = sb_printf(&b, ", VAE hash: %s, VAE: ", it->vae_hash);
@@ -374,7 +377,13 @@ int zl_cmd_generate(int argc, char **argv) {
     if (!prompt_arg && !prompt_file) return zl_cli_usage(CMD, "a prompt is required (-p TEXT or --prompt-file F)");
     if (prompt_arg && prompt_file) return zl_cli_usage(CMD, "give either -p or --prompt-file, not both");
     int skind = zl_sampler_from_name(sampler_name);
-    if (skind < 0) return zl_cli_usage(CMD, "unknown sampler '%s' (euler, euler_a, dpmpp_2m)", sampler_name);
+    if (skind < 0)
+        return zl_cli_usage(CMD, "unknown sampler '%s' (euler, euler_a, dpmpp_2m, euler_karras, dpmpp_2m_karras)",
+                            sampler_name);
+    const int karras = zl_sampler_name_karras(sampler_name);
+    if (karras && skind == ZL_SAMPLER_EULER_A)
+        return zl_cli_usage(CMD, "--sampler %s: Euler a has no Karras schedule (diffusers has none); use euler_karras or "
+                                 "dpmpp_2m_karras", sampler_name);
     if (prompt_arg && check_utf8("-p", prompt_arg, strlen(prompt_arg))) return zl_cli_usage(CMD, "%s", zl_errmsg());
     if (negative && check_utf8("-n", negative, strlen(negative))) return zl_cli_usage(CMD, "%s", zl_errmsg());
     if (!have_seed) seed = random_seed();
@@ -467,9 +476,9 @@ int zl_cmd_generate(int argc, char **argv) {
         }
         if (rc) goto done;
     }
-    zl_info("%s model %s, %ldx%ld, %ld step%s (%s), CFG %g, seed %llu%s", zl_family_name(zl_pipeline_family(p)),
-            model, width, height, steps, steps == 1 ? "" : "s", zl_sampler_name((zl_sampler_kind)skind), cfg,
-            (unsigned long long)seed, noise ? " (noise from file)" : "");
+    zl_info("%s model %s, %ldx%ld, %ld step%s (%s%s), CFG %g, seed %llu%s", zl_family_name(zl_pipeline_family(p)),
+            model, width, height, steps, steps == 1 ? "" : "s", zl_sampler_name((zl_sampler_kind)skind),
+            karras ? " Karras" : "", cfg, (unsigned long long)seed, noise ? " (noise from file)" : "");
 
     /* 1. text: encode once for the whole batch, then drop the encoders */
     double t_text = zl_now();
@@ -490,6 +499,7 @@ int zl_cmd_generate(int argc, char **argv) {
         else snprintf(label, sizeof label, "sampling");
         zl_gen_params g = {.width = (int)width, .height = (int)height, .steps = (int)steps, .cfg = (float)cfg,
                            .sampler = (zl_sampler_kind)skind, .seed = seed + (uint64_t)b,
+                           .sigmas = karras ? ZL_SIGMAS_KARRAS : ZL_SIGMAS_DEFAULT,
                            .initial_noise = noise ? noise + (size_t)b * n : NULL, .progress = 1, .progress_label = label};
         if ((rc = zl_pipeline_sample(p, &cond, &g, latents + (size_t)b * n))) goto done;
     }
@@ -510,6 +520,7 @@ int zl_cmd_generate(int argc, char **argv) {
     it.clip_skip = (int)clip_skip;
     it.cfg = (float)cfg;
     it.sampler = (zl_sampler_kind)skind;
+    it.karras = karras;
     it.width = (int)width;
     it.height = (int)height;
     char model_name[256];

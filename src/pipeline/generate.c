@@ -358,7 +358,7 @@ int zl_txt2img_sample(zl_unet *unet, int scale, const zl_cond *c, const zl_gen_p
     zl_schedule sch;
     zl_schedule_default(&sch);
     zl_sampler smp;
-    int rc = zl_sampler_init(&smp, &sch, g->sampler, g->steps, g->seed);
+    int rc = zl_sampler_init_ex(&smp, &sch, g->sampler, g->sigmas, g->steps, g->seed);
     if (rc) return rc;
     float *in = malloc(sizeof(float) * B * n);  // [B, C, h, w]
     float *eps = malloc(sizeof(float) * B * n); // [B, C, h, w]

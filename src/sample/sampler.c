@@ -16,12 +16,27 @@
 
 int zl_sampler_from_name(const char *name) {
     if (!name) return -1;
+    /* "<sampler>_karras" / "<sampler> Karras" (A1111's older names): the sampler; the schedule
+     * is read by zl_sampler_name_karras */
+    size_t n = strlen(name);
+    if (n > 7 && (!strcasecmp(name + n - 7, "_karras") || !strcasecmp(name + n - 7, " karras"))) {
+        char base[64];
+        if (n - 7 >= sizeof base) return -1;
+        memcpy(base, name, n - 7);
+        base[n - 7] = 0;
+        return zl_sampler_from_name(base);
+    }
     if (!strcasecmp(name, "euler")) return ZL_SAMPLER_EULER;
     if (!strcasecmp(name, "euler_a") || !strcasecmp(name, "euler a") || !strcasecmp(name, "euler_ancestral"))
         return ZL_SAMPLER_EULER_A;
     if (!strcasecmp(name, "dpmpp_2m") || !strcasecmp(name, "dpm++ 2m") || !strcasecmp(name, "dpm++2m"))
         return ZL_SAMPLER_DPMPP_2M;
     return -1;
+}
+
+int zl_sampler_name_karras(const char *name) {
+    size_t n = name ? strlen(name) : 0;
+    return n > 7 && (!strcasecmp(name + n - 7, "_karras") || !strcasecmp(name + n - 7, " karras"));
 }
 
 const char *zl_sampler_name(zl_sampler_kind k) {
@@ -50,8 +65,32 @@ void zl_sampler_free(zl_sampler *s) {
     memset(s, 0, sizeof *s);
 }
 
+double zl_sigma_to_t(const zl_schedule *sch, double sigma) {
+    const int N = sch->n_train;
+    double ls = log(sigma > 1e-10 ? sigma : 1e-10);
+    /* the last index whose log sigma is <= ls (0 if none), at most N - 2 */
+    int lo = 0;
+    for (int i = 0; i < N; i++)
+        if ((double)logf(sch->train_sigmas[i]) <= ls) lo = i;
+    if (lo > N - 2) lo = N - 2;
+    double a = logf(sch->train_sigmas[lo]), b = logf(sch->train_sigmas[lo + 1]);
+    double w = (a - ls) / (a - b);
+    w = w < 0 ? 0 : w > 1 ? 1 : w;
+    return (1 - w) * lo + w * (lo + 1);
+}
+
 int zl_sampler_init(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind kind, int n_steps, uint64_t seed) {
+    return zl_sampler_init_ex(s, sch, kind, ZL_SIGMAS_DEFAULT, n_steps, seed);
+}
+
+int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind kind, zl_sigma_schedule sigmas,
+                       int n_steps, uint64_t seed) {
     memset(s, 0, sizeof *s);
+    if (sigmas != ZL_SIGMAS_DEFAULT && sigmas != ZL_SIGMAS_KARRAS)
+        return zl_set_error(ZL_EINVAL, "sampler: unknown sigma schedule %d", (int)sigmas);
+    if (sigmas == ZL_SIGMAS_KARRAS && kind == ZL_SAMPLER_EULER_A)
+        return zl_set_error(ZL_EUNSUPPORTED, "sampler: Euler a has no Karras schedule (diffusers' EulerAncestral has none); "
+                                             "use euler or dpmpp_2m with it");
     if (kind != ZL_SAMPLER_EULER && kind != ZL_SAMPLER_EULER_A && kind != ZL_SAMPLER_DPMPP_2M)
         return zl_set_error(ZL_EINVAL, "sampler: unknown kind %d", (int)kind);
     if (n_steps < 1 || n_steps > sch->n_train)
@@ -78,6 +117,22 @@ int zl_sampler_init(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind kind,
         if (s->sigmas[k] > smax) smax = s->sigmas[k];
     }
     s->sigmas[n_steps] = 0.0f;
+    if (sigmas == ZL_SIGMAS_KARRAS) {
+        /* ends: Euler's own grid (its first and last sigma); DPM-Solver: the whole training range */
+        double hi = kind == ZL_SAMPLER_DPMPP_2M ? sch->train_sigmas[sch->n_train - 1] : s->sigmas[0];
+        double lo = kind == ZL_SAMPLER_DPMPP_2M ? sch->train_sigmas[0] : s->sigmas[n_steps - 1];
+        double a = pow(hi, 1.0 / 7), b = pow(lo, 1.0 / 7);
+        smax = 0;
+        for (int k = 0; k < n_steps; k++) {
+            double ramp = n_steps > 1 ? (double)k / (n_steps - 1) : 0;
+            double sg = pow(a + ramp * (b - a), 7);
+            double t = zl_sigma_to_t(sch, sg);
+            s->sigmas[k] = (float)sg;
+            s->timesteps[k] = (float)(kind == ZL_SAMPLER_DPMPP_2M ? nearbyint(t) : t);
+            if (s->sigmas[k] > smax) smax = s->sigmas[k];
+        }
+    }
+    s->sigma_schedule = sigmas;
     s->init_noise_sigma = sqrtf(smax * smax + 1.0f);
     zl_rng_init(&s->rng, seed, 0);
     return ZL_OK;
