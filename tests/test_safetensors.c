@@ -3,6 +3,9 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
+#include <sys/wait.h>
+#include <signal.h>
 #include <sys/stat.h>
 
 #include "testlib.h"
@@ -541,7 +544,55 @@ static void test_sharded(void) {
     zl_st_close(a);
 }
 
+/* Interrupted runs: after zl_cleanup_on_signals, SIGINT/SIGTERM remove every tracked temporary
+ * (an open zl_afile's, and one tracked by hand) but not an untracked file, and the process still
+ * ends by the signal. Each case runs in a child process. */
+static void test_signal_cleanup(void) {
+    for (int sig = 0; sig < 2; sig++) {
+        const int signo = sig ? SIGTERM : SIGINT;
+        char fin[1024], mine[1024], kept[1024];
+        snprintf(fin, sizeof fin, "%s/interrupted%d.safetensors", zt_tmpdir(), sig);
+        snprintf(mine, sizeof mine, "%s/tracked%d.tmp", zt_tmpdir(), sig);
+        snprintf(kept, sizeof kept, "%s/untracked%d.tmp", zt_tmpdir(), sig);
+        int fds[2];
+        CHECK(pipe(fds) == 0);
+        fflush(NULL);
+        pid_t pid = fork();
+        if (pid == 0) {
+            close(fds[0]);
+            zl_cleanup_on_signals();
+            zl_afile af;
+            if (zl_afile_open(&af, fin, NULL, 0) || zl_afile_write(&af, "partial", 7)) _exit(3);
+            fflush(af.fp);
+            FILE *a = fopen(mine, "w"), *b = fopen(kept, "w");
+            if (!a || !b) _exit(4);
+            fclose(a);
+            fclose(b);
+            zl_tmp_track(mine);
+            zl_tmp_track(kept);
+            zl_tmp_untrack(kept);
+            if (write(fds[1], af.tmp, strlen(af.tmp) + 1) < 0) _exit(5);
+            close(fds[1]);
+            raise(signo);
+            _exit(6); /* not reached */
+        }
+        close(fds[1]);
+        char tmp[1024] = {0};
+        ssize_t n = read(fds[0], tmp, sizeof tmp - 1);
+        close(fds[0]);
+        int status = 0;
+        CHECK(pid > 0 && waitpid(pid, &status, 0) == pid);
+        CHECKM(WIFSIGNALED(status) && WTERMSIG(status) == signo, "child ended by signal %d (status %#x)", signo, status);
+        CHECKM(n > 0 && strstr(tmp, "/.ziplora-"), "the temporary file's name came back: '%s'", tmp);
+        CHECKM(n > 0 && !zl_file_exists(tmp), "%s removed", tmp);
+        CHECK(!zl_file_exists(fin) && !zl_file_exists(mine));
+        CHECK(zl_file_exists(kept));
+        remove(kept);
+    }
+}
+
 int main(void) {
+    test_signal_cleanup();
     test_sharded();
     test_large_writer();
     test_reference_vectors();

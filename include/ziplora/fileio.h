@@ -41,6 +41,14 @@ void zl_afile_abort(zl_afile *af);
 
 /* Whole-file helpers. */
 int zl_write_file_atomic(const char *path, const void *data, size_t len, const char *const *inputs, int n_inputs);
+
+/* Temporary files that must not outlive an interrupted run: zl_afile tracks its own; other
+ * temporaries (zip's output siblings) are tracked by hand. After zl_cleanup_on_signals (the CLI
+ * calls it first), SIGINT, SIGTERM and SIGHUP remove every tracked file, then end the process
+ * as the signal would have. At most 64 are tracked at once; more are simply not. */
+void zl_tmp_track(const char *path);
+void zl_tmp_untrack(const char *path);
+void zl_cleanup_on_signals(void);
 /* Read a whole file; *out is NUL-terminated (len excludes the NUL). */
 int zl_read_file(const char *path, char **out, size_t *len);
 int zl_file_exists(const char *path);

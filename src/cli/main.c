@@ -79,5 +79,6 @@ int main(int argc, char **argv) {
         return ZL_EXIT_USAGE;
     }
     zl_set_threads(0);
+    zl_cleanup_on_signals(); /* Ctrl-C leaves no temporary file behind */
     return fn(argc - 1, argv + 1);
 }

@@ -5,12 +5,71 @@
 #include <fcntl.h>
 #include <libgen.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "ziplora/safetensors.h"
+
+/* ---- temporaries removed on SIGINT / SIGTERM / SIGHUP ----
+ * The handler only reads the table (a slot's path is complete before its flag is set) and
+ * calls unlink, write and raise, which are async-signal-safe. */
+#define TMP_SLOTS 64
+#define TMP_PATH 4096
+static char g_tmp_path[TMP_SLOTS][TMP_PATH];
+static volatile sig_atomic_t g_tmp_used[TMP_SLOTS];
+static pthread_mutex_t g_tmp_mu = PTHREAD_MUTEX_INITIALIZER;
+
+void zl_tmp_track(const char *path) {
+    if (!path || strlen(path) >= TMP_PATH) return;
+    pthread_mutex_lock(&g_tmp_mu);
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (!g_tmp_used[i]) {
+            memcpy(g_tmp_path[i], path, strlen(path) + 1);
+            __atomic_signal_fence(__ATOMIC_SEQ_CST);
+            g_tmp_used[i] = 1;
+            break;
+        }
+    pthread_mutex_unlock(&g_tmp_mu);
+}
+
+void zl_tmp_untrack(const char *path) {
+    if (!path) return;
+    pthread_mutex_lock(&g_tmp_mu);
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (g_tmp_used[i] && !strcmp(g_tmp_path[i], path)) {
+            g_tmp_used[i] = 0;
+            break;
+        }
+    pthread_mutex_unlock(&g_tmp_mu);
+}
+
+static void on_signal(int sig) {
+    int n = 0;
+    for (int i = 0; i < TMP_SLOTS; i++)
+        if (g_tmp_used[i] && unlink(g_tmp_path[i]) == 0) n++;
+    static const char msg[] = "\nziplora: interrupted; temporary files removed, no output written\n";
+    static const char msg0[] = "\nziplora: interrupted\n";
+    ssize_t w = n ? write(2, msg, sizeof msg - 1) : write(2, msg0, sizeof msg0 - 1);
+    (void)w;
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void zl_cleanup_on_signals(void) {
+    static const int sigs[3] = {SIGINT, SIGTERM, SIGHUP};
+    for (int i = 0; i < 3; i++) {
+        struct sigaction sa, old;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_signal;
+        sigemptyset(&sa.sa_mask);
+        /* a signal ignored at start (nohup, a background job) stays ignored */
+        if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;
+        sigaction(sigs[i], &sa, NULL);
+    }
+}
 
 int zl_output_check(const char *path, const char *const *inputs, int n_inputs) {
     for (int i = 0; i < n_inputs; i++)
@@ -52,6 +111,7 @@ int zl_afile_open(zl_afile *af, const char *path, const char *const *inputs, int
         zl_afile_abort(af);
         return zl_set_error(ZL_EIO, "%s: cannot create a temporary file in its folder: %s", path, strerror(e));
     }
+    zl_tmp_track(af->tmp);
     /* mkstemp makes 0600; give the final file the usual 0666 & ~umask. */
     mode_t um = umask(0);
     umask(um);
@@ -264,7 +324,10 @@ void zl_afile_abort(zl_afile *af) {
         af->dio = NULL;
     }
     if (af->fp) fclose(af->fp);
-    if (af->tmp) unlink(af->tmp);
+    if (af->tmp) {
+        unlink(af->tmp);
+        zl_tmp_untrack(af->tmp);
+    }
     free(af->tmp);
     free(af->path);
     memset(af, 0, sizeof *af);
@@ -285,6 +348,7 @@ int zl_afile_commit(zl_afile *af) {
     af->fp = NULL;
     if (!rc && rename(af->tmp, af->path) != 0) rc = zl_set_error(ZL_EIO, "%s: %s", af->path, strerror(errno));
     if (!rc) {
+        zl_tmp_untrack(af->tmp);
         free(af->tmp);
         af->tmp = NULL;
     }

@@ -584,7 +584,9 @@ int zl_zip_run(const zl_ziprun_params *p) {
     char *tmp_mg = NULL;
     for (int i = 0; i < n_out && !rc; i++)
         if (!(tmps[i] = tmp_sibling(finals[i], i))) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+        else zl_tmp_track(tmps[i]); /* removed if the run is interrupted */
     if (!rc && !(tmp_mg = tmp_sibling(p->output, 9))) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+    if (tmp_mg) zl_tmp_track(tmp_mg);
 
     zl_ziprun r;
     memset(&r, 0, sizeof r);
@@ -697,8 +699,14 @@ int zl_zip_run(const zl_ziprun_params *p) {
     if (rc)
         for (int i = 0; i < committed; i++) unlink(finals[i]); /* a partial set of outputs is worse than none */
     for (int i = 0; i < n_out; i++)
-        if (tmps[i]) unlink(tmps[i]);
-    if (tmp_mg) unlink(tmp_mg);
+        if (tmps[i]) {
+            unlink(tmps[i]);
+            zl_tmp_untrack(tmps[i]);
+        }
+    if (tmp_mg) {
+        unlink(tmp_mg);
+        zl_tmp_untrack(tmp_mg);
+    }
     if (!rc) {
         const zl_zip_loss *a = r.n_curve ? &r.curve[0] : NULL, *b = r.n_curve ? &r.curve[r.n_curve - 1] : NULL;
         if (a && b)
