@@ -79,5 +79,32 @@ int main(void) {
     CHECK(zl_model_paths_resolve("/no/such/model", &p) == ZL_EIO && strstr(zl_errmsg(), "/no/such/model"));
     CHECK(zl_model_paths_resolve(zt_data("mini-sdxl/loras/content.peft.safetensors"), &p) == ZL_EFORMAT);
     CHECK(zl_model_paths_resolve(zt_data("mini-sdxl/loras"), &p) == ZL_EFORMAT);
+
+    /* checkpoints of families we do not run are named, not half-loaded (keys as those files have them) */
+    static const struct {
+        const char *keys[3], *must;
+    } other[] = {
+        {{"model.diffusion_model.double_blocks.0.img_attn.qkv.weight", "model.diffusion_model.img_in.weight", NULL}, "FLUX"},
+        {{"model.diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", "model.diffusion_model.x_embedder.proj.weight",
+          NULL},
+         "Stable Diffusion 3"},
+        {{"model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.ln_final.weight", NULL}, "2.x"},
+        {{"model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.ln_final.weight", "v_pred"},
+         "v-prediction"},
+        {{"model.diffusion_model.label_emb.0.0.weight", "conditioner.embedders.0.model.ln_final.weight", NULL}, "refiner"},
+    };
+    float zero[4] = {0};
+    for (size_t i = 0; i < sizeof other / sizeof other[0]; i++) {
+        zl_st_entry e[3];
+        int n = 0;
+        for (int k = 0; k < 3 && other[i].keys[k]; k++)
+            e[n++] = (zl_st_entry){.name = other[i].keys[k], .dtype = ZL_DT_F32, .ndim = 1, .shape = {1}, .data = zero};
+        char path[1024];
+        snprintf(path, sizeof path, "%s/other%d.safetensors", zt_tmpdir(), (int)i);
+        CHECK_OK(zl_st_write(path, e, n, NULL, 0, NULL, 0));
+        int rc = zl_model_paths_resolve(path, &p);
+        CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), other[i].must) && strstr(zl_errmsg(), path),
+               "%s: %d %s", other[i].must, rc, zl_errmsg());
+    }
     return zt_done();
 }

@@ -312,14 +312,29 @@ int zl_model_paths_resolve(const char *model, zl_model_paths *out) {
         int rc = zl_st_open(model, &f);
         if (rc) { zl_model_paths_free(out); return rc; }
         int unet = 0, sdxl = 0, sd1 = 0, vae = 0;
-        for (int i = 0; i < zl_st_count(f); i++) {
+        const char *other = NULL; /* a model family we do not run, named from its keys */
+        for (int i = 0; i < zl_st_count(f) && !other; i++) {
             const char *k = zl_st_at(f, i)->name;
+            if (!strncmp(k, "model.diffusion_model.double_blocks.", 36)) other = "a FLUX checkpoint";
+            else if (!strncmp(k, "model.diffusion_model.joint_blocks.", 35)) other = "a Stable Diffusion 3 checkpoint";
+            else if (!strncmp(k, "cond_stage_model.model.", 23))
+                other = "a Stable Diffusion 2.x checkpoint (OpenCLIP ViT-H text encoder)";
+            else if (!strcmp(k, "v_pred") || !strncmp(k, "edm_vpred.", 10))
+                other = !strcmp(k, "v_pred") ? "a v-prediction model (key 'v_pred': only epsilon prediction is run)"
+                                              : "a v-prediction model (keys 'edm_vpred.*': only epsilon prediction is run)";
             if (!strncmp(k, "model.diffusion_model.", 22)) unet = 1;
             if (!strncmp(k, "conditioner.embedders.1.", 24) || !strcmp(k, "model.diffusion_model.label_emb.0.0.weight")) sdxl = 1;
             if (!strncmp(k, "cond_stage_model.", 17)) sd1 = 1;
             if (!strncmp(k, "first_stage_model.", 18)) vae = 1;
         }
         int has_te1 = sd1 || zl_st_find(f, "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight");
+        if (!other && sdxl && !has_te1 && zl_st_find(f, "conditioner.embedders.0.model.ln_final.weight"))
+            other = "an SDXL refiner checkpoint (one OpenCLIP text encoder, aesthetic-score conditioning)";
+        if (other) {
+            zl_st_close(f);
+            zl_model_paths_free(out);
+            return zl_set_error(ZL_EUNSUPPORTED, "%s: %s is not supported (SDXL base family and SD 1.x only)", model, other);
+        }
         zl_st_close(f);
         if (!unet) {
             zl_model_paths_free(out);
