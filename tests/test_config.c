@@ -1,6 +1,8 @@
 /* UNet config parsing (diffusers config.json), the built-in standard configs,
  * and model path resolution, against the fixture files and hand-written JSON. */
+#include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "testlib.h"
 
@@ -105,6 +107,31 @@ int main(void) {
         int rc = zl_model_paths_resolve(path, &p);
         CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), other[i].must) && strstr(zl_errmsg(), path),
                "%s: %d %s", other[i].must, rc, zl_errmsg());
+    }
+    /* a diffusers folder whose scheduler predicts v: refused, naming the setting */
+    {
+        char d[1024], sub[1100], f[1200];
+        snprintf(d, sizeof d, "%s/vpred", zt_tmpdir());
+        snprintf(sub, sizeof sub, "%s/unet", d);
+        CHECK(mkdir(d, 0755) == 0 && mkdir(sub, 0755) == 0);
+        char *cfgtxt = NULL;
+        size_t len = 0;
+        CHECK_OK(zl_read_file(zt_data("tiny-sdxl/unet/config.json"), &cfgtxt, &len));
+        snprintf(f, sizeof f, "%s/config.json", sub);
+        CHECK_OK(zl_write_file_atomic(f, cfgtxt, len, NULL, 0));
+        free(cfgtxt);
+        snprintf(f, sizeof f, "%s/diffusion_pytorch_model.safetensors", sub);
+        zl_st_entry e = {.name = "conv_in.weight", .dtype = ZL_DT_F32, .ndim = 1, .shape = {1}, .data = zero};
+        CHECK_OK(zl_st_write(f, &e, 1, NULL, 0, NULL, 0));
+        CHECK_OK(zl_model_paths_resolve(d, &p)); /* epsilon by default */
+        zl_model_paths_free(&p);
+        snprintf(sub, sizeof sub, "%s/scheduler", d);
+        CHECK(mkdir(sub, 0755) == 0);
+        snprintf(f, sizeof f, "%s/scheduler_config.json", sub);
+        const char *sj = "{\"_class_name\": \"EulerDiscreteScheduler\", \"prediction_type\": \"v_prediction\"}";
+        CHECK_OK(zl_write_file_atomic(f, sj, strlen(sj), NULL, 0));
+        int rc = zl_model_paths_resolve(d, &p);
+        CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), "v_prediction"), "%d %s", rc, zl_errmsg());
     }
     return zt_done();
 }

@@ -366,6 +366,21 @@ int zl_model_paths_resolve(const char *model, zl_model_paths *out) {
         zl_model_paths_free(out);
         return zl_set_error(ZL_EFORMAT, "%s: not a diffusers model folder (need unet/config.json and unet/diffusion_pytorch_model.safetensors)", model);
     }
+    /* a v-prediction model says so in its scheduler config; its images would be noise here */
+    char *sc = join(model, "scheduler/scheduler_config.json");
+    json_t *sj = sc && zl_file_exists(sc) ? json_load_file(sc, 0, NULL) : NULL;
+    const char *pt = sj ? json_string_value(json_object_get(sj, "prediction_type")) : NULL;
+    int vpred = pt && strcmp(pt, "epsilon") != 0;
+    if (vpred) {
+        int rc = zl_set_error(ZL_EUNSUPPORTED, "%s: prediction_type '%s' (%s) is not supported: only epsilon-prediction "
+                                               "SDXL and SD 1.x models are run", model, pt, sc);
+        json_decref(sj);
+        free(sc);
+        zl_model_paths_free(out);
+        return rc;
+    }
+    json_decref(sj);
+    free(sc);
     zl_unet_config cfg;
     int rc = zl_unet_config_load(out->unet_config, &cfg);
     if (rc) { zl_model_paths_free(out); return rc; }
