@@ -252,6 +252,46 @@ static void test_bad(void) {
     free((void *)A);
 }
 
+/* The training metadata (kohya ss_*, modelspec.*) summed up: title, base, resolution, clip skip,
+ * epochs and steps, and the most frequent tags with counts summed over datasets (15 > 12 here). */
+static void test_training_meta(void) {
+    zl_st_file *f = NULL;
+    CHECK_OK(zl_st_open(zt_data("mini-sdxl/loras/style.kohya.safetensors"), &f));
+    if (!f) return;
+    int n = zl_st_count(f);
+    zl_st_entry *e = calloc((size_t)n, sizeof *e);
+    for (int i = 0; i < n; i++) {
+        const zl_st_tensor *t = zl_st_at(f, i);
+        e[i] = (zl_st_entry){.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
+        for (int d = 0; d < t->ndim; d++) e[i].shape[d] = t->shape[d];
+    }
+    zl_st_meta_kv m[] = {{"ss_output_name", "watercolor_v2"},
+                         {"ss_sd_model_name", "sd_xl_base_1.0.safetensors"},
+                         {"ss_resolution", "(1024, 1024)"},
+                         {"ss_clip_skip", "2"},
+                         {"ss_epoch", "10"},
+                         {"ss_steps", "2000"},
+                         {"ss_tag_frequency", "{\"1_zwx\": {\"zwx style\": 40, \"painting\": 12, \" watercolor \": 12, \" \": 99},"
+                                              " \"2_x\": {\"painting\": 3}}"}};
+    char path[1024];
+    snprintf(path, sizeof path, "%s", zt_tmp("meta.safetensors"));
+    CHECK_OK(zl_st_write(path, e, n, m, (int)(sizeof m / sizeof m[0]), NULL, 0));
+    free(e);
+    zl_st_close(f);
+    int code = zt_cli("inspect '%s'", path);
+    CHECKM(code == 0 && strstr(zt_out, "   title: watercolor_v2\n") &&
+               strstr(zt_out, "   trained: on sd_xl_base_1.0.safetensors, at (1024, 1024), clip skip 2, 10 epochs, 2000 steps\n") &&
+               strstr(zt_out, "   most frequent training tags: zwx style, painting, watercolor\n"),
+           "training summary: %s", zt_out);
+    code = zt_cli("inspect '%s' --json", path);
+    CHECKM(code == 0 && strstr(zt_out, "\"clip_skip\":\"2\"") && strstr(zt_out, "\"trigger_phrase\":null") &&
+               strstr(zt_out, "\"top_tags\":[\"zwx style\",\"painting\",\"watercolor\"]"),
+           "training JSON: %.400s", zt_out);
+    /* a file without any: no summary lines */
+    code = zt_cli("inspect '%s'", zt_data("mini-sdxl/loras/content.kohya.safetensors"));
+    CHECK(code == 0 && !strstr(zt_out, "trained:") && !strstr(zt_out, "training tags"));
+}
+
 /* The top level: usage, version, "help CMD". */
 static void test_top_level(void) {
     CHECK(zt_cli("%s", "") == 2 && strstr(zt_err, "usage: ziplora COMMAND"));
@@ -264,6 +304,7 @@ static void test_top_level(void) {
 
 int main(void) {
     test_top_level();
+    test_training_meta();
     test_json("mini-sdxl", "content.kohya_sgm.safetensors", "style.kohya_sgm.safetensors");
     test_json("tiny-sd15", "content.peft.safetensors", "style.kohya.safetensors");
     test_self();

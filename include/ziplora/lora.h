@@ -97,6 +97,13 @@ void zl_lora_free(zl_lora *l);
 struct zl_st_file;
 int zl_lora_load_st(const struct zl_st_file *f, const char *path, const zl_lora_load_opts *opts, zl_lora **out);
 /* Find a layer by part and canonical module name (NULL if absent). */
+/* The value of metadata key `key`, or NULL. */
+const char *zl_lora_meta(const zl_lora *l, const char *key);
+/* The k most frequent training tags of kohya's ss_tag_frequency ({dataset: {tag: count}}, counts
+ * summed over the datasets, blank tags skipped, surrounding blanks trimmed; ties in byte order):
+ * *tags (free each and the array) and *n (<= k). ZL_ENOTFOUND when the key is absent or holds no
+ * tags; ZL_EFORMAT when it is not a JSON object. */
+int zl_lora_top_tags(const zl_lora *l, int k, char ***tags, int *n);
 const zl_lora_layer *zl_lora_find(const zl_lora *l, zl_part part, const char *module);
 
 

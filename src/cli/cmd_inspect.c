@@ -4,6 +4,7 @@
  * --plot FILE.svg or FILE.png for people. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lora_cli.h"
@@ -65,6 +66,35 @@ static void json_side(FILE *fp, const zl_lora_layer *l, const zl_layer_stats *s)
     fprintf(fp, "}");
 }
 
+/* What the file's metadata says about its training (kohya ss_*, modelspec.*); each NULL if absent. */
+typedef struct {
+    const char *title, *base, *resolution, *clip_skip, *epochs, *steps, *trigger;
+    char **tags;
+    int n_tags;
+} training_info;
+
+static const char *meta_set(const zl_lora *l, const char *k) {
+    const char *v = zl_lora_meta(l, k);
+    return v && *v && strcmp(v, "None") ? v : NULL;
+}
+
+static void training_of(const zl_lora *l, training_info *t) {
+    memset(t, 0, sizeof *t);
+    t->title = meta_set(l, "modelspec.title") ? meta_set(l, "modelspec.title") : meta_set(l, "ss_output_name");
+    t->base = meta_set(l, "ss_sd_model_name") ? meta_set(l, "ss_sd_model_name") : meta_set(l, "ss_base_model_version");
+    t->resolution = meta_set(l, "modelspec.resolution") ? meta_set(l, "modelspec.resolution") : meta_set(l, "ss_resolution");
+    t->clip_skip = meta_set(l, "ss_clip_skip");
+    t->epochs = meta_set(l, "ss_epoch");
+    t->steps = meta_set(l, "ss_steps");
+    t->trigger = meta_set(l, "modelspec.trigger_phrase");
+    if (zl_lora_top_tags(l, 8, &t->tags, &t->n_tags) != ZL_OK) t->n_tags = 0;
+}
+
+static void training_free(training_info *t) {
+    for (int i = 0; i < t->n_tags; i++) free(t->tags[i]);
+    free(t->tags);
+}
+
 static void print_json(const zl_lora *a, const zl_lora *b, const zl_inspect_result *r) {
     FILE *fp = stdout;
     fprintf(fp, "{\"files\":[");
@@ -72,8 +102,25 @@ static void print_json(const zl_lora *a, const zl_lora *b, const zl_inspect_resu
         const zl_lora *l = k ? b : a;
         fprintf(fp, "%s{\"path\":", k ? "," : "");
         zl_lora_cli_json_str(fp, l->path ? l->path : "");
-        fprintf(fp, ",\"family\":\"%s\",\"layout\":\"%s\",\"layers\":%d}", zl_family_name(l->family),
+        fprintf(fp, ",\"family\":\"%s\",\"layout\":\"%s\",\"layers\":%d", zl_family_name(l->family),
                 layout_name(l->layout), l->n);
+        training_info t;
+        training_of(l, &t);
+        const char *names[7] = {"title", "base_model", "resolution", "clip_skip", "epochs", "steps", "trigger_phrase"};
+        const char *vals[7] = {t.title, t.base, t.resolution, t.clip_skip, t.epochs, t.steps, t.trigger};
+        fprintf(fp, ",\"training\":{");
+        for (int i = 0; i < 7; i++) {
+            fprintf(fp, "%s\"%s\":", i ? "," : "", names[i]);
+            if (vals[i]) zl_lora_cli_json_str(fp, vals[i]);
+            else fprintf(fp, "null");
+        }
+        fprintf(fp, ",\"top_tags\":[");
+        for (int i = 0; i < t.n_tags; i++) {
+            if (i) fprintf(fp, ",");
+            zl_lora_cli_json_str(fp, t.tags[i]);
+        }
+        fprintf(fp, "]}}");
+        training_free(&t);
     }
     fprintf(fp, "],\n\"layers\":[\n");
     for (int i = 0; i < r->n; i++) {
@@ -121,6 +168,26 @@ static void print_table(const zl_lora *a, const zl_lora *b, const zl_inspect_res
         const zl_lora *l = k ? b : a;
         printf("%s: %s  (family %s, layout %s, %d layers)\n", k ? "B" : "A", l->path ? l->path : "?",
                zl_family_name(l->family), layout_name(l->layout), l->n);
+        training_info t;
+        training_of(l, &t);
+        if (t.title) printf("   title: %s\n", t.title);
+        if (t.base || t.resolution || t.clip_skip || t.epochs || t.steps) {
+            printf("   trained:");
+            const char *sep = " ";
+            if (t.base) printf("%son %s", sep, t.base), sep = ", ";
+            if (t.resolution) printf("%sat %s", sep, t.resolution), sep = ", ";
+            if (t.clip_skip) printf("%sclip skip %s", sep, t.clip_skip), sep = ", ";
+            if (t.epochs) printf("%s%s epochs", sep, t.epochs), sep = ", ";
+            if (t.steps) printf("%s%s steps", sep, t.steps);
+            printf("\n");
+        }
+        if (t.trigger) printf("   trigger phrase: %s\n", t.trigger);
+        if (t.n_tags) {
+            printf("   most frequent training tags:");
+            for (int i = 0; i < t.n_tags; i++) printf("%s %s", i ? "," : "", t.tags[i]);
+            printf("\n");
+        }
+        training_free(&t);
     }
     printf("\n%-4s %-*s %-6s %-14s", "part", w, "module", "kind", "shape");
     const char *hdr = " %5s %7s %6s %10s %6s %6s";

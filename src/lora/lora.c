@@ -1,5 +1,6 @@
 /* The canonical in-memory LoRA (include/ziplora/lora.h): its lifetime and
  * lookups. Loading lives in lora_load.c, writing elsewhere in src/lora/. */
+#include <jansson.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,4 +37,87 @@ const zl_lora_layer *zl_lora_find(const zl_lora *l, zl_part part, const char *mo
         else hi = mid - 1;
     }
     return NULL;
+}
+
+const char *zl_lora_meta(const zl_lora *l, const char *key) {
+    for (int i = 0; l && i < l->n_meta; i++)
+        if (!strcmp(l->meta_k[i], key)) return l->meta_v[i];
+    return NULL;
+}
+
+static int is_blank(const char *s) {
+    for (; s && *s; s++)
+        if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r') return 0;
+    return 1;
+}
+
+typedef struct {
+    const char *tag;
+    double count;
+} tag_count;
+
+static int by_count(const void *a, const void *b) {
+    const tag_count *x = a, *y = b;
+    if (x->count != y->count) return x->count > y->count ? -1 : 1;
+    return strcmp(x->tag, y->tag);
+}
+
+int zl_lora_top_tags(const zl_lora *l, int k, char ***tags, int *n) {
+    *tags = NULL;
+    *n = 0;
+    const char *name = l && l->path ? l->path : "LoRA";
+    const char *tf = zl_lora_meta(l, "ss_tag_frequency");
+    if (!tf) return zl_set_error(ZL_ENOTFOUND, "%s: no ss_tag_frequency in its metadata", name);
+    json_error_t je;
+    json_t *root = json_loads(tf, 0, &je);
+    if (!root || !json_is_object(root)) {
+        json_decref(root);
+        return zl_set_error(ZL_EFORMAT, "%s: ss_tag_frequency is not a JSON object", name);
+    }
+    /* each tag's count summed over the datasets (tags are few: hundreds) */
+    json_t *sum = json_object();
+    const char *ds, *tag;
+    json_t *group, *cnt;
+    json_object_foreach(root, ds, group) {
+        if (!json_is_object(group)) continue;
+        json_object_foreach(group, tag, cnt) {
+            if (!json_is_number(cnt) || is_blank(tag)) continue;
+            json_t *prev = json_object_get(sum, tag);
+            json_object_set_new(sum, tag, json_real(json_number_value(cnt) + (prev ? json_real_value(prev) : 0)));
+        }
+    }
+    size_t m = json_object_size(sum), i = 0;
+    tag_count *all = calloc(m ? m : 1, sizeof *all);
+    int rc = all ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory");
+    json_object_foreach(sum, tag, cnt) {
+        if (all) all[i++] = (tag_count){tag, json_real_value(cnt)};
+    }
+    if (!rc && !m) rc = zl_set_error(ZL_ENOTFOUND, "%s: ss_tag_frequency holds no tags", name);
+    if (!rc) {
+        qsort(all, m, sizeof *all, by_count);
+        int want = k < (int)m ? k : (int)m;
+        *tags = calloc((size_t)(want ? want : 1), sizeof **tags);
+        if (!*tags) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+        for (int j = 0; j < want && !rc; j++) {
+            const char *t = all[j].tag;
+            while (*t == ' ') t++;
+            size_t len = strlen(t);
+            while (len && t[len - 1] == ' ') len--;
+            char *c = malloc(len + 1);
+            if (!c) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); break; }
+            memcpy(c, t, len);
+            c[len] = 0;
+            (*tags)[(*n)++] = c;
+        }
+        if (rc) {
+            for (int j = 0; j < *n; j++) free((*tags)[j]);
+            free(*tags);
+            *tags = NULL;
+            *n = 0;
+        }
+    }
+    free(all);
+    json_decref(sum);
+    json_decref(root);
+    return rc;
 }

@@ -55,55 +55,17 @@ int zl_ziprun_default_prompt(const zl_lora *l, char **out) {
         *out = strdup(tp);
         return *out ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory");
     }
-    const char *tf = meta_get(l, "ss_tag_frequency");
-    const char *name = l->path ? l->path : "LoRA";
-    if (!tf)
+    char **tags = NULL;
+    int n = 0;
+    int rc = zl_lora_top_tags(l, 1, &tags, &n);
+    if (rc == ZL_ENOTFOUND && !zl_lora_meta(l, "ss_tag_frequency"))
         return zl_set_error(ZL_ENOTFOUND,
                             "%s: no prompt in its metadata (neither modelspec.trigger_phrase nor ss_tag_frequency)",
-                            name);
-    json_error_t je;
-    json_t *root = json_loads(tf, 0, &je);
-    if (!root || !json_is_object(root)) {
-        json_decref(root);
-        return zl_set_error(ZL_ENOTFOUND, "%s: ss_tag_frequency is not a JSON object", name);
-    }
-    /* Sum each tag's count over the datasets. Tags are few (hundreds), so a
-     * flat object keyed by tag is enough. */
-    json_t *sum = json_object();
-    const char *ds;
-    json_t *tags;
-    json_object_foreach(root, ds, tags) {
-        if (!json_is_object(tags)) continue;
-        const char *tag;
-        json_t *cnt;
-        json_object_foreach(tags, tag, cnt) {
-            if (!json_is_number(cnt) || blank(tag)) continue;
-            json_t *prev = json_object_get(sum, tag);
-            double v = json_number_value(cnt) + (prev ? json_real_value(prev) : 0);
-            json_object_set_new(sum, tag, json_real(v));
-        }
-    }
-    const char *best = NULL, *tag;
-    double best_v = -1;
-    json_t *v;
-    json_object_foreach(sum, tag, v) {
-        double x = json_real_value(v);
-        if (x > best_v || (x == best_v && best && strcmp(tag, best) < 0)) {
-            best = tag;
-            best_v = x;
-        }
-    }
-    int rc = ZL_OK;
-    if (!best) rc = zl_set_error(ZL_ENOTFOUND, "%s: ss_tag_frequency holds no tags", name);
-    else {
-        /* trim surrounding blanks */
-        while (*best == ' ') best++;
-        size_t n = strlen(best);
-        while (n && best[n - 1] == ' ') n--;
-        if (!(*out = strndup(best, n))) rc = zl_set_error(ZL_ENOMEM, "out of memory");
-    }
-    json_decref(sum);
-    json_decref(root);
+                            l->path ? l->path : "LoRA");
+    if (rc == ZL_EFORMAT) rc = ZL_ENOTFOUND; /* the caller asks for the flag either way */
+    if (!rc) *out = tags[0];
+    else free(tags ? tags[0] : NULL);
+    free(tags);
     return rc;
 }
 
