@@ -439,6 +439,19 @@ static void write_with_meta(const char *const *srcs, int n_src, const char *mk, 
     for (int s = 0; s < n_src; s++) zl_st_close(f[s]);
 }
 
+/* Two safetensors files hold the same tensors, byte for byte. */
+static int same_tensors(const char *a, const char *b) {
+    zl_st_file *fa = NULL, *fb = NULL;
+    int same = zl_st_open(a, &fa) == ZL_OK && zl_st_open(b, &fb) == ZL_OK && zl_st_count(fa) == zl_st_count(fb);
+    for (int i = 0; same && i < zl_st_count(fa); i++) {
+        const zl_st_tensor *x = zl_st_at(fa, i), *y = zl_st_at(fb, i);
+        same = !strcmp(x->name, y->name) && x->nbytes == y->nbytes && !memcmp(x->data, y->data, x->nbytes);
+    }
+    zl_st_close(fa);
+    zl_st_close(fb);
+    return same;
+}
+
 static void test_end_to_end(void) {
     char mini[256], c[512], s[512], te[512], cs[512], ss[512];
     snprintf(mini, sizeof mini, "%s", zt_data("mini-sdxl"));
@@ -576,17 +589,7 @@ static void test_end_to_end(void) {
                         mini, vflag, cs, ss, res, o[k], rp[k]);
             CHECKM(rc == 0, "zip %s: %s", k ? "--vae" : "(its own VAE)", zt_err);
         }
-        zl_st_file *fa = NULL, *fb = NULL;
-        if (!rc && zl_st_open(o[0], &fa) == ZL_OK && zl_st_open(o[1], &fb) == ZL_OK) {
-            int same = zl_st_count(fa) == zl_st_count(fb);
-            for (int i = 0; same && i < zl_st_count(fa); i++) {
-                const zl_st_tensor *x = zl_st_at(fa, i), *y = zl_st_at(fb, i);
-                same = !strcmp(x->name, y->name) && x->nbytes == y->nbytes && !memcmp(x->data, y->data, x->nbytes);
-            }
-            CHECKM(same, "the merged LoRA with --vae <the model's vae> equals the one without");
-        }
-        zl_st_close(fa);
-        zl_st_close(fb);
+        CHECKM(!rc && same_tensors(o[0], o[1]), "the merged LoRA with --vae <the model's vae> equals the one without");
         zl_image pa = {0}, pb = {0};
         if (!rc && zl_image_read(pv[0], &pa) == ZL_OK && zl_image_read(pv[1], &pb) == ZL_OK)
             CHECKM(pa.w == pb.w && pa.h == pb.h && pa.c == pb.c && !memcmp(pa.px, pb.px, (size_t)pa.w * pa.h * pa.c),
@@ -621,17 +624,6 @@ static void test_end_to_end(void) {
 
 /* ---------------------------------------------------------------- clip skip */
 
-static int same_tensors(const char *a, const char *b) {
-    zl_st_file *fa = NULL, *fb = NULL;
-    int same = zl_st_open(a, &fa) == ZL_OK && zl_st_open(b, &fb) == ZL_OK && zl_st_count(fa) == zl_st_count(fb);
-    for (int i = 0; same && i < zl_st_count(fa); i++) {
-        const zl_st_tensor *x = zl_st_at(fa, i), *y = zl_st_at(fb, i);
-        same = !strcmp(x->name, y->name) && x->nbytes == y->nbytes && !memcmp(x->data, y->data, x->nbytes);
-    }
-    zl_st_close(fa);
-    zl_st_close(fb);
-    return same;
-}
 
 /* SD 1.x LoRAs trained with clip skip 2 (kohya's ss_clip_skip): zip conditions every prompt on
  * the penultimate layer as if --clip-skip 2 were given; without either the result differs. */

@@ -36,12 +36,6 @@ void zl_ziprun_params_default(zl_ziprun_params *p) {
 
 /* ------------------------------------------------------------------ prompts */
 
-static const char *meta_get(const zl_lora *l, const char *key) {
-    for (int i = 0; i < l->n_meta; i++)
-        if (!strcmp(l->meta_k[i], key)) return l->meta_v[i];
-    return NULL;
-}
-
 static int blank(const char *s) {
     for (; s && *s; s++)
         if (*s != ' ' && *s != '\t' && *s != '\n' && *s != '\r') return 0;
@@ -50,7 +44,7 @@ static int blank(const char *s) {
 
 int zl_ziprun_default_prompt(const zl_lora *l, char **out) {
     *out = NULL;
-    const char *tp = meta_get(l, "modelspec.trigger_phrase");
+    const char *tp = zl_lora_meta(l, "modelspec.trigger_phrase");
     if (tp && !blank(tp)) {
         *out = strdup(tp);
         return *out ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory");
@@ -170,8 +164,8 @@ static int resolve_prompts(zl_ziprun *r) {
             return zl_set_error(ZL_EINVAL, "%s; give the prompt with %s", why, flag[s]);
         }
         if (rc) return rc;
-        r->prompt_src[s] = meta_get(r->lora[s], "modelspec.trigger_phrase") &&
-                                   !blank(meta_get(r->lora[s], "modelspec.trigger_phrase"))
+        r->prompt_src[s] = zl_lora_meta(r->lora[s], "modelspec.trigger_phrase") &&
+                                   !blank(zl_lora_meta(r->lora[s], "modelspec.trigger_phrase"))
                                ? "modelspec.trigger_phrase"
                                : "ss_tag_frequency";
     }
@@ -181,7 +175,7 @@ static int resolve_prompts(zl_ziprun *r) {
 /* Clip skip: the flag, else what kohya recorded of the LoRAs' training (ss_clip_skip, "None"
  * when not set); two different values fall back to 1 with a warning. */
 static int meta_clip_skip(const zl_lora *l) {
-    const char *v = meta_get(l, "ss_clip_skip");
+    const char *v = zl_lora_meta(l, "ss_clip_skip");
     if (!v) return 0;
     char *end;
     long n = strtol(v, &end, 10);
