@@ -365,6 +365,37 @@ static void test_cli(void) {
     CHECK(code == 1 && strstr(zt_err, "ids_clip_l") && !zl_file_exists(bad));
     code = zt_cli("run text --model '%s' -o '%s'", zt_data("mini-sdxl"), bad);
     CHECK(code == 2);
+    /* --clip-skip 2 on SD 1.x: prompt_embeds is the final LayerNorm of the penultimate state, i.e. the
+     * last hidden state of a run whose last layer is skipped; the per-encoder tensors stay the fixture's */
+    char o2[1024], bad2[1024]; /* zt_tmp's buffers rotate, and zt_cli uses them */
+    snprintf(o2, sizeof o2, "%s", zt_tmp("text_skip.safetensors"));
+    snprintf(bad2, sizeof bad2, "%s", zt_tmp("bad_skip.safetensors"));
+    code = zt_cli("run text --model '%s' --clip-skip 2 --in '%s' -o '%s'", zt_data("tiny-sd15"),
+                  zt_data("tiny-sd15/text_io.safetensors"), o2);
+    CHECKM(code == 0, "run text --clip-skip 2: %s", zt_err);
+    CHECK_OK(zl_st_open(o2, &o));
+    CHECK_OK(zl_st_open(zt_data("tiny-sd15/text_io.safetensors"), &io));
+    if (o && io) {
+        const zl_st_tensor *pe = zl_st_find(o, "prompt_embeds"), *ref = zl_st_find(io, "prompt_embeds");
+        float *a = pe ? malloc((size_t)pe->numel * sizeof *a) : NULL, *b = ref ? malloc((size_t)ref->numel * sizeof *b) : NULL;
+        if (a && b && pe->numel == ref->numel) {
+            zl_st_read_f32(pe, a);
+            zl_st_read_f32(ref, b);
+            CHECKM(zt_relerr(a, b, pe->numel) > 1e-3, "clip skip 2 changes prompt_embeds");
+        }
+        free(a);
+        free(b);
+        const zl_st_tensor *lh = zl_st_find(o, "te1_last_hidden");
+        float *g = lh ? malloc((size_t)lh->numel * sizeof *g) : NULL;
+        if (g) zl_st_read_f32(lh, g);
+        if (g) cmp(io, "", "te1_last_hidden", g, "cli --clip-skip 2");
+        free(g);
+    }
+    zl_st_close(o);
+    zl_st_close(io);
+    code = zt_cli("run text --model '%s' --clip-skip 0 --in '%s' -o '%s'", zt_data("tiny-sd15"),
+                  zt_data("tiny-sd15/text_io.safetensors"), bad2);
+    CHECK(code == 2 && !zl_file_exists(bad2));
 }
 
 int main(void) {

@@ -24,6 +24,8 @@ static void usage(FILE *f) {
             "  --lora FILE[:W]      fold a LoRA's text-encoder layers in with weight W (default 1); repeatable\n"
             "  --te1-config JSON    config.json of the first text encoder (for a single file whose\n"
             "  --te2-config JSON    heads are not 64 wide); likewise for the second\n"
+            "  --clip-skip N        prompt_embeds from the N-th layer from the end (A1111's Clip skip, as\n"
+            "                       generate); the per-encoder tensors are unchanged\n"
             "  --in FILE, -o FILE   input ids and output tensors\n"
             "  -q, -v, --threads N  quiet, verbose, thread count\n");
 }
@@ -60,6 +62,7 @@ int zl_run_text(int argc, char **argv) {
     const char *model = NULL, *in_path = NULL, *out_path = NULL, *c1 = NULL, *c2 = NULL;
     const char *lora_args[MAX_LORAS];
     int n_lora = 0;
+    long clip_skip = 1;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = zl_cli_common("run text", argc, argv, &i);
@@ -72,10 +75,12 @@ int zl_run_text(int argc, char **argv) {
                            : !strcmp(a, "--te1-config") ? &c1
                            : !strcmp(a, "--te2-config") ? &c2
                            : NULL;
-        int is_lora = !strcmp(a, "--lora");
-        if (!dst && !is_lora) return zl_cli_usage("run text", "unknown option '%s'", a);
+        int is_lora = !strcmp(a, "--lora"), is_skip = !strcmp(a, "--clip-skip");
+        if (!dst && !is_lora && !is_skip) return zl_cli_usage("run text", "unknown option '%s'", a);
         if (i + 1 >= argc) return zl_cli_usage("run text", "%s needs a value", a);
-        if (is_lora) {
+        if (is_skip) {
+            if (zl_cli_int("run text", a, argv[++i], 1, 48, &clip_skip)) return ZL_EXIT_USAGE;
+        } else if (is_lora) {
             if (n_lora == MAX_LORAS) return zl_cli_usage("run text", "at most %d --lora", MAX_LORAS);
             lora_args[n_lora++] = argv[++i];
         } else {
@@ -99,6 +104,7 @@ int zl_run_text(int argc, char **argv) {
     if ((rc = zl_model_paths_resolve(model, &mp))) return zl_cli_fail(rc, NULL);
     zl_text_load_opts lo = {.te1_config = c1, .te2_config = c2};
     if ((rc = zl_text_load(&mp, &lo, &tx))) goto done;
+    if (clip_skip > 1 && (rc = zl_text_set_clip_skip(tx, (int)clip_skip))) goto done;
     zl_family fam = zl_text_family(tx);
     for (int k = 0; k < n_lora; k++) {
         float w;
