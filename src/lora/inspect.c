@@ -297,10 +297,20 @@ static void draw_panel_frame(zl_svg *s, const panel *p, const zl_inspect_result 
                 "layers (%d, in UNet/text-encoder order, grouped by block)", r->n);
 }
 
-static void legend_item(zl_svg *s, double x, double y, const char *color, int dashed, const char *label) {
-    zl_svg_line(s, x, y, x + 22, y, color, 2.2, dashed ? "5,3" : NULL);
-    zl_svg_circle(s, x + 11, y, 3, color, NULL);
-    zl_svg_text(s, x + 28, y + 4, 11, "start", 0, "#222", 0, "%s", label);
+/* One legend entry at (*x, *y), laid out after the previous one: its width is estimated from the
+ * label (0.6 em a character, a little over a sans-serif's mean), and an entry that would pass
+ * x_max starts a new line. */
+static void legend_item(zl_svg *s, double *x, double *y, double x0, double x_max, const char *color, int dashed,
+                        const char *label) {
+    double w = 28 + 0.6 * 11 * (double)strlen(label) + 24;
+    if (*x > x0 && *x + w > x_max) {
+        *x = x0;
+        *y += 18;
+    }
+    zl_svg_line(s, *x, *y, *x + 22, *y, color, 2.2, dashed ? "5,3" : NULL);
+    zl_svg_circle(s, *x + 11, *y, 3, color, NULL);
+    zl_svg_text(s, *x + 28, *y + 4, 11, "start", 0, "#222", 0, "%s", label);
+    *x += w;
 }
 
 int zl_inspect_plot(const char *path, const zl_inspect_result *r, const char *label_a, const char *label_b,
@@ -366,17 +376,17 @@ int zl_inspect_plot(const char *path, const zl_inspect_result *r, const char *la
                 free(ys);
             }
         /* legend */
-        double lx = p.x0 + 10, ly = p.y0 + p.h + 40;
+        double lx = p.x0 + 10, ly = p.y0 + p.h + 40, x0 = lx, xm = p.x0 + p.w;
         char buf[300];
         snprintf(buf, sizeof buf, "%s: 80%% zeroed", label_a);
-        legend_item(s, lx, ly, ca, 0, buf);
+        legend_item(s, &lx, &ly, x0, xm, ca, 0, buf);
         snprintf(buf, sizeof buf, "%s: 90%% zeroed (thicker)", label_a);
-        legend_item(s, lx + 280, ly, ca, 0, buf);
+        legend_item(s, &lx, &ly, x0, xm, ca, 0, buf);
         if (label_b) {
             snprintf(buf, sizeof buf, "%s: 80%% zeroed", label_b);
-            legend_item(s, lx + 560, ly, cb, 0, buf);
+            legend_item(s, &lx, &ly, x0, xm, cb, 0, buf);
             snprintf(buf, sizeof buf, "%s: 90%% zeroed (thicker)", label_b);
-            legend_item(s, lx + 840, ly, cb, 0, buf);
+            legend_item(s, &lx, &ly, x0, xm, cb, 0, buf);
         }
     }
     int rc = zl_svg_save(s, path, inputs, n_inputs);
