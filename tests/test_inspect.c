@@ -287,6 +287,20 @@ static void test_training_meta(void) {
     CHECKM(code == 0 && strstr(zt_out, "\"clip_skip\":\"2\"") && strstr(zt_out, "\"trigger_phrase\":null") &&
                strstr(zt_out, "\"top_tags\":[\"zwx style\",\"painting\",\"watercolor\"]"),
            "training JSON: %.400s", zt_out);
+    /* --json stays valid JSON whatever bytes the file name holds (Latin-1 0xE9 here): U+FFFD for them */
+    {
+        char odd[1024];
+        snprintf(odd, sizeof odd, "%s/caf\xe9 \"quoted\".safetensors", zt_tmpdir());
+        CHECK(rename(path, odd) == 0);
+        code = zt_cli("inspect '%s' --json", odd);
+        json_error_t je;
+        json_t *j = code == 0 ? json_loads(zt_out, 0, &je) : NULL;
+        const char *p = j ? json_string_value(json_object_get(json_array_get(json_object_get(j, "files"), 0), "path")) : NULL;
+        CHECKM(p && strstr(p, "caf\xef\xbf\xbd \"quoted\".safetensors"), "JSON with a non-UTF-8 path: %s",
+               j ? (p ? p : "(no path)") : je.text);
+        json_decref(j);
+        CHECK(rename(odd, path) == 0);
+    }
     /* a file without any: no summary lines */
     code = zt_cli("inspect '%s'", zt_data("mini-sdxl/loras/content.kohya.safetensors"));
     CHECK(code == 0 && !strstr(zt_out, "trained:") && !strstr(zt_out, "training tags"));

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "lora_cli.h"
 #include "zip_cli.h"
 
 static void usage(FILE *f) {
@@ -68,13 +69,9 @@ int zl_cmd_eval_merge(int argc, char **argv) {
     if (json) {
         printf("{\"samples\":%ld,\"seed\":%llu,\"rows\":[", samples, (unsigned long long)z.p.seed);
         for (int i = 0; i < nr; i++) {
-            printf("%s{\"label\":\"", i ? "," : "");
-            for (const char *s = rows[i].label; *s; s++) {
-                if (*s == '"' || *s == '\\') putchar('\\');
-                if ((unsigned char)*s < 0x20) printf("\\u%04x", *s);
-                else putchar(*s);
-            }
-            printf("\",\"loss_content\":%.9g,\"loss_style\":%.9g,\"total\":%.9g,\"seconds\":%.3f}",
+            printf("%s{\"label\":", i ? "," : "");
+            zl_lora_cli_json_str(stdout, rows[i].label);
+            printf(",\"loss_content\":%.9g,\"loss_style\":%.9g,\"total\":%.9g,\"seconds\":%.3f}",
                    rows[i].loss_content, rows[i].loss_style, rows[i].total, rows[i].seconds);
         }
         printf("]}\n");

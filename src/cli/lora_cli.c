@@ -65,13 +65,32 @@ int zl_lora_cli_dtype(const char *cmd, const char *s, zl_dtype *out) {
     return 0;
 }
 
+/* Length of the valid UTF-8 sequence at s (1-4), or 0 if the bytes there are not one. */
+static int utf8_len(const unsigned char *s) {
+    unsigned c = s[0];
+    int n = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3 : (c & 0xf8) == 0xf0 ? 4 : 0;
+    if (!n) return 0;
+    unsigned cp = n == 1 ? c : n == 2 ? c & 0x1f : n == 3 ? c & 0x0f : c & 0x07;
+    for (int i = 1; i < n; i++) {
+        if ((s[i] & 0xc0) != 0x80) return 0;
+        cp = cp << 6 | (s[i] & 0x3f);
+    }
+    static const unsigned min[5] = {0, 0, 0x80, 0x800, 0x10000};
+    if (cp < min[n] || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return 0; /* overlong, surrogate */
+    return n;
+}
+
 void zl_lora_cli_json_str(FILE *fp, const char *s) {
     fputc('"', fp);
-    for (; *s; s++) {
-        unsigned char c = (unsigned char)*s;
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        unsigned char c = *p;
+        int n = utf8_len(p);
         if (c == '"' || c == '\\') fprintf(fp, "\\%c", c);
         else if (c < 0x20) fprintf(fp, "\\u%04x", c);
-        else fputc(c, fp);
+        else if (n) fwrite(p, 1, (size_t)n, fp);
+        else fputs("\\ufffd", fp); /* not UTF-8 (a file name, say): JSON must stay valid */
+        p += n ? n : 1;
     }
     fputc('"', fp);
 }
