@@ -352,6 +352,16 @@ static void test_bad_inputs(void) {
                 mini, mini, mini, bad, out);
     expect_fail("undecodable image", rc, 1, "broken.png", out);
 
+    /* eval-merge: a candidate for the other family fails before the references
+     * are generated (no progress line for them, which the run prints without -q) */
+    rc = zt_cli("eval-merge --model '%s' --content '%s/loras/content.peft.safetensors' --style "
+                "'%s/loras/style.peft.safetensors' --content-prompt 'a sks dog' --style-prompt 'zwx style' "
+                "--resolution 64 --merged '%s/loras/content.peft.safetensors'",
+                mini, mini, mini, t15);
+    CHECKM(rc == 1 && strstr(zt_err, "merged LoRA") && strstr(zt_err, "is for sd1, but the model") &&
+               !strstr(zt_err, "reference"),
+           "eval-merge with an SD1 candidate: exit %d, %s", rc, zt_err);
+
     /* no prompt anywhere: a usage error asking for the flag */
     rc = zt_cli("zip --model '%s' --content '%s/loras/content.peft.safetensors' --style "
                 "'%s/loras/style.peft.safetensors' --style-prompt 'zwx style' --resolution 64 -o '%s' -q",

@@ -49,6 +49,9 @@ typedef struct {
     const char *content, *style;            /* the two LoRA files */
     const char *content_adapter, *style_adapter; /* PEFT adapter_config.json (optional) */
     const char *content_prompt, *style_prompt;   /* NULL: from LoRA metadata (zl_ziprun_default_prompt) */
+    const char *const *extra_loras;         /* further LoRAs loaded for the model with the two (eval-merge's
+                                               candidates), so a bad one fails before any compute */
+    int n_extra_loras;
     const char *const *content_images;      /* reference images (PNG/JPEG), or none: generated */
     int n_content_images;
     const char *const *style_images;

@@ -165,6 +165,11 @@ int zl_cmd_merge(int argc, char **argv) {
     rc = zl_lora_load_lazy(cpath, &lo, &c, &zc);
     if (!rc) rc = zl_lora_load_lazy(spath, &lo, &s, &zs);
     if (!rc && mpath) rc = zl_mergers_load(mpath, &mg);
+    /* LoRAs of two families are a problem of the inputs (exit 1, as inspect, zip
+     * and generate say it), not of the command line */
+    if (!rc && c->family != ZL_FAMILY_UNKNOWN && s->family != ZL_FAMILY_UNKNOWN && c->family != s->family)
+        rc = zl_set_error(ZL_EFORMAT, "cannot merge LoRAs of different model families: %s is %s, %s is %s", cpath,
+                          zl_family_name(c->family), spath, zl_family_name(s->family));
     if (rc) hash_join(&hj, &th, threaded);
     if (rc) {
         /* an unreadable input is a failure, not a usage error */

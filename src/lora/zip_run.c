@@ -107,35 +107,42 @@ static int fx_read(zl_ziprun *r, const char *name, int64_t numel, int required, 
 
 /* ------------------------------------------------------------------ loading */
 
+/* One LoRA for the model; a LoRA for the other family is said plainly (its
+ * family learnt by loading it again without the model's names). */
+static int load_one(zl_ziprun *r, const char *path, const char *adapter, const char *role, const zl_clip_config *te1,
+                    const zl_clip_config *te2, zl_lora **out) {
+    zl_lora_load_opts o = {.adapter_config = adapter, .unet_config = &r->ucfg, .expect_family = r->ucfg.family,
+                           .te1_config = te1, .te2_config = te2};
+    int rc = zl_lora_load(path, &o, out);
+    if (rc && rc != ZL_ENOMEM && rc != ZL_EIO) {
+        char why[2048];
+        snprintf(why, sizeof why, "%s", zl_errmsg());
+        zl_lora *alone = NULL;
+        zl_lora_load_opts o2 = {.adapter_config = adapter};
+        zl_family fam = zl_lora_load(path, &o2, &alone) ? ZL_FAMILY_UNKNOWN : alone->family;
+        zl_lora_free(alone);
+        if (fam != ZL_FAMILY_UNKNOWN && fam != r->ucfg.family)
+            return zl_set_error(ZL_EUNSUPPORTED, "%s LoRA %s is for %s, but the model %s is %s", role, path,
+                                zl_family_name(fam), r->p->model, zl_family_name(r->ucfg.family));
+        zl_set_error(rc, "%s", why);
+    }
+    if (rc) {
+        if (!strstr(zl_errmsg(), path)) zl_error_prefix(rc, "%s", path);
+        return zl_error_prefix(rc, "%s LoRA", role);
+    }
+    if ((*out)->family != ZL_FAMILY_UNKNOWN && (*out)->family != r->ucfg.family)
+        return zl_set_error(ZL_EUNSUPPORTED, "%s LoRA %s is for %s, but the model %s is %s", role, path,
+                            zl_family_name((*out)->family), r->p->model, zl_family_name(r->ucfg.family));
+    return ZL_OK;
+}
+
 static int load_loras(zl_ziprun *r, const zl_clip_config *te1, const zl_clip_config *te2) {
     const char *path[2] = {r->p->content, r->p->style};
     const char *ac[2] = {r->p->content_adapter, r->p->style_adapter};
     const char *role[2] = {"content", "style"};
     for (int s = 0; s < 2; s++) {
-        zl_lora_load_opts o = {.adapter_config = ac[s], .unet_config = &r->ucfg, .expect_family = r->ucfg.family,
-                               .te1_config = te1, .te2_config = te2};
-        int rc = zl_lora_load(path[s], &o, &r->lora[s]);
-        if (rc && rc != ZL_ENOMEM && rc != ZL_EIO) {
-            /* Say plainly when the LoRA is for another family than the model:
-             * load it again without the model's names to learn its family. */
-            char why[2048];
-            snprintf(why, sizeof why, "%s", zl_errmsg());
-            zl_lora *alone = NULL;
-            zl_lora_load_opts o2 = {.adapter_config = ac[s]};
-            zl_family fam = zl_lora_load(path[s], &o2, &alone) ? ZL_FAMILY_UNKNOWN : alone->family;
-            zl_lora_free(alone);
-            if (fam != ZL_FAMILY_UNKNOWN && fam != r->ucfg.family)
-                return zl_set_error(ZL_EUNSUPPORTED, "%s LoRA %s is for %s, but the model %s is %s", role[s], path[s],
-                                    zl_family_name(fam), r->p->model, zl_family_name(r->ucfg.family));
-            zl_set_error(rc, "%s", why);
-        }
-        if (rc) {
-            if (!strstr(zl_errmsg(), path[s])) zl_error_prefix(rc, "%s", path[s]);
-            return zl_error_prefix(rc, "%s LoRA", role[s]);
-        }
-        if (r->lora[s]->family != ZL_FAMILY_UNKNOWN && r->lora[s]->family != r->ucfg.family)
-            return zl_set_error(ZL_EUNSUPPORTED, "%s LoRA %s is for %s, but the model %s is %s", role[s], path[s],
-                                zl_family_name(r->lora[s]->family), r->p->model, zl_family_name(r->ucfg.family));
+        int rc = load_one(r, path[s], ac[s], role[s], te1, te2, &r->lora[s]);
+        if (rc) return rc;
         int unet_layers = 0;
         for (int i = 0; i < r->lora[s]->n; i++) unet_layers += r->lora[s]->layers[i].part == ZL_PART_UNET;
         if (!unet_layers)
@@ -144,6 +151,16 @@ static int load_loras(zl_ziprun *r, const zl_clip_config *te1, const zl_clip_con
     if (r->lora[0]->family != r->lora[1]->family && r->lora[0]->family && r->lora[1]->family)
         return zl_set_error(ZL_EUNSUPPORTED, "the content LoRA is for %s but the style LoRA for %s",
                             zl_family_name(r->lora[0]->family), zl_family_name(r->lora[1]->family));
+    /* further LoRAs to check (eval-merge's candidates), before any compute */
+    if (r->p->n_extra_loras > 0) {
+        r->extra = calloc((size_t)r->p->n_extra_loras, sizeof *r->extra);
+        if (!r->extra) return zl_set_error(ZL_ENOMEM, "out of memory");
+        r->n_extra = r->p->n_extra_loras;
+        for (int i = 0; i < r->n_extra; i++) {
+            int rc = load_one(r, r->p->extra_loras[i], NULL, "merged", te1, te2, &r->extra[i]);
+            if (rc) return rc;
+        }
+    }
     return ZL_OK;
 }
 
@@ -543,6 +560,8 @@ void zr_release(zl_ziprun *r) {
     free(r->noise);
     free(r->tstep);
     free(r->curve);
+    for (int i = 0; i < r->n_extra; i++) zl_lora_free(r->extra[i]);
+    free(r->extra);
     for (int i = 0; i < r->n_notes; i++) free(r->notes[i]);
     free(r->notes);
     zl_unet_free(r->own_unet);

@@ -23,6 +23,8 @@ struct zl_ziprun {
     int res;       /* working resolution in pixels */
     float cfg;     /* guidance for references and previews */
     zl_lora *lora[2];
+    zl_lora **extra; /* p->extra_loras, loaded for the model */
+    int n_extra;
     zl_zip *zip;
     int n_both;    /* layers holding both LoRAs */
     /* prompts and conditioning: [B, T, D] / [B, P] per side, for the targets

@@ -785,20 +785,18 @@ int zl_zip_eval_merge(const zl_ziprun_params *p, const char *const *merged, int 
         return zl_set_error(ZL_EINVAL, "eval-merge: --model, --content and --style are required");
     if (samples < 1) return zl_set_error(ZL_EINVAL, "--samples must be at least 1 (got %d)", samples);
     if (!n_merged && !direct) return zl_set_error(ZL_EINVAL, "eval-merge: nothing to evaluate (give --merged or --direct)");
+    /* the candidates are loaded with the two LoRAs, before the references are made */
+    zl_ziprun_params pc = *p;
+    pc.extra_loras = merged;
+    pc.n_extra_loras = n_merged;
     zl_ziprun r;
-    int rc = zr_prepare(&r, p, 1);
+    int rc = zr_prepare(&r, &pc, 1);
     const int K = samples;
     const size_t n = (size_t)r.B * r.C * r.h * r.w;
     float *xs[2] = {0}, *tg[2] = {0}, *ts = NULL;
     zl_eval_row *rows = calloc((size_t)(n_merged + 1), sizeof *rows);
-    zl_lora **ml = calloc((size_t)(n_merged + 1), sizeof *ml);
-    if (!rc && (!rows || !ml)) rc = zl_set_error(ZL_ENOMEM, "out of memory");
-    /* load every candidate first: a bad file fails before any compute */
-    for (int i = 0; i < n_merged && !rc; i++) {
-        zl_lora_load_opts o = {.unet_config = &r.ucfg, .expect_family = r.ucfg.family};
-        rc = zl_lora_load(merged[i], &o, &ml[i]);
-        if (rc && !strstr(zl_errmsg(), merged[i])) zl_error_prefix(rc, "%s", merged[i]);
-    }
+    zl_lora *const *ml = r.extra;
+    if (!rc && !rows) rc = zl_set_error(ZL_ENOMEM, "out of memory");
     for (int s = 0; s < 2 && !rc; s++) {
         xs[s] = malloc(n * K * sizeof(float));
         tg[s] = malloc(n * K * sizeof(float));
@@ -843,8 +841,6 @@ int zl_zip_eval_merge(const zl_ziprun_params *p, const char *const *merged, int 
         if (!rc) nr++;
     }
     for (int i = 0; i < nr; i++) rows[i].total = rows[i].loss_content + rows[i].loss_style;
-    for (int i = 0; ml && i < n_merged; i++) zl_lora_free(ml[i]);
-    free(ml);
     for (int s = 0; s < 2; s++) {
         free(xs[s]);
         free(tg[s]);
