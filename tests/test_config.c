@@ -91,8 +91,8 @@ int main(void) {
           NULL},
          "Stable Diffusion 3"},
         {{"model.diffusion_model.input_blocks.0.0.weight", "cond_stage_model.model.ln_final.weight", NULL}, "2.x"},
-        {{"model.diffusion_model.input_blocks.0.0.weight", "conditioner.embedders.1.model.ln_final.weight", "v_pred"},
-         "v-prediction"},
+        {{"model.diffusion_model.input_blocks.0.0.weight", "edm_vpred.sigma_max", "edm_vpred.sigma_min"},
+         "EDM v-prediction"},
         {{"model.diffusion_model.label_emb.0.0.weight", "conditioner.embedders.0.model.ln_final.weight", NULL}, "refiner"},
     };
     float zero[4] = {0};
@@ -108,7 +108,35 @@ int main(void) {
         CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), other[i].must) && strstr(zl_errmsg(), path),
                "%s: %d %s", other[i].must, rc, zl_errmsg());
     }
-    /* a diffusers folder whose scheduler predicts v: refused, naming the setting */
+    /* a single SDXL file with the 'v_pred' / 'ztsnr' markers (NoobAI-XL V-Pred, as ComfyUI
+     * reads them): v-prediction, zero terminal SNR and trailing spacing; without: the default */
+    {
+        static const char *const keys[] = {"model.diffusion_model.input_blocks.0.0.weight",
+                                           "conditioner.embedders.0.transformer.text_model.embeddings.token_embedding.weight",
+                                           "conditioner.embedders.1.model.ln_final.weight", "v_pred", "ztsnr"};
+        for (int variant = 0; variant < 3; variant++) {
+            zl_st_entry e[5];
+            int n = 0;
+            for (int k = 0; k < 5; k++) {
+                if ((variant == 0 && k >= 3) || (variant == 1 && k == 4)) continue;
+                e[n++] = (zl_st_entry){.name = keys[k], .dtype = ZL_DT_F32, .ndim = 1, .shape = {1}, .data = zero};
+            }
+            char path[1024];
+            snprintf(path, sizeof path, "%s/vpred%d.safetensors", zt_tmpdir(), variant);
+            CHECK_OK(zl_st_write(path, e, n, NULL, 0, NULL, 0));
+            CHECK_OK(zl_model_paths_resolve(path, &p));
+            CHECKM(p.family == ZL_FAMILY_SDXL && p.sched.prediction == (variant ? ZL_PRED_V : ZL_PRED_EPSILON) &&
+                       p.sched.zero_snr == (variant == 2) &&
+                       p.sched.spacing == (variant == 2 ? ZL_SPACING_TRAILING : ZL_SPACING_LEADING) &&
+                       p.sched.n_train == 1000 && p.sched.steps_offset == 1 && p.sched.beta_start == 0.00085f &&
+                       p.sched.beta_end == 0.012f,
+                   "variant %d: prediction %d zero_snr %d spacing %d", variant, (int)p.sched.prediction, p.sched.zero_snr,
+                   (int)p.sched.spacing);
+            zl_model_paths_free(&p);
+        }
+    }
+    /* a diffusers folder: its scheduler config sets the schedule; settings we would run
+     * wrongly are refused, naming the file and the setting */
     {
         char d[1024], sub[1100], f[1200];
         snprintf(d, sizeof d, "%s/vpred", zt_tmpdir());
@@ -128,10 +156,39 @@ int main(void) {
         snprintf(sub, sizeof sub, "%s/scheduler", d);
         CHECK(mkdir(sub, 0755) == 0);
         snprintf(f, sizeof f, "%s/scheduler_config.json", sub);
-        const char *sj = "{\"_class_name\": \"EulerDiscreteScheduler\", \"prediction_type\": \"v_prediction\"}";
+        const char *sj = "{\"_class_name\": \"EulerDiscreteScheduler\", \"prediction_type\": \"v_prediction\", "
+                         "\"rescale_betas_zero_snr\": true, \"timestep_spacing\": \"linspace\", \"steps_offset\": 0, "
+                         "\"beta_start\": 0.001, \"beta_end\": 0.02, \"num_train_timesteps\": 500, "
+                         "\"beta_schedule\": \"scaled_linear\", \"trained_betas\": null}";
         CHECK_OK(zl_write_file_atomic(f, sj, strlen(sj), NULL, 0));
-        int rc = zl_model_paths_resolve(d, &p);
-        CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), "v_prediction"), "%d %s", rc, zl_errmsg());
+        CHECK_OK(zl_model_paths_resolve(d, &p));
+        CHECKM(p.sched.prediction == ZL_PRED_V && p.sched.zero_snr == 1 && p.sched.spacing == ZL_SPACING_LINSPACE &&
+                   p.sched.steps_offset == 0 && p.sched.beta_start == 0.001f && p.sched.beta_end == 0.02f &&
+                   p.sched.n_train == 500,
+               "scheduler config: prediction %d zero_snr %d spacing %d offset %d betas %g %g n %d", (int)p.sched.prediction,
+               p.sched.zero_snr, (int)p.sched.spacing, p.sched.steps_offset, (double)p.sched.beta_start,
+               (double)p.sched.beta_end, p.sched.n_train);
+        zl_model_paths_free(&p);
+        static const struct {
+            const char *json, *must;
+        } bad[] = {
+            {"{\"prediction_type\": \"sample\"}", "prediction_type sample"},
+            {"{\"prediction_type\": 3}", "prediction_type"},
+            {"{\"beta_schedule\": \"linear\"}", "beta_schedule linear"},
+            {"{\"timestep_spacing\": \"sideways\"}", "timestep_spacing sideways"},
+            {"{\"rescale_betas_zero_snr\": \"yes\"}", "rescale_betas_zero_snr"},
+            {"{\"num_train_timesteps\": 0}", "num_train_timesteps"},
+            {"{\"beta_end\": 1.5}", "beta_end"},
+            {"{\"trained_betas\": [0.1, 0.2]}", "trained_betas"},
+            {"{\"prediction_type\": \"epsilon\"", "scheduler_config.json"},
+        };
+        for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+            CHECK_OK(zl_write_file_atomic(f, bad[i].json, strlen(bad[i].json), NULL, 0));
+            int rc = zl_model_paths_resolve(d, &p);
+            CHECKM(rc != ZL_OK && strstr(zl_errmsg(), bad[i].must) && strstr(zl_errmsg(), "scheduler_config.json"),
+                   "%s: %d %s", bad[i].json, rc, zl_errmsg());
+            if (rc == ZL_OK) zl_model_paths_free(&p);
+        }
     }
     return zt_done();
 }

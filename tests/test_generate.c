@@ -324,6 +324,112 @@ static void test_library(const char *fx) {
     zl_pipeline_free(p);
 }
 
+/* v-prediction with a zero-terminal-SNR schedule, trailing spacing and guidance
+ * rescale (no fixture has them): the pipeline's latent against a sampling loop
+ * written here from diffusers' formulas, with the schedule in double:
+ * rescale_zero_terminal_snr, alphas_cumprod[-1] = 2^-24, trailing timesteps
+ * round(N - k N/steps) - 1, x0 = v (-s / sqrt(s^2+1)) + x / (s^2+1), Euler on x0,
+ * rescale_noise_cfg with torch's unbiased std. */
+static void test_vpred(const char *fx) {
+    char model[1024];
+    snprintf(model, sizeof model, "%s/%s", ZL_TEST_DATA, fx);
+    zl_pipeline_opts po = {.sched = {.prediction = "v_prediction", .zero_snr = 1}};
+    zl_pipeline *p = NULL;
+    CHECK_OK(zl_pipeline_open(model, &po, &p));
+    if (!p) return;
+    const zl_sched_config *sc = zl_pipeline_sched(p);
+    CHECK(sc->prediction == ZL_PRED_V && sc->zero_snr && sc->spacing == ZL_SPACING_TRAILING);
+    zl_cond c;
+    CHECK_OK(zl_pipeline_encode(p, "watercolor painting of a cat", "blurry", &c));
+    const int S = 3, H = 64, W = 64, h = H / 8, w = W / 8;
+    const float G = 4.0f, PHI = 0.7f;
+    const size_t n = 4 * (size_t)h * w;
+    zl_gen_params g = {.width = W, .height = H, .steps = S, .cfg = G, .cfg_rescale = PHI, .seed = 5};
+    float *lat = calloc(n, sizeof(float));
+    CHECK_OK(zl_pipeline_sample(p, &c, &g, lat));
+
+    /* the schedule, in double */
+    enum { N = 1000 };
+    static double acp[N];
+    double a = sqrt(0.00085), b = sqrt(0.012), cum = 1;
+    for (int i = 0; i < N; i++) {
+        double beta = a + (b - a) * i / (N - 1);
+        cum *= 1 - beta * beta;
+        acp[i] = cum;
+    }
+    double s0 = sqrt(acp[0]), sT = sqrt(acp[N - 1]);
+    for (int i = 0; i < N; i++) {
+        double q = (sqrt(acp[i]) - sT) * s0 / (s0 - sT);
+        acp[i] = q * q;
+    }
+    acp[N - 1] = pow(2, -24);
+    double sig[4];
+    int ts[3];
+    for (int k = 0; k < S; k++) {
+        ts[k] = (int)nearbyint(N - k * (double)N / S) - 1;
+        sig[k] = sqrt((1 - acp[ts[k]]) / acp[ts[k]]);
+    }
+    sig[S] = 0;
+    CHECK(ts[0] == 999 && ts[1] == 666 && ts[2] == 332);
+
+    float *x = malloc(n * sizeof(float)), *in = malloc(2 * n * sizeof(float)), *out = malloc(2 * n * sizeof(float));
+    zl_rng r;
+    zl_rng_init(&r, 5, 0);
+    zl_rng_normal(&r, 0, x, n);
+    for (size_t i = 0; i < n; i++) x[i] = (float)(x[i] * sig[0]); /* trailing: init_noise_sigma = max sigma */
+    zl_unet *u = zl_pipeline_unet(p);
+    const zl_unet_config *ucfg = zl_unet_get_config(u);
+    float tid[12] = {H, W, 0, 0, H, W, H, W, 0, 0, H, W}, tt[2];
+    zl_unet_input ui = {.B = 2, .H = h, .W = w, .T = 77, .sample = in, .timestep = tt, .context = c.embeds,
+                        .text_embeds = ucfg->has_text_time ? c.pooled : NULL, .time_ids = ucfg->has_text_time ? tid : NULL};
+    for (int k = 0; k < S; k++) {
+        double s = sig[k], cin = 1 / sqrt(s * s + 1);
+        for (size_t i = 0; i < n; i++) in[i] = in[n + i] = (float)(x[i] * cin);
+        tt[0] = tt[1] = (float)ts[k];
+        CHECK_OK(zl_unet_forward(u, &ui, out));
+        double mv[2] = {0, 0}, vv[2] = {0, 0};
+        double *v = malloc(n * sizeof(double));
+        for (size_t i = 0; i < n; i++) v[i] = out[i] + (double)G * (out[n + i] - out[i]);
+        for (size_t i = 0; i < n; i++) {
+            mv[0] += v[i];
+            mv[1] += out[n + i];
+        }
+        mv[0] /= n;
+        mv[1] /= n;
+        for (size_t i = 0; i < n; i++) {
+            vv[0] += (v[i] - mv[0]) * (v[i] - mv[0]);
+            vv[1] += (out[n + i] - mv[1]) * (out[n + i] - mv[1]);
+        }
+        double std_cfg = sqrt(vv[0] / (n - 1)), std_text = sqrt(vv[1] / (n - 1));
+        for (size_t i = 0; i < n; i++) {
+            v[i] = PHI * v[i] * (std_text / std_cfg) + (1 - PHI) * v[i];
+            double x0 = v[i] * (-s / sqrt(s * s + 1)) + x[i] / (s * s + 1);
+            double d = (x[i] - x0) / s;
+            x[i] = (float)(x[i] + d * (sig[k + 1] - s));
+        }
+        free(v);
+    }
+    char what[128];
+    snprintf(what, sizeof what, "%s v-prediction, zero SNR, trailing, CFG rescale", fx);
+    zt_close(what, lat, x, (int64_t)n, TOL);
+    /* and it is not what epsilon prediction gives (the setting reaches the loop) */
+    zl_sched_config eps = *sc;
+    eps.prediction = ZL_PRED_EPSILON;
+    g.sched = &eps;
+    float *le = calloc(n, sizeof(float));
+    CHECK_OK(zl_pipeline_sample(p, &c, &g, le));
+    double diff = 0;
+    for (size_t i = 0; i < n; i++) diff = fmax(diff, fabs(le[i] - lat[i]));
+    CHECKM(diff > 1e-2, "%s: epsilon and v prediction give the same latent (max diff %g)", fx, diff);
+    free(le);
+    free(x);
+    free(in);
+    free(out);
+    free(lat);
+    zl_cond_free(&c);
+    zl_pipeline_free(p);
+}
+
 /* A first run: seed, LoRAs with weights, batch and grid, the other samplers. */
 static void test_user_run(void) {
     char d[1024], out[1024];
@@ -520,6 +626,8 @@ int main(void) {
     test_sdxl_explicit_empty_negative();
     test_library("mini-sdxl");
     test_library("tiny-sd15");
+    test_vpred("tiny-sd15");
+    test_vpred("mini-sdxl");
     test_user_run();
     test_bad_inputs();
     return zt_done();

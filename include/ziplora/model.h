@@ -6,6 +6,7 @@
 #define ZIPLORA_MODEL_H
 
 #include "ziplora/core.h"
+#include "ziplora/sample.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -69,6 +70,13 @@ typedef struct {
     char *te2_weights, *te2_config;  /* bigG (SDXL only) */
     char *vae_weights, *vae_config;
     zl_family family;
+    /* The noise schedule: diffusers' scheduler/scheduler_config.json
+     * (num_train_timesteps, beta_start/end, steps_offset, prediction_type,
+     * rescale_betas_zero_snr, timestep_spacing); single checkpoints: the
+     * default, with v-prediction for a 'v_pred' key and zero terminal SNR
+     * (with trailing spacing, which it needs) for a 'ztsnr' key, as ComfyUI and
+     * reForge read those markers. */
+    zl_sched_config sched;
 } zl_model_paths;
 
 int zl_model_paths_resolve(const char *model, zl_model_paths *out);

@@ -14,6 +14,9 @@
  *    the Philox RNG (zl_rng stream 0 of the seed), [4, H/8, W/8].
  *  - each step: ONE UNet forward of batch 2 [uncond, cond] on x * input_scale
  *    at the step's timestep; eps = eps_u + g (eps_c - eps_u); sampler step.
+ *    (v-prediction models: the guided output is v, turned into the epsilon
+ *    the samplers take by zl_v_to_eps; guidance_rescale, if asked, acts on
+ *    the guided output before that, as diffusers does.)
  *    As diffusers, guidance runs only when g > 1; otherwise a batch-1 forward
  *    on the prompt alone.
  *  - image: decode(latent / scaling_factor) in float32 (tiled for latents
@@ -60,6 +63,7 @@ typedef struct {
     zl_unet_weight_mode weights; /* default: stored dtype, widened per layer */
     zl_vae_tile_mode vae_tile;   /* default AUTO: tile latents over one tile */
     int vae_tile_size, vae_tile_overlap; /* latent cells; 0: the VAE's defaults (80, 16) */
+    zl_sched_override sched;     /* changes to the model's noise schedule (zero: none) */
 } zl_pipeline_opts;
 
 /* Open the model at `model` (a diffusers folder or a single checkpoint; the
@@ -70,6 +74,9 @@ int zl_pipeline_open(const char *model, const zl_pipeline_opts *opts, zl_pipelin
 void zl_pipeline_free(zl_pipeline *p);
 
 zl_family zl_pipeline_family(const zl_pipeline *p);
+/* The noise schedule sampling uses: the model's (zl_model_paths.sched) with the
+ * opts' changes. */
+const zl_sched_config *zl_pipeline_sched(const zl_pipeline *p);
 const zl_model_paths *zl_pipeline_paths(const zl_pipeline *p);
 const zl_unet_config *zl_pipeline_unet_config(const zl_pipeline *p);
 /* Pixels per latent cell (8 for SD). */
@@ -126,6 +133,12 @@ typedef struct {
     const float *initial_noise; /* [4, h, w] standard normal noise, or NULL: Philox(seed, stream 0) */
     int progress;               /* show a progress bar on stderr */
     const char *progress_label; /* NULL: "sampling" */
+    const zl_sched_config *sched; /* the model's noise schedule and prediction type; NULL: the SD/SDXL
+                                     default (epsilon) for zl_txt2img_sample, the pipeline's for
+                                     zl_pipeline_sample / zl_pipeline_generate */
+    float cfg_rescale;          /* diffusers' guidance_rescale phi (Lin et al. 2023, Sec. 3.4): after
+                                   guidance, out = phi out std(cond)/std(out) + (1 - phi) out, std
+                                   over each sample; 0: none */
 } zl_gen_params;
 
 /* Run the sampler loop with `unet` (any zl_unet: the pipeline's or one with

@@ -37,18 +37,74 @@ extern "C" {
 
 #define ZL_MAX_TRAIN_STEPS 4000
 
+/* What the model predicts: the noise (SD 1.x, SDXL base) or v = alpha eps -
+ * sigma x0 (v-prediction fine-tunes such as NoobAI-XL V-Pred). The samplers
+ * consume epsilon; zl_v_to_eps converts. */
+typedef enum { ZL_PRED_EPSILON = 0, ZL_PRED_V = 1 } zl_prediction;
+/* Inference timestep spacing (diffusers' timestep_spacing, Table 2 of
+ * Lin et al. 2023): "leading" (SD/SDXL's shipped default), "trailing" (starts
+ * at the last training step; what zero-terminal-SNR models need), "linspace". */
+typedef enum { ZL_SPACING_LEADING = 0, ZL_SPACING_TRAILING = 1, ZL_SPACING_LINSPACE = 2 } zl_spacing;
+
+/* A model's noise schedule as its scheduler config states it (diffusers'
+ * scheduler_config.json; single checkpoints: the 'v_pred' / 'ztsnr' marker keys). */
+typedef struct {
+    int n_train;                    /* num_train_timesteps: 1000 */
+    float beta_start, beta_end;     /* scaled_linear: 0.00085, 0.012 */
+    int steps_offset;               /* 1 */
+    int zero_snr;                   /* rescale_betas_zero_snr */
+    zl_spacing spacing;             /* timestep_spacing */
+    zl_prediction prediction;       /* prediction_type */
+} zl_sched_config;
+
+/* SD/SDXL: 1000, 0.00085..0.012, offset 1, no zero SNR, leading, epsilon. */
+void zl_sched_config_default(zl_sched_config *c);
+/* Names, as diffusers spells them ("epsilon", "v_prediction"; "leading", ...);
+ * parsing also takes "eps" and "v". -1 if unknown. */
+int zl_prediction_from_name(const char *name);
+const char *zl_prediction_name(zl_prediction p);
+int zl_spacing_from_name(const char *name);
+const char *zl_spacing_name(zl_spacing s);
+
+/* What a user changes of a model's schedule (its flags); zero: keep the model's.
+ * Turning zero SNR on without naming a spacing also sets trailing spacing (a
+ * leading grid never reaches the terminal step that zero SNR is about). */
+typedef struct {
+    const char *prediction;         /* "epsilon" / "v_prediction" (also "eps", "v"), or NULL */
+    const char *spacing;            /* "leading" / "trailing" / "linspace", or NULL */
+    int zero_snr;                   /* 1: on, -1: off, 0: the model's */
+} zl_sched_override;
+/* Apply o (may be NULL) to c; an unknown name is ZL_EINVAL naming the flag. */
+int zl_sched_override_apply(zl_sched_config *c, const zl_sched_override *o);
+
 typedef struct {
     int n_train;                    /* 1000 */
     float beta_start, beta_end;     /* 0.00085, 0.012 */
     int steps_offset;               /* 1 */
+    int zero_snr;                   /* betas rescaled to zero terminal SNR (alphas_cumprod[-1] = 2^-24) */
+    zl_spacing spacing;             /* how zl_sampler_init places the inference timesteps */
+    zl_prediction prediction;       /* what the model predicts (used by the pipeline, not the samplers) */
     float alphas_cumprod[ZL_MAX_TRAIN_STEPS]; /* [n_train], float32 as diffusers keeps it */
     float train_sigmas[ZL_MAX_TRAIN_STEPS];   /* sqrt((1 - a) / a), float32 */
 } zl_schedule;
 
 /* The SD/SDXL schedule: 1000 steps, scaled_linear 0.00085..0.012, steps_offset 1. */
 void zl_schedule_default(zl_schedule *s);
-/* Any scaled_linear schedule. */
+/* Any scaled_linear schedule (leading spacing, epsilon, no zero SNR). */
 int zl_schedule_init(zl_schedule *s, int n_train, float beta_start, float beta_end, int steps_offset);
+/* The schedule of a config (NULL: the default). With zero_snr, the betas are
+ * rescaled as diffusers' rescale_zero_terminal_snr does (Lin et al. 2023,
+ * Algorithm 1: sqrt(alphas_cumprod) shifted to end at 0 and scaled to keep its
+ * first value), and the last alphas_cumprod is set to 2^-24 so the largest
+ * sigma (about 4096) stays finite, as diffusers' Euler and DPM-Solver do. */
+int zl_schedule_from_config(zl_schedule *s, const zl_sched_config *c);
+
+/* v-prediction -> the epsilon the samplers take, at sigma (Euler's sigma space,
+ * x = x0 + sigma eps, the UNet fed x / sqrt(sigma^2 + 1)):
+ * x0 = x / (sigma^2 + 1) - v sigma / sqrt(sigma^2 + 1) (diffusers), so
+ * eps = (x - x0) / sigma = sigma x / (sigma^2 + 1) + v / sqrt(sigma^2 + 1).
+ * out may alias v. */
+void zl_v_to_eps(float sigma, const float *x, const float *v, float *out, size_t n);
 
 /* DDPM forward noising: out = sqrt(a_t) x0 + sqrt(1 - a_t) noise, n values of one
  * sample at integer timestep t (0 <= t < n_train). out may alias x0 or noise. */
@@ -101,7 +157,11 @@ typedef struct {
     int n_lower;             /* steps taken so far (order warm-up) */
 } zl_sampler;
 
-/* Build the timesteps and sigmas of `kind` for n_steps (1..n_train). */
+/* Build the timesteps and sigmas of `kind` for n_steps (1..n_train), placed by
+ * the schedule's spacing. Euler and Euler a start from noise * max sigma with
+ * trailing or linspace spacing, * sqrt(max sigma^2 + 1) with leading (diffusers'
+ * init_noise_sigma); DPM++ 2M always from sqrt(max sigma^2 + 1) (unit variance in
+ * its variance preserving space). */
 int zl_sampler_init(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind kind, int n_steps, uint64_t seed);
 /* The same with a sigma schedule (Karras: Euler and DPM++ 2M, as diffusers offers it). */
 int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind kind, zl_sigma_schedule sigmas,

@@ -46,6 +46,9 @@ typedef struct {
     const char *model;                      /* diffusers folder or single checkpoint */
     const char *vae;                        /* a separate VAE (zl_model_paths_set_vae), or NULL: the model's */
     int clip_skip;                          /* A1111's "Clip skip" for every prompt (0 or 1: default) */
+    zl_sched_override sched;                /* changes to the model's noise schedule / prediction type
+                                               (zero: the model's); used for the training draws, the
+                                               references and the previews */
     const char *content, *style;            /* the two LoRA files */
     const char *content_adapter, *style_adapter; /* PEFT adapter_config.json (optional) */
     const char *content_prompt, *style_prompt;   /* NULL: from LoRA metadata (zl_ziprun_default_prompt) */

@@ -24,6 +24,20 @@ int zl_cli_float(const char *cmd, const char *flag, const char *s, double *out);
  * argv[*i] was consumed (advancing *i over a value), 0 if not, -1 on error. */
 int zl_cli_common(const char *cmd, int argc, char **argv, int *i);
 
+/* The noise-schedule flags of generate, zip and eval-merge: --prediction P,
+ * --spacing S, --zero-snr, --no-zero-snr. Same return convention as
+ * zl_cli_common; names are checked here (usage error naming the flag). */
+int zl_cli_sched_flag(const char *cmd, int argc, char **argv, int *i, zl_sched_override *o);
+/* Their --help lines. */
+#define ZL_CLI_SCHED_HELP                                                                                              \
+    "  --prediction P         what the model predicts: epsilon or v_prediction (default: the model's;\n"            \
+    "                         a single file with a 'v_pred' key, or a diffusers scheduler config saying\n"          \
+    "                         v_prediction, is run as v-prediction)\n"                                              \
+    "  --zero-snr, --no-zero-snr   zero terminal SNR schedule (rescale_betas_zero_snr; default: the\n"             \
+    "                         model's: on for a single file with a 'ztsnr' key). On, it also selects\n"            \
+    "                         trailing spacing unless --spacing is given\n"                                         \
+    "  --spacing S            timestep spacing: leading (SD/SDXL's default), trailing, linspace\n"
+
 /* Split a --lora value "FILE[:WEIGHT]"; the caller frees *path (also on error). */
 int zl_cli_lora_arg(const char *arg, char **path, float *w);
 

@@ -52,6 +52,33 @@ int zl_cli_float(const char *cmd, const char *flag, const char *s, double *out) 
     return 0;
 }
 
+int zl_cli_sched_flag(const char *cmd, int argc, char **argv, int *i, zl_sched_override *o) {
+    const char *a = argv[*i];
+    if (!strcmp(a, "--zero-snr")) { o->zero_snr = 1; return 1; }
+    if (!strcmp(a, "--no-zero-snr")) { o->zero_snr = -1; return 1; }
+    int pred = !strcmp(a, "--prediction") || !strcmp(a, "--prediction-type");
+    if (!pred && strcmp(a, "--spacing") && strcmp(a, "--timestep-spacing")) return 0;
+    if (*i + 1 >= argc) {
+        zl_cli_usage(cmd, "%s needs a value", a);
+        return -1;
+    }
+    const char *v = argv[++*i];
+    if (pred) {
+        if (zl_prediction_from_name(v) < 0) {
+            zl_cli_usage(cmd, "%s '%s': expected epsilon or v_prediction", a, v);
+            return -1;
+        }
+        o->prediction = v;
+    } else {
+        if (zl_spacing_from_name(v) < 0) {
+            zl_cli_usage(cmd, "%s '%s': expected leading, trailing or linspace", a, v);
+            return -1;
+        }
+        o->spacing = v;
+    }
+    return 1;
+}
+
 int zl_cli_common(const char *cmd, int argc, char **argv, int *i) {
     const char *a = argv[*i];
     if (!strcmp(a, "-q") || !strcmp(a, "--quiet")) { zl_set_verbosity(-1); return 1; }

@@ -57,6 +57,9 @@ static void usage(FILE *f) {
             "                         SDXL uses the penultimate layers already, so 2 changes nothing there)\n"
             "  --vae FILE|DIR         decode with this VAE instead of the model's (a standalone VAE file,\n"
             "                         a diffusers vae folder, or another checkpoint's VAE)\n"
+            ZL_CLI_SCHED_HELP
+            "  --cfg-rescale PHI      guidance rescale in [0, 1] (diffusers' guidance_rescale; 0.7 is the\n"
+            "                         usual value for zero-terminal-SNR models; default 0: none)\n"
             "  --unet-config JSON     diffusers config.json of the UNet, VAE or text encoders, for a\n"
             "  --vae-config JSON      single-file checkpoint whose sizes its shapes cannot tell\n"
             "  --te1-config JSON\n"
@@ -198,6 +201,8 @@ typedef struct {
     char lora_hashes[MAX_LORAS][13];
     float lora_w[MAX_LORAS];
     const char *noise_spec;
+    zl_sched_config sched;
+    float cfg_rescale;
 } infotext;
 
 /* The `parameters` text of one image, as AUTOMATIC1111 writes it. */
@@ -211,6 +216,12 @@ static int make_parameters(const infotext *it, uint64_t seed, long noise_index, 
                        (double)it->cfg, (unsigned long long)seed, it->width, it->height, it->model_hash);
     if (!rc) rc = sb_quoted(&b, it->model_name);
     if (!rc && it->clip_skip > 1) rc = sb_printf(&b, ", Clip skip: %d", it->clip_skip);
+    /* the noise schedule, where it is not SD/SDXL's default */
+    if (!rc && it->sched.prediction == ZL_PRED_V) rc = sb_printf(&b, ", Prediction: v_prediction");
+    if (!rc && it->sched.zero_snr) rc = sb_printf(&b, ", Zero terminal SNR: True");
+    if (!rc && it->sched.spacing != ZL_SPACING_LEADING)
+        rc = sb_printf(&b, ", Timestep spacing: %s", zl_spacing_name(it->sched.spacing));
+    if (!rc && it->cfg_rescale > 0) rc = sb_printf(&b, ", CFG rescale: %g", (double)it->cfg_rescale);
     if (!rc && it->vae_name) rc = sb_printf(&b, ", VAE hash: %s, VAE: ", it->vae_hash);
     if (!rc && it->vae_name) rc = sb_quoted(&b, it->vae_name);
     if (!rc && it->n_loras) {
@@ -309,11 +320,13 @@ int zl_cmd_generate(int argc, char **argv) {
     const char *lora_args[MAX_LORAS];
     int n_lora = 0, grid = 0, f32 = 0, no_tile = 0, have_seed = 0;
     long steps = 50, width = 0, height = 0, batch = 1, clip_skip = 1;
-    double cfg = NAN;
+    double cfg = NAN, cfg_rescale = 0;
     uint64_t seed = 0;
+    zl_sched_override sched = {0};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = zl_cli_common(CMD, argc, argv, &i);
+        if (!c) c = zl_cli_sched_flag(CMD, argc, argv, &i, &sched);
         if (c < 0) return ZL_EXIT_USAGE;
         if (c) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return ZL_EXIT_OK; }
@@ -341,8 +354,8 @@ int zl_cmd_generate(int argc, char **argv) {
                     : !strcmp(a, "--batch") ? &batch
                     : NULL;
         int is_lora = !strcmp(a, "--lora"), is_cfg = !strcmp(a, "--cfg") || !strcmp(a, "--cfg-scale"),
-            is_seed = !strcmp(a, "--seed");
-        if (!dst && !num && !is_lora && !is_cfg && !is_seed) return zl_cli_usage(CMD, "unknown option '%s'", a);
+            is_seed = !strcmp(a, "--seed"), is_resc = !strcmp(a, "--cfg-rescale") || !strcmp(a, "--guidance-rescale");
+        if (!dst && !num && !is_lora && !is_cfg && !is_seed && !is_resc) return zl_cli_usage(CMD, "unknown option '%s'", a);
         if (i + 1 >= argc) return zl_cli_usage(CMD, "%s needs a value", a);
         const char *v = argv[++i];
         if (dst) {
@@ -352,6 +365,9 @@ int zl_cmd_generate(int argc, char **argv) {
             lora_args[n_lora++] = v;
         } else if (is_cfg) {
             if (zl_cli_float(CMD, a, v, &cfg)) return ZL_EXIT_USAGE;
+        } else if (is_resc) {
+            if (zl_cli_float(CMD, a, v, &cfg_rescale)) return ZL_EXIT_USAGE;
+            if (cfg_rescale < 0 || cfg_rescale > 1) return zl_cli_usage(CMD, "%s %s is outside [0, 1]", a, v);
         } else if (is_seed) {
             char *end;
             errno = 0;
@@ -426,7 +442,7 @@ int zl_cmd_generate(int argc, char **argv) {
     zl_pipeline_opts po = {.unet_config = unet_cfg, .vae_config = vae_cfg, .te1_config = te1_cfg, .te2_config = te2_cfg, .vae = vae,
                            .clip_skip = (int)clip_skip,
                            .weights = f32 ? ZL_UNET_WEIGHTS_F32 : ZL_UNET_WEIGHTS_STORED,
-                           .vae_tile = no_tile ? ZL_VAE_TILE_OFF : ZL_VAE_TILE_AUTO};
+                           .vae_tile = no_tile ? ZL_VAE_TILE_OFF : ZL_VAE_TILE_AUTO, .sched = sched};
     double t0 = zl_now();
     if ((rc = zl_pipeline_open(model, &po, &p))) goto done;
     const zl_model_paths *mp = zl_pipeline_paths(p);
@@ -476,9 +492,12 @@ int zl_cmd_generate(int argc, char **argv) {
         }
         if (rc) goto done;
     }
-    zl_info("%s model %s, %ldx%ld, %ld step%s (%s%s), CFG %g, seed %llu%s", zl_family_name(zl_pipeline_family(p)),
-            model, width, height, steps, steps == 1 ? "" : "s", zl_sampler_name((zl_sampler_kind)skind),
-            karras ? " Karras" : "", cfg, (unsigned long long)seed, noise ? " (noise from file)" : "");
+    const zl_sched_config *sc = zl_pipeline_sched(p);
+    zl_info("%s model %s%s%s, %ldx%ld, %ld step%s (%s%s, %s spacing), CFG %g, seed %llu%s",
+            zl_family_name(zl_pipeline_family(p)), model, sc->prediction == ZL_PRED_V ? ", v-prediction" : "",
+            sc->zero_snr ? ", zero terminal SNR" : "", width, height, steps, steps == 1 ? "" : "s",
+            zl_sampler_name((zl_sampler_kind)skind), karras ? " Karras" : "", zl_spacing_name(sc->spacing), cfg,
+            (unsigned long long)seed, noise ? " (noise from file)" : "");
 
     /* 1. text: encode once for the whole batch, then drop the encoders */
     double t_text = zl_now();
@@ -500,7 +519,8 @@ int zl_cmd_generate(int argc, char **argv) {
         zl_gen_params g = {.width = (int)width, .height = (int)height, .steps = (int)steps, .cfg = (float)cfg,
                            .sampler = (zl_sampler_kind)skind, .seed = seed + (uint64_t)b,
                            .sigmas = karras ? ZL_SIGMAS_KARRAS : ZL_SIGMAS_DEFAULT,
-                           .initial_noise = noise ? noise + (size_t)b * n : NULL, .progress = 1, .progress_label = label};
+                           .initial_noise = noise ? noise + (size_t)b * n : NULL, .progress = 1, .progress_label = label,
+                           .cfg_rescale = (float)cfg_rescale};
         if ((rc = zl_pipeline_sample(p, &cond, &g, latents + (size_t)b * n))) goto done;
     }
     zl_pipeline_release(p, ZL_PIPE_UNET);
@@ -543,6 +563,8 @@ int zl_cmd_generate(int argc, char **argv) {
     for (int k = 0; k < n_lora; k++)
         if ((rc = short_hash(lpaths[k], 12, it.lora_hashes[k]))) goto done;
     it.noise_spec = noise_spec;
+    it.sched = *zl_pipeline_sched(p);
+    it.cfg_rescale = (float)cfg_rescale;
 
     if (latent_path) {
         zl_st_entry e = {.name = "latent", .dtype = ZL_DT_F32, .ndim = 4, .shape = {batch, C, h, w}, .data = latents};

@@ -107,6 +107,8 @@ int zl_zip_cli_flag(const char *cmd, int argc, char **argv, int *i, zl_zip_cli *
                                            "--ref-cfg", "--seed", "--resolution", "--clip-skip", "--fixed-inputs",
                                            "--content-adapter-config", "--style-adapter-config"};
     const char *a = argv[*i];
+    int sc = zl_cli_sched_flag(cmd, argc, argv, i, &z->p.sched);
+    if (sc) return sc;
     int known = 0;
     for (size_t k = 0; k < sizeof with_val / sizeof *with_val; k++)
         if (!strcmp(a, with_val[k])) known = 1;
@@ -181,6 +183,10 @@ void zl_zip_cli_help(FILE *f) {
             "                            default: what the LoRAs were trained with (kohya's ss_clip_skip), else 1)\n"
             "  --vae FILE|DIR            encode reference images and decode previews with this VAE instead of\n"
             "                            the model's (standalone VAE file, diffusers vae folder)\n"
+            "  --prediction P, --zero-snr, --no-zero-snr, --spacing S\n"
+            "                            the model's noise schedule, when its files do not say it (v-prediction\n"
+            "                            and zero-terminal-SNR models; see 'ziplora generate --help'); the\n"
+            "                            training draws, references and previews follow it\n"
             "  --content C, --style S    the subject LoRA and the style LoRA (kohya, PEFT, diffusers layouts)\n"
             "  --content-adapter-config FILE, --style-adapter-config FILE   PEFT adapter_config.json (else found\n"
             "                            next to the file)\n"

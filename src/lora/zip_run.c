@@ -326,7 +326,7 @@ static int refs_generated(zl_ziprun *r, int s) {
         snprintf(label, sizeof label, "%s reference %d/%d", s ? "style" : "content", i + 1, p->ref_count);
         zl_gen_params g = {.width = r->w * r->scale, .height = r->h * r->scale, .steps = p->ref_steps,
                            .cfg = r->cfg, .sampler = ZL_SAMPLER_EULER, .seed = p->seed + 1000u * (uint64_t)s + i,
-                           .progress = p->progress, .progress_label = label};
+                           .progress = p->progress, .progress_label = label, .sched = zl_pipeline_sched(r->pipe)};
         rc = zl_txt2img_sample(u, r->scale, &c, &g, r->ref[s] + L * i);
     }
     if (u) zl_unet_clear_loras(u);
@@ -338,9 +338,11 @@ static int refs_generated(zl_ziprun *r, int s) {
 /* Prepare from a full model: pipeline, LoRAs, prompts, conditionings, references. */
 static int prepare_model(zl_ziprun *r, int want_refs) {
     const zl_ziprun_params *p = r->p;
-    zl_pipeline_opts po = {.vae = p->vae, .clip_skip = p->clip_skip};
+    zl_pipeline_opts po = {.vae = p->vae, .clip_skip = p->clip_skip, .sched = p->sched};
     int rc = zl_pipeline_open(p->model, &po, &r->pipe);
     if (rc) return rc;
+    /* the training draws follow the model's noise schedule (zero SNR included) */
+    if ((rc = zl_schedule_from_config(&r->sched, zl_pipeline_sched(r->pipe)))) return rc;
     r->ucfg = *zl_pipeline_unet_config(r->pipe);
     r->scale = zl_pipeline_vae_scale(r->pipe);
     zl_text *tx = zl_pipeline_text(r->pipe);
@@ -436,6 +438,9 @@ static int prepare_fixed(zl_ziprun *r, int for_eval) {
     int rc = zl_model_paths_resolve(p->model, &r->paths);
     if (rc) return rc;
     r->have_paths = 1;
+    if ((rc = zl_sched_override_apply(&r->paths.sched, &p->sched)) ||
+        (rc = zl_schedule_from_config(&r->sched, &r->paths.sched)))
+        return rc;
     if ((rc = zl_unet_load_model(&r->paths, NULL, &r->own_unet))) return rc;
     r->unet = r->own_unet;
     r->ucfg = *zl_unet_get_config(r->unet);

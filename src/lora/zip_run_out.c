@@ -158,7 +158,8 @@ static int write_preview(zl_ziprun *r, const zl_lora *merged, const char *path, 
             zl_gen_params g = {.width = r->res, .height = r->res,
                                .steps = p->preview_steps > 0 ? p->preview_steps : p->ref_steps, .cfg = r->cfg,
                                .sampler = ZL_SAMPLER_EULER, .seed = p->seed + 5000u + (uint64_t)i,
-                               .progress = p->progress, .progress_label = label};
+                               .progress = p->progress, .progress_label = label,
+                               .sched = zl_pipeline_sched(r->pipe)};
             rc = zl_txt2img_sample(u, r->scale, &conds[i], &g, lat + L * (size_t)(i * V + v));
         }
         if (u) zl_unet_clear_loras(u);

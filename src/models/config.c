@@ -296,6 +296,66 @@ int zl_model_paths_set_vae(zl_model_paths *p, const char *vae) {
     return ZL_OK;
 }
 
+/* diffusers' scheduler_config.json: the fields that set the noise schedule.
+ * Schedules we would run wrongly are refused, naming the field. */
+static int sched_config_load(const char *path, zl_sched_config *c) {
+    json_error_t je;
+    json_t *j = json_load_file(path, JSON_REJECT_DUPLICATES, &je);
+    if (!j || !json_is_object(j)) {
+        json_decref(j);
+        return zl_set_error(ZL_EFORMAT, "%s: not a JSON object (%s, line %d)", path, j ? "top level" : je.text,
+                            j ? 0 : je.line);
+    }
+    int rc = ZL_OK;
+    json_t *v;
+    if ((v = json_object_get(j, "prediction_type")) && !json_is_null(v)) {
+        const char *pv = json_string_value(v);
+        if (pv && !strcmp(pv, "epsilon")) c->prediction = ZL_PRED_EPSILON;
+        else if (pv && !strcmp(pv, "v_prediction")) c->prediction = ZL_PRED_V;
+        else
+            rc = zl_set_error(ZL_EUNSUPPORTED, "%s: prediction_type %s is not supported (epsilon or v_prediction)", path,
+                              pv ? pv : "(not a string)");
+    }
+    if (!rc && (v = json_object_get(j, "timestep_spacing")) && !json_is_null(v)) {
+        int sp = zl_spacing_from_name(json_string_value(v));
+        if (sp < 0)
+            rc = zl_set_error(ZL_EUNSUPPORTED, "%s: timestep_spacing %s is not supported (leading, trailing or linspace)",
+                              path, json_is_string(v) ? json_string_value(v) : "(not a string)");
+        else c->spacing = (zl_spacing)sp;
+    }
+    if (!rc && (v = json_object_get(j, "rescale_betas_zero_snr")) && !json_is_null(v)) {
+        if (!json_is_boolean(v)) rc = zl_set_error(ZL_EFORMAT, "%s: rescale_betas_zero_snr is not true or false", path);
+        else c->zero_snr = json_is_true(v);
+    }
+    if (!rc && (v = json_object_get(j, "beta_schedule")) && !json_is_null(v) &&
+        (!json_is_string(v) || strcmp(json_string_value(v), "scaled_linear")))
+        rc = zl_set_error(ZL_EUNSUPPORTED, "%s: beta_schedule %s is not supported (scaled_linear, as SD and SDXL)", path,
+                          json_is_string(v) ? json_string_value(v) : "(not a string)");
+    if (!rc && (v = json_object_get(j, "trained_betas")) && !json_is_null(v))
+        rc = zl_set_error(ZL_EUNSUPPORTED, "%s: trained_betas is not supported", path);
+    if (!rc && (v = json_object_get(j, "num_train_timesteps")) && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 2 || json_integer_value(v) > ZL_MAX_TRAIN_STEPS)
+            rc = zl_set_error(ZL_EFORMAT, "%s: num_train_timesteps must be an integer in [2, %d]", path, ZL_MAX_TRAIN_STEPS);
+        else c->n_train = (int)json_integer_value(v);
+    }
+    if (!rc && (v = json_object_get(j, "steps_offset")) && !json_is_null(v)) {
+        if (!json_is_integer(v) || json_integer_value(v) < 0 || json_integer_value(v) > 1000)
+            rc = zl_set_error(ZL_EFORMAT, "%s: steps_offset must be an integer in [0, 1000]", path);
+        else c->steps_offset = (int)json_integer_value(v);
+    }
+    const char *bn[2] = {"beta_start", "beta_end"};
+    float *bv[2] = {&c->beta_start, &c->beta_end};
+    for (int i = 0; i < 2 && !rc; i++)
+        if ((v = json_object_get(j, bn[i])) && !json_is_null(v)) {
+            double d = json_number_value(v);
+            if (!json_is_number(v) || !(d > 0 && d < 1))
+                rc = zl_set_error(ZL_EFORMAT, "%s: %s must be a number in (0, 1)", path, bn[i]);
+            else *bv[i] = (float)d;
+        }
+    json_decref(j);
+    return rc;
+}
+
 void zl_model_paths_free(zl_model_paths *p) {
     free(p->root); free(p->unet_weights); free(p->unet_config);
     free(p->te1_weights); free(p->te1_config); free(p->te2_weights); free(p->te2_config);
@@ -311,7 +371,7 @@ int zl_model_paths_resolve(const char *model, zl_model_paths *out) {
         zl_st_file *f;
         int rc = zl_st_open(model, &f);
         if (rc) { zl_model_paths_free(out); return rc; }
-        int unet = 0, sdxl = 0, sd1 = 0, vae = 0;
+        int unet = 0, sdxl = 0, sd1 = 0, vae = 0, vpred = 0, ztsnr = 0;
         const char *other = NULL; /* a model family we do not run, named from its keys */
         for (int i = 0; i < zl_st_count(f) && !other; i++) {
             const char *k = zl_st_at(f, i)->name;
@@ -319,9 +379,10 @@ int zl_model_paths_resolve(const char *model, zl_model_paths *out) {
             else if (!strncmp(k, "model.diffusion_model.joint_blocks.", 35)) other = "a Stable Diffusion 3 checkpoint";
             else if (!strncmp(k, "cond_stage_model.model.", 23))
                 other = "a Stable Diffusion 2.x checkpoint (OpenCLIP ViT-H text encoder)";
-            else if (!strcmp(k, "v_pred") || !strncmp(k, "edm_vpred.", 10))
-                other = !strcmp(k, "v_pred") ? "a v-prediction model (key 'v_pred': only epsilon prediction is run)"
-                                              : "a v-prediction model (keys 'edm_vpred.*': only epsilon prediction is run)";
+            else if (!strncmp(k, "edm_vpred.", 10))
+                other = "an EDM v-prediction model (keys 'edm_vpred.*': continuous sigmas, as CosXL)";
+            else if (!strcmp(k, "v_pred")) vpred = 1;
+            else if (!strcmp(k, "ztsnr")) ztsnr = 1;
             if (!strncmp(k, "model.diffusion_model.", 22)) unet = 1;
             if (!strncmp(k, "conditioner.embedders.1.", 24) || !strcmp(k, "model.diffusion_model.label_emb.0.0.weight")) sdxl = 1;
             if (!strncmp(k, "cond_stage_model.", 17)) sd1 = 1;
@@ -342,6 +403,12 @@ int zl_model_paths_resolve(const char *model, zl_model_paths *out) {
         }
         out->single_file = 1;
         out->family = sdxl ? ZL_FAMILY_SDXL : ZL_FAMILY_SD1;
+        zl_sched_config_default(&out->sched);
+        if (vpred) out->sched.prediction = ZL_PRED_V;
+        if (ztsnr) {
+            out->sched.zero_snr = 1;
+            out->sched.spacing = ZL_SPACING_TRAILING;
+        }
         out->unet_weights = strdup(model);
         if (has_te1) out->te1_weights = strdup(model);
         if (sdxl) out->te2_weights = strdup(model);
@@ -366,20 +433,17 @@ int zl_model_paths_resolve(const char *model, zl_model_paths *out) {
         zl_model_paths_free(out);
         return zl_set_error(ZL_EFORMAT, "%s: not a diffusers model folder (need unet/config.json and unet/diffusion_pytorch_model.safetensors)", model);
     }
-    /* a v-prediction model says so in its scheduler config; its images would be noise here */
+    /* the noise schedule from the scheduler config (absent: the default) */
+    zl_sched_config_default(&out->sched);
     char *sc = join(model, "scheduler/scheduler_config.json");
-    json_t *sj = sc && zl_file_exists(sc) ? json_load_file(sc, 0, NULL) : NULL;
-    const char *pt = sj ? json_string_value(json_object_get(sj, "prediction_type")) : NULL;
-    int vpred = pt && strcmp(pt, "epsilon") != 0;
-    if (vpred) {
-        int rc = zl_set_error(ZL_EUNSUPPORTED, "%s: prediction_type '%s' (%s) is not supported: only epsilon-prediction "
-                                               "SDXL and SD 1.x models are run", model, pt, sc);
-        json_decref(sj);
-        free(sc);
-        zl_model_paths_free(out);
-        return rc;
+    if (sc && zl_file_exists(sc)) {
+        int rc = sched_config_load(sc, &out->sched);
+        if (rc) {
+            free(sc);
+            zl_model_paths_free(out);
+            return rc;
+        }
     }
-    json_decref(sj);
     free(sc);
     zl_unet_config cfg;
     int rc = zl_unet_config_load(out->unet_config, &cfg);

@@ -140,7 +140,8 @@ int zl_pipeline_open(const char *model, const zl_pipeline_opts *opts, zl_pipelin
     if (!p) return zl_set_error(ZL_ENOMEM, "out of memory");
     int rc = zl_model_paths_resolve(model, &p->paths);
     if (rc) { free(p); return rc; }
-    if (o.vae && (rc = zl_model_paths_set_vae(&p->paths, o.vae))) {
+    if ((o.vae && (rc = zl_model_paths_set_vae(&p->paths, o.vae))) ||
+        (rc = zl_sched_override_apply(&p->paths.sched, &o.sched))) {
         zl_model_paths_free(&p->paths);
         free(p);
         return rc;
@@ -181,6 +182,8 @@ int zl_pipeline_open(const char *model, const zl_pipeline_opts *opts, zl_pipelin
     *out = p;
     return ZL_OK;
 }
+
+const zl_sched_config *zl_pipeline_sched(const zl_pipeline *p) { return &p->paths.sched; }
 
 zl_family zl_pipeline_family(const zl_pipeline *p) { return p->ucfg.family; }
 const zl_model_paths *zl_pipeline_paths(const zl_pipeline *p) { return &p->paths; }
@@ -337,6 +340,27 @@ int zl_pipeline_encode(zl_pipeline *p, const char *prompt, const char *negative,
 
 /* ------------------------------------------------------------------ sampling */
 
+/* diffusers' rescale_noise_cfg: the guided output's std brought to the
+ * conditional output's, mixed by phi (std over all values of the sample; the
+ * unbiased correction cancels in the ratio). */
+static void rescale_cfg(float *out, const float *cond, size_t n, float phi) {
+    double s[2] = {0, 0}, q[2] = {0, 0};
+    for (size_t i = 0; i < n; i++) {
+        s[0] += out[i];
+        q[0] += (double)out[i] * out[i];
+        s[1] += cond[i];
+        q[1] += (double)cond[i] * cond[i];
+    }
+    double var[2];
+    for (int k = 0; k < 2; k++) {
+        double m = s[k] / (double)n;
+        var[k] = q[k] / (double)n - m * m;
+    }
+    if (!(var[0] > 0)) return; /* a constant output: nothing to rescale */
+    const float f = (float)(phi * sqrt((var[1] > 0 ? var[1] : 0) / var[0]) + (1.0 - phi));
+    for (size_t i = 0; i < n; i++) out[i] *= f;
+}
+
 int zl_txt2img_sample(zl_unet *unet, int scale, const zl_cond *c, const zl_gen_params *g, float *latent) {
     const zl_unet_config *cfg = zl_unet_get_config(unet);
     if (scale < 1) return zl_set_error(ZL_EINVAL, "VAE scale %d", scale);
@@ -355,11 +379,13 @@ int zl_txt2img_sample(zl_unet *unet, int scale, const zl_cond *c, const zl_gen_p
     const int guided = g->cfg > 1.0f; /* diffusers: do_classifier_free_guidance = g > 1 */
     const int B = guided ? 2 : 1;
 
+    if (!isfinite(g->cfg_rescale) || g->cfg_rescale < 0 || g->cfg_rescale > 1)
+        return zl_set_error(ZL_EINVAL, "guidance rescale %g outside [0, 1]", (double)g->cfg_rescale);
     zl_schedule sch;
-    zl_schedule_default(&sch);
-    zl_sampler smp;
-    int rc = zl_sampler_init_ex(&smp, &sch, g->sampler, g->sigmas, g->steps, g->seed);
+    int rc = zl_schedule_from_config(&sch, g->sched);
     if (rc) return rc;
+    zl_sampler smp;
+    if ((rc = zl_sampler_init_ex(&smp, &sch, g->sampler, g->sigmas, g->steps, g->seed))) return rc;
     float *in = malloc(sizeof(float) * B * n);  // [B, C, h, w]
     float *eps = malloc(sizeof(float) * B * n); // [B, C, h, w]
     float ts[2], tid[12];                       // [B], [B, 6]
@@ -402,7 +428,9 @@ int zl_txt2img_sample(zl_unet *unet, int scale, const zl_cond *c, const zl_gen_p
             const float gs = g->cfg;
             float *eu = eps, *ec = eps + n;
             for (size_t i = 0; i < n; i++) eu[i] = eu[i] + gs * (ec[i] - eu[i]);
+            if (g->cfg_rescale > 0) rescale_cfg(eu, ec, n, g->cfg_rescale);
         }
+        if (sch.prediction == ZL_PRED_V) zl_v_to_eps(smp.sigmas[k], latent, eps, eps, n);
         if ((rc = zl_sampler_step(&smp, k, latent, eps, n))) break;
         for (size_t i = 0; i < n; i++)
             if (!isfinite(latent[i])) {
@@ -431,6 +459,7 @@ int zl_pipeline_sample(zl_pipeline *p, const zl_cond *c, const zl_gen_params *g,
         if (!gg.width) gg.width = nw;
         if (!gg.height) gg.height = nh;
     }
+    if (!gg.sched) gg.sched = &p->paths.sched;
     int rc = zl_pipeline_check_size(p, gg.width, gg.height);
     if (rc) return rc;
     if ((rc = load_unet(p))) return rc;

@@ -97,9 +97,12 @@ int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind ki
         return zl_set_error(ZL_EINVAL, "sampler: --steps %d outside [1, %d]", n_steps, sch->n_train);
     /* "leading" spacing. Euler-family: ratio = N_train // steps, t_k = k*ratio.
      * DPM-Solver: ratio = N_train // (steps + 1) over steps + 1 points, dropping t = 0. */
-    int ratio = kind == ZL_SAMPLER_DPMPP_2M ? sch->n_train / (n_steps + 1) : sch->n_train / n_steps;
-    if (ratio < 1)
+    const int N = sch->n_train, dpm = kind == ZL_SAMPLER_DPMPP_2M;
+    int ratio = dpm ? N / (n_steps + 1) : N / n_steps;
+    if (sch->spacing == ZL_SPACING_LEADING && ratio < 1)
         return zl_set_error(ZL_EINVAL, "sampler: --steps %d too large for %d training steps", n_steps, sch->n_train);
+    if (sch->spacing != ZL_SPACING_LEADING && sch->spacing != ZL_SPACING_TRAILING && sch->spacing != ZL_SPACING_LINSPACE)
+        return zl_set_error(ZL_EINVAL, "sampler: unknown timestep spacing %d", (int)sch->spacing);
     s->kind = kind;
     s->n_steps = n_steps;
     s->timesteps = malloc(sizeof(float) * (size_t)n_steps);
@@ -110,8 +113,21 @@ int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind ki
     }
     float smax = 0;
     for (int k = 0; k < n_steps; k++) {
-        int j = kind == ZL_SAMPLER_DPMPP_2M ? n_steps - k : n_steps - 1 - k;
-        double t = (double)j * ratio + sch->steps_offset;
+        double t;
+        if (sch->spacing == ZL_SPACING_TRAILING) {
+            /* round(arange(N, 0, -N / steps)) - 1, for both families */
+            double r = (double)N / n_steps;
+            t = nearbyint((double)N - k * r) - 1;
+        } else if (sch->spacing == ZL_SPACING_LINSPACE) {
+            /* Euler: linspace(0, N - 1, steps) reversed, fractional;
+             * DPM-Solver: linspace(0, N - 1, steps + 1) rounded, reversed, the last (0) dropped */
+            int m = dpm ? n_steps + 1 : n_steps, j = m - 1 - k;
+            t = m > 1 ? (double)(N - 1) * j / (m - 1) : 0;
+            if (dpm) t = nearbyint(t);
+        } else {
+            int j = dpm ? n_steps - k : n_steps - 1 - k;
+            t = (double)j * ratio + sch->steps_offset;
+        }
         s->timesteps[k] = (float)t;
         s->sigmas[k] = (float)interp_sigma(sch, t);
         if (s->sigmas[k] > smax) smax = s->sigmas[k];
@@ -133,7 +149,8 @@ int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind ki
         }
     }
     s->sigma_schedule = sigmas;
-    s->init_noise_sigma = sqrtf(smax * smax + 1.0f);
+    /* diffusers' Euler schedulers: the max sigma itself for linspace/trailing */
+    s->init_noise_sigma = !dpm && sch->spacing != ZL_SPACING_LEADING ? smax : sqrtf(smax * smax + 1.0f);
     zl_rng_init(&s->rng, seed, 0);
     return ZL_OK;
 }
