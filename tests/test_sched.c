@@ -450,7 +450,156 @@ static void test_karras(void) {
     CHECK(zl_sampler_from_name("Euler Karras") == ZL_SAMPLER_EULER && !zl_sampler_name_karras("euler"));
 }
 
+/* Zero terminal SNR (rescale_zero_terminal_snr, Lin et al. 2023 Algorithm 1)
+ * against the algorithm in double: sqrt(alphas_cumprod) shifted to end at 0 and
+ * scaled to keep its first value; the last value then 2^-24 as diffusers sets
+ * it. Float32 rounding meets the shift's cancellation near the end (sqrt values
+ * of ~0.07 minus 0.068), hence the looser bound there. */
+static void test_zero_snr(void) {
+    zl_sched_config c;
+    zl_sched_config_default(&c);
+    c.zero_snr = 1;
+    zl_schedule z, d;
+    CHECK_OK(zl_schedule_from_config(&z, &c));
+    zl_schedule_default(&d);
+    CHECK(z.zero_snr == 1 && d.zero_snr == 0);
+    enum { N = 1000 };
+    double acp[N], a = sqrt(0.00085), b = sqrt(0.012), cum = 1;
+    for (int i = 0; i < N; i++) {
+        double beta = a + (b - a) * i / (N - 1);
+        cum *= 1 - beta * beta;
+        acp[i] = cum;
+    }
+    double s0 = sqrt(acp[0]), sT = sqrt(acp[N - 1]);
+    double worst_head = 0, worst_tail = 0;
+    for (int i = 0; i < N - 1; i++) {
+        double q = (sqrt(acp[i]) - sT) * s0 / (s0 - sT), ref = q * q;
+        double e = fabs(z.alphas_cumprod[i] - ref) / ref;
+        if (i < 900) worst_head = fmax(worst_head, e);
+        else worst_tail = fmax(worst_tail, e);
+        /* the rescaled schedule has less signal than the original at every step but the first */
+        if (i > 0) CHECKM(z.alphas_cumprod[i] < d.alphas_cumprod[i], "zero SNR at %d: %g >= %g", i, z.alphas_cumprod[i], d.alphas_cumprod[i]);
+    }
+    printf("zero SNR alphas_cumprod vs double: max rel. error %.2e (t < 900), %.2e (900 <= t < 999)\n", worst_head,
+           worst_tail);
+    CHECKM(worst_head < 1e-5 && worst_tail < 1e-4, "zero SNR alphas_cumprod vs double: head %g, tail %g", worst_head,
+           worst_tail);
+    CHECK(fabsf(z.alphas_cumprod[0] - d.alphas_cumprod[0]) <= 1e-6f * d.alphas_cumprod[0]);
+    CHECK(z.alphas_cumprod[N - 1] == 0x1p-24f);
+    CHECK(fabs(z.train_sigmas[N - 1] - sqrt((1 - pow(2, -24)) / pow(2, -24))) < 1e-3); /* ~4096 */
+    for (int i = 1; i < N; i++) CHECK(z.train_sigmas[i] > z.train_sigmas[i - 1]);
+    /* add_noise at the last step is (almost) pure noise */
+    float x0 = 1.0f, e = 0.5f, o;
+    CHECK_OK(zl_schedule_add_noise(&z, N - 1, &x0, &e, &o, 1));
+    CHECK(fabsf(o - (0x1p-12f * 1.0f + sqrtf(1 - 0x1p-24f) * 0.5f)) < 1e-6f);
+}
+
+/* Trailing and linspace spacing, as diffusers places them (exact timesteps),
+ * and the start noise scale each family's scheduler uses. */
+static void test_spacing(void) {
+    zl_schedule sch;
+    zl_schedule_default(&sch);
+    zl_sampler s;
+    sch.spacing = ZL_SPACING_TRAILING;
+    static const struct {
+        zl_sampler_kind kind;
+        int steps;
+        float t[8];
+    } tr[] = {
+        {ZL_SAMPLER_EULER, 8, {999, 874, 749, 624, 499, 374, 249, 124}},
+        {ZL_SAMPLER_EULER, 3, {999, 666, 332}},
+        {ZL_SAMPLER_DPMPP_2M, 4, {999, 749, 499, 249}},
+        {ZL_SAMPLER_EULER_A, 1, {999}},
+    };
+    for (size_t c = 0; c < sizeof tr / sizeof tr[0]; c++) {
+        CHECK_OK(zl_sampler_init(&s, &sch, tr[c].kind, tr[c].steps, 0));
+        for (int k = 0; k < tr[c].steps; k++) {
+            CHECKM(s.timesteps[k] == tr[c].t[k], "trailing %d steps, kind %d: t[%d] = %g, want %g", tr[c].steps,
+                   (int)tr[c].kind, k, s.timesteps[k], tr[c].t[k]);
+            CHECK(s.sigmas[k] == sch.train_sigmas[(int)tr[c].t[k]]);
+        }
+        CHECK(s.sigmas[tr[c].steps] == 0.0f);
+        float smax = sch.train_sigmas[999];
+        float want = tr[c].kind == ZL_SAMPLER_DPMPP_2M ? sqrtf(smax * smax + 1) : smax;
+        CHECKM(s.init_noise_sigma == want, "trailing init_noise_sigma %g, want %g", s.init_noise_sigma, want);
+        zl_sampler_free(&s);
+    }
+    sch.spacing = ZL_SPACING_LINSPACE;
+    /* Euler: linspace(0, 999, 4) reversed, fractional where it falls so */
+    CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_EULER, 4, 0));
+    CHECK(s.timesteps[0] == 999 && s.timesteps[1] == 666 && s.timesteps[2] == 333 && s.timesteps[3] == 0);
+    CHECK(s.sigmas[3] == sch.train_sigmas[0] && s.init_noise_sigma == sch.train_sigmas[999]);
+    zl_sampler_free(&s);
+    CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_EULER, 5, 0));
+    CHECK(s.timesteps[1] == 749.25f && s.timesteps[2] == 499.5f && s.timesteps[3] == 249.75f);
+    CHECK(fabsf(s.sigmas[1] - (0.75f * sch.train_sigmas[749] + 0.25f * sch.train_sigmas[750])) < 1e-6f * s.sigmas[1]);
+    zl_sampler_free(&s);
+    /* DPM-Solver: linspace(0, 999, 5) = 0, 249.75, 499.5, 749.25, 999 rounded half to even, 0 dropped */
+    CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_DPMPP_2M, 4, 0));
+    CHECKM(s.timesteps[0] == 999 && s.timesteps[1] == 749 && s.timesteps[2] == 500 && s.timesteps[3] == 250,
+           "dpm linspace %g %g %g %g", s.timesteps[0], s.timesteps[1], s.timesteps[2], s.timesteps[3]);
+    zl_sampler_free(&s);
+    /* leading is unchanged: Euler 4 steps = 751, 501, 251, 1 */
+    sch.spacing = ZL_SPACING_LEADING;
+    CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_EULER, 4, 0));
+    CHECK(s.timesteps[0] == 751 && s.timesteps[3] == 1);
+    CHECK(s.init_noise_sigma == sqrtf(s.sigmas[0] * s.sigmas[0] + 1));
+    zl_sampler_free(&s);
+}
+
+/* v -> epsilon against diffusers' x0 for v-prediction, at sigmas from the
+ * smallest training sigma to the zero-SNR one. */
+static void test_v_to_eps(void) {
+    const float sig[] = {0.0292f, 1.0f, 14.6146f, 4096.0f};
+    float x[5] = {1.5f, -0.25f, 3000.0f, 0.0f, -7.0f}, v[5] = {0.3f, -1.2f, 0.9f, 2.0f, -0.05f}, e[5];
+    for (size_t k = 0; k < sizeof sig / sizeof *sig; k++) {
+        zl_v_to_eps(sig[k], x, v, e, 5);
+        for (int i = 0; i < 5; i++) {
+            double s = sig[k];
+            double x0 = v[i] * (-s / sqrt(s * s + 1)) + x[i] / (s * s + 1);
+            double ref = (x[i] - x0) / s;
+            CHECKM(fabs(e[i] - ref) <= 1e-6 * fmax(1, fabs(ref)), "v->eps at sigma %g: %g vs %g", s, e[i], ref);
+        }
+    }
+    /* in place */
+    float vv[5];
+    memcpy(vv, v, sizeof v);
+    zl_v_to_eps(2.0f, x, vv, vv, 5);
+    zl_v_to_eps(2.0f, x, v, e, 5);
+    CHECK(!memcmp(vv, e, sizeof e));
+}
+
+/* Names and user overrides of a model's schedule. */
+static void test_sched_override(void) {
+    zl_sched_config c;
+    zl_sched_config_default(&c);
+    CHECK(c.n_train == 1000 && c.steps_offset == 1 && c.prediction == ZL_PRED_EPSILON && c.spacing == ZL_SPACING_LEADING &&
+          !c.zero_snr);
+    zl_sched_override o = {.zero_snr = 1};
+    CHECK_OK(zl_sched_override_apply(&c, &o));
+    CHECK(c.zero_snr && c.spacing == ZL_SPACING_TRAILING); /* zero SNR brings trailing spacing */
+    zl_sched_override o2 = {.zero_snr = 1, .spacing = "leading", .prediction = "v"};
+    CHECK_OK(zl_sched_override_apply(&c, &o2));
+    CHECK(c.zero_snr && c.spacing == ZL_SPACING_LEADING && c.prediction == ZL_PRED_V);
+    zl_sched_override o3 = {.zero_snr = -1, .prediction = "epsilon"};
+    CHECK_OK(zl_sched_override_apply(&c, &o3));
+    CHECK(!c.zero_snr && c.prediction == ZL_PRED_EPSILON && c.spacing == ZL_SPACING_LEADING);
+    zl_sched_override bad = {.prediction = "sample"};
+    CHECK(zl_sched_override_apply(&c, &bad) == ZL_EINVAL && strstr(zl_errmsg(), "--prediction 'sample'"));
+    zl_sched_override bad2 = {.spacing = "karras"};
+    CHECK(zl_sched_override_apply(&c, &bad2) == ZL_EINVAL && strstr(zl_errmsg(), "--spacing 'karras'"));
+    CHECK_OK(zl_sched_override_apply(&c, NULL));
+    CHECK(zl_prediction_from_name("v_prediction") == ZL_PRED_V && zl_prediction_from_name("eps") == ZL_PRED_EPSILON &&
+          zl_prediction_from_name("x0") == -1 && !strcmp(zl_prediction_name(ZL_PRED_V), "v_prediction"));
+    CHECK(zl_spacing_from_name("trailing") == ZL_SPACING_TRAILING && zl_spacing_from_name("Trailing") == -1 &&
+          !strcmp(zl_spacing_name(ZL_SPACING_LINSPACE), "linspace"));
+}
+
 int main(void) {
+    test_zero_snr();
+    test_spacing();
+    test_v_to_eps();
+    test_sched_override();
     for (int i = 0; i < 2; i++) {
         test_scheduler_cases(k_families[i]);
         test_sched_io(k_families[i]);
