@@ -502,6 +502,79 @@ static void test_user_run(void) {
     }
 }
 
+/* v-prediction from the command line: a single file carrying the 'v_pred' and
+ * 'ztsnr' markers (as NoobAI-XL V-Pred does) gives the same latent as the plain
+ * file with --prediction v_prediction --zero-snr, and the PNG says how it was
+ * sampled; the flags' bad values are usage errors. */
+static void test_vpred_cli(void) {
+    char src[1024], marked[1024], o1[1024], o2[1024], l1[1024], l2[1024];
+    snprintf(src, sizeof src, "%s/tiny-sd15/single_file.safetensors", ZL_TEST_DATA);
+    snprintf(marked, sizeof marked, "%s", zt_tmp("vpred_model.safetensors"));
+    snprintf(o1, sizeof o1, "%s", zt_tmp("vpred1.png"));
+    snprintf(o2, sizeof o2, "%s", zt_tmp("vpred2.png"));
+    snprintf(l1, sizeof l1, "%s", zt_tmp("vpred1.safetensors"));
+    snprintf(l2, sizeof l2, "%s", zt_tmp("vpred2.safetensors"));
+    zl_st_file *f = NULL;
+    CHECK_OK(zl_st_open(src, &f));
+    if (!f) return;
+    int n = zl_st_count(f);
+    zl_st_entry *e = calloc((size_t)n + 2, sizeof *e);
+    for (int i = 0; i < n; i++) {
+        const zl_st_tensor *t = zl_st_at(f, i);
+        e[i] = (zl_st_entry){.name = t->name, .dtype = t->dtype, .ndim = t->ndim, .data = t->data};
+        memcpy(e[i].shape, t->shape, sizeof t->shape);
+    }
+    static const float one = 1.0f;
+    e[n] = (zl_st_entry){.name = "v_pred", .dtype = ZL_DT_F32, .ndim = 0, .data = &one};
+    e[n + 1] = (zl_st_entry){.name = "ztsnr", .dtype = ZL_DT_F32, .ndim = 0, .data = &one};
+    CHECK_OK(zl_st_write(marked, e, n + 2, NULL, 0, NULL, 0));
+    free(e);
+    zl_st_close(f);
+    /* the tiny model's sizes need its configs */
+    char cf[2048];
+    snprintf(cf, sizeof cf,
+             "--unet-config '%s/tiny-sd15/unet/config.json' --vae-config '%s/tiny-sd15/vae/config.json' "
+             "--te1-config '%s/tiny-sd15/text_encoder/config.json'",
+             ZL_TEST_DATA, ZL_TEST_DATA, ZL_TEST_DATA);
+    int code = zt_cli("generate --model '%s' %s -p 'a photo of sks dog' --steps 3 -W 64 -H 64 --seed 9 --cfg-rescale 0.7 "
+                      "--save-latent '%s' -o '%s' -v",
+                      marked, cf, l1, o1);
+    CHECKM(code == 0 && strstr(zt_err, "v-prediction, zero terminal SNR") && strstr(zt_err, "trailing spacing"),
+           "marked v-pred file: exit %d: %s", code, zt_err);
+    code = zt_cli("generate --model '%s' %s -p 'a photo of sks dog' --steps 3 -W 64 -H 64 --seed 9 --cfg-rescale 0.7 "
+                  "--prediction v_prediction --zero-snr --save-latent '%s' -o '%s' -q",
+                  src, cf, l2, o2);
+    CHECKM(code == 0, "--prediction v_prediction --zero-snr: exit %d: %s", code, zt_err);
+    float *a = NULL, *b = NULL;
+    int64_t na = 0, nb = 0;
+    a = load_f32(l1, "latent", &na);
+    b = load_f32(l2, "latent", &nb);
+    CHECK(a && b && na == nb && na == 4 * 8 * 8 && !memcmp(a, b, (size_t)na * sizeof(float)));
+    free(a);
+    free(b);
+    char *pr = png_parameters(o1);
+    CHECKM(pr && strstr(pr, "Prediction: v_prediction, Zero terminal SNR: True, Timestep spacing: trailing, CFG rescale: 0.7,"),
+           "v-pred parameters: %s", pr ? pr : "(none)");
+    free(pr);
+    /* --no-zero-snr on the marked file: trailing is kept only if asked */
+    code = zt_cli("generate --model '%s' %s -p cat --steps 2 -W 64 -H 64 --seed 9 --no-zero-snr --spacing leading -o '%s' -q",
+                  marked, cf, o2);
+    pr = code == 0 ? png_parameters(o2) : NULL;
+    CHECKM(pr && strstr(pr, "Prediction: v_prediction") && !strstr(pr, "Zero terminal SNR") && !strstr(pr, "spacing"),
+           "--no-zero-snr: exit %d %s", code, pr ? pr : zt_err);
+    free(pr);
+    remove(o2);
+    static const char *const bad[][2] = {{"--prediction sample", "--prediction"},
+                                         {"--spacing karras", "--spacing"},
+                                         {"--cfg-rescale 1.5", "--cfg-rescale"},
+                                         {"--cfg-rescale x", "--cfg-rescale"},
+                                         {"--prediction", "--prediction"}};
+    for (int i = 0; i < 5; i++) {
+        code = zt_cli("generate --model '%s' %s -p cat -W 64 -H 64 -o '%s' %s", src, cf, o2, bad[i][0]);
+        CHECKM(code == 2 && strstr(zt_err, bad[i][1]) && !zl_file_exists(o2), "%s: exit %d %s", bad[i][0], code, zt_err);
+    }
+}
+
 /* Each bad input: exit code, the culprit named, no output. */
 static void expect_fail(int code, int want, const char *needle, const char *out, const char *what) {
     CHECKM(code == want, "%s: exit %d, expected %d: %s", what, code, want, zt_err);
@@ -629,6 +702,7 @@ int main(void) {
     test_vpred("tiny-sd15");
     test_vpred("mini-sdxl");
     test_user_run();
+    test_vpred_cli();
     test_bad_inputs();
     return zt_done();
 }

@@ -502,6 +502,12 @@ static void test_end_to_end(void) {
         CHECK(json_integer_value(json_object_get(par, "resolution")) == res);
         CHECK(json_integer_value(json_object_get(par, "seed")) == 7);
         CHECK(json_real_value(json_object_get(par, "lr")) == 0.01);
+        json_t *ns = json_object_get(par, "noise_schedule");
+        CHECKM(ns && !strcmp(json_string_value(json_object_get(ns, "prediction")), "epsilon") &&
+                   json_is_false(json_object_get(ns, "zero_snr")) &&
+                   !strcmp(json_string_value(json_object_get(ns, "spacing")), "leading") &&
+                   json_integer_value(json_object_get(ns, "num_train_timesteps")) == 1000,
+               "report: the model's noise schedule");
         CHECK(json_array_size(json_object_get(j, "loss_curve")) == 3);
         json_t *row = json_array_get(json_object_get(j, "loss_curve"), 0);
         double lc = json_real_value(json_array_get(row, 0)), lsv = json_real_value(json_array_get(row, 1)),
@@ -611,6 +617,27 @@ static void test_end_to_end(void) {
         json_t *j3 = rc ? NULL : load_json(rp[1]);
         if (j3) CHECK(!strcmp(json_string_value(json_object_get(json_object_get(j3, "parameters"), "vae")), vae));
         json_decref(j3);
+        /* a v-prediction, zero-SNR schedule reaches the references, draws and previews:
+         * another merged LoRA from the same run, and the report says which schedule */
+        char ov[512], rv[512];
+        snprintf(ov, sizeof ov, "%s", zt_tmp("e2e_vpred.safetensors"));
+        snprintf(rv, sizeof rv, "%s", zt_tmp("e2e_vpred.json"));
+        rc = zt_cli("zip --model '%s' --content '%s' --style '%s' --steps 1 --ref-count 1 --ref-steps 1 "
+                    "--resolution %d --seed 7 --preview 1 --preview-steps 1 -o '%s' --report '%s' -q "
+                    "--prediction v_prediction --zero-snr",
+                    mini, cs, ss, res, ov, rv);
+        CHECKM(rc == 0, "zip --prediction v_prediction --zero-snr: %s", zt_err);
+        CHECKM(!rc && !same_tensors(o[0], ov), "the v-prediction schedule changes the merged LoRA");
+        json_t *jv = rc ? NULL : load_json(rv);
+        json_t *nv = json_object_get(json_object_get(jv, "parameters"), "noise_schedule");
+        CHECKM(nv && !strcmp(json_string_value(json_object_get(nv, "prediction")), "v_prediction") &&
+                   json_is_true(json_object_get(nv, "zero_snr")) &&
+                   !strcmp(json_string_value(json_object_get(nv, "spacing")), "trailing"),
+               "report: v_prediction, zero SNR, trailing");
+        json_decref(jv);
+        rc = zt_cli("zip --model '%s' --content '%s' --style '%s' -o '%s' --spacing sideways", mini, cs, ss, ov);
+        CHECKM(rc == 2 && strstr(zt_err, "--spacing"), "zip --spacing sideways: exit %d %s", rc, zt_err);
+        rc = 0;
     }
 
     /* reference images: a folder for the content side, a file for the style side */
@@ -674,8 +701,11 @@ static void test_clip_skip(void) {
 
 /* ---------------------------------------------------------------- eval-merge */
 
-/* The held-out objective recomputed here from the documented draw rule. */
-static void test_eval_merge(void) {
+/* The held-out objective recomputed here from the documented draw rule; with
+ * zero_snr, the draws follow the zero-terminal-SNR schedule (--zero-snr), and
+ * the losses must then differ from the default schedule's. */
+static double g_eval_loss[2][2]; /* [zero_snr][direct, merged] content loss */
+static void test_eval_merge(int zero_snr) {
     char tx[256], lc[512], ls[512], io[512], out[512];
     snprintf(tx, sizeof tx, "%s", zt_data("tiny-sdxl"));
     snprintf(lc, sizeof lc, "%s/loras/content.peft.safetensors", tx);
@@ -685,8 +715,8 @@ static void test_eval_merge(void) {
     const int K = 2;
     const unsigned seed = 3;
     int rc = zt_cli("eval-merge --model '%s' --content '%s' --style '%s' --fixed-inputs '%s' --merged '%s' --direct "
-                    "--samples %d --seed %u --json -q",
-                    tx, lc, ls, io, out, K, seed);
+                    "--samples %d --seed %u --json -q%s",
+                    tx, lc, ls, io, out, K, seed, zero_snr ? " --zero-snr" : "");
     CHECKM(rc == 0, "eval-merge exits 0: %s", zt_err);
     json_error_t je;
     json_t *j = rc ? NULL : json_loads(zt_out, 0, &je);
@@ -717,7 +747,10 @@ static void test_eval_merge(void) {
         float *ti = read_t(f, "time_ids", NULL);
         const zl_st_tensor *st = zl_st_find(f, "x0_content"), *pt = zl_st_find(f, "prompt_embeds_content");
         zl_schedule sch;
-        zl_schedule_default(&sch);
+        zl_sched_config scfg;
+        zl_sched_config_default(&scfg);
+        scfg.zero_snr = zero_snr;
+        CHECK_OK(zl_schedule_from_config(&sch, &scfg)); /* itself checked against double in test_sched */
         float *noise = malloc(n * sizeof(float)), *x[2][2], *tg[2][2], *o = malloc(n * sizeof(float));
         float tsv[2];
         for (int k = 0; k < K; k++) {
@@ -771,8 +804,12 @@ static void test_eval_merge(void) {
             double rc_ = acc[0] / K, rs = acc[1] / K;
             CHECKM(fabs(gc - rc_) <= 1e-4 * rc_ && fabs(gs - rs) <= 1e-4 * rs,
                    "eval-merge %s: content %.6g vs %.6g, style %.6g vs %.6g", label ? label : "?", gc, rc_, gs, rs);
-            printf("eval-merge %s: content %.6g style %.6g (independent: %.6g %.6g)\n", label ? label : "?", gc, gs,
-                   rc_, rs);
+            printf("eval-merge%s %s: content %.6g style %.6g (independent: %.6g %.6g)\n", zero_snr ? " (zero SNR)" : "",
+                   label ? label : "?", gc, gs, rc_, rs);
+            g_eval_loss[zero_snr][cand] = gc;
+            if (zero_snr)
+                CHECKM(fabs(gc - g_eval_loss[0][cand]) > 1e-3 * fabs(g_eval_loss[0][cand]),
+                       "--zero-snr changes the draws: %.6g vs %.6g", gc, g_eval_loss[0][cand]);
         }
         for (int k = 0; k < K; k++)
             for (int s = 0; s < 2; s++) {
@@ -797,7 +834,8 @@ int main(void) {
     test_fixed("mini-sdxl", "kohya");
     test_fixed("tiny-sd15", "kohya");
     test_fixed("tiny-sdxl", "peft"); /* last: test_eval_merge uses its merged LoRA */
-    test_eval_merge();
+    test_eval_merge(0);
+    test_eval_merge(1);
     test_bad_inputs();
     test_end_to_end();
     test_clip_skip();

@@ -369,6 +369,11 @@ static json_t *params_json(const zl_ziprun *r) {
     json_object_set_new(o, "lambda", json_real(p->lambda));
     json_object_set_new(o, "adam", json_pack("{s:f,s:f,s:f,s:f}", "beta1", 0.9, "beta2", 0.999, "eps", 1e-8,
                                              "weight_decay", 0.0));
+    json_object_set_new(o, "noise_schedule",
+                        json_pack("{s:s,s:b,s:s,s:i,s:i,s:f,s:f}", "prediction", zl_prediction_name(r->sched.prediction),
+                                  "zero_snr", r->sched.zero_snr, "spacing", zl_spacing_name(r->sched.spacing),
+                                  "num_train_timesteps", r->sched.n_train, "steps_offset", r->sched.steps_offset,
+                                  "beta_start", (double)r->sched.beta_start, "beta_end", (double)r->sched.beta_end));
     json_object_set_new(o, "seed", json_integer((json_int_t)p->seed));
     json_object_set_new(o, "resolution", json_integer(r->res));
     json_object_set_new(o, "latent", json_pack("[i,i,i,i]", r->B, r->C, r->h, r->w));
