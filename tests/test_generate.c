@@ -575,6 +575,138 @@ static void test_vpred_cli(void) {
     }
 }
 
+/* img2img. The library: the latent after the last int(steps x strength) Euler
+ * steps from init + noise * sigma of the first of them, against that loop
+ * written here (diffusers' get_timesteps and EulerDiscrete add_noise / step,
+ * the leading grid's sigmas from the schedule in double). The CLI: the same
+ * latent through --init-image (the image's size by default), the PNG's
+ * "Denoising strength", and its usage errors. */
+static void test_img2img(void) {
+    char model[1024], png[1024], out[1024], lat[1024];
+    snprintf(model, sizeof model, "%s/tiny-sd15", ZL_TEST_DATA);
+    snprintf(png, sizeof png, "%s", zt_tmp("i2i_start.png"));
+    snprintf(out, sizeof out, "%s", zt_tmp("i2i.png"));
+    snprintf(lat, sizeof lat, "%s", zt_tmp("i2i.safetensors"));
+    /* a start image: a 64x48 gradient */
+    zl_image im = {.w = 64, .h = 48, .c = 3};
+    im.px = malloc((size_t)im.w * im.h * 3);
+    for (int y = 0; y < im.h; y++)
+        for (int x = 0; x < im.w; x++) {
+            uint8_t *q = im.px + ((size_t)y * im.w + x) * 3;
+            q[0] = (uint8_t)(x * 4);
+            q[1] = (uint8_t)(y * 5);
+            q[2] = (uint8_t)(255 - x * 2);
+        }
+    CHECK_OK(zl_png_write(png, &im, NULL, 0, NULL, 0));
+    zl_pipeline *p = NULL;
+    CHECK_OK(zl_pipeline_open(model, NULL, &p));
+    if (!p) { zl_image_free(&im); return; }
+    const int W = 64, H = 48, h = H / 8, w = W / 8, S = 4;
+    const size_t n = 4 * (size_t)h * w;
+    float *init = calloc(n, sizeof(float)), *got = calloc(n, sizeof(float));
+    CHECK_OK(zl_pipeline_encode_image(p, &im, W, H, init));
+    /* = the VAE's latent mean * scaling factor of the same (already fitting) image */
+    {
+        float *ref = calloc(n, sizeof(float));
+        CHECK_OK(zl_vae_encode_image(zl_pipeline_vae(p), &im, ref));
+        CHECK(!memcmp(ref, init, n * sizeof(float)));
+        free(ref);
+    }
+    zl_cond c;
+    CHECK_OK(zl_pipeline_encode(p, "watercolor painting of a cat", "blurry", &c));
+    const float G = 6.0f;
+    zl_gen_params g = {.width = W, .height = H, .steps = S, .cfg = G, .seed = 21, .init_latent = init, .strength = 0.5};
+    CHECK_OK(zl_pipeline_sample(p, &c, &g, got));
+
+    /* leading grid: t = 751, 501, 251, 1; strength 0.5 runs int(4 x 0.5) = 2 of them */
+    enum { N = 1000 };
+    double acp[N], a = sqrt(0.00085), b = sqrt(0.012), cum = 1;
+    for (int i = 0; i < N; i++) {
+        double beta = a + (b - a) * i / (N - 1);
+        cum *= 1 - beta * beta;
+        acp[i] = cum;
+    }
+    const int ts[2] = {251, 1};
+    double sig[3] = {sqrt((1 - acp[251]) / acp[251]), sqrt((1 - acp[1]) / acp[1]), 0};
+    float *x = malloc(n * sizeof(float)), *in = malloc(2 * n * sizeof(float)), *o = malloc(2 * n * sizeof(float));
+    zl_rng r;
+    zl_rng_init(&r, 21, 0);
+    zl_rng_normal(&r, 0, x, n);
+    for (size_t i = 0; i < n; i++) x[i] = (float)(init[i] + x[i] * sig[0]);
+    zl_unet *u = zl_pipeline_unet(p);
+    float tt[2];
+    zl_unet_input ui = {.B = 2, .H = h, .W = w, .T = 77, .sample = in, .timestep = tt, .context = c.embeds};
+    for (int k = 0; k < 2; k++) {
+        double cin = 1 / sqrt(sig[k] * sig[k] + 1);
+        for (size_t i = 0; i < n; i++) in[i] = in[n + i] = (float)(x[i] * cin);
+        tt[0] = tt[1] = (float)ts[k];
+        CHECK_OK(zl_unet_forward(u, &ui, o));
+        for (size_t i = 0; i < n; i++) {
+            double e = o[i] + (double)G * (o[n + i] - o[i]);
+            double x0 = x[i] - sig[k] * e;
+            x[i] = (float)(x[i] + (x[i] - x0) / sig[k] * (sig[k + 1] - sig[k]));
+        }
+    }
+    zt_close("img2img, strength 0.5 of 4 Euler steps", got, x, (int64_t)n, TOL);
+    /* int(steps x strength) in double, as Python computes it: 100 x 0.57 = 56.99999999999999 -> 56 steps
+     * (in float it would be 57), the same as 100 x 0.56 = 56.00000000000001 -> 56 */
+    {
+        zl_gen_params g3 = g;
+        g3.steps = 100;
+        g3.strength = 0.57;
+        float *l3 = calloc(n, sizeof(float));
+        CHECK_OK(zl_pipeline_sample(p, &c, &g3, l3));
+        g3.strength = 0.56; /* the same steps, the same latent */
+        float *l4 = calloc(n, sizeof(float));
+        CHECK_OK(zl_pipeline_sample(p, &c, &g3, l4));
+        CHECK(!memcmp(l3, l4, n * sizeof(float)));
+        g3.strength = 0.57000001; /* int(57.000001) = 57: one step more, another latent */
+        CHECK_OK(zl_pipeline_sample(p, &c, &g3, l4));
+        CHECK(memcmp(l3, l4, n * sizeof(float)) != 0);
+        g3.strength = 0.005;
+        CHECK(zl_pipeline_sample(p, &c, &g3, got) == ZL_EINVAL && strstr(zl_errmsg(), "strength"));
+        g3.strength = 1.5;
+        CHECK(zl_pipeline_sample(p, &c, &g3, got) == ZL_EINVAL);
+        free(l3);
+        free(l4);
+    }
+    zl_cond_free(&c);
+    zl_pipeline_free(p);
+
+    /* the CLI: same latent (negative prompt, seed, size from the image) */
+    int code = zt_cli("generate --model '%s' -p 'watercolor painting of a cat' -n blurry --cfg 6 --steps 4 --seed 21 "
+                      "--init-image '%s' --strength 0.5 --save-latent '%s' -o '%s' -q",
+                      model, png, lat, out);
+    CHECKM(code == 0, "generate --init-image: exit %d: %s", code, zt_err);
+    int64_t nl = 0;
+    float *cl = code ? NULL : load_f32(lat, "latent", &nl);
+    CHECK(cl && nl == (int64_t)n);
+    if (cl && nl == (int64_t)n) zt_close("CLI img2img latent vs the library's", cl, got, nl, TOL);
+    free(cl);
+    char *pr = code ? NULL : png_parameters(out);
+    CHECKM(pr && strstr(pr, "Size: 64x48,") && strstr(pr, "Denoising strength: 0.5,"), "img2img parameters: %s",
+           pr ? pr : "(none)");
+    free(pr);
+    remove(out);
+    static const char *const bad[][3] = {{"--strength 0.5", "--init-image", "2"},
+                                         {"--init-image '%s' --strength 0", "--strength", "2"},
+                                         {"--init-image '%s' --strength 0.1", "--strength", "2"},
+                                         {"--init-image /nonexistent/start.png", "/nonexistent/start.png", "1"}};
+    for (int i = 0; i < 4; i++) {
+        char extra[1200];
+        snprintf(extra, sizeof extra, bad[i][0], png);
+        code = zt_cli("generate --model '%s' -p cat --steps 4 %s -o '%s'", model, extra, out);
+        CHECKM(code == atoi(bad[i][2]) && strstr(zt_err, bad[i][1]) && !zl_file_exists(out), "%s: exit %d %s", extra,
+               code, zt_err);
+    }
+    free(init);
+    free(got);
+    free(x);
+    free(in);
+    free(o);
+    zl_image_free(&im);
+}
+
 /* Each bad input: exit code, the culprit named, no output. */
 static void expect_fail(int code, int want, const char *needle, const char *out, const char *what) {
     CHECKM(code == want, "%s: exit %d, expected %d: %s", what, code, want, zt_err);
@@ -703,6 +835,7 @@ int main(void) {
     test_vpred("mini-sdxl");
     test_user_run();
     test_vpred_cli();
+    test_img2img();
     test_bad_inputs();
     return zt_done();
 }

@@ -136,10 +136,20 @@ typedef struct {
     const zl_sched_config *sched; /* the model's noise schedule and prediction type; NULL: the SD/SDXL
                                      default (epsilon) for zl_txt2img_sample, the pipeline's for
                                      zl_pipeline_sample / zl_pipeline_generate */
+    const float *init_latent;   /* img2img: the start image's latent [4, h, w] (zl_pipeline_encode_image),
+                                   or NULL: txt2img */
+    double strength;            /* img2img: the share of the schedule that is run, in (0, 1]; as
+                                   diffusers' img2img: the last int(steps * strength) steps, from
+                                   init_latent + noise * sigma of the first of them */
     float cfg_rescale;          /* diffusers' guidance_rescale phi (Lin et al. 2023, Sec. 3.4): after
                                    guidance, out = phi out std(cond)/std(out) + (1 - phi) out, std
                                    over each sample; 0: none */
 } zl_gen_params;
+
+/* img2img's start: `image` scaled to cover width x height and centre-cropped
+ * (zl_image_fit, area filter), VAE-encoded, latent mean * scaling factor ->
+ * latent [4, height / s, width / s]. */
+int zl_pipeline_encode_image(zl_pipeline *p, const zl_image *image, int width, int height, float *latent);
 
 /* Run the sampler loop with `unet` (any zl_unet: the pipeline's or one with
  * runtime branches) from noise to the final latent [4, h, w], h = height / s.

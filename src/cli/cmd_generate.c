@@ -58,6 +58,10 @@ static void usage(FILE *f) {
             "  --vae FILE|DIR         decode with this VAE instead of the model's (a standalone VAE file,\n"
             "                         a diffusers vae folder, or another checkpoint's VAE)\n"
             ZL_CLI_SCHED_HELP
+            "  --init-image FILE      img2img: start from this image (PNG/JPEG), scaled to cover the size and\n"
+            "                         centre-cropped; the size defaults to the image's, rounded down to 8\n"
+            "  --strength S           img2img: how much of the schedule runs, in (0, 1] (default 0.75, A1111's\n"
+            "                         denoising strength): the last int(steps x S) steps, as diffusers\n"
             "  --cfg-rescale PHI      guidance rescale in [0, 1] (diffusers' guidance_rescale; 0.7 is the\n"
             "                         usual value for zero-terminal-SNR models; default 0: none)\n"
             "  --unet-config JSON     diffusers config.json of the UNet, VAE or text encoders, for a\n"
@@ -203,6 +207,7 @@ typedef struct {
     const char *noise_spec;
     zl_sched_config sched;
     float cfg_rescale;
+    double strength; /* img2img's; 0: txt2img */
 } infotext;
 
 /* The `parameters` text of one image, as AUTOMATIC1111 writes it. */
@@ -222,6 +227,7 @@ static int make_parameters(const infotext *it, uint64_t seed, long noise_index, 
     if (!rc && it->sched.spacing != ZL_SPACING_LEADING)
         rc = sb_printf(&b, ", Timestep spacing: %s", zl_spacing_name(it->sched.spacing));
     if (!rc && it->cfg_rescale > 0) rc = sb_printf(&b, ", CFG rescale: %g", (double)it->cfg_rescale);
+    if (!rc && it->strength > 0) rc = sb_printf(&b, ", Denoising strength: %g", it->strength);
     if (!rc && it->vae_name) rc = sb_printf(&b, ", VAE hash: %s, VAE: ", it->vae_hash);
     if (!rc && it->vae_name) rc = sb_quoted(&b, it->vae_name);
     if (!rc && it->n_loras) {
@@ -320,7 +326,8 @@ int zl_cmd_generate(int argc, char **argv) {
     const char *lora_args[MAX_LORAS];
     int n_lora = 0, grid = 0, f32 = 0, no_tile = 0, have_seed = 0;
     long steps = 50, width = 0, height = 0, batch = 1, clip_skip = 1;
-    double cfg = NAN, cfg_rescale = 0;
+    double cfg = NAN, cfg_rescale = 0, strength = NAN;
+    const char *init_path = NULL;
     uint64_t seed = 0;
     zl_sched_override sched = {0};
     for (int i = 1; i < argc; i++) {
@@ -346,6 +353,7 @@ int zl_cmd_generate(int argc, char **argv) {
                            : !strcmp(a, "--vae") ? &vae
                            : !strcmp(a, "--te1-config") ? &te1_cfg
                            : !strcmp(a, "--te2-config") ? &te2_cfg
+                           : (!strcmp(a, "--init-image") || !strcmp(a, "-i")) ? &init_path
                            : NULL;
         long *num = !strcmp(a, "--steps") ? &steps
                     : !strcmp(a, "--clip-skip") ? &clip_skip
@@ -354,8 +362,10 @@ int zl_cmd_generate(int argc, char **argv) {
                     : !strcmp(a, "--batch") ? &batch
                     : NULL;
         int is_lora = !strcmp(a, "--lora"), is_cfg = !strcmp(a, "--cfg") || !strcmp(a, "--cfg-scale"),
-            is_seed = !strcmp(a, "--seed"), is_resc = !strcmp(a, "--cfg-rescale") || !strcmp(a, "--guidance-rescale");
-        if (!dst && !num && !is_lora && !is_cfg && !is_seed && !is_resc) return zl_cli_usage(CMD, "unknown option '%s'", a);
+            is_seed = !strcmp(a, "--seed"), is_resc = !strcmp(a, "--cfg-rescale") || !strcmp(a, "--guidance-rescale"),
+            is_str = !strcmp(a, "--strength") || !strcmp(a, "--denoising-strength");
+        if (!dst && !num && !is_lora && !is_cfg && !is_seed && !is_resc && !is_str)
+            return zl_cli_usage(CMD, "unknown option '%s'", a);
         if (i + 1 >= argc) return zl_cli_usage(CMD, "%s needs a value", a);
         const char *v = argv[++i];
         if (dst) {
@@ -365,6 +375,9 @@ int zl_cmd_generate(int argc, char **argv) {
             lora_args[n_lora++] = v;
         } else if (is_cfg) {
             if (zl_cli_float(CMD, a, v, &cfg)) return ZL_EXIT_USAGE;
+        } else if (is_str) {
+            if (zl_cli_float(CMD, a, v, &strength)) return ZL_EXIT_USAGE;
+            if (!(strength > 0 && strength <= 1)) return zl_cli_usage(CMD, "%s %s is outside (0, 1]", a, v);
         } else if (is_resc) {
             if (zl_cli_float(CMD, a, v, &cfg_rescale)) return ZL_EXIT_USAGE;
             if (cfg_rescale < 0 || cfg_rescale > 1) return zl_cli_usage(CMD, "%s %s is outside [0, 1]", a, v);
@@ -403,6 +416,11 @@ int zl_cmd_generate(int argc, char **argv) {
     if (prompt_arg && check_utf8("-p", prompt_arg, strlen(prompt_arg))) return zl_cli_usage(CMD, "%s", zl_errmsg());
     if (negative && check_utf8("-n", negative, strlen(negative))) return zl_cli_usage(CMD, "%s", zl_errmsg());
     if (!have_seed) seed = random_seed();
+    if (!isnan(strength) && !init_path) return zl_cli_usage(CMD, "--strength is for img2img: give --init-image FILE");
+    if (isnan(strength)) strength = 0.75;
+    if (init_path && (long)(steps * strength) < 1)
+        return zl_cli_usage(CMD, "--strength %g of %ld steps runs no step (int(%ld x %g) = 0); raise --steps or --strength",
+                            strength, steps, steps, strength);
 
     int rc = ZL_OK;
     zl_pipeline *p = NULL;
@@ -410,6 +428,8 @@ int zl_cmd_generate(int argc, char **argv) {
     float *noise = NULL, *latents = NULL;
     char *lpaths[MAX_LORAS] = {0};
     zl_image *imgs = NULL;
+    zl_image init_img = {0};
+    float *init_lat = NULL;
     char **out_paths = NULL;
     char *grid_path = NULL;
     zl_cond cond = {0};
@@ -427,6 +447,19 @@ int zl_cmd_generate(int argc, char **argv) {
     if (noise_spec) {
         if ((rc = load_noise(noise_spec, (int)batch, 4, &noise, &nh, &nw, &noise_file))) goto done;
         inputs[n_inputs++] = noise_file;
+    }
+    if (init_path) {
+        /* read (and so check) the start image before any model is loaded */
+        if ((rc = zl_image_read(init_path, &init_img))) {
+            if (!strstr(zl_errmsg(), init_path)) zl_error_prefix(rc, "--init-image %s", init_path);
+            goto done;
+        }
+        inputs[n_inputs++] = init_path;
+        if (init_img.w < 8 || init_img.h < 8) {
+            rc = zl_set_error(ZL_EFORMAT, "--init-image %s is %dx%d pixels; at least 8x8 is needed", init_path, init_img.w,
+                              init_img.h);
+            goto done;
+        }
     }
     /* output names first: a clash with an input is a usage error found before any compute */
     out_paths = calloc((size_t)batch, sizeof *out_paths);
@@ -455,6 +488,11 @@ int zl_cmd_generate(int argc, char **argv) {
                               noise_spec, nw, nh, nw * s, nh * s, width, height);
             goto done;
         }
+    }
+    if (init_path) {
+        /* img2img: the image's size, rounded down to whole latent cells */
+        if (!width) width = init_img.w - init_img.w % s;
+        if (!height) height = init_img.h - init_img.h % s;
     }
     if (!width || !height) {
         int dw, dh;
@@ -506,9 +544,19 @@ int zl_cmd_generate(int argc, char **argv) {
     t_text = zl_now() - t_text;
     zl_info("text encoding: %.2f s", t_text);
 
-    /* 2. sampling */
+    /* 2. sampling (img2img: from the start image's latent) */
     const int h = (int)height / s, w = (int)width / s, C = zl_pipeline_unet_config(p)->in_channels;
     const size_t n = (size_t)C * h * w;
+    if (init_path) {
+        double t_enc = zl_now();
+        if (!(init_lat = malloc(sizeof(float) * n))) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
+        if ((rc = zl_pipeline_encode_image(p, &init_img, (int)width, (int)height, init_lat))) {
+            zl_error_prefix(rc, "--init-image %s", init_path);
+            goto done;
+        }
+        zl_info("start image %s (%dx%d) encoded at %ldx%ld: %.2f s; strength %g runs %d of %ld steps", init_path,
+                init_img.w, init_img.h, width, height, zl_now() - t_enc, strength, (int)(steps * strength), steps);
+    }
     if (C != 4 && noise) { rc = zl_set_error(ZL_ESHAPE, "the UNet takes %d latent channels, --initial-noise has 4", C); goto done; }
     latents = malloc(sizeof(float) * n * (size_t)batch); // [batch, C, h, w]
     if (!latents) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
@@ -520,7 +568,7 @@ int zl_cmd_generate(int argc, char **argv) {
                            .sampler = (zl_sampler_kind)skind, .seed = seed + (uint64_t)b,
                            .sigmas = karras ? ZL_SIGMAS_KARRAS : ZL_SIGMAS_DEFAULT,
                            .initial_noise = noise ? noise + (size_t)b * n : NULL, .progress = 1, .progress_label = label,
-                           .cfg_rescale = (float)cfg_rescale};
+                           .cfg_rescale = (float)cfg_rescale, .init_latent = init_lat, .strength = strength};
         if ((rc = zl_pipeline_sample(p, &cond, &g, latents + (size_t)b * n))) goto done;
     }
     zl_pipeline_release(p, ZL_PIPE_UNET);
@@ -565,6 +613,7 @@ int zl_cmd_generate(int argc, char **argv) {
     it.noise_spec = noise_spec;
     it.sched = *zl_pipeline_sched(p);
     it.cfg_rescale = (float)cfg_rescale;
+    it.strength = init_path ? strength : 0;
 
     if (latent_path) {
         zl_st_entry e = {.name = "latent", .dtype = ZL_DT_F32, .ndim = 4, .shape = {batch, C, h, w}, .data = latents};
@@ -614,6 +663,8 @@ done:
     free(noise_file);
     free(noise);
     free(latents);
+    free(init_lat);
+    zl_image_free(&init_img);
     if (!rc) return ZL_EXIT_OK;
     return rc == ZL_EINVAL ? ZL_EXIT_USAGE : ZL_EXIT_FAIL;
 }

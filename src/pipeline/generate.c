@@ -379,6 +379,17 @@ int zl_txt2img_sample(zl_unet *unet, int scale, const zl_cond *c, const zl_gen_p
     const int guided = g->cfg > 1.0f; /* diffusers: do_classifier_free_guidance = g > 1 */
     const int B = guided ? 2 : 1;
 
+    int k0 = 0; /* img2img: the first step run */
+    if (g->init_latent) {
+        if (!(g->strength > 0 && g->strength <= 1))
+            return zl_set_error(ZL_EINVAL, "--strength %g is outside (0, 1]", g->strength);
+        int run = (int)(g->steps * g->strength); /* diffusers: min(int(steps * strength), steps) */
+        if (run > g->steps) run = g->steps;
+        if (run < 1)
+            return zl_set_error(ZL_EINVAL, "--strength %g of %d steps runs no step (int(%d x %g) = 0); raise --steps or "
+                                           "--strength", g->strength, g->steps, g->steps, g->strength);
+        k0 = g->steps - run;
+    }
     if (!isfinite(g->cfg_rescale) || g->cfg_rescale < 0 || g->cfg_rescale > 1)
         return zl_set_error(ZL_EINVAL, "guidance rescale %g outside [0, 1]", (double)g->cfg_rescale);
     zl_schedule sch;
@@ -400,7 +411,14 @@ int zl_txt2img_sample(zl_unet *unet, int scale, const zl_cond *c, const zl_gen_p
         zl_rng_init(&r, g->seed, 0);
         zl_rng_normal(&r, 0, latent, n);
     }
-    for (size_t i = 0; i < n; i++) latent[i] *= smp.init_noise_sigma;
+    if (g->init_latent) {
+        /* the scheduler's add_noise at the first step run: x0 + noise * sigma (in Euler's sigma
+         * space; the same point as DPM-Solver's alpha x0 + sigma_vp noise) */
+        const float sg = smp.sigmas[k0];
+        for (size_t i = 0; i < n; i++) latent[i] = g->init_latent[i] + latent[i] * sg;
+    } else {
+        for (size_t i = 0; i < n; i++) latent[i] *= smp.init_noise_sigma;
+    }
     for (int b = 0; b < B; b++) {
         float *t = tid + 6 * b;
         t[0] = (float)g->height; t[1] = (float)g->width; t[2] = 0; t[3] = 0;
@@ -412,8 +430,8 @@ int zl_txt2img_sample(zl_unet *unet, int scale, const zl_cond *c, const zl_gen_p
                         .text_embeds = cfg->has_text_time ? c->pooled + off_pool : NULL,
                         .time_ids = cfg->has_text_time ? tid : NULL};
     zl_progress pr;
-    if (g->progress) zl_progress_begin(&pr, g->progress_label ? g->progress_label : "sampling", g->steps);
-    for (int k = 0; k < g->steps; k++) {
+    if (g->progress) zl_progress_begin(&pr, g->progress_label ? g->progress_label : "sampling", g->steps - k0);
+    for (int k = k0; k < g->steps; k++) {
         float s = zl_sampler_input_scale(&smp, k);
         for (int b = 0; b < B; b++) {
             float *dst = in + (size_t)b * n;
@@ -438,7 +456,7 @@ int zl_txt2img_sample(zl_unet *unet, int scale, const zl_cond *c, const zl_gen_p
                 break;
             }
         if (rc) break;
-        if (g->progress) zl_progress_update(&pr, k + 1, NULL);
+        if (g->progress) zl_progress_update(&pr, k + 1 - k0, NULL);
     }
     if (g->progress) {
         if (rc) pr.active = 0; /* no "elapsed" line for a failed run */
@@ -464,6 +482,20 @@ int zl_pipeline_sample(zl_pipeline *p, const zl_cond *c, const zl_gen_params *g,
     if (rc) return rc;
     if ((rc = load_unet(p))) return rc;
     return zl_txt2img_sample(p->unet, p->vae_scale, c, &gg, latent);
+}
+
+int zl_pipeline_encode_image(zl_pipeline *p, const zl_image *image, int width, int height, float *latent) {
+    int rc = zl_pipeline_check_size(p, width, height);
+    if (rc) return rc;
+    if ((rc = load_vae(p))) return rc;
+    if (zl_vae_get_config(p->vae)->latent_channels != p->ucfg.in_channels)
+        return zl_set_error(ZL_EUNSUPPORTED, "the VAE's latents have %d channels but the UNet takes %d",
+                            zl_vae_get_config(p->vae)->latent_channels, p->ucfg.in_channels);
+    zl_image fit = {0};
+    rc = zl_image_fit(image, width, height, ZL_RESIZE_AREA, &fit);
+    if (!rc) rc = zl_vae_encode_image(p->vae, &fit, latent);
+    zl_image_free(&fit);
+    return rc;
 }
 
 /* ------------------------------------------------------------------ decoding */
