@@ -6,8 +6,9 @@
  * up in the name tables of the target model (src/models/names.c), so an
  * underscore-flattened kohya name is only ever matched exactly, never split.
  * Alpha comes from .alpha tensors, PEFT adapter metadata or an
- * adapter_config.json, in that order, else alpha = rank. Variants we cannot
- * load exactly (LoHa, LoKr, Tucker, DoRA, OFT) are refused by name. */
+ * adapter_config.json, in that order, else alpha = rank. LyCORIS LoHa and LoKr
+ * (kohya names) become exact LoRA factors of a higher rank (see lyco_check).
+ * Variants we cannot load exactly (Tucker, DoRA, OFT) are refused by name. */
 #include <jansson.h>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -25,7 +26,16 @@
 #include "ziplora/lora.h"
 #include "ziplora/safetensors.h"
 
-typedef enum { ROLE_DOWN = 0, ROLE_UP = 1, ROLE_ALPHA = 2 } role_t;
+typedef enum {
+    ROLE_DOWN = 0, ROLE_UP = 1, ROLE_ALPHA = 2,
+    /* LyCORIS LoHa: dW = (w1_a w1_b) * (w2_a w2_b) elementwise, times alpha / rank(w1_b) */
+    ROLE_H1A, ROLE_H1B, ROLE_H2A, ROLE_H2B,
+    /* LyCORIS LoKr: dW = kron(W1, W2), each full or as _a _b factors, times alpha / dim */
+    ROLE_K1, ROLE_K1A, ROLE_K1B, ROLE_K2, ROLE_K2A, ROLE_K2B,
+    N_ROLES
+} role_t;
+
+enum { LYCO_NONE = 0, LYCO_LOHA = 1, LYCO_LOKR = 2 };
 
 /* One tensor of the file, parsed by syntax. */
 typedef struct {
@@ -42,9 +52,19 @@ typedef struct {
 
 /* All tensors of one module. */
 typedef struct {
-    entry *e[3];             /* by role */
+    entry *e[N_ROLES];       /* by role */
     const zl_module_info *mod;
     int is_ldm;
+    int lyco;                /* LYCO_*: a LoHa / LoKr module, turned into exact LoRA factors */
+    /* LyCORIS geometry (set by lyco_check): dW is [out, in_k], in_k = in * kh * kw */
+    int64_t l_out, l_ink;
+    int l_kh, l_kw;          /* kernel the factors fix (0: any, taken from the module) */
+    int l_rank;              /* rank of the exact LoRA form (Khatri-Rao / Kronecker factors, or full) */
+    int l_full;              /* 1: formed as dW itself with an identity on the smaller side */
+    int l_s1, l_s2;          /* LoKr: ranks used for W1 and W2 (LoHa: r1, r2) */
+    int l_w1_left, l_w2_left;/* LoKr: a full W1 / W2 put on the up side (1) or the down side (0) */
+    int l_dim;               /* the rank the scale divides alpha by (0: scale 1) */
+    float l_scale;           /* LyCORIS scale (set with the alpha), folded into up */
 } group;
 
 /* ---------------------------------------------------------------- key syntax */
@@ -72,8 +92,9 @@ static const struct {
     const char *marker;
     const char *what;
 } refused[] = {
-    {".hada_", "LoHa (LyCORIS hada_* tensors)"},
-    {".lokr_", "LoKr (LyCORIS lokr_* tensors)"},
+    {".hada_t1", "Tucker-decomposed LoHa (hada_t1/hada_t2)"},
+    {".hada_t2", "Tucker-decomposed LoHa (hada_t1/hada_t2)"},
+    {".lokr_t2", "Tucker-decomposed LoKr (lokr_t2)"},
     {".lora_mid.", "Tucker-decomposed LoCon (lora_mid)"},
     {".dora_scale", "DoRA (dora_scale)"},
     {"lora_magnitude_vector", "DoRA (PEFT lora_magnitude_vector)"},
@@ -112,10 +133,18 @@ static int parse_key(const char *key, entry *e, int *plain_te) {
         const char *dot = strchr(key, '.');
         if (!dot || dot == key + pl) return 1;
         const char *suf = dot + 1;
-        if (!strcmp(suf, "lora_down.weight")) e->role = ROLE_DOWN;
-        else if (!strcmp(suf, "lora_up.weight")) e->role = ROLE_UP;
-        else if (!strcmp(suf, "alpha")) e->role = ROLE_ALPHA;
-        else return 1;
+        static const struct {
+            const char *suf;
+            role_t role;
+        } ks[] = {{"lora_down.weight", ROLE_DOWN}, {"lora_up.weight", ROLE_UP}, {"alpha", ROLE_ALPHA},
+                  {"hada_w1_a", ROLE_H1A},         {"hada_w1_b", ROLE_H1B},      {"hada_w2_a", ROLE_H2A},
+                  {"hada_w2_b", ROLE_H2B},         {"lokr_w1", ROLE_K1},         {"lokr_w1_a", ROLE_K1A},
+                  {"lokr_w1_b", ROLE_K1B},         {"lokr_w2", ROLE_K2},         {"lokr_w2_a", ROLE_K2A},
+                  {"lokr_w2_b", ROLE_K2B}};
+        size_t k = 0;
+        while (k < sizeof ks / sizeof ks[0] && strcmp(suf, ks[k].suf)) k++;
+        if (k == sizeof ks / sizeof ks[0]) return 1;
+        e->role = ks[k].role;
         e->flat = 1;
         e->part = kohya_prefix[i].part;
         if (i == 3) *plain_te = 1;
@@ -256,7 +285,23 @@ static const zl_module_info *find_module(const zl_name_table *t, const entry *e,
     return zl_name_find_diffusers(t, e->name);
 }
 
-static const entry *first_entry(const group *g) { return g->e[0] ? g->e[0] : g->e[1] ? g->e[1] : g->e[2]; }
+static const entry *first_entry(const group *g) {
+    for (int r = 0; r < N_ROLES; r++)
+        if (g->e[r]) return g->e[r];
+    return NULL;
+}
+
+/* The tensor a message names for the group (its down, else its first). */
+static const char *group_key(const group *g) { return g->e[ROLE_DOWN] ? g->e[ROLE_DOWN]->key : first_entry(g)->key; }
+
+/* A LyCORIS group on module m: a linear wants no kernel from the factors, a
+ * conv either none (taken from the module) or its own; the flattened input
+ * must hold whole kernels. */
+static int lyco_compatible(const zl_module_info *m, const group *g) {
+    if (m->kind != ZL_MOD_LINEAR && m->kind != ZL_MOD_CONV) return 0;
+    if (g->l_kh && (g->l_kh != m->kh || g->l_kw != m->kw)) return 0;
+    return g->l_ink % ((int64_t)m->kh * m->kw) == 0;
+}
 
 /* How many UNet groups fit table t (name found and kernel compatible). */
 static int count_fit(const zl_name_table *t, const group *g, int ng) {
@@ -265,7 +310,8 @@ static int count_fit(const zl_name_table *t, const group *g, int ng) {
         const entry *e = first_entry(&g[i]);
         if (e->part != ZL_PART_UNET) continue;
         const zl_module_info *m = find_module(t, e, &ldm);
-        if (m && compatible(m, g[i].e[ROLE_DOWN] ? g[i].e[ROLE_DOWN]->t : NULL)) c++;
+        if (m && (g[i].lyco ? lyco_compatible(m, &g[i]) : compatible(m, g[i].e[ROLE_DOWN] ? g[i].e[ROLE_DOWN]->t : NULL)))
+            c++;
     }
     return c;
 }
@@ -529,7 +575,235 @@ done:
     return rc;
 }
 
-static const char *role_suffix(role_t r) { return r == ROLE_DOWN ? "down" : r == ROLE_UP ? "up" : "alpha"; }
+static const char *role_suffix(role_t r) {
+    static const char *const n[N_ROLES] = {"down", "up", "alpha", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
+                                           "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"};
+    return n[r];
+}
+
+/* ---------------------------------------------------------------- LyCORIS */
+
+static int64_t tail_numel(const zl_st_tensor *t) { return t->shape[0] ? t->numel / t->shape[0] : 0; }
+
+/* Check a LoHa / LoKr group's factors and fix its geometry and the rank of its
+ * exact LoRA form:
+ *  - LoHa (w1_a [out, r1], w1_b [r1, in_k], same for w2): Khatri-Rao factors,
+ *    up[o, s r2 + t] = w1_a[o, s] w2_a[o, t], down[s r2 + t, j] = w1_b[s, j] w2_b[t, j],
+ *    rank r1 r2; scale alpha / r1 (1 without alpha), as ComfyUI and A1111 apply it.
+ *  - LoKr (W1 [a, b], W2 [c, d] or [c, d, kh, kw], each full or w_a w_b): by the
+ *    mixed-product rule kron(U1 V1, U2 V2) = kron(U1, U2) kron(V1, V2), rank s1 s2 with
+ *    s = the factor rank, or for a full W the smaller of its sides (identity on the
+ *    other); scale alpha / dim with dim the rank of the decomposed factor (W2's if
+ *    both), 1 if neither is decomposed or there is no alpha.
+ * When that rank would reach min(out, in_k) the layer is dW itself with an identity
+ * on the smaller side: exact either way. */
+static int lyco_check(loader *L, group *g) {
+    const char *P = L->path;
+    const entry *fe = first_entry(g);
+    for (int r = 0; r < N_ROLES; r++) {
+        if (!g->e[r] || r == ROLE_ALPHA) continue;
+        const zl_st_tensor *t = g->e[r]->t;
+        if (t->ndim != 2 && t->ndim != 4)
+            return zl_set_error(ZL_ESHAPE, "%s: '%s' must have 2 or 4 dimensions", P, g->e[r]->key);
+        for (int i = 0; i < t->ndim; i++)
+            if (t->shape[i] < 1 || t->shape[i] > INT_MAX / 16)
+                return zl_set_error(ZL_ESHAPE, "%s: '%s' has a dimension of %lld", P, g->e[r]->key, (long long)t->shape[i]);
+    }
+    if (g->lyco == LYCO_LOHA) {
+        const zl_st_tensor *a1 = g->e[ROLE_H1A]->t, *b1 = g->e[ROLE_H1B]->t, *a2 = g->e[ROLE_H2A]->t, *b2 = g->e[ROLE_H2B]->t;
+        if (a1->ndim != 2 || a2->ndim != 2 || a1->shape[0] != a2->shape[0] || a1->shape[1] != b1->shape[0] ||
+            a2->shape[1] != b2->shape[0] || tail_numel(b1) != tail_numel(b2) || b1->ndim != b2->ndim ||
+            (b1->ndim == 4 && (b1->shape[2] != b2->shape[2] || b1->shape[3] != b2->shape[3])))
+            return zl_set_error(ZL_ESHAPE, "%s: LoHa module '%s': hada_w1_a/w1_b/w2_a/w2_b shapes do not fit "
+                                           "([out, r1], [r1, in], [out, r2], [r2, in])", P, fe->name);
+        g->l_out = a1->shape[0];
+        g->l_ink = tail_numel(b1);
+        g->l_kh = b1->ndim == 4 ? (int)b1->shape[2] : 0;
+        g->l_kw = b1->ndim == 4 ? (int)b1->shape[3] : 0;
+        g->l_s1 = (int)a1->shape[1];
+        g->l_s2 = (int)a2->shape[1];
+        g->l_dim = (int)a1->shape[1];
+    } else {
+        const entry *k1 = g->e[ROLE_K1], *k1a = g->e[ROLE_K1A], *k1b = g->e[ROLE_K1B];
+        const entry *k2 = g->e[ROLE_K2], *k2a = g->e[ROLE_K2A], *k2b = g->e[ROLE_K2B];
+        int64_t a, b, c, D2;
+        int dim = 0;
+        if (k1) {
+            if (k1->t->ndim != 2) return zl_set_error(ZL_ESHAPE, "%s: '%s' must be a matrix", P, k1->key);
+            a = k1->t->shape[0], b = k1->t->shape[1];
+            g->l_w1_left = b <= a; /* the identity on the smaller side */
+            g->l_s1 = (int)(a < b ? a : b);
+        } else {
+            if (k1a->t->ndim != 2 || k1b->t->ndim != 2 || k1a->t->shape[1] != k1b->t->shape[0])
+                return zl_set_error(ZL_ESHAPE, "%s: LoKr module '%s': lokr_w1_a [a, r] and lokr_w1_b [r, b] do not fit",
+                                    P, fe->name);
+            a = k1a->t->shape[0], b = k1b->t->shape[1];
+            g->l_s1 = dim = (int)k1a->t->shape[1];
+        }
+        const zl_st_tensor *kt = NULL; /* the tensor whose shape carries W2's kernel */
+        if (k2) {
+            c = k2->t->shape[0], D2 = tail_numel(k2->t);
+            kt = k2->t;
+            g->l_w2_left = D2 <= c;
+            g->l_s2 = (int)(c < D2 ? c : D2);
+        } else {
+            if (k2a->t->ndim != 2 || k2a->t->shape[1] != k2b->t->shape[0])
+                return zl_set_error(ZL_ESHAPE, "%s: LoKr module '%s': lokr_w2_a [c, r] and lokr_w2_b [r, d(, kh, kw)] do "
+                                               "not fit", P, fe->name);
+            c = k2a->t->shape[0], D2 = tail_numel(k2b->t);
+            kt = k2b->t;
+            g->l_s2 = dim = (int)k2a->t->shape[1];
+        }
+        g->l_kh = kt->ndim == 4 ? (int)kt->shape[2] : 0;
+        g->l_kw = kt->ndim == 4 ? (int)kt->shape[3] : 0;
+        if (a > INT_MAX / c || b > INT_MAX / D2)
+            return zl_set_error(ZL_ESHAPE, "%s: LoKr module '%s' is too large", P, fe->name);
+        g->l_out = a * c;
+        g->l_ink = b * D2;
+        g->l_dim = dim;
+    }
+    if (g->l_out * g->l_ink > INT_MAX)
+        return zl_set_error(ZL_ESHAPE, "%s: module '%s' (%lld x %lld) is too large for one layer", P, fe->name,
+                            (long long)g->l_out, (long long)g->l_ink);
+    int64_t R = (int64_t)g->l_s1 * g->l_s2, mn = g->l_out < g->l_ink ? g->l_out : g->l_ink;
+    g->l_full = R >= mn;
+    g->l_rank = (int)(g->l_full ? mn : R);
+    return ZL_OK;
+}
+
+static int read_values(loader *L, const zl_st_tensor *t, float **out);
+
+/* The exact LoRA factors of a checked LyCORIS group: up [out, R] (scale folded
+ * in), down [R, in_k]. */
+static int lyco_values(loader *L, const group *g, float **up_out, float **down_out) {
+    *up_out = *down_out = NULL;
+    float *f[N_ROLES] = {0};
+    int rc = ZL_OK;
+    for (int r = 0; r < N_ROLES && !rc; r++)
+        if (g->e[r] && r != ROLE_ALPHA) rc = read_values(L, g->e[r]->t, &f[r]);
+    const int64_t out = g->l_out, ink = g->l_ink, R = g->l_rank;
+    float *up = rc ? NULL : malloc((size_t)(out * R) * sizeof(float));
+    float *dn = rc ? NULL : malloc((size_t)(R * ink) * sizeof(float));
+    if (!rc && (!up || !dn)) rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
+    const float sc = g->l_scale;
+    if (!rc && g->lyco == LYCO_LOHA && !g->l_full) {
+        const int r1 = g->l_s1, r2 = g->l_s2;
+        const float *a1 = f[ROLE_H1A], *b1 = f[ROLE_H1B], *a2 = f[ROLE_H2A], *b2 = f[ROLE_H2B];
+        for (int64_t o = 0; o < out; o++)
+            for (int s = 0; s < r1; s++)
+                for (int t = 0; t < r2; t++) up[o * R + s * r2 + t] = sc * a1[o * r1 + s] * a2[o * r2 + t];
+        for (int s = 0; s < r1; s++)
+            for (int t = 0; t < r2; t++)
+                for (int64_t j = 0; j < ink; j++) dn[(s * r2 + t) * ink + j] = b1[s * ink + j] * b2[t * ink + j];
+    } else if (!rc && g->lyco == LYCO_LOKR && !g->l_full) {
+        /* W1 = U1 V1 ([a, s1] [s1, b]), W2 = U2 V2 ([c, s2] [s2, D2]) */
+        const int s1 = g->l_s1, s2 = g->l_s2;
+        const int64_t c = g->e[ROLE_K2] ? g->e[ROLE_K2]->t->shape[0] : g->e[ROLE_K2A]->t->shape[0];
+        const int64_t a = out / c, D2 = g->e[ROLE_K2] ? tail_numel(g->e[ROLE_K2]->t) : tail_numel(g->e[ROLE_K2B]->t);
+        const int64_t b = ink / D2;
+        float *U1 = malloc((size_t)(a * s1) * sizeof(float)), *V1 = malloc((size_t)(s1 * b) * sizeof(float));
+        float *U2 = malloc((size_t)(c * s2) * sizeof(float)), *V2 = malloc((size_t)(s2 * D2) * sizeof(float));
+        if (!U1 || !V1 || !U2 || !V2) rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
+        for (int w = 0; w < 2 && !rc; w++) {
+            const float *full = f[w ? ROLE_K2 : ROLE_K1], *fa = f[w ? ROLE_K2A : ROLE_K1A], *fb = f[w ? ROLE_K2B : ROLE_K1B];
+            float *U = w ? U2 : U1, *V = w ? V2 : V1;
+            const int64_t rows = w ? c : a, cols = w ? D2 : b;
+            const int sr = w ? s2 : s1, left = w ? g->l_w2_left : g->l_w1_left;
+            if (!full) {
+                memcpy(U, fa, (size_t)(rows * sr) * sizeof(float));
+                memcpy(V, fb, (size_t)(sr * cols) * sizeof(float));
+            } else if (left) { /* U = W [rows, cols], V = I (cols <= rows) */
+                memcpy(U, full, (size_t)(rows * cols) * sizeof(float));
+                memset(V, 0, (size_t)(cols * cols) * sizeof(float));
+                for (int64_t i = 0; i < cols; i++) V[i * cols + i] = 1;
+            } else { /* U = I, V = W (rows < cols) */
+                memset(U, 0, (size_t)(rows * rows) * sizeof(float));
+                for (int64_t i = 0; i < rows; i++) U[i * rows + i] = 1;
+                memcpy(V, full, (size_t)(rows * cols) * sizeof(float));
+            }
+        }
+        if (!rc) {
+            for (int64_t i1 = 0; i1 < a; i1++)
+                for (int64_t i2 = 0; i2 < c; i2++)
+                    for (int s = 0; s < s1; s++)
+                        for (int t = 0; t < s2; t++)
+                            up[(i1 * c + i2) * R + s * s2 + t] = sc * U1[i1 * s1 + s] * U2[i2 * s2 + t];
+            for (int s = 0; s < s1; s++)
+                for (int t = 0; t < s2; t++)
+                    for (int64_t j1 = 0; j1 < b; j1++)
+                        for (int64_t j2 = 0; j2 < D2; j2++)
+                            dn[(s * s2 + t) * ink + j1 * D2 + j2] = V1[s * b + j1] * V2[t * D2 + j2];
+        }
+        free(U1); free(V1); free(U2); free(V2);
+    } else if (!rc) {
+        /* dW itself (in double), with an identity on the smaller side */
+        double *dw = malloc((size_t)(out * ink) * sizeof(double));
+        if (!dw) rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
+        if (!rc && g->lyco == LYCO_LOHA) {
+            const int r1 = g->l_s1, r2 = g->l_s2;
+            const float *a1 = f[ROLE_H1A], *b1 = f[ROLE_H1B], *a2 = f[ROLE_H2A], *b2 = f[ROLE_H2B];
+            for (int64_t o = 0; o < out; o++)
+                for (int64_t j = 0; j < ink; j++) {
+                    double p = 0, q = 0;
+                    for (int s = 0; s < r1; s++) p += (double)a1[o * r1 + s] * b1[s * ink + j];
+                    for (int t = 0; t < r2; t++) q += (double)a2[o * r2 + t] * b2[t * ink + j];
+                    dw[o * ink + j] = p * q;
+                }
+        } else if (!rc) {
+            const int64_t c = g->e[ROLE_K2] ? g->e[ROLE_K2]->t->shape[0] : g->e[ROLE_K2A]->t->shape[0];
+            const int64_t a = out / c,
+                          D2 = g->e[ROLE_K2] ? tail_numel(g->e[ROLE_K2]->t) : tail_numel(g->e[ROLE_K2B]->t);
+            const int64_t b = ink / D2;
+            double *W1 = malloc((size_t)(a * b) * sizeof(double)), *W2 = malloc((size_t)(c * D2) * sizeof(double));
+            if (!W1 || !W2) rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
+            for (int w = 0; w < 2 && !rc; w++) {
+                const float *full = f[w ? ROLE_K2 : ROLE_K1], *fa = f[w ? ROLE_K2A : ROLE_K1A], *fb = f[w ? ROLE_K2B : ROLE_K1B];
+                double *W = w ? W2 : W1;
+                const int64_t rows = w ? c : a, cols = w ? D2 : b;
+                if (full) {
+                    for (int64_t i = 0; i < rows * cols; i++) W[i] = full[i];
+                } else {
+                    const int64_t r = w ? g->e[ROLE_K2A]->t->shape[1] : g->e[ROLE_K1A]->t->shape[1];
+                    for (int64_t i = 0; i < rows; i++)
+                        for (int64_t j = 0; j < cols; j++) {
+                            double acc = 0;
+                            for (int64_t k = 0; k < r; k++) acc += (double)fa[i * r + k] * fb[k * cols + j];
+                            W[i * cols + j] = acc;
+                        }
+                }
+            }
+            if (!rc)
+                for (int64_t i1 = 0; i1 < a; i1++)
+                    for (int64_t i2 = 0; i2 < c; i2++)
+                        for (int64_t j1 = 0; j1 < b; j1++)
+                            for (int64_t j2 = 0; j2 < D2; j2++)
+                                dw[(i1 * c + i2) * ink + j1 * D2 + j2] = W1[i1 * b + j1] * W2[i2 * D2 + j2];
+            free(W1);
+            free(W2);
+        }
+        if (!rc) {
+            if (R == out) { /* up = I, down = scale dW */
+                memset(up, 0, (size_t)(out * R) * sizeof(float));
+                for (int64_t i = 0; i < out; i++) up[i * R + i] = 1;
+                for (int64_t i = 0; i < out * ink; i++) dn[i] = (float)(sc * dw[i]);
+            } else { /* up = scale dW, down = I */
+                for (int64_t i = 0; i < out * ink; i++) up[i] = (float)(sc * dw[i]);
+                memset(dn, 0, (size_t)(R * ink) * sizeof(float));
+                for (int64_t i = 0; i < ink; i++) dn[i * ink + i] = 1;
+            }
+        }
+        free(dw);
+    }
+    for (int r = 0; r < N_ROLES; r++) free(f[r]);
+    if (rc) {
+        free(up);
+        free(dn);
+        return rc;
+    }
+    *up_out = up;
+    *down_out = dn;
+    return ZL_OK;
+}
 
 static int group_all(loader *L) {
     qsort(L->ent, (size_t)L->nent, sizeof *L->ent, cmp_entry);
@@ -548,6 +822,31 @@ static int group_all(loader *L) {
     }
     for (int i = 0; i < L->ng; i++) {
         group *g = &L->g[i];
+        int has_lora = g->e[ROLE_DOWN] || g->e[ROLE_UP], has_h = 0, has_k = 0;
+        for (int r = ROLE_H1A; r <= ROLE_H2B; r++) has_h |= g->e[r] != NULL;
+        for (int r = ROLE_K1; r <= ROLE_K2B; r++) has_k |= g->e[r] != NULL;
+        if (has_lora + has_h + has_k > 1)
+            return zl_set_error(ZL_EFORMAT, "%s: module '%s' mixes %s tensors", L->path, first_entry(g)->name,
+                                has_lora && has_h ? "LoRA and LoHa" : has_lora ? "LoRA and LoKr" : "LoHa and LoKr");
+        if (has_h) {
+            g->lyco = LYCO_LOHA;
+            for (int r = ROLE_H1A; r <= ROLE_H2B; r++)
+                if (!g->e[r])
+                    return zl_set_error(ZL_EFORMAT, "%s: LoHa module '%s' has no %s tensor", L->path, first_entry(g)->name,
+                                        role_suffix((role_t)r));
+            continue;
+        }
+        if (has_k) {
+            g->lyco = LYCO_LOKR;
+            for (int w = 0; w < 2; w++) {
+                int full = g->e[w ? ROLE_K2 : ROLE_K1] != NULL, fa = g->e[w ? ROLE_K2A : ROLE_K1A] != NULL,
+                    fb = g->e[w ? ROLE_K2B : ROLE_K1B] != NULL;
+                if (full ? (fa || fb) : !(fa && fb))
+                    return zl_set_error(ZL_EFORMAT, "%s: LoKr module '%s' needs lokr_w%d or both lokr_w%d_a and lokr_w%d_b",
+                                        L->path, first_entry(g)->name, w + 1, w + 1, w + 1);
+            }
+            continue;
+        }
         if (!g->e[ROLE_DOWN] || !g->e[ROLE_UP]) {
             const entry *e = first_entry(g);
             return zl_set_error(ZL_EFORMAT, "%s: tensor '%s' has no matching %s tensor for module '%s'", L->path,
@@ -570,6 +869,7 @@ static int choose_family(loader *L, int plain_te, zl_family *fam, const zl_name_
         if (e->part == ZL_PART_TE2) has_te2 = 1;
         if (e->part != ZL_PART_UNET) continue;
         has_unet = 1;
+        if (!L->g[i].e[ROLE_DOWN]) continue; /* LyCORIS: keys, metadata and structure decide */
         const zl_st_tensor *d = L->g[i].e[ROLE_DOWN]->t;
         if (ctx_fam == ZL_FAMILY_UNKNOWN && is_attn2_kv(e) && d->ndim == 2) {
             if (d->shape[1] == 2048) ctx_fam = ZL_FAMILY_SDXL, ctx_key = L->g[i].e[ROLE_DOWN]->key;
@@ -734,6 +1034,27 @@ int zl_lora_check_values(const char *path, const zl_st_tensor *t) {
 
 /* Check shapes and build one canonical layer (module already resolved). */
 static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
+    if (g->lyco) {
+        const zl_module_info *m = g->mod;
+        if (!lyco_compatible(m, g))
+            return zl_set_error(ZL_ESHAPE, "%s: %s module '%s' (%lld x %lld%s) does not fit module '%s' (%s %dx%d kernel)",
+                                L->path, g->lyco == LYCO_LOHA ? "LoHa" : "LoKr", first_entry(g)->name,
+                                (long long)g->l_out, (long long)g->l_ink, g->l_kh ? ", with a kernel" : "", m->diffusers,
+                                mod_kind_name(m->kind), m->kh, m->kw);
+        y->kh = m->kind == ZL_MOD_CONV ? m->kh : 1;
+        y->kw = m->kind == ZL_MOD_CONV ? m->kw : 1;
+        y->in_features = (int)(g->l_ink / ((int64_t)y->kh * y->kw));
+        y->out_features = (int)g->l_out;
+        y->rank = g->l_rank;
+        y->kind = m->kind == ZL_MOD_CONV ? ZL_LORA_CONV : ZL_LORA_LINEAR;
+        if (strict && (y->in_features != m->in || y->out_features != m->out))
+            return zl_set_error(ZL_ESHAPE, "%s: %s module '%s' (%d -> %d) does not fit module '%s' (%s %d -> %d)", L->path,
+                                g->lyco == LYCO_LOHA ? "LoHa" : "LoKr", first_entry(g)->name, y->in_features,
+                                y->out_features, m->diffusers, mod_kind_name(m->kind), m->in, m->out);
+        const entry *de = g->e[g->lyco == LYCO_LOHA ? ROLE_H1B : g->e[ROLE_K2] ? ROLE_K2 : ROLE_K2B];
+        y->dtype = de->t->dtype;
+        return ZL_OK;
+    }
     const zl_st_tensor *d = g->e[ROLE_DOWN]->t, *u = g->e[ROLE_UP]->t;
     const zl_module_info *m = g->mod;
     const char *dk = g->e[ROLE_DOWN]->key, *uk = g->e[ROLE_UP]->key;
@@ -773,13 +1094,22 @@ static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
 /* Widen every layer's factors to float32. Layers are independent, so they are
  * read in parallel; a failing layer is re-read on this thread afterwards so its
  * message lands in this thread's error slot. */
-static int read_all_values(loader *L, zl_lora *lo) {
+static int read_layer(loader *L, int i, zl_lora_layer *y) {
+    if (L->g[i].lyco) return lyco_values(L, &L->g[i], &y->up, &y->down);
+    int rc = read_values(L, L->g[i].e[ROLE_DOWN]->t, &y->down);
+    if (!rc) rc = read_values(L, L->g[i].e[ROLE_UP]->t, &y->up);
+    return rc;
+}
+
+/* only_lyco: the lazy loader, which reads LoRA layers from the file on demand
+ * but holds LyCORIS layers' computed factors in memory. */
+static int read_all_values(loader *L, zl_lora *lo, int only_lyco) {
     int bad = -1;
 #pragma omp parallel for schedule(dynamic, 8)
     for (int i = 0; i < L->ng; i++) {
         zl_lora_layer *y = &lo->layers[i];
-        int rc = read_values(L, L->g[i].e[ROLE_DOWN]->t, &y->down);
-        if (!rc) rc = read_values(L, L->g[i].e[ROLE_UP]->t, &y->up);
+        if (only_lyco && !L->g[i].lyco) continue;
+        int rc = read_layer(L, i, y);
         if (rc) {
 #pragma omp critical(zl_lora_load_bad)
             if (bad < 0 || i < bad) bad = i;
@@ -790,13 +1120,27 @@ static int read_all_values(loader *L, zl_lora *lo) {
     free(y->down);
     free(y->up);
     y->down = y->up = NULL;
-    int rc = read_values(L, L->g[bad].e[ROLE_DOWN]->t, &y->down);
-    if (!rc) rc = read_values(L, L->g[bad].e[ROLE_UP]->t, &y->up);
+    int rc = read_layer(L, bad, y);
     return rc ? rc : zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
 }
 
 static int alpha_of(loader *L, group *g, zl_lora_layer *y) {
     const entry *ae = g->e[ROLE_ALPHA];
+    if (g->lyco) {
+        /* the LyCORIS scale goes into the factors; the layer's own scale is 1 */
+        g->l_scale = 1.0f;
+        if (ae && g->l_dim) {
+            if (ae->t->numel != 1 || ae->t->dtype == ZL_DT_BOOL)
+                return zl_set_error(ZL_EFORMAT, "%s: alpha tensor '%s' must hold one number", L->path, ae->key);
+            float a;
+            zl_st_read_f32(ae->t, &a);
+            if (!isfinite(a))
+                return zl_set_error(ZL_ENUMERIC, "%s: alpha tensor '%s' is %s", L->path, ae->key, isnan(a) ? "NaN" : "Inf");
+            g->l_scale = a / (float)g->l_dim;
+        }
+        y->alpha = (float)y->rank;
+        return ZL_OK;
+    }
     if (ae) {
         const zl_st_tensor *t = ae->t;
         if (t->numel != 1 || t->dtype == ZL_DT_BOOL)
@@ -880,6 +1224,9 @@ static int load_impl(const zl_st_file *f, const char *path, const zl_lora_load_o
     if (rc) goto fail;
     if ((rc = parse_all(&L, &plain_te))) goto fail;
     if ((rc = group_all(&L))) goto fail;
+    for (int i = 0; i < L.ng && !rc; i++)
+        if (L.g[i].lyco) rc = lyco_check(&L, &L.g[i]);
+    if (rc) goto fail;
     if ((rc = choose_family(&L, plain_te, &fam, &unet_t, &strict))) goto fail;
     if ((rc = make_te_tables(&L, fam))) goto fail;
     if ((rc = read_meta_cfg(&L))) goto fail;
@@ -894,12 +1241,12 @@ static int load_impl(const zl_st_file *f, const char *path, const zl_lora_load_o
         const zl_name_table *t = e->part == ZL_PART_UNET ? unet_t : L.te[e->part];
         g->mod = find_module(t, e, &g->is_ldm);
         if (!g->mod) {
-            unmapped[nun++] = g->e[ROLE_DOWN]->key;
+            unmapped[nun++] = group_key(g);
             continue;
         }
         if (e->flat && e->part != ZL_PART_UNET) te_kohya = 1;
         else if (e->flat) lay_seen[g->is_ldm ? ZL_LAYOUT_KOHYA_LDM : ZL_LAYOUT_KOHYA_DIFFUSERS] = 1;
-        else lay_seen[g->e[ROLE_DOWN]->layout] = 1;
+        else lay_seen[first_entry(g)->layout] = 1;
     }
     if (nun) {
         char msg[1200];
@@ -929,9 +1276,10 @@ static int load_impl(const zl_st_file *f, const char *path, const zl_lora_load_o
         int st = part == ZL_PART_UNET ? strict : L.te_strict[part];
         if ((rc = build_layer(&L, g, st, y))) break;
         if ((rc = alpha_of(&L, g, y))) break;
-        src_key[i] = g->e[ROLE_DOWN]->key;
+        src_key[i] = group_key(g);
     }
-    if (!rc && !lz) rc = read_all_values(&L, lo); /* lazy: values are checked as they are read */
+    /* lazy: LoRA values are checked as they are read; LyCORIS factors are formed now */
+    if (!rc) rc = read_all_values(&L, lo, lz != NULL);
     if (!rc) {
         /* Sort; a copy of the unsorted order maps each module string back to its key,
          * so a duplicate can name both source tensors (and a lazy layer its tensors). */
@@ -948,8 +1296,8 @@ static int load_impl(const zl_st_file *f, const char *path, const zl_lora_load_o
                 for (int i = 0; i < lo->n && !rc; i++)
                     for (int j = 0; j < lo->n; j++)
                         if (tmp[j].module == lo->layers[i].module) {
-                            lz->down[i] = L.g[j].e[ROLE_DOWN]->t;
-                            lz->up[i] = L.g[j].e[ROLE_UP]->t;
+                            lz->down[i] = L.g[j].lyco ? NULL : L.g[j].e[ROLE_DOWN]->t;
+                            lz->up[i] = L.g[j].lyco ? NULL : L.g[j].e[ROLE_UP]->t;
                             break;
                         }
             }
