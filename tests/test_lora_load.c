@@ -292,19 +292,24 @@ static void expect_refusal(const char *name, const spec *s, int n, int code, con
 }
 
 static void test_refusals(void) {
+    /* LoHa and LoKr load (test_lycoris); their Tucker-decomposed forms are refused */
     spec loha[] = {
-        {"lora_unet_" Q ".hada_w1_a", ZL_DT_F32, 2, {64, 4}, 1, 0},
+        {"lora_unet_" Q ".hada_w1_a", ZL_DT_F32, 2, {4, 4}, 1, 0},
         {"lora_unet_" Q ".hada_w1_b", ZL_DT_F32, 2, {4, 64}, 1, 0},
-        {"lora_unet_" Q ".hada_w2_a", ZL_DT_F32, 2, {64, 4}, 1, 0},
+        {"lora_unet_" Q ".hada_t1", ZL_DT_F32, 4, {4, 4, 1, 1}, 1, 0},
+        {"lora_unet_" Q ".hada_w2_a", ZL_DT_F32, 2, {4, 4}, 1, 0},
         {"lora_unet_" Q ".hada_w2_b", ZL_DT_F32, 2, {4, 64}, 1, 0},
+        {"lora_unet_" Q ".hada_t2", ZL_DT_F32, 4, {4, 4, 1, 1}, 1, 0},
         {"lora_unet_" Q ".alpha", ZL_DT_F32, 0, {0}, 4, 1},
     };
-    expect_refusal("loha.safetensors", loha, 5, ZL_EUNSUPPORTED, "lora_unet_" Q ".hada_w1_a", "LoHa");
+    expect_refusal("loha.safetensors", loha, 7, ZL_EUNSUPPORTED, "lora_unet_" Q ".hada_t1", "Tucker-decomposed LoHa");
     spec lokr[] = {
         {"lora_unet_" Q ".lokr_w1", ZL_DT_F32, 2, {8, 8}, 1, 0},
-        {"lora_unet_" Q ".lokr_w2", ZL_DT_F32, 2, {8, 8}, 1, 0},
+        {"lora_unet_" Q ".lokr_w2_a", ZL_DT_F32, 2, {2, 2}, 1, 0},
+        {"lora_unet_" Q ".lokr_w2_b", ZL_DT_F32, 2, {2, 8}, 1, 0},
+        {"lora_unet_" Q ".lokr_t2", ZL_DT_F32, 4, {2, 2, 1, 1}, 1, 0},
     };
-    expect_refusal("lokr.safetensors", lokr, 2, ZL_EUNSUPPORTED, "lora_unet_" Q ".lokr_w1", "LoKr");
+    expect_refusal("lokr.safetensors", lokr, 4, ZL_EUNSUPPORTED, "lora_unet_" Q ".lokr_t2", "Tucker-decomposed LoKr");
     spec tucker[] = {
         {"lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight", ZL_DT_F16, 4, {4, 32, 1, 1}, 1, 0},
         {"lora_unet_down_blocks_0_resnets_0_conv1.lora_mid.weight", ZL_DT_F16, 4, {4, 4, 3, 3}, 1, 0},

@@ -73,9 +73,13 @@ typedef struct {
     const zl_clip_config *te2_config;  /* layers must match their shapes (else names only) */
 } zl_lora_load_opts;
 
-/* Load any supported layout into canonical form. Unsupported kinds (LoHa, LoKr,
- * Tucker lora_mid, DoRA dora_scale) and keys that map to no module are refused
- * with a message naming the keys.
+/* Load any supported layout into canonical form. LyCORIS LoHa and LoKr
+ * modules (kohya names) become exact LoRA factors (rank r1 r2 for LoHa; the
+ * product of the factor ranks for LoKr; or the dense update with an identity
+ * on the smaller side when that rank is lower), their scale folded into up and
+ * alpha = rank. Unsupported kinds (Tucker lora_mid / hada_t / lokr_t2, DoRA
+ * dora_scale, OFT) and keys that map to no module are refused with a message
+ * naming the keys.
  *
  * Names are looked up in the name tables (src/models/names.h) of the model's
  * UNet config when opts->unet_config is given (then shapes must match it
