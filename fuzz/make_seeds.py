@@ -243,6 +243,15 @@ def lora_seeds():
     put(H, "loha", spec([], [(kmod + ".hada_w1_a", "F16", [64, 4]), (kmod + ".hada_w1_b", "F16", [4, 64]),
                              (kmod + ".hada_w2_a", "F16", [64, 4]), (kmod + ".hada_w2_b", "F16", [4, 64])]))
     put(H, "lokr", spec([], [(kmod + ".lokr_w1", "F16", [8, 8]), (kmod + ".lokr_w2", "F16", [8, 8])]))
+    put(H, "lokr_decomposed", spec([], [(kmod + ".lokr_w1_a", "F16", [8, 2]), (kmod + ".lokr_w1_b", "F16", [2, 8]),
+                                        (kmod + ".lokr_w2_a", "F16", [8, 3]), (kmod + ".lokr_w2_b", "F16", [3, 8]),
+                                        (kmod + ".alpha", "F16", [])]))
+    put(H, "lokr_conv", spec([], [(conv + ".lokr_w1", "F16", [4, 4]), (conv + ".lokr_w2_a", "F16", [8, 2]),
+                                  (conv + ".lokr_w2_b", "F16", [2, 8, 3, 3]), (conv + ".alpha", "F16", [])]))
+    put(H, "loha_conv", spec([], [(conv + ".hada_w1_a", "F16", [32, 2]), (conv + ".hada_w1_b", "F16", [2, 288]),
+                                  (conv + ".hada_w2_a", "F16", [32, 3]), (conv + ".hada_w2_b", "F16", [3, 288]),
+                                  (conv + ".alpha", "F16", [])]))
+    put(H, "loha_tucker", spec([], [(conv + ".hada_w1_a", "F16", [2, 32]), (conv + ".hada_t1", "F16", [2, 2, 3, 3])]))
     put(H, "family_conflict", spec(["unet tiny-sd15", "family 1"], kl, {"ss_base_model_version": "sdxl_base_v1-0"}))
     put(H, "empty", spec([], []))
 

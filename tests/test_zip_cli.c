@@ -12,7 +12,12 @@
  *  - eval-merge's numbers equal an independent computation of the documented
  *    held-out draws. */
 #include <dirent.h>
+#include <fcntl.h>
 #include <math.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -828,6 +833,101 @@ end:
     json_decref(j);
 }
 
+/* Ctrl-C during the optimisation: the run stops after the current step and
+ * writes the outputs from the mergers so far. They equal an uninterrupted run
+ * of as many steps (same inputs, same Adam), and --init-mergers continues from
+ * them: its first evaluation is that run's closing one. */
+static void test_interrupt_and_resume(void) {
+    char tx[256], lc[512], ls[512], io[512];
+    snprintf(tx, sizeof tx, "%s", zt_data("tiny-sdxl"));
+    snprintf(lc, sizeof lc, "%s/loras/content.peft.safetensors", tx);
+    snprintf(ls, sizeof ls, "%s/loras/style.peft.safetensors", tx);
+    snprintf(io, sizeof io, "%s/zip_io.safetensors", tx);
+    char out[512], mg[512], rep[512], err[512];
+    snprintf(out, sizeof out, "%s", zt_tmp("int.safetensors"));
+    snprintf(mg, sizeof mg, "%s", zt_tmp("int_mergers.safetensors"));
+    snprintf(rep, sizeof rep, "%s", zt_tmp("int.json"));
+    snprintf(err, sizeof err, "%s", zt_tmp("int.err"));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int fd = open(err, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        int nul = open("/dev/null", O_RDWR);
+        if (fd < 0 || nul < 0 || dup2(fd, 2) < 0 || dup2(nul, 1) < 0 || dup2(nul, 0) < 0) _exit(97);
+        execl(ZL_CLI, ZL_CLI, "zip", "--model", tx, "--content", lc, "--style", ls, "--fixed-inputs", io, "--mode", "full",
+              "--steps", "1000000", "-o", out, "--mergers-out", mg, "--report", rep, "--threads", "2", "-v", (char *)NULL);
+        _exit(98);
+    }
+    CHECK(pid > 0);
+    if (pid <= 0) return;
+    /* wait until the log shows the optimisation running (a line per step with -v), then interrupt */
+    int seen = 0;
+    for (int t = 0; t < 1200 && seen < 3; t++) {
+        struct timespec ts = {0, 100 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        char *txt = NULL;
+        size_t len = 0;
+        seen = 0;
+        if (!zl_read_file(err, &txt, &len))
+            for (const char *q = txt; (q = strstr(q, "/1000000 ")); q++) seen++;
+        free(txt);
+    }
+    CHECKM(seen >= 3, "the zip run reached its steps (%d progress lines)", seen);
+    kill(pid, SIGINT);
+    int status = 0;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    char *log = NULL;
+    size_t ll = 0;
+    zl_read_file(err, &log, &ll);
+    CHECKM(WIFEXITED(status) && WEXITSTATUS(status) == 0, "interrupted zip exits 0 (status %#x): %s", status,
+           log ? log : "");
+    CHECKM(log && strstr(log, "stopping after the current step") && strstr(log, "interrupted after"),
+           "the interruption is said: %s", log ? log : "");
+    free(log);
+    CHECK(zl_file_exists(out) && zl_file_exists(mg) && zl_file_exists(rep));
+    json_t *j = load_json(rep);
+    json_int_t N = j ? json_integer_value(json_object_get(j, "steps_run")) : 0;
+    CHECKM(j && json_is_true(json_object_get(j, "interrupted")) && N >= 2 && N < 1000000, "report: interrupted after %lld steps",
+           (long long)N);
+    CHECK(j && (json_int_t)json_array_size(json_object_get(j, "loss_curve")) == N);
+    json_decref(j);
+    if (N < 2 || N > 5000) return;
+
+    /* the same number of steps, uninterrupted: the same mergers and LoRA */
+    char out2[512], mg2[512], rep2[512];
+    snprintf(out2, sizeof out2, "%s", zt_tmp("int_ref.safetensors"));
+    snprintf(mg2, sizeof mg2, "%s", zt_tmp("int_ref_mergers.safetensors"));
+    snprintf(rep2, sizeof rep2, "%s", zt_tmp("int_ref.json"));
+    int rc = zt_cli("zip --model '%s' --content '%s' --style '%s' --fixed-inputs '%s' --mode full --steps %lld -o '%s' "
+                    "--mergers-out '%s' --report '%s' --threads 2 -q",
+                    tx, lc, ls, io, (long long)N, out2, mg2, rep2);
+    CHECKM(rc == 0, "reference zip: %s", zt_err);
+    CHECKM(same_tensors(mg, mg2), "the interrupted run's mergers equal %lld uninterrupted steps'", (long long)N);
+    CHECKM(same_tensors(out, out2), "and so does the merged LoRA");
+    json_t *j2 = load_json(rep2);
+    json_t *curve2 = json_object_get(j2, "loss_curve");
+    double closing = json_real_value(json_array_get(json_array_get(curve2, (size_t)N), 3));
+    CHECK(j2 && json_is_false(json_object_get(j2, "interrupted")) && (json_int_t)json_array_size(curve2) == N + 1);
+
+    /* resume: the first evaluation from the saved mergers is the reference run's closing one */
+    char out3[512], rep3[512];
+    snprintf(out3, sizeof out3, "%s", zt_tmp("int_resumed.safetensors"));
+    snprintf(rep3, sizeof rep3, "%s", zt_tmp("int_resumed.json"));
+    rc = zt_cli("zip --model '%s' --content '%s' --style '%s' --fixed-inputs '%s' --mode full --steps 1 -o '%s' "
+                "--report '%s' --init-mergers '%s' --threads 2 -q",
+                tx, lc, ls, io, out3, rep3, mg);
+    CHECKM(rc == 0, "zip --init-mergers: %s", zt_err);
+    json_t *j3 = rc ? NULL : load_json(rep3);
+    double first = json_real_value(json_array_get(json_array_get(json_object_get(j3, "loss_curve"), 0), 3));
+    CHECKM(j3 && first == closing, "resumed run starts at the saved mergers' loss: %.9g vs %.9g", first, closing);
+    json_decref(j2);
+    json_decref(j3);
+    /* a mergers file for other layers is refused naming the flag */
+    rc = zt_cli("zip --model '%s' --content '%s' --style '%s' --fixed-inputs '%s' --steps 1 -o '%s' --init-mergers '%s' -q",
+                tx, lc, ls, io, out3, lc);
+    CHECKM(rc != 0 && strstr(zt_err, lc), "--init-mergers with a LoRA file: exit %d %s", rc, zt_err);
+}
+
 int main(void) {
     zl_set_threads(2);
     test_default_prompt();
@@ -839,5 +939,6 @@ int main(void) {
     test_bad_inputs();
     test_end_to_end();
     test_clip_skip();
+    test_interrupt_and_resume();
     return zt_done();
 }

@@ -49,6 +49,13 @@ int zl_write_file_atomic(const char *path, const void *data, size_t len, const c
 void zl_tmp_track(const char *path);
 void zl_tmp_untrack(const char *path);
 void zl_cleanup_on_signals(void);
+/* A graceful stop for long optimisations. While enabled (after
+ * zl_cleanup_on_signals), the first SIGINT/SIGTERM/SIGHUP only sets a flag and
+ * says so on stderr; the loop polls zl_stop_requested() between steps, stops,
+ * and writes what it has. A second signal interrupts as above. Disabling clears
+ * the flag. */
+void zl_graceful_stop(int enable);
+int zl_stop_requested(void);
 /* Read a whole file; *out is NUL-terminated (len excludes the NUL). */
 int zl_read_file(const char *path, char **out, size_t *len);
 int zl_file_exists(const char *path);

@@ -73,6 +73,7 @@ typedef struct {
     int lw_draws;                           /* layerwise: capture draws (0: default 4) */
     double lw_capture_mb;                   /* layerwise: statistics per capture pass (0: default 4096 MB) */
     int lw_full_steps;                      /* layerwise: full-mode steps after the local solves (default 0) */
+    const char *init_mergers;               /* start from these mergers (zl_mergers_load) instead of 1 */
     /* outputs (NULL: not written, except output which is required for zip) */
     const char *output;                     /* merged LoRA */
     zl_lora_format format;                  /* kohya (default) or peft */
@@ -130,6 +131,11 @@ int zl_ziprun_draw(zl_ziprun *r, int k, zl_ziprun_draw_t *d);
 int zl_ziprun_step(zl_ziprun *r, int step, const zl_zip_loss *loss, int with_grad, int *stop);
 /* Note a line for the report's "mode_notes" (what a mode did, and why). */
 int zl_ziprun_note(zl_ziprun *r, const char *text);
+/* A mode that honoured a graceful stop (zl_stop_requested, fileio.h) says so:
+ * the driver then writes the outputs from the mergers so far and marks the
+ * report "interrupted". */
+void zl_ziprun_set_interrupted(zl_ziprun *r);
+int zl_ziprun_interrupted(const zl_ziprun *r);
 
 /* The built-in full mode: each step, draw k -> zl_zip_eval with gradients ->
  * Adam; stops early when the similarity reaches 0; one last evaluation (draw

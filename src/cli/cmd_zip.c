@@ -25,6 +25,11 @@ static void usage(FILE *f) {
             "  --mode auto|full|layerwise  default auto: full mode when its estimated time fits --budget\n"
             "  --budget T                time budget for auto: minutes, or with a suffix s/m/h (default 30m)\n"
             "  --keep-activations        keep every block's activations for the backward (faster, more memory)\n"
+            "  --init-mergers FILE       start from these mergers (a --mergers-out file of an earlier run, e.g. one\n"
+            "                            stopped with Ctrl-C) instead of 1; layers it does not name start at 1\n"
+            "Ctrl-C (or SIGTERM) during the optimisation stops after the current step and writes the outputs\n"
+            "from the mergers so far (the report says 'interrupted'; the preview is skipped); a second one\n"
+            "aborts without output.\n"
             "layerwise mode (docs/zip.md):\n"
             "  --lw-draws N              draws whose layer inputs are captured (default 4)\n"
             "  --capture-mb MB           memory for the captured input statistics per pass (default 4096);\n"
@@ -83,6 +88,7 @@ int zl_cmd_zip(int argc, char **argv) {
         }
         static const char *const with_val[] = {"-o", "--output", "--steps", "--lr", "--lambda", "--mode", "--budget",
                                                "--format", "--dtype", "--style-scale", "--mergers-out", "--report",
+                                               "--init-mergers",
                                                "--plot", "--preview", "--preview-out", "--preview-steps", "--lw-draws",
                                                "--capture-mb", "--lw-full-steps"};
         int known = 0;
@@ -99,6 +105,7 @@ int zl_cmd_zip(int argc, char **argv) {
         double d;
         if (!strcmp(a, "-o") || !strcmp(a, "--output")) p->output = v;
         else if (!strcmp(a, "--mergers-out")) p->mergers_out = v;
+        else if (!strcmp(a, "--init-mergers")) p->init_mergers = v;
         else if (!strcmp(a, "--report")) p->report = v;
         else if (!strcmp(a, "--plot")) p->plot = v;
         else if (!strcmp(a, "--preview-out")) p->preview_out = v;

@@ -46,7 +46,24 @@ void zl_tmp_untrack(const char *path) {
     pthread_mutex_unlock(&g_tmp_mu);
 }
 
+static volatile sig_atomic_t g_graceful, g_stop;
+
+void zl_graceful_stop(int enable) {
+    g_stop = 0;
+    g_graceful = enable ? 1 : 0;
+}
+
+int zl_stop_requested(void) { return g_stop != 0; }
+
 static void on_signal(int sig) {
+    if (g_graceful && !g_stop) {
+        g_stop = 1;
+        static const char msg[] = "\nziplora: stopping after the current step and writing the result so far "
+                                  "(interrupt again to abort without output)\n";
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+        return;
+    }
     int n = 0;
     for (int i = 0; i < TMP_SLOTS; i++)
         if (g_tmp_used[i] && unlink(g_tmp_path[i]) == 0) n++;
@@ -64,6 +81,7 @@ void zl_cleanup_on_signals(void) {
         struct sigaction sa, old;
         memset(&sa, 0, sizeof sa);
         sa.sa_handler = on_signal;
+        sa.sa_flags = SA_RESTART; /* a graceful stop returns: let interrupted reads and writes go on */
         sigemptyset(&sa.sa_mask);
         /* a signal ignored at start (nohup, a background job) stays ignored */
         if (sigaction(sigs[i], NULL, &old) == 0 && old.sa_handler == SIG_IGN) continue;

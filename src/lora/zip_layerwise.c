@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ziplora/fileio.h"
 #include "models/unet_internal.h"
 #include "nn/ops.h"
 #include "ziplora/progress.h"
@@ -842,9 +843,20 @@ int zl_ziprun_layerwise(zl_ziprun *r, const zl_layerwise_opts *o, zl_layerwise_s
     const zl_ziprun_params *p = zl_ziprun_get_params(r);
     zl_lw *w = NULL;
     int rc = zl_lw_begin(r, o, &w);
+    int passes_done = 0;
     for (int pass = 0; !rc && pass < w->n_passes; pass++) {
+        if (pass && zl_stop_requested()) {
+            /* the layers of the passes not run keep their starting mergers */
+            zl_ziprun_set_interrupted(r);
+            char note[200];
+            snprintf(note, sizeof note, "interrupted after %d of %d capture passes: the layers of the other passes "
+                                        "keep their starting mergers", passes_done, w->n_passes);
+            rc = zl_ziprun_note(r, note);
+            break;
+        }
         if (!(rc = zl_lw_capture(w, pass))) rc = zl_lw_solve(w, pass, o);
         zl_lw_release(w, pass);
+        passes_done++;
     }
     zl_zip *z = zl_ziprun_zip(r);
     zl_ziprun_draw_t d;
@@ -852,15 +864,16 @@ int zl_ziprun_layerwise(zl_ziprun *r, const zl_layerwise_opts *o, zl_layerwise_s
     int stop = 0, k;
     double t0 = zl_now();
     /* the hybrid: full-mode steps from the layerwise mergers, on fresh draws */
-    for (k = 0; !rc && k < o->full_steps; k++) {
+    for (k = 0; !rc && !zl_ziprun_interrupted(r) && k < o->full_steps; k++) {
         if ((rc = zl_ziprun_draw(r, o->draws + k, &d))) break;
         if ((rc = zl_zip_eval(z, &d.xc, d.target_c, &d.xs, d.target_s, 1, &L))) break;
         if ((rc = zl_ziprun_step(r, k + 1, &L, 1, &stop))) break;
         if (stop) break;
         if ((rc = zl_zip_adam_step(z))) break;
+        if (k + 1 < o->full_steps && zl_stop_requested()) zl_ziprun_set_interrupted(r);
     }
     if (w) w->full_s += zl_now() - t0;
-    if (!rc) {
+    if (!rc && !zl_ziprun_interrupted(r)) {
         /* the objective at the end, on draw 0 (the driver still holds its targets) or the next fresh draw */
         int dk = o->full_steps > 0 ? o->draws + k : 0;
         if (!(rc = zl_ziprun_draw(r, dk, &d)) && !(rc = zl_zip_eval(z, &d.xc, d.target_c, &d.xs, d.target_s, 0, &L)))

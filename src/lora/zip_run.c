@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 
+#include "ziplora/fileio.h"
 #include "nn/ops.h"
 #include "ziplora/flops.h"
 #include "ziplora/pipeline.h"
@@ -75,6 +76,8 @@ static int add_note(zl_ziprun *r, const char *text) {
 }
 
 int zl_ziprun_note(zl_ziprun *r, const char *text) { return add_note(r, text); }
+void zl_ziprun_set_interrupted(zl_ziprun *r) { r->interrupted = 1; }
+int zl_ziprun_interrupted(const zl_ziprun *r) { return r->interrupted; }
 
 static int lora_has_text(const zl_lora *l) {
     for (int i = 0; l && i < l->n; i++)
@@ -729,9 +732,13 @@ int zl_ziprun_mode_full(zl_ziprun *r) {
         }
         if ((rc = zl_zip_adam_step(r->zip))) break;
         rc = zr_check_mergers(r, k);
+        if (!rc && k + 1 < p->steps && zl_stop_requested()) {
+            r->interrupted = 1; /* the steps so far are kept; no closing evaluation */
+            break;
+        }
     }
     if (rc) return rc;
-    if (!stop) {
+    if (!stop && !r->interrupted) {
         /* the objective after the last step (fixed inputs: the same inputs) */
         if ((rc = zl_ziprun_draw(r, p->steps, &d))) return rc;
         if ((rc = zl_zip_eval(r->zip, &d.xc, d.target_c, &d.xs, d.target_s, 0, &L))) return rc;

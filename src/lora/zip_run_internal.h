@@ -57,6 +57,7 @@ struct zl_ziprun {
     zl_progress prog;
     int progress_on;
     int stopped_early;
+    int interrupted;       /* a graceful stop (zl_stop_requested) ended the optimisation */
     char mode[32];
     char mode_why[512];
     double gflops, est_flops_step, est_full_s;

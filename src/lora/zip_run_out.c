@@ -13,6 +13,7 @@
 
 #include <jansson.h>
 
+#include "ziplora/fileio.h"
 #include "io/svg.h"
 #include "nn/ops.h"
 #include "zip_run_internal.h"
@@ -405,6 +406,13 @@ static const char *te_note(const zl_ziprun *r) {
            "targets'";
 }
 
+/* Adam steps taken: one evaluation precedes each, and a closing one follows the
+ * last unless the run stopped early or was interrupted after its step. */
+static int steps_run(const zl_ziprun *r) {
+    if (r->n_curve <= 0) return 0;
+    return r->interrupted ? r->n_curve : r->n_curve - 1;
+}
+
 static int write_report(zl_ziprun *r, const layer_row *rows, int nl, const char *const *inputs, char (*hex)[65],
                         int n_in, const char *const *outputs, const char *const *out_kind, int n_out, double wall,
                         const zl_merge_report *mrep, const char *path) {
@@ -430,8 +438,9 @@ static int write_report(zl_ziprun *r, const layer_row *rows, int nl, const char 
     json_t *outs = json_object();
     for (int i = 0; i < n_out; i++) json_object_set_new(outs, out_kind[i], json_string(outputs[i]));
     json_object_set_new(o, "outputs", outs);
-    json_object_set_new(o, "steps_run", json_integer(r->n_curve > 0 ? r->n_curve - 1 : 0));
+    json_object_set_new(o, "steps_run", json_integer(steps_run(r)));
     json_object_set_new(o, "stopped_early", json_boolean(r->stopped_early));
+    json_object_set_new(o, "interrupted", json_boolean(r->interrupted));
     json_t *cols = json_pack("[s,s,s,s]", "loss_content", "loss_style", "similarity", "total");
     json_object_set_new(o, "loss_columns", cols);
     json_t *curve = json_array();
@@ -572,7 +581,7 @@ int zl_zip_run(const zl_ziprun_params *p) {
         finals[n_out] = pv; kinds[n_out++] = "preview";
     }
     /* inputs (hashed for the report and the LoRA's provenance) */
-    int n_in_max = 4 + p->n_content_images + p->n_style_images;
+    int n_in_max = 5 + p->n_content_images + p->n_style_images;
     const char **ins = calloc((size_t)n_in_max, sizeof *ins);
     char(*hex)[65] = calloc((size_t)n_in_max, sizeof *hex);
     if (!ins || !hex) {
@@ -583,6 +592,7 @@ int zl_zip_run(const zl_ziprun_params *p) {
     ins[n_in++] = p->content;
     ins[n_in++] = p->style;
     if (p->fixed_inputs) ins[n_in++] = p->fixed_inputs;
+    if (p->init_mergers) ins[n_in++] = p->init_mergers;
     for (int i = 0; i < p->n_content_images; i++) ins[n_in++] = p->content_images[i];
     for (int i = 0; i < p->n_style_images; i++) ins[n_in++] = p->style_images[i];
     int rc = check_outputs(p, finals, n_out, ins, n_in);
@@ -624,6 +634,18 @@ int zl_zip_run(const zl_ziprun_params *p) {
         zo.grad_mode = p->grad_mode;
         rc = zl_zip_create(r.unet, r.lora[0], r.lora[1], &zo, &r.zip);
     }
+    if (!rc && p->init_mergers) {
+        /* start from an earlier run's mergers */
+        zl_mergers *im = NULL;
+        rc = zl_mergers_load(p->init_mergers, &im);
+        if (!rc && (rc = zl_zip_set_mergers(r.zip, im))) zl_error_prefix(rc, "--init-mergers %s", p->init_mergers);
+        zl_mergers_free(im);
+        if (!rc) {
+            char note[1200];
+            snprintf(note, sizeof note, "started from the mergers in %s (--init-mergers), not from 1", p->init_mergers);
+            rc = zl_ziprun_note(&r, note);
+        }
+    }
     if (!rc) {
         nl = zl_zip_n_layers(r.zip);
         for (int i = 0; i < nl; i++) {
@@ -642,8 +664,18 @@ int zl_zip_run(const zl_ziprun_params *p) {
                     r.prompt_src[1]);
         r.progress_on = p->progress;
         if (r.progress_on) zl_progress_begin(&r.prog, "zip", p->steps);
+        zl_graceful_stop(1); /* Ctrl-C: finish the step, write what there is */
         rc = fn(&r);
-        if (r.progress_on) zl_progress_end(&r.prog, rc ? "failed" : r.stopped_early ? "similarity reached 0" : NULL);
+        zl_graceful_stop(0);
+        if (r.progress_on)
+            zl_progress_end(&r.prog, rc                  ? "failed"
+                                     : r.interrupted     ? "interrupted"
+                                     : r.stopped_early   ? "similarity reached 0"
+                                                         : NULL);
+        if (!rc && r.interrupted && p->preview) {
+            zl_warn("zip: interrupted: the preview is not drawn");
+            rc = zl_ziprun_note(&r, "interrupted: the preview was not drawn");
+        }
     }
     if (!rc) rc = layers_measure(&r, rows, 1);
     /* the merged LoRA, from the learned mergers, through the library's merge */
@@ -665,7 +697,7 @@ int zl_zip_run(const zl_ziprun_params *p) {
     if (!rc) {
         json_t *pj = params_json(&r);
         json_object_set_new(pj, "mode", json_string(r.mode));
-        json_object_set_new(pj, "steps_run", json_integer(r.n_curve > 0 ? r.n_curve - 1 : 0));
+        json_object_set_new(pj, "steps_run", json_integer(steps_run(&r)));
         char *pjs = json_dumps(pj, JSON_COMPACT | JSON_PRESERVE_ORDER);
         json_decref(pj);
         char *title = title_of(p->output);
@@ -682,7 +714,7 @@ int zl_zip_run(const zl_ziprun_params *p) {
     for (int i = 1; i < n_out && !rc; i++) {
         if (!strcmp(kinds[i], "mergers")) rc = zl_zip_save_mergers(r.zip, tmps[i]);
         else if (!strcmp(kinds[i], "plot")) rc = write_plot(&r, rows, nl, tmps[i], zl_svg_path_is_png(finals[i]));
-        else if (!strcmp(kinds[i], "preview")) {
+        else if (!strcmp(kinds[i], "preview") && !r.interrupted) {
             zl_zip_free(r.zip); /* gives the UNet back (its branches are cleared) */
             r.zip = NULL;
             rc = write_preview(&r, merged, tmps[i], finals[i]);
@@ -696,6 +728,7 @@ int zl_zip_run(const zl_ziprun_params *p) {
     /* commit: rename every output into place */
     int committed = 0;
     for (int i = 0; i < n_out && !rc; i++) {
+        if (r.interrupted && !strcmp(kinds[i], "preview")) continue;
         if (rename(tmps[i], finals[i])) {
             rc = zl_set_error(ZL_EIO, "%s: cannot move the output into place", finals[i]);
             break;
@@ -715,6 +748,8 @@ int zl_zip_run(const zl_ziprun_params *p) {
     }
     if (!rc) {
         const zl_zip_loss *a = r.n_curve ? &r.curve[0] : NULL, *b = r.n_curve ? &r.curve[r.n_curve - 1] : NULL;
+        if (r.interrupted)
+            zl_warn("zip: interrupted after %d of %d steps; wrote the result of the steps so far", steps_run(&r), p->steps);
         if (a && b)
             zl_info("zip: loss %.6g -> %.6g (content %.4g -> %.4g, style %.4g -> %.4g, similarity %.4g -> %.4g); "
                     "wrote %s",
