@@ -235,8 +235,14 @@ static void check_lazy(const zl_st_file *f, const zl_lora_load_opts *opts, int r
         const zl_lora_layer *a = &l->layers[i], *b = &e->layers[i];
         check(!strcmp(a->module, b->module) && a->part == b->part && a->rank == b->rank && a->alpha == b->alpha &&
                   a->in_features == b->in_features && a->out_features == b->out_features && a->kh == b->kh &&
-                  a->kw == b->kw && !a->down && !a->up,
+                  a->kw == b->kw && !a->down == !a->up,
               "lazy load: layer differs");
+        /* LoRA layers stay in the file; LyCORIS layers hold their computed factors */
+        if (a->down) {
+            size_t nd0 = (size_t)a->rank * a->in_features * a->kh * a->kw, nu0 = (size_t)a->out_features * a->rank;
+            check(!memcmp(a->down, b->down, nd0 * sizeof(float)) && !memcmp(a->up, b->up, nu0 * sizeof(float)),
+                  "lazy load: in-memory factors differ");
+        }
         size_t nd = (size_t)a->rank * a->in_features * a->kh * a->kw, nu = (size_t)a->out_features * a->rank;
         d = realloc(d, nd * sizeof *d);
         u = realloc(u, nu * sizeof *u);

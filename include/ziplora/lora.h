@@ -187,10 +187,11 @@ typedef struct {
 typedef struct zl_lora_lazy zl_lora_lazy;
 void zl_lora_lazy_free(zl_lora_lazy *z);
 /* Load a LoRA file's structure (keys, shapes, alphas, as zl_lora_load does)
- * without reading its values: every layer's down/up is NULL and
+ * without reading its values: every LoRA layer's down/up is NULL and
  * zl_lora_lazy_read reads them from the mapped file on demand, checking them
  * then (a non-finite value gets zl_lora_load's message). Memory stays near zero
- * whatever the file's size. */
+ * whatever the file's size. LyCORIS (LoHa/LoKr) layers are the exception: their
+ * LoRA factors are computed at load and held in memory. */
 int zl_lora_load_lazy(const char *path, const zl_lora_load_opts *opts, zl_lora **out, zl_lora_lazy **lazy);
 /* The same from an open file, which must outlive the handle (the handle does not own it). */
 int zl_lora_load_st_lazy(const struct zl_st_file *f, const char *path, const zl_lora_load_opts *opts, zl_lora **out,
