@@ -350,19 +350,8 @@ static void test_vpred(const char *fx) {
 
     /* the schedule, in double */
     enum { N = 1000 };
-    static double acp[N];
-    double a = sqrt(0.00085), b = sqrt(0.012), cum = 1;
-    for (int i = 0; i < N; i++) {
-        double beta = a + (b - a) * i / (N - 1);
-        cum *= 1 - beta * beta;
-        acp[i] = cum;
-    }
-    double s0 = sqrt(acp[0]), sT = sqrt(acp[N - 1]);
-    for (int i = 0; i < N; i++) {
-        double q = (sqrt(acp[i]) - sT) * s0 / (s0 - sT);
-        acp[i] = q * q;
-    }
-    acp[N - 1] = pow(2, -24);
+    double acp[N];
+    zt_sd_alphas_cumprod(acp, 1);
     double sig[4];
     int ts[3];
     for (int k = 0; k < S; k++) {
@@ -619,13 +608,8 @@ static void test_img2img(void) {
     CHECK_OK(zl_pipeline_sample(p, &c, &g, got));
 
     /* leading grid: t = 751, 501, 251, 1; strength 0.5 runs int(4 x 0.5) = 2 of them */
-    enum { N = 1000 };
-    double acp[N], a = sqrt(0.00085), b = sqrt(0.012), cum = 1;
-    for (int i = 0; i < N; i++) {
-        double beta = a + (b - a) * i / (N - 1);
-        cum *= 1 - beta * beta;
-        acp[i] = cum;
-    }
+    double acp[1000];
+    zt_sd_alphas_cumprod(acp, 0);
     const int ts[2] = {251, 1};
     double sig[3] = {sqrt((1 - acp[251]) / acp[251]), sqrt((1 - acp[1]) / acp[1]), 0};
     float *x = malloc(n * sizeof(float)), *in = malloc(2 * n * sizeof(float)), *o = malloc(2 * n * sizeof(float));

@@ -464,16 +464,11 @@ static void test_zero_snr(void) {
     zl_schedule_default(&d);
     CHECK(z.zero_snr == 1 && d.zero_snr == 0);
     enum { N = 1000 };
-    double acp[N], a = sqrt(0.00085), b = sqrt(0.012), cum = 1;
-    for (int i = 0; i < N; i++) {
-        double beta = a + (b - a) * i / (N - 1);
-        cum *= 1 - beta * beta;
-        acp[i] = cum;
-    }
-    double s0 = sqrt(acp[0]), sT = sqrt(acp[N - 1]);
+    double acp[N];
+    zt_sd_alphas_cumprod(acp, 1);
     double worst_head = 0, worst_tail = 0;
     for (int i = 0; i < N - 1; i++) {
-        double q = (sqrt(acp[i]) - sT) * s0 / (s0 - sT), ref = q * q;
+        double ref = acp[i];
         double e = fabs(z.alphas_cumprod[i] - ref) / ref;
         if (i < 900) worst_head = fmax(worst_head, e);
         else worst_tail = fmax(worst_tail, e);

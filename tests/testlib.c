@@ -110,6 +110,23 @@ int zt_cli(const char *fmt, ...) {
     return code;
 }
 
+void zt_sd_alphas_cumprod(double *acp, int zero_snr) {
+    const int N = 1000;
+    double a = sqrt(0.00085), b = sqrt(0.012), cum = 1;
+    for (int i = 0; i < N; i++) {
+        double beta = a + (b - a) * i / (N - 1);
+        cum *= 1 - beta * beta;
+        acp[i] = cum;
+    }
+    if (!zero_snr) return;
+    double s0 = sqrt(acp[0]), sT = sqrt(acp[N - 1]);
+    for (int i = 0; i < N; i++) {
+        double q = (sqrt(acp[i]) - sT) * s0 / (s0 - sT);
+        acp[i] = q * q;
+    }
+    acp[N - 1] = pow(2, -24);
+}
+
 int zt_done(void) {
     printf("%d passed, %d failed\n", zt_pass, zt_fail);
     free(zt_out);

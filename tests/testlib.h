@@ -32,6 +32,13 @@ int zt_close(const char *what, const float *got, const float *ref, int64_t n, do
 /* Relative error ||a-b|| / ||ref||. */
 double zt_relerr(const float *got, const float *ref, int64_t n);
 
+/* The SD/SDXL training schedule in double, written out independently of the
+ * library: betas = linspace(sqrt(0.00085), sqrt(0.012), 1000)^2, alphas_cumprod =
+ * cumprod(1 - beta); with zero_snr, rescaled to zero terminal SNR (Lin et al.
+ * 2023, Algorithm 1) and the last value set to 2^-24 as diffusers does.
+ * acp holds 1000 values. */
+void zt_sd_alphas_cumprod(double *acp, int zero_snr);
+
 /* Run the CLI with a shell-quoted argument string; returns the exit code.
  * stdout/stderr go to files whose contents are then in zt_out / zt_err. */
 int zt_cli(const char *args_fmt, ...) __attribute__((format(printf, 1, 2)));
