@@ -166,7 +166,9 @@ static void test_loha(void) {
         for (int64_t i = 0; i < cs[c].out * cs[c].ink; i++) m1[i] = m1[i] * m2[i] * sc;
         zl_lora *l = load_both(cs[c].what, pbuf);
         check_layer(cs[c].what, l, m1, cs[c].out, cs[c].ink, cs[c].want_rank);
-        if (l && l->n == 1) CHECK(l->layers[0].kind == (!strcmp(cs[c].mod, CV) ? ZL_LORA_CONV : ZL_LORA_LINEAR));
+        if (l && l->n == 1)
+            CHECK(l->layers[0].kind == (!strcmp(cs[c].mod, CV) ? ZL_LORA_CONV : ZL_LORA_LINEAR) && l->n_loha == 1 &&
+                  l->n_lokr == 0);
         zl_lora_free(l);
         free(m1);
         free(m2);
@@ -241,6 +243,7 @@ static void test_lokr(void) {
                                 sc * W1[i1 * b + j1] * W2[i2 * D2 + j2 * kk + q];
         zl_lora *l = load_both(cs[c].what, pbuf);
         check_layer(cs[c].what, l, ref, out, ink, cs[c].want_rank);
+        CHECK(l && l->n_lokr == 1 && l->n_loha == 0);
         zl_lora_free(l);
         free(W1);
         free(W2);
@@ -304,7 +307,9 @@ static void test_cli(void) {
     vals v = {0};
     CHECK_OK(write_case(loha, Q, t, 4, 2.0f, &v));
     vals_free(&v);
-    int code = zt_cli("convert '%s' -o '%s' --format kohya -q", loha, conv);
+    int code = zt_cli("inspect --json '%s'", loha);
+    CHECKM(code == 0 && strstr(zt_out, "\"lycoris\":{\"loha\":1,\"lokr\":0}"), "inspect --json says LoHa: %s", zt_out);
+    code = zt_cli("convert '%s' -o '%s' --format kohya -q", loha, conv);
     CHECKM(code == 0, "convert a LoHa: exit %d %s", code, zt_err);
     zl_lora_load_opts o = {.unet_config = tiny_cfg()};
     zl_lora *a = NULL, *b = NULL;

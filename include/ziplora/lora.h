@@ -59,6 +59,7 @@ typedef struct {
     zl_lora_layer *layers;  /* sorted: part, then module name */
     int n_meta;
     char **meta_k, **meta_v; /* the file's __metadata__ */
+    int n_loha, n_lokr;     /* layers loaded from LyCORIS LoHa / LoKr modules (as exact LoRA factors) */
 } zl_lora;
 
 static inline float zl_lora_scale(const zl_lora_layer *l) { return l->alpha / (float)l->rank; }

@@ -1325,6 +1325,10 @@ static int load_impl(const zl_st_file *f, const char *path, const zl_lora_load_o
     if (nlay > 1) lo->layout = ZL_LAYOUT_MIXED;
     if (!nlay && te_kohya) lo->layout = ZL_LAYOUT_KOHYA_DIFFUSERS; /* text encoders only: HF names */
     lo->family = fam;
+    for (int i = 0; i < L.ng; i++) {
+        lo->n_loha += L.g[i].lyco == LYCO_LOHA;
+        lo->n_lokr += L.g[i].lyco == LYCO_LOKR;
+    }
     lo->path = strdup(L.path);
     int nm = zl_st_meta_count(f);
     if (nm) {
