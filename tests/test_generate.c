@@ -419,6 +419,86 @@ static void test_vpred(const char *fx) {
     zl_pipeline_free(p);
 }
 
+/* Long prompts (A1111's chunks): a prompt of up to 75 tokens gives exactly the
+ * short encoding; 150 tokens of "cat" give two chunks each equal to the short
+ * encoding of 75 "cat"s (and the negative two empty ones: SD 1.x's "" or SDXL's
+ * zeros); and since attention over a context repeated twice equals attention
+ * over it once, sampling with that 154-token context gives the 77-token
+ * result. */
+static void test_long_prompt(const char *fx) {
+    char model[1024];
+    snprintf(model, sizeof model, "%s/%s", ZL_TEST_DATA, fx);
+    zl_pipeline *p = NULL;
+    CHECK_OK(zl_pipeline_open(model, NULL, &p));
+    if (!p) return;
+    const int sdxl = zl_pipeline_family(p) == ZL_FAMILY_SDXL;
+    zl_cond a, b;
+    CHECK_OK(zl_pipeline_encode(p, "watercolor painting of a cat", "blurry", &a));
+    CHECK_OK(zl_pipeline_encode_long(p, "watercolor painting of a cat", "blurry", &b));
+    const size_t TD = (size_t)77 * a.D;
+    CHECK(b.T == 77 && a.T == 77 && !memcmp(a.embeds, b.embeds, 2 * TD * sizeof(float)) &&
+          (!sdxl || !memcmp(a.pooled, b.pooled, 2 * (size_t)a.P * sizeof(float))));
+    zl_cond_free(&a);
+    zl_cond_free(&b);
+    char c75[1024] = "", c150[1024] = "";
+    for (int i = 0; i < 75; i++) strcat(c75, "cat ");
+    strcat(c150, c75);
+    strcat(c150, c75);
+    CHECK_OK(zl_pipeline_encode(p, c75, NULL, &a));
+    CHECK_OK(zl_pipeline_encode_long(p, c150, NULL, &b));
+    CHECKM(b.T == 154, "%s: 150 tokens make %d context tokens", fx, b.T);
+    if (b.T == 154) {
+        /* the chunks are encoded as one batch: equal to within float rounding */
+        for (int h = 0; h < 2; h++)
+            for (int c = 0; c < 2; c++) {
+                char what[160];
+                snprintf(what, sizeof what, "%s: %s chunk %d = the short encoding", fx, h ? "prompt" : "negative", c);
+                zt_close(what, b.embeds + (size_t)h * 2 * TD + c * TD, a.embeds + h * TD, (int64_t)TD, TOL);
+            }
+        if (sdxl) zt_close("SDXL pooled: the first chunk's", b.pooled, a.pooled, 2 * (int64_t)a.P, TOL);
+        zl_gen_params g = {.width = 64, .height = 64, .steps = 2, .cfg = 5.0f, .seed = 4};
+        const size_t n = 4 * 8 * 8;
+        float *la = calloc(n, sizeof(float)), *lb = calloc(n, sizeof(float));
+        CHECK_OK(zl_pipeline_sample(p, &a, &g, la));
+        CHECK_OK(zl_pipeline_sample(p, &b, &g, lb));
+        char what[128];
+        snprintf(what, sizeof what, "%s: sampling with the context twice = once", fx);
+        zt_close(what, lb, la, (int64_t)n, TOL);
+        free(la);
+        free(lb);
+    }
+    zl_cond_free(&a);
+    zl_cond_free(&b);
+    /* 80 tokens and a short negative: both halves two chunks, the negative's second empty */
+    char c80[1024] = "";
+    for (int i = 0; i < 80; i++) strcat(c80, "cat ");
+    CHECK_OK(zl_pipeline_encode_long(p, c80, "blurry", &b));
+    CHECK_OK(zl_pipeline_encode(p, "", "blurry", &a)); /* a: [blurry, ""] ... */
+    if (b.T == 154) {
+        zl_cond e;
+        CHECK_OK(zl_pipeline_encode(p, "blurry", "", &e)); /* e: ["", blurry] */
+        zt_close("negative chunk 0: \"blurry\"", b.embeds, a.embeds, (int64_t)TD, TOL);
+        zt_close("negative chunk 1: \"\"", b.embeds + TD, e.embeds, (int64_t)TD, TOL);
+        zl_cond_free(&e);
+    } else {
+        CHECKM(0, "%s: 80 tokens make %d context tokens", fx, b.T);
+    }
+    zl_cond_free(&a);
+    zl_cond_free(&b);
+    zl_pipeline_free(p);
+    /* the CLI: without --long-prompt the cut is said, with it the PNG says how many chunks */
+    char out[1024];
+    snprintf(out, sizeof out, "%s", zt_tmp("long.png"));
+    int code = zt_cli("generate --model '%s' -p '%s' --steps 1 -W 64 -H 64 --seed 1 -o '%s'", model, c80, out);
+    CHECKM(code == 0 && strstr(zt_err, "5 tokens were dropped") && strstr(zt_err, "--long-prompt"),
+           "%s: the cut is said: %s", fx, zt_err);
+    code = zt_cli("generate --model '%s' -p '%s' --long-prompt --steps 1 -W 64 -H 64 --seed 1 -o '%s'", model, c80, out);
+    char *pr = code ? NULL : png_parameters(out);
+    CHECKM(!code && !strstr(zt_err, "dropped") && pr && strstr(pr, "Prompt chunks: 2"), "%s --long-prompt: %s %s", fx,
+           zt_err, pr ? pr : "");
+    free(pr);
+}
+
 /* A first run: seed, LoRAs with weights, batch and grid, the other samplers. */
 static void test_user_run(void) {
     char d[1024], out[1024];
@@ -817,6 +897,8 @@ int main(void) {
     test_library("tiny-sd15");
     test_vpred("tiny-sd15");
     test_vpred("mini-sdxl");
+    test_long_prompt("tiny-sd15");
+    test_long_prompt("mini-sdxl");
     test_user_run();
     test_vpred_cli();
     test_img2img();

@@ -271,6 +271,53 @@ static void test_errors(void) {
     free(big);
 }
 
+/* A1111's long-prompt chunks: 75 tokens, or fewer when a comma lies within the
+ * last 20 tokens of a full chunk (the chunk then ends after it). "cat", "dog"
+ * and "," are one token each. */
+static char *words(int cats, int comma, int dogs) {
+    char *s = malloc((size_t)(cats + dogs) * 4 + 4);
+    size_t n = 0;
+    for (int i = 0; i < cats; i++) n += (size_t)sprintf(s + n, "cat ");
+    if (comma) n += (size_t)sprintf(s + n, ", ");
+    for (int i = 0; i < dogs; i++) n += (size_t)sprintf(s + n, "dog ");
+    s[n] = 0;
+    return s;
+}
+
+static void test_chunks(void) {
+    int32_t *v = NULL;
+    int n = 0;
+    CHECK_OK(zl_tokenize(g_tok, "cat dog ,", &v, &n));
+    CHECK(n == 3);
+    free(v);
+    static const struct {
+        int cats, comma, dogs, n_chunks, b[4];
+        const char *why;
+    } cs[] = {
+        {0, 0, 0, 1, {0, 0}, "empty: one empty chunk"},
+        {75, 0, 0, 1, {0, 75}, "exactly 75 tokens"},
+        {76, 0, 0, 2, {0, 75, 76}, "76 tokens"},
+        {160, 0, 0, 3, {0, 75, 150, 160}, "160 tokens"},
+        {70, 1, 10, 2, {0, 71, 81}, "a comma 5 tokens back: the chunk ends after it"},
+        {55, 1, 25, 2, {0, 56, 81}, "a comma 20 tokens back: still"},
+        {54, 1, 26, 2, {0, 75, 81}, "a comma 21 tokens back: a plain cut"},
+        {75, 1, 1, 2, {0, 75, 77}, "a comma as token 76 opens the next chunk"},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        char *s = words(cs[c].cats, cs[c].comma, cs[c].dogs);
+        int32_t *ids = NULL;
+        int *b = NULL, k = 0;
+        CHECK_OK(zl_tokenize_chunks(g_tok, s, &ids, &b, &k));
+        int ok = k == cs[c].n_chunks;
+        for (int i = 0; ok && i <= k; i++) ok = b[i] == cs[c].b[i];
+        CHECKM(ok, "%s: %d chunks, bounds %d %d %d %d", cs[c].why, k, b ? b[0] : -1, b && k >= 1 ? b[1] : -1,
+               b && k >= 2 ? b[2] : -1, b && k >= 3 ? b[3] : -1);
+        free(ids);
+        free(b);
+        free(s);
+    }
+}
+
 int main(void) {
     load_vocab();
     CHECK(g_nlines == 48894);
@@ -284,6 +331,7 @@ int main(void) {
     test_html();
     test_whitespace();
     test_truncation();
+    test_chunks();
     test_errors();
     zl_tokenizer_free(g_tok);
     free(g_vocab);

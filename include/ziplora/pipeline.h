@@ -114,13 +114,19 @@ void zl_pipeline_release(zl_pipeline *p, unsigned mask);
 /* Conditioning for classifier-free guidance. */
 typedef struct {
     int D, P;        /* context width, pooled width (0 for SD 1.x) */
-    float *embeds;   /* [2, 77, D]: [negative, prompt] */
+    float *embeds;   /* [2, T, D]: [negative, prompt] */
     float *pooled;   /* [2, P] (SDXL), else NULL */
+    int T;           /* tokens per half: 77, or 77 k for long prompts (0 counts as 77) */
 } zl_cond;
 
 /* Encode `prompt` and `negative` (NULL: none given; see the header comment
  * for SDXL's zeros). Text must be UTF-8. */
 int zl_pipeline_encode(zl_pipeline *p, const char *prompt, const char *negative, zl_cond *out);
+/* The same without the 75-token limit: both prompts in A1111's chunks of 75
+ * tokens (zl_text_encode_prompt_long), the shorter padded with empty chunks to
+ * the longer's count k, so out->T = 77 k. Prompts of up to 75 tokens give
+ * exactly zl_pipeline_encode's result. */
+int zl_pipeline_encode_long(zl_pipeline *p, const char *prompt, const char *negative, zl_cond *out);
 void zl_cond_free(zl_cond *c);
 
 typedef struct {

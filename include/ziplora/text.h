@@ -49,6 +49,15 @@ int zl_tokenizer_decode(const zl_tokenizer *t, const int32_t *ids, int n, char *
 int zl_tokenize_clip(const zl_tokenizer *t, const char *text, int32_t pad_id, int warn, int32_t ids[ZL_CLIP_CTX],
                      int *n_dropped);
 
+/* Long prompts, as AUTOMATIC1111 cuts them: the BPE ids in chunks of at most
+ * 75; when a chunk is full and a comma lies within its last 20 tokens, the chunk
+ * ends after that comma and the tokens after it open the next chunk (A1111's
+ * comma_padding_backtrack 20). bounds receives n_chunks + 1 offsets into the ids
+ * (chunk c is ids[bounds[c], bounds[c + 1])); an empty prompt is one empty
+ * chunk. *bounds and *ids are malloc'd. */
+#define ZL_CLIP_COMMA_BACKTRACK 20
+int zl_tokenize_chunks(const zl_tokenizer *t, const char *text, int32_t **ids, int **bounds, int *n_chunks);
+
 /* ---- One CLIP text encoder -------------------------------------------------- */
 typedef struct zl_clip zl_clip;
 
@@ -133,6 +142,20 @@ int zl_text_encode_ids(const zl_text *t, const int32_t *ids_l, const int32_t *id
  * encoders. A prompt longer than 75 tokens is cut with a warning. */
 int zl_text_encode_prompt(const zl_text *t, const char *prompt, int zero_if_empty, float *prompt_embeds,
                           float *pooled);
+
+/* A long prompt (zl_tokenize_chunks), every chunk [BOS] + ids + [EOS] padded to
+ * 77 as a short prompt is, encoded alone; prompt_embeds [k, 77, D] is the
+ * chunks one after another along the tokens, k = max(chunks of the prompt,
+ * min_chunks) (the extra chunks are empty prompts: a negative prompt is padded
+ * so to the prompt's length, as A1111 does); pooled (SDXL) is the first
+ * chunk's. A prompt of up to 75 tokens with min_chunks 1 gives exactly
+ * zl_text_encode_prompt's result. *prompt_embeds is malloc'd; *k receives the
+ * chunk count. With zero_if_empty an empty prompt gives zeros. At most
+ * ZL_CLIP_MAX_CHUNKS chunks. */
+#define ZL_CLIP_MAX_CHUNKS 32
+int zl_text_count_chunks(const zl_text *t, const char *prompt, int *k);
+int zl_text_encode_prompt_long(const zl_text *t, const char *prompt, int min_chunks, int zero_if_empty,
+                               float **prompt_embeds, float *pooled, int *k);
 
 #ifdef __cplusplus
 }

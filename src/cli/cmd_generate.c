@@ -52,6 +52,11 @@ static void usage(FILE *f) {
             "                         latents = noise * init_noise_sigma. Sets the size if -W/-H are absent\n"
             "  --save-latent FILE     also write the final latents [N,4,h,w] (F32, before the VAE's\n"
             "                         scaling) as 'latent' to a safetensors file\n"
+            "  --long-prompt          prompts of any length, as AUTOMATIC1111 encodes them: chunks of 75\n"
+            "                         tokens (ending after a comma in the last 20 when one is there), each\n"
+            "                         encoded alone and concatenated; the negative prompt is padded with\n"
+            "                         empty chunks to the same count; SDXL's pooled vector from the first\n"
+            "                         chunk. Without it, as diffusers: tokens past 75 are dropped, with a warning\n"
             "  --clip-skip N          condition on the text encoder's N-th layer from the end (A1111's\n"
             "                         'Clip skip'; default 1 = the last; SD 1.x anime models often want 2;\n"
             "                         SDXL uses the penultimate layers already, so 2 changes nothing there)\n"
@@ -208,6 +213,7 @@ typedef struct {
     zl_sched_config sched;
     float cfg_rescale;
     double strength; /* img2img's; 0: txt2img */
+    int chunks;      /* --long-prompt: chunks per prompt; 0: not asked */
 } infotext;
 
 /* The `parameters` text of one image, as AUTOMATIC1111 writes it. */
@@ -228,6 +234,7 @@ static int make_parameters(const infotext *it, uint64_t seed, long noise_index, 
         rc = sb_printf(&b, ", Timestep spacing: %s", zl_spacing_name(it->sched.spacing));
     if (!rc && it->cfg_rescale > 0) rc = sb_printf(&b, ", CFG rescale: %g", (double)it->cfg_rescale);
     if (!rc && it->strength > 0) rc = sb_printf(&b, ", Denoising strength: %g", it->strength);
+    if (!rc && it->chunks) rc = sb_printf(&b, ", Prompt chunks: %d", it->chunks);
     if (!rc && it->vae_name) rc = sb_printf(&b, ", VAE hash: %s, VAE: ", it->vae_hash);
     if (!rc && it->vae_name) rc = sb_quoted(&b, it->vae_name);
     if (!rc && it->n_loras) {
@@ -324,7 +331,7 @@ int zl_cmd_generate(int argc, char **argv) {
     const char *sampler_name = "euler", *noise_spec = NULL, *latent_path = NULL;
     const char *unet_cfg = NULL, *vae_cfg = NULL, *te1_cfg = NULL, *te2_cfg = NULL, *vae = NULL;
     const char *lora_args[MAX_LORAS];
-    int n_lora = 0, grid = 0, f32 = 0, no_tile = 0, have_seed = 0;
+    int n_lora = 0, grid = 0, f32 = 0, no_tile = 0, have_seed = 0, long_prompt = 0;
     long steps = 50, width = 0, height = 0, batch = 1, clip_skip = 1;
     double cfg = NAN, cfg_rescale = 0, strength = NAN;
     const char *init_path = NULL;
@@ -340,6 +347,7 @@ int zl_cmd_generate(int argc, char **argv) {
         if (!strcmp(a, "--grid")) { grid = 1; continue; }
         if (!strcmp(a, "--f32-weights")) { f32 = 1; continue; }
         if (!strcmp(a, "--no-tile")) { no_tile = 1; continue; }
+        if (!strcmp(a, "--long-prompt")) { long_prompt = 1; continue; }
         const char **dst = !strcmp(a, "--model") ? &model
                            : (!strcmp(a, "-o") || !strcmp(a, "--out")) ? &out_path
                            : (!strcmp(a, "-p") || !strcmp(a, "--prompt")) ? &prompt_arg
@@ -539,7 +547,10 @@ int zl_cmd_generate(int argc, char **argv) {
 
     /* 1. text: encode once for the whole batch, then drop the encoders */
     double t_text = zl_now();
-    if ((rc = zl_pipeline_encode(p, prompt, negative, &cond))) goto done;
+    if ((rc = long_prompt ? zl_pipeline_encode_long(p, prompt, negative, &cond)
+                          : zl_pipeline_encode(p, prompt, negative, &cond)))
+        goto done;
+    if (long_prompt && cond.T > ZL_CLIP_CTX) zl_info("long prompt: %d chunks of 77 tokens", cond.T / ZL_CLIP_CTX);
     zl_pipeline_release(p, ZL_PIPE_TEXT);
     t_text = zl_now() - t_text;
     zl_info("text encoding: %.2f s", t_text);
@@ -614,6 +625,7 @@ int zl_cmd_generate(int argc, char **argv) {
     it.sched = *zl_pipeline_sched(p);
     it.cfg_rescale = (float)cfg_rescale;
     it.strength = init_path ? strength : 0;
+    it.chunks = long_prompt ? (cond.T > 0 ? cond.T : ZL_CLIP_CTX) / ZL_CLIP_CTX : 0;
 
     if (latent_path) {
         zl_st_entry e = {.name = "latent", .dtype = ZL_DT_F32, .ndim = 4, .shape = {batch, C, h, w}, .data = latents};

@@ -168,3 +168,69 @@ int zl_text_encode_prompt(const zl_text *t, const char *prompt, int zero_if_empt
     zl_text_cond c = {.prompt_embeds = prompt_embeds, .pooled = t->te2 ? pooled : NULL};
     return zl_text_encode_ids(t, il, t->te2 ? ig : NULL, 1, &c);
 }
+
+int zl_text_count_chunks(const zl_text *t, const char *prompt, int *k) {
+    int32_t *v = NULL;
+    int *b = NULL;
+    int rc = zl_tokenize_chunks(t->tok, prompt ? prompt : "", &v, &b, k);
+    free(v);
+    free(b);
+    return rc;
+}
+
+int zl_text_encode_prompt_long(const zl_text *t, const char *prompt, int min_chunks, int zero_if_empty,
+                               float **prompt_embeds, float *pooled, int *k_out) {
+    *prompt_embeds = NULL;
+    *k_out = 0;
+    const int D = zl_text_context_dim(t), P = zl_text_pooled_dim(t);
+    if (!prompt) prompt = "";
+    int32_t *v = NULL;
+    int *b = NULL, nc = 0;
+    int rc = zl_tokenize_chunks(t->tok, prompt, &v, &b, &nc);
+    if (rc) return rc;
+    const int k = nc > min_chunks ? nc : min_chunks;
+    if (k > ZL_CLIP_MAX_CHUNKS) {
+        free(v);
+        free(b);
+        return zl_set_error(ZL_EINVAL, "the prompt needs %d chunks of 75 tokens; at most %d are taken", k,
+                            ZL_CLIP_MAX_CHUNKS);
+    }
+    const size_t TD = (size_t)ZL_CLIP_CTX * D;
+    float *e = malloc((size_t)k * TD * sizeof(float));
+    int32_t *il = malloc(sizeof(int32_t) * (size_t)k * ZL_CLIP_CTX), *ig = malloc(sizeof(int32_t) * (size_t)k * ZL_CLIP_CTX);
+    float *pl = P ? malloc(sizeof(float) * (size_t)k * P) : NULL;
+    if (!e || !il || !ig || (P && !pl)) rc = zl_set_error(ZL_ENOMEM, "out of memory encoding %d prompt chunks", k);
+    if (!rc && zero_if_empty && !prompt[0]) {
+        memset(e, 0, (size_t)k * TD * sizeof(float));
+        if (pooled && P) memset(pooled, 0, (size_t)P * sizeof(float));
+    } else if (!rc) {
+        /* each chunk as a short prompt: [BOS] ids [EOS], padded per encoder; chunks past the
+         * prompt's own are empty prompts */
+        for (int c = 0; c < k; c++) {
+            int lo = c < nc ? b[c] : 0, n = c < nc ? b[c + 1] - b[c] : 0;
+            int32_t *a = il + (size_t)c * ZL_CLIP_CTX, *g = ig + (size_t)c * ZL_CLIP_CTX;
+            a[0] = g[0] = ZL_CLIP_BOS;
+            for (int i = 0; i < n; i++) a[1 + i] = g[1 + i] = v[lo + i];
+            a[n + 1] = g[n + 1] = ZL_CLIP_EOS;
+            for (int i = n + 2; i < ZL_CLIP_CTX; i++) {
+                a[i] = ZL_CLIP_PAD_L;
+                g[i] = ZL_CLIP_PAD_BIGG;
+            }
+        }
+        zl_text_cond cd = {.prompt_embeds = e, .pooled = P ? pl : NULL};
+        rc = zl_text_encode_ids(t, il, t->te2 ? ig : NULL, k, &cd);
+        if (!rc && pooled && P) memcpy(pooled, pl, (size_t)P * sizeof(float));
+    }
+    free(v);
+    free(b);
+    free(il);
+    free(ig);
+    free(pl);
+    if (rc) {
+        free(e);
+        return rc;
+    }
+    *prompt_embeds = e;
+    *k_out = k;
+    return ZL_OK;
+}

@@ -561,6 +561,52 @@ int zl_tokenizer_decode(const zl_tokenizer *t, const int32_t *ids, int n, char *
     return ZL_OK;
 }
 
+int zl_tokenize_chunks(const zl_tokenizer *t, const char *text, int32_t **ids_out, int **bounds_out, int *n_chunks) {
+    *ids_out = NULL;
+    *bounds_out = NULL;
+    *n_chunks = 0;
+    int32_t *v = NULL, *cv = NULL;
+    int n = 0, nc = 0;
+    int rc = zl_tokenize(t, text, &v, &n);
+    if (!rc) rc = zl_tokenize(t, ",", &cv, &nc);
+    const int32_t comma = !rc && nc == 1 ? cv[0] : -1;
+    free(cv);
+    if (rc) {
+        free(v);
+        return rc;
+    }
+    /* at most one chunk per token, plus the first */
+    int *b = malloc(sizeof(int) * (size_t)(n + 2));
+    if (!b) {
+        free(v);
+        return zl_set_error(ZL_ENOMEM, "out of memory");
+    }
+    int k = 0, start = 0, last_comma = -1; /* last_comma: offset in the current chunk */
+    b[k++] = 0;
+    for (int i = 0; i < n; i++) {
+        int len = i - start;
+        if (v[i] == comma) {
+            last_comma = len;
+        } else if (len == ZL_CLIP_MAX_TOKENS && last_comma >= 0 && len - last_comma <= ZL_CLIP_COMMA_BACKTRACK) {
+            /* end the chunk after its last comma; the tokens after it move on */
+            start += last_comma + 1;
+            b[k++] = start;
+            last_comma = -1;
+            len = i - start;
+        }
+        if (len == ZL_CLIP_MAX_TOKENS) {
+            start = i;
+            b[k++] = start;
+            last_comma = -1;
+        }
+    }
+    if (n > start || k == 1) b[k++] = n;
+    *ids_out = v;
+    *bounds_out = b;
+    *n_chunks = k - 1;
+    return ZL_OK;
+}
+
 int zl_tokenize_clip(const zl_tokenizer *t, const char *text, int32_t pad_id, int warn, int32_t ids[ZL_CLIP_CTX],
                      int *n_dropped) {
     int32_t *v;
@@ -576,7 +622,9 @@ int zl_tokenize_clip(const zl_tokenizer *t, const char *text, int32_t pad_id, in
     if (warn && n > keep) {
         char *d = NULL;
         if (zl_tokenizer_decode(t, v + keep, n - keep, &d) == ZL_OK) {
-            zl_warn("prompt is longer than %d tokens; %d tokens were dropped: \"%s\"", ZL_CLIP_MAX_TOKENS, n - keep, d);
+            zl_warn("prompt is longer than %d tokens; %d tokens were dropped: \"%s\" (generate --long-prompt keeps "
+                    "them, in chunks as A1111 does)",
+                    ZL_CLIP_MAX_TOKENS, n - keep, d);
             free(d);
         }
     }

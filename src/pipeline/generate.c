@@ -305,8 +305,7 @@ static const char *weighted_span(const char *s, int *len) {
     return NULL;
 }
 
-int zl_pipeline_encode(zl_pipeline *p, const char *prompt, const char *negative, zl_cond *out) {
-    memset(out, 0, sizeof *out);
+static void warn_emphasis(const char *prompt, const char *negative) {
     for (int k = 0; k < 2; k++) {
         int n = 0;
         const char *w = weighted_span(k ? negative : prompt, &n);
@@ -315,6 +314,48 @@ int zl_pipeline_encode(zl_pipeline *p, const char *prompt, const char *negative,
                     "does), weights and parentheses included",
                     k ? "negative prompt" : "prompt", n > 60 ? 60 : n, w);
     }
+}
+
+int zl_pipeline_encode_long(zl_pipeline *p, const char *prompt, const char *negative, zl_cond *out) {
+    memset(out, 0, sizeof *out);
+    warn_emphasis(prompt, negative);
+    int rc = load_text(p);
+    if (rc) return rc;
+    int D = zl_text_context_dim(p->text), P = zl_text_pooled_dim(p->text);
+    int kp = 0, kn = 0;
+    if ((rc = zl_text_count_chunks(p->text, prompt, &kp))) return zl_error_prefix(rc, "prompt");
+    if ((rc = zl_text_count_chunks(p->text, negative, &kn))) return zl_error_prefix(rc, "negative prompt");
+    const int k = kp > kn ? kp : kn;
+    float *e[2] = {NULL, NULL};
+    out->D = D;
+    out->P = P;
+    out->pooled = P ? malloc(2 * (size_t)P * sizeof(float)) : NULL;
+    if (P && !out->pooled) return zl_set_error(ZL_ENOMEM, "out of memory for the prompt embeddings");
+    int zeros = !negative && p->ucfg.family == ZL_FAMILY_SDXL, got[2] = {0, 0};
+    rc = zl_text_encode_prompt_long(p->text, negative ? negative : "", k, zeros, &e[0], out->pooled, &got[0]);
+    if (rc) zl_error_prefix(rc, "negative prompt");
+    if (!rc && (rc = zl_text_encode_prompt_long(p->text, prompt ? prompt : "", k, 0, &e[1],
+                                                out->pooled ? out->pooled + P : NULL, &got[1])))
+        zl_error_prefix(rc, "prompt");
+    const size_t TD = (size_t)k * ZL_CLIP_CTX * D;
+    if (!rc && (got[0] != k || got[1] != k))
+        rc = zl_set_error(ZL_EINVAL, "prompt chunks: %d and %d, expected %d", got[0], got[1], k);
+    if (!rc && !(out->embeds = malloc(2 * TD * sizeof(float))))
+        rc = zl_set_error(ZL_ENOMEM, "out of memory for the prompt embeddings");
+    if (!rc) {
+        memcpy(out->embeds, e[0], TD * sizeof(float));
+        memcpy(out->embeds + TD, e[1], TD * sizeof(float));
+        out->T = k * ZL_CLIP_CTX;
+    }
+    free(e[0]);
+    free(e[1]);
+    if (rc) zl_cond_free(out);
+    return rc;
+}
+
+int zl_pipeline_encode(zl_pipeline *p, const char *prompt, const char *negative, zl_cond *out) {
+    memset(out, 0, sizeof *out);
+    warn_emphasis(prompt, negative);
     int rc = load_text(p);
     if (rc) return rc;
     int D = zl_text_context_dim(p->text), P = zl_text_pooled_dim(p->text);
@@ -322,6 +363,7 @@ int zl_pipeline_encode(zl_pipeline *p, const char *prompt, const char *negative,
     out->D = D;
     out->P = P;
     out->embeds = malloc(2 * TD * sizeof(float)); // [2, 77, D]
+    out->T = ZL_CLIP_CTX;
     out->pooled = P ? malloc(2 * (size_t)P * sizeof(float)) : NULL; // [2, P]
     if (!out->embeds || (P && !out->pooled)) {
         zl_cond_free(out);
@@ -374,7 +416,7 @@ int zl_txt2img_sample(zl_unet *unet, int scale, const zl_cond *c, const zl_gen_p
     int P = zl_unet_pooled_dim(unet);
     if (cfg->has_text_time && (c->P != P || !c->pooled))
         return zl_set_error(ZL_ESHAPE, "pooled embeddings of width %d, but the UNet takes %d", c->P, P);
-    const int h = g->height / scale, w = g->width / scale, C = cfg->in_channels, T = ZL_CLIP_CTX;
+    const int h = g->height / scale, w = g->width / scale, C = cfg->in_channels, T = c->T > 0 ? c->T : ZL_CLIP_CTX;
     const size_t n = (size_t)C * h * w;
     const int guided = g->cfg > 1.0f; /* diffusers: do_classifier_free_guidance = g > 1 */
     const int B = guided ? 2 : 1;
