@@ -23,7 +23,8 @@
 static void usage(FILE *f) {
     fprintf(f,
             "usage: ziplora generate --model M -p PROMPT -o OUT.png [options]\n\n"
-            "Text to image (txt2img) with a Stable Diffusion XL or SD 1.x model and any LoRAs.\n"
+            "Text to image (txt2img), or image to image with --init-image, with a Stable Diffusion XL\n"
+            "or SD 1.x model (epsilon or v-prediction) and any LoRAs.\n"
             "The PNG carries an AUTOMATIC1111-style 'parameters' text chunk (prompt, negative\n"
             "prompt, steps, sampler, CFG scale, seed, size, model and LoRA hashes).\n\n"
             "options:\n"
