@@ -188,6 +188,7 @@ static void test_lokr(void) {
         {"LoKr W1 full, W2 decomposed, alpha 4 / dim 2", Q, 8, 8, 0, 8, 8, 2, 1, 4.0f, 16},
         {"LoKr W1 decomposed, W2 full, alpha 3 / dim 1", Q, 4, 2, 1, 16, 32, 0, 1, 3.0f, 16},
         {"LoKr both full (alpha ignored: scale 1)", Q, 2, 4, 0, 32, 16, 0, 1, 5.0f, 32},
+        {"LoKr W1 decomposed, W2 full and tall", Q, 2, 8, 1, 32, 8, 0, 1, 2.0f, 8},
         {"LoKr both decomposed (W2's dim 3 wins)", Q, 8, 8, 2, 8, 8, 3, 1, 6.0f, 6},
         {"LoKr both full, rank 64: dense form", Q, 8, 8, 0, 8, 8, 0, 1, 1.0f, 64},
         {"LoKr conv 3x3, W2 [8, 8, 3, 3] decomposed", CV, 4, 4, 0, 8, 8, 2, 3, 1.0f, 8},
