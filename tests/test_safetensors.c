@@ -591,7 +591,54 @@ static void test_signal_cleanup(void) {
     }
 }
 
+/* Output sets: nothing reaches a destination before the commit (an existing
+ * file there is kept when the set is dropped); the commit moves all; a
+ * destination that cannot be replaced is named. */
+static void test_outset(void) {
+    char d1[1024], d2[1024], d3[1024];
+    snprintf(d1, sizeof d1, "%s/set_a.bin", zt_tmpdir());
+    snprintf(d2, sizeof d2, "%s/set_b.bin", zt_tmpdir());
+    snprintf(d3, sizeof d3, "%s/set_dir", zt_tmpdir());
+    CHECK_OK(zl_write_file_atomic(d1, "old", 3, NULL, 0));
+    for (int round = 0; round < 2; round++) {
+        zl_outset o = {0};
+        const char *t1 = NULL, *t2 = NULL;
+        CHECK_OK(zl_outset_add(&o, d1, &t1));
+        CHECK_OK(zl_outset_add(&o, d2, &t2));
+        CHECK(t1 && t2 && strcmp(t1, d1) && strcmp(t1, t2));
+        CHECK_OK(zl_write_file_atomic(t1, "new1", 4, NULL, 0));
+        CHECK_OK(zl_write_file_atomic(t2, "new2", 4, NULL, 0));
+        char tmp1[1024], tmp2[1024];
+        snprintf(tmp1, sizeof tmp1, "%s", t1);
+        snprintf(tmp2, sizeof tmp2, "%s", t2);
+        if (round) CHECK_OK(zl_outset_commit(&o));
+        zl_outset_free(&o);
+        char *c = NULL;
+        size_t n = 0;
+        CHECK_OK(zl_read_file(d1, &c, &n));
+        CHECKM(c && n == (round ? 4u : 3u) && !memcmp(c, round ? "new1" : "old", n), "round %d: destination 1", round);
+        free(c);
+        CHECK(zl_file_exists(d2) == round);
+        CHECK(!zl_file_exists(tmp1) && !zl_file_exists(tmp2));
+    }
+    /* a folder in the way: the commit fails naming it */
+    CHECK(mkdir(d3, 0755) == 0);
+    char in[1100];
+    snprintf(in, sizeof in, "%s/x", d3);
+    CHECK_OK(zl_write_file_atomic(in, "x", 1, NULL, 0));
+    zl_outset o = {0};
+    const char *t = NULL;
+    CHECK_OK(zl_outset_add(&o, d3, &t));
+    CHECK_OK(zl_write_file_atomic(t, "y", 1, NULL, 0));
+    char tmp[1024];
+    snprintf(tmp, sizeof tmp, "%s", t);
+    CHECK(zl_outset_commit(&o) == ZL_EIO && strstr(zl_errmsg(), d3));
+    zl_outset_free(&o);
+    CHECK(!zl_file_exists(tmp) && zl_file_exists(in));
+}
+
 int main(void) {
+    test_outset();
     test_signal_cleanup();
     test_sharded();
     test_large_writer();

@@ -234,7 +234,7 @@ static void test_fixed(const char *fx, const char *format) {
     zl_unet_free(u);
     zl_st_close(m);
     zl_st_close(f);
-    CHECK(no_file_with(".zip-"));
+    CHECK(no_file_with(".out-"));
 }
 
 /* ---------------------------------------------------------------- bad inputs */
@@ -300,7 +300,7 @@ static void expect_fail(const char *what, int rc, int want_code, const char *mus
     CHECKM(rc == want_code, "%s: exit code %d (want %d); stderr: %s", what, rc, want_code, zt_err);
     CHECKM(strstr(zt_err, must_say) != NULL, "%s: the error mentions '%s': %s", what, must_say, zt_err);
     CHECKM(!zl_file_exists(out), "%s: no output file left", what);
-    CHECKM(no_file_with(".zip-"), "%s: no temporary file left", what);
+    CHECKM(no_file_with(".out-"), "%s: no temporary file left", what);
     printf("%s -> %d: %s", what, rc, zt_err);
 }
 
@@ -494,7 +494,7 @@ static void test_end_to_end(void) {
     if (rc) return;
     CHECK(zl_file_exists(out) && zl_file_exists(mg) && zl_file_exists(rep) && zl_file_exists(plot) &&
           zl_file_exists(prev));
-    CHECK(no_file_with(".zip-"));
+    CHECK(no_file_with(".out-"));
 
     /* report */
     json_t *j = load_json(rep);

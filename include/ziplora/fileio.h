@@ -39,6 +39,24 @@ int zl_afile_commit(zl_afile *af);
 /* Remove the temporary file (safe to call after a failed commit, or twice). */
 void zl_afile_abort(zl_afile *af);
 
+/* A set of outputs that appear together or not at all: each is written to a
+ * temporary sibling (tracked, so an interrupted run leaves none), and only
+ * zl_outset_commit renames them all into place, so a failure while they are
+ * written leaves the destinations as they were (files they would replace
+ * included). */
+typedef struct {
+    int n, cap;
+    char **final, **tmp;
+} zl_outset;
+/* *tmp: where to write `final`'s content (owned by the set). */
+int zl_outset_add(zl_outset *o, const char *final, const char **tmp);
+/* Give up output i (in the order added): its temporary goes, the later ones move down one. */
+void zl_outset_drop(zl_outset *o, int i);
+/* Rename every temporary onto its destination, in the order added. */
+int zl_outset_commit(zl_outset *o);
+/* Remove the temporaries not committed and free the set. */
+void zl_outset_free(zl_outset *o);
+
 /* Whole-file helpers. */
 int zl_write_file_atomic(const char *path, const void *data, size_t len, const char *const *inputs, int n_inputs);
 

@@ -445,8 +445,7 @@ int zl_cmd_generate(int argc, char **argv) {
     infotext it = {0};
     const char *inputs[MAX_LORAS + 8];
     int n_inputs = 0, nh = 0, nw = 0;
-    const char *written[MAX_BATCH + 2]; /* outputs in place so far, removed on a later failure */
-    int n_written = 0;
+    zl_outset outs = {0}; /* every output appears at the end, together, or none does */
 
     if (prompt_file) {
         if ((rc = read_prompt_file(prompt_file, &prompt_buf))) goto done;
@@ -628,40 +627,42 @@ int zl_cmd_generate(int argc, char **argv) {
     it.strength = init_path ? strength : 0;
     it.chunks = long_prompt ? (cond.T > 0 ? cond.T : ZL_CLIP_CTX) / ZL_CLIP_CTX : 0;
 
+    const char *tmp;
     if (latent_path) {
         zl_st_entry e = {.name = "latent", .dtype = ZL_DT_F32, .ndim = 4, .shape = {batch, C, h, w}, .data = latents};
-        if ((rc = zl_st_write(latent_path, &e, 1, NULL, 0, inputs, n_inputs))) goto done;
-        written[n_written++] = latent_path;
+        if ((rc = zl_outset_add(&outs, latent_path, &tmp)) || (rc = zl_st_write(tmp, &e, 1, NULL, 0, inputs, n_inputs)))
+            goto done;
     }
     for (long b = 0; b < batch; b++) {
         char *params = NULL;
         if ((rc = make_parameters(&it, seed + (uint64_t)b, b, &params))) goto done;
         zl_png_text tx = {.key = "parameters", .value = params};
-        rc = zl_png_write(out_paths[b], &imgs[b], &tx, 1, inputs, n_inputs);
+        rc = zl_outset_add(&outs, out_paths[b], &tmp);
+        if (!rc && (rc = zl_png_write(tmp, &imgs[b], &tx, 1, inputs, n_inputs))) zl_error_prefix(rc, "%s", out_paths[b]);
         free(params);
         if (rc) goto done;
-        written[n_written++] = out_paths[b];
     }
     if (grid) {
         zl_image gi = {0};
         int cols = (int)ceil(sqrt((double)batch));
         char *params = NULL;
-        if (!(rc = zl_image_grid(imgs, (int)batch, cols, &gi)) && !(rc = make_parameters(&it, seed, 0, &params))) {
+        if (!(rc = zl_image_grid(imgs, (int)batch, cols, &gi)) && !(rc = make_parameters(&it, seed, 0, &params)) &&
+            !(rc = zl_outset_add(&outs, grid_path, &tmp))) {
             zl_png_text tx = {.key = "parameters", .value = params};
-            rc = zl_png_write(grid_path, &gi, &tx, 1, inputs, n_inputs);
+            if ((rc = zl_png_write(tmp, &gi, &tx, 1, inputs, n_inputs))) zl_error_prefix(rc, "%s", grid_path);
         }
         free(params);
         zl_image_free(&gi);
         if (rc) goto done;
-        written[n_written++] = grid_path;
     }
-    for (int k = 0; k < n_written; k++)
-        if (written[k] != latent_path) printf("%s\n", written[k]);
+    if ((rc = zl_outset_commit(&outs))) goto done;
+    for (long b = 0; b < batch; b++) printf("%s\n", out_paths[b]);
+    if (grid_path) printf("%s\n", grid_path);
     zl_info("done in %.1f s (peak RSS %.2f GB)", zl_now() - t0, (double)zl_peak_rss() / 1e9);
 
 done:
     if (rc) zl_cli_fail(rc, NULL);
-    for (int k = 0; rc && k < n_written; k++) unlink(written[k]); /* a partial batch is worse than none */
+    zl_outset_free(&outs); /* on failure: the temporaries go, the destinations stay as they were */
     zl_cond_free(&cond);
     zl_pipeline_free(p);
     for (int k = 0; k < n_lora; k++) free(lpaths[k]);

@@ -421,3 +421,79 @@ int zl_is_dir(const char *path) {
     struct stat st;
     return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
 }
+
+/* ---- output sets ---------------------------------------------------------- */
+
+int zl_outset_add(zl_outset *o, const char *final, const char **tmp) {
+    *tmp = NULL;
+    if (o->n == o->cap) {
+        int cap = o->cap ? 2 * o->cap : 4;
+        char **f = realloc(o->final, sizeof *f * (size_t)cap);
+        if (f) o->final = f;
+        char **t = f ? realloc(o->tmp, sizeof *t * (size_t)cap) : NULL;
+        if (t) o->tmp = t;
+        if (!f || !t) return zl_set_error(ZL_ENOMEM, "out of memory");
+        o->cap = cap;
+    }
+    char *a = strdup(final), *b = strdup(final);
+    char *t = NULL;
+    if (a && b) {
+        const char *dir = dirname(a), *base = basename(b);
+        size_t n = strlen(dir) + strlen(base) + 64;
+        if ((t = malloc(n))) snprintf(t, n, "%s/.%s.out-%ld-%d.tmp", dir, base, (long)getpid(), o->n);
+    }
+    free(a);
+    free(b);
+    char *f = t ? strdup(final) : NULL;
+    if (!t || !f) {
+        free(t);
+        free(f);
+        return zl_set_error(ZL_ENOMEM, "out of memory");
+    }
+    o->final[o->n] = f;
+    o->tmp[o->n++] = t;
+    zl_tmp_track(t);
+    *tmp = t;
+    return ZL_OK;
+}
+
+void zl_outset_drop(zl_outset *o, int i) {
+    if (i < 0 || i >= o->n) return;
+    if (o->tmp[i]) {
+        unlink(o->tmp[i]);
+        zl_tmp_untrack(o->tmp[i]);
+        free(o->tmp[i]);
+    }
+    free(o->final[i]);
+    for (int j = i + 1; j < o->n; j++) {
+        o->tmp[j - 1] = o->tmp[j];
+        o->final[j - 1] = o->final[j];
+    }
+    o->n--;
+}
+
+int zl_outset_commit(zl_outset *o) {
+    for (int i = 0; i < o->n; i++) {
+        if (!o->tmp[i]) continue;
+        if (rename(o->tmp[i], o->final[i]))
+            return zl_set_error(ZL_EIO, "%s: cannot move the output into place: %s", o->final[i], strerror(errno));
+        zl_tmp_untrack(o->tmp[i]);
+        free(o->tmp[i]);
+        o->tmp[i] = NULL;
+    }
+    return ZL_OK;
+}
+
+void zl_outset_free(zl_outset *o) {
+    for (int i = 0; i < o->n; i++) {
+        if (o->tmp[i]) {
+            unlink(o->tmp[i]);
+            zl_tmp_untrack(o->tmp[i]);
+            free(o->tmp[i]);
+        }
+        free(o->final[i]);
+    }
+    free(o->final);
+    free(o->tmp);
+    memset(o, 0, sizeof *o);
+}

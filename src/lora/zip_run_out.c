@@ -502,19 +502,6 @@ static int write_report(zl_ziprun *r, const layer_row *rows, int nl, const char 
 
 /* "<dir>/.<base>.zip-<pid>-<i>.tmp": a sibling of the final path, so the
  * final rename stays within one file system. */
-static char *tmp_sibling(const char *final, int i) {
-    char *a = strdup(final), *b = strdup(final);
-    char *out = NULL;
-    if (a && b) {
-        const char *dir = dirname(a), *base = basename(b);
-        size_t n = strlen(dir) + strlen(base) + 64;
-        if ((out = malloc(n))) snprintf(out, n, "%s/.%s.zip-%ld-%d.tmp", dir, base, (long)getpid(), i);
-    }
-    free(a);
-    free(b);
-    return out;
-}
-
 static char *title_of(const char *out) {
     char *b = strdup(out);
     if (!b) return NULL;
@@ -596,13 +583,12 @@ int zl_zip_run(const zl_ziprun_params *p) {
     for (int i = 0; i < p->n_content_images; i++) ins[n_in++] = p->content_images[i];
     for (int i = 0; i < p->n_style_images; i++) ins[n_in++] = p->style_images[i];
     int rc = check_outputs(p, finals, n_out, ins, n_in);
-    char *tmps[MAX_OUT] = {0};
-    char *tmp_mg = NULL;
-    for (int i = 0; i < n_out && !rc; i++)
-        if (!(tmps[i] = tmp_sibling(finals[i], i))) rc = zl_set_error(ZL_ENOMEM, "out of memory");
-        else zl_tmp_track(tmps[i]); /* removed if the run is interrupted */
-    if (!rc && !(tmp_mg = tmp_sibling(p->output, 9))) rc = zl_set_error(ZL_ENOMEM, "out of memory");
-    if (tmp_mg) zl_tmp_track(tmp_mg);
+    /* every output goes to a temporary beside it, all renamed into place at the end;
+     * `scratch` holds the mergers file the merge reads back (never committed) */
+    zl_outset outs = {0}, scratch = {0};
+    const char *tmps[MAX_OUT] = {0}, *tmp_mg = NULL;
+    for (int i = 0; i < n_out && !rc; i++) rc = zl_outset_add(&outs, finals[i], &tmps[i]);
+    if (!rc) rc = zl_outset_add(&scratch, p->output, &tmp_mg);
 
     zl_ziprun r;
     memset(&r, 0, sizeof r);
@@ -675,6 +661,16 @@ int zl_zip_run(const zl_ziprun_params *p) {
         if (!rc && r.interrupted && p->preview) {
             zl_warn("zip: interrupted: the preview is not drawn");
             rc = zl_ziprun_note(&r, "interrupted: the preview was not drawn");
+            for (int i = n_out - 1; i >= 0; i--)
+                if (!strcmp(kinds[i], "preview")) {
+                    zl_outset_drop(&outs, i);
+                    for (int j = i + 1; j < n_out; j++) {
+                        finals[j - 1] = finals[j];
+                        kinds[j - 1] = kinds[j];
+                        tmps[j - 1] = tmps[j];
+                    }
+                    n_out--;
+                }
         }
     }
     if (!rc) rc = layers_measure(&r, rows, 1);
@@ -714,7 +710,7 @@ int zl_zip_run(const zl_ziprun_params *p) {
     for (int i = 1; i < n_out && !rc; i++) {
         if (!strcmp(kinds[i], "mergers")) rc = zl_zip_save_mergers(r.zip, tmps[i]);
         else if (!strcmp(kinds[i], "plot")) rc = write_plot(&r, rows, nl, tmps[i], zl_svg_path_is_png(finals[i]));
-        else if (!strcmp(kinds[i], "preview") && !r.interrupted) {
+        else if (!strcmp(kinds[i], "preview")) {
             zl_zip_free(r.zip); /* gives the UNet back (its branches are cleared) */
             r.zip = NULL;
             rc = write_preview(&r, merged, tmps[i], finals[i]);
@@ -725,27 +721,11 @@ int zl_zip_run(const zl_ziprun_params *p) {
         if (!strcmp(kinds[i], "report"))
             rc = write_report(&r, rows, nl, ins, hex, n_in, finals, kinds, n_out, zl_now() - r.t0, &mrep, tmps[i]);
     (void)wall;
-    /* commit: rename every output into place */
-    int committed = 0;
-    for (int i = 0; i < n_out && !rc; i++) {
-        if (r.interrupted && !strcmp(kinds[i], "preview")) continue;
-        if (rename(tmps[i], finals[i])) {
-            rc = zl_set_error(ZL_EIO, "%s: cannot move the output into place", finals[i]);
-            break;
-        }
-        committed++;
-    }
-    if (rc)
-        for (int i = 0; i < committed; i++) unlink(finals[i]); /* a partial set of outputs is worse than none */
-    for (int i = 0; i < n_out; i++)
-        if (tmps[i]) {
-            unlink(tmps[i]);
-            zl_tmp_untrack(tmps[i]);
-        }
-    if (tmp_mg) {
-        unlink(tmp_mg);
-        zl_tmp_untrack(tmp_mg);
-    }
+    /* commit: rename every output into place (on failure the temporaries go, and files the
+     * outputs would have replaced stay) */
+    if (!rc) rc = zl_outset_commit(&outs);
+    zl_outset_free(&outs);
+    zl_outset_free(&scratch);
     if (!rc) {
         const zl_zip_loss *a = r.n_curve ? &r.curve[0] : NULL, *b = r.n_curve ? &r.curve[r.n_curve - 1] : NULL;
         if (r.interrupted)
@@ -757,8 +737,6 @@ int zl_zip_run(const zl_ziprun_params *p) {
                     b->similarity, p->output);
     }
     if (threaded) pthread_join(th, NULL);
-    for (int i = 0; i < n_out; i++) free(tmps[i]);
-    free(tmp_mg);
     for (int i = 0; rows && i < nl; i++) free(rows[i].module);
     free(rows);
     zl_merge_report_free(&mrep);
