@@ -349,6 +349,54 @@ static void test_cli(void) {
     zl_st_close(f1);
     zl_st_close(f2);
     zl_st_close(f3);
+    /* convert --rank k: the layer becomes rank k with its scale kept, and the printed error is
+     * the measured ||dW - dW_k|| / ||dW||; --rank <the layer's> changes nothing. On the LoHa
+     * (rank 16, scale 1 once folded) and on a plain LoRA of rank 8 with alpha 2 (scale 0.25). */
+    char plain[1024];
+    snprintf(plain, sizeof plain, "%s", zt_tmp("plain_a2.safetensors"));
+    tdef tp[2] = {{"lora_down.weight", 2, {8, 64}}, {"lora_up.weight", 2, {64, 8}}};
+    CHECK_OK(write_case(plain, Q, tp, 2, 2.0f, &v));
+    vals_free(&v);
+    for (int w = 0; w < 2; w++) {
+        const char *src = w ? plain : loha;
+        const int R0 = w ? 8 : 16, K = w ? 3 : 5;
+        char r5[1024], r16[1024];
+        snprintf(r5, sizeof r5, "%s", zt_tmp("loha_r5.safetensors"));
+        snprintf(r16, sizeof r16, "%s", zt_tmp("loha_r16.safetensors"));
+        code = zt_cli("convert '%s' -o '%s' --rank %d --dtype f32", src, r5, K);
+        double printed = -1;
+        const char *ov = strstr(zt_out, "overall relative Frobenius error");
+        if (ov) sscanf(strchr(ov, ':') + 1, "%lf", &printed);
+        CHECKM(code == 0 && printed > 0, "convert --rank 5: exit %d %s %s", code, zt_out, zt_err);
+        int code16 = zt_cli("convert '%s' -o '%s' --rank %d --dtype f32 -q", src, r16, R0);
+        zl_lora *x = NULL, *y5 = NULL, *y16 = NULL;
+        CHECK_OK(zl_lora_load(src, &o, &x));
+        if (!code) CHECK_OK(zl_lora_load(r5, &o, &y5));
+        if (!code16) CHECK_OK(zl_lora_load(r16, &o, &y16));
+        if (x && y5 && y16) {
+            const zl_lora_layer *a0 = &x->layers[0], *b5 = &y5->layers[0], *b16 = &y16->layers[0];
+            CHECK(b5->rank == K && b16->rank == R0 && zl_lora_scale(b16) == zl_lora_scale(a0) &&
+                  !memcmp(b16->up, a0->up, 64 * (size_t)R0 * sizeof(float)) &&
+                  !memcmp(b16->down, a0->down, (size_t)R0 * 64 * sizeof(float)));
+            double num = 0, den = 0;
+            for (int i = 0; i < 64; i++)
+                for (int j = 0; j < 64; j++) {
+                    double da = 0, db = 0;
+                    for (int r = 0; r < a0->rank; r++) da += (double)a0->up[i * a0->rank + r] * a0->down[r * 64 + j];
+                    for (int r = 0; r < K; r++) db += (double)b5->up[i * K + r] * b5->down[r * 64 + j];
+                    da *= zl_lora_scale(a0);
+                    db *= zl_lora_scale(b5);
+                    num += (da - db) * (da - db);
+                    den += da * da;
+                }
+            double meas = sqrt(num / den);
+            CHECKM(fabs(meas - printed) <= 1e-5 * meas + 1e-6, "convert --rank %d: printed error %.6g, measured %.6g", K,
+                   printed, meas);
+        }
+        zl_lora_free(x);
+        zl_lora_free(y5);
+        zl_lora_free(y16);
+    }
     code = zt_cli("merge --content '%s' --style '%s' -o '%s' -q", loha, zt_data("tiny-sdxl/loras/style.kohya.safetensors"),
                   mg);
     CHECKM(code == 0, "merge a LoHa with a LoRA: exit %d %s", code, zt_err);

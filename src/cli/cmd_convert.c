@@ -1,6 +1,8 @@
 /* `ziplora convert IN -o OUT --format kohya|peft`: load a LoRA in any layout and
  * write it in kohya or PEFT layout (values unchanged, dtype kept unless --dtype). */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "lora_cli.h"
@@ -9,12 +11,16 @@ static void usage(FILE *f) {
     fprintf(f,
             "usage: ziplora convert IN.safetensors -o OUT.safetensors [--format kohya|peft] [options]\n\n"
             "Rewrite a LoRA (any supported layout) in kohya layout (default; ldm names for SDXL, as kohya\n"
-            "writes them) or PEFT/diffusers layout (lora_A/lora_B, scale folded so that alpha = rank).\n\n"
+            "writes them) or PEFT/diffusers layout (lora_A/lora_B, scale folded so that alpha = rank).\n"
+            "LyCORIS LoHa/LoKr inputs are written as their exact LoRA form (of a higher rank); --rank\n"
+            "shrinks any layer above R to its best rank-R approximation (truncated SVD, as kohya's\n"
+            "resize_lora), printing each layer's relative error.\n\n"
             "options:\n"
             "  -o, --output FILE     output file (never one of the inputs)\n"
             "  --format kohya|peft   output layout (default kohya)\n"
             "  --dtype f32|f16|bf16  output dtype (default: keep each layer's dtype)\n"
             "  --title TEXT          modelspec.title (default: the output file name)\n"
+            "  --rank R              re-rank layers above rank R (truncated SVD; the scale is kept)\n"
             "  --model M             name layers with this model's UNet config (diffusers folder or single file)\n"
             "  --adapter-config F    PEFT adapter_config.json for the input's alpha\n"
             "  -q, -v, --threads N   quiet, verbose, threads\n");
@@ -22,6 +28,7 @@ static void usage(FILE *f) {
 
 int zl_cmd_convert(int argc, char **argv) {
     const char *in = NULL, *out = NULL, *title = NULL;
+    long rank = 0;
     zl_lora_write_opts wo;
     memset(&wo, 0, sizeof wo);
     zl_lora_cli_flags lf;
@@ -39,10 +46,13 @@ int zl_cmd_convert(int argc, char **argv) {
             return ZL_EXIT_OK;
         }
         int has_val = !strcmp(a, "-o") || !strcmp(a, "--output") || !strcmp(a, "--format") || !strcmp(a, "--dtype") ||
-                      !strcmp(a, "--title");
+                      !strcmp(a, "--title") || !strcmp(a, "--rank");
         if (has_val && i + 1 >= argc) return zl_cli_usage("convert", "%s needs a value", a);
         if (!strcmp(a, "-o") || !strcmp(a, "--output")) out = argv[++i];
         else if (!strcmp(a, "--title")) title = argv[++i];
+        else if (!strcmp(a, "--rank")) {
+            if (zl_cli_int("convert", a, argv[++i], 1, 65536, &rank)) return ZL_EXIT_USAGE;
+        }
         else if (!strcmp(a, "--format")) {
             int f = zl_lora_format_parse(argv[++i]);
             if (f < 0) return zl_cli_usage("convert", "--format expects kohya or peft, got '%s'", argv[i]);
@@ -60,9 +70,48 @@ int zl_cmd_convert(int argc, char **argv) {
     zl_lora *l = NULL;
     rc = zl_lora_cli_load(in, &lf, &l);
     if (rc) return zl_cli_fail(rc == ZL_EINVAL ? ZL_EFORMAT : rc, NULL);
-    char params[160];
-    snprintf(params, sizeof params, "{\"format\":\"%s\",\"dtype\":\"%s\"}", wo.format == ZL_FORMAT_PEFT ? "peft" : "kohya",
-             wo.dtype == ZL_DT_INVALID ? "keep" : zl_dtype_name(wo.dtype));
+    if (rank > 0) {
+        /* best rank-R approximation of every layer above R, its scale kept */
+        double dropped = 0, total = 0;
+        int n_cut = 0;
+        for (int i = 0; i < l->n && !rc; i++) {
+            zl_lora_layer *y = &l->layers[i];
+            const int n = y->in_features * y->kh * y->kw, k = (int)rank;
+            double err = 0, norm = 0;
+            if (y->rank <= k) continue;
+            float *nu = malloc(sizeof(float) * (size_t)y->out_features * k), *nd = malloc(sizeof(float) * (size_t)k * n);
+            rc = nu && nd ? zl_lowrank_truncate(y->up, y->down, y->out_features, y->rank, n, k, nu, nd, &err, &norm)
+                          : zl_set_error(ZL_ENOMEM, "out of memory");
+            if (rc) {
+                free(nu);
+                free(nd);
+                break;
+            }
+            if (!n_cut++) printf("%-5s %-70s %6s %6s %12s\n", "part", "layer", "rank", "->", "rel. error");
+            printf("%-5s %-70s %6d %6d %12.3e\n", y->part == ZL_PART_UNET ? "unet" : y->part == ZL_PART_TE1 ? "te1" : "te2",
+                   y->module, y->rank, k, err);
+            const float scale = zl_lora_scale(y);
+            free(y->up);
+            free(y->down);
+            y->up = nu;
+            y->down = nd;
+            y->alpha = scale * (float)k;
+            y->rank = k;
+            dropped += err * err * norm * norm;
+            total += norm * norm;
+        }
+        if (!rc && n_cut) printf("overall relative Frobenius error of the re-ranked layers: %.6e\n", total > 0 ? sqrt(dropped / total) : 0.0);
+        if (!rc && !n_cut) zl_info("no layer is above rank %ld", rank);
+        if (rc) {
+            zl_lora_free(l);
+            return zl_cli_fail(rc, NULL);
+        }
+    }
+    char params[200], rank_s[32] = "null";
+    if (rank > 0) snprintf(rank_s, sizeof rank_s, "%ld", rank);
+    snprintf(params, sizeof params, "{\"format\":\"%s\",\"dtype\":\"%s\",\"rank\":%s}",
+             wo.format == ZL_FORMAT_PEFT ? "peft" : "kohya", wo.dtype == ZL_DT_INVALID ? "keep" : zl_dtype_name(wo.dtype),
+             rank_s);
     const char *inputs[1] = {in};
     wo.unet_config = lf.have_cfg ? &lf.cfg : NULL;
     wo.title = title;
