@@ -303,6 +303,29 @@ static void test_chunks(void) {
         {54, 1, 26, 2, {0, 75, 81}, "a comma 21 tokens back: a plain cut"},
         {75, 1, 1, 2, {0, 75, 77}, "a comma as token 76 opens the next chunk"},
     };
+    /* A1111's BREAK keyword (upper case, a word of its own) ends the chunk, even an empty one */
+    static const struct {
+        const char *text;
+        int n_chunks, b[5];
+    } br[] = {
+        {"cat cat BREAK dog", 2, {0, 2, 3}},
+        {"BREAK cat", 2, {0, 0, 1}},
+        {"cat BREAK", 1, {0, 1}},
+        {"cat BREAK BREAK dog", 3, {0, 1, 1, 2}},
+        {"cat,BREAK,dog", 2, {0, 2, 4}},
+        {"catBREAK dog break dog", 1, {0, -1}},
+    };
+    for (size_t c = 0; c < sizeof br / sizeof br[0]; c++) {
+        int32_t *ids = NULL;
+        int *b = NULL, k = 0;
+        CHECK_OK(zl_tokenize_chunks(g_tok, br[c].text, &ids, &b, &k));
+        int ok = k == br[c].n_chunks;
+        for (int i = 0; ok && i <= k; i++) ok = br[c].b[i] < 0 || b[i] == br[c].b[i];
+        CHECKM(ok, "'%s': %d chunks, bounds %d %d %d %d", br[c].text, k, b ? b[0] : -1, b && k >= 1 ? b[1] : -1,
+               b && k >= 2 ? b[2] : -1, b && k >= 3 ? b[3] : -1);
+        free(ids);
+        free(b);
+    }
     for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
         char *s = words(cs[c].cats, cs[c].comma, cs[c].dogs);
         int32_t *ids = NULL;

@@ -874,8 +874,20 @@ static void test_interrupt_and_resume(void) {
     }
     CHECKM(seen >= 3, "the zip run reached its steps (%d progress lines)", seen);
     kill(pid, SIGINT);
-    int status = 0;
-    CHECK(waitpid(pid, &status, 0) == pid);
+    /* it must end on its own within a minute (the stop is after the current step); else it is killed */
+    int status = 0, ended = 0;
+    for (int t = 0; t < 600 && !ended; t++) {
+        ended = waitpid(pid, &status, WNOHANG) == pid;
+        if (!ended) {
+            struct timespec ts = {0, 100 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    if (!ended) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+    }
+    CHECKM(ended, "the interrupted zip ended by itself");
     char *log = NULL;
     size_t ll = 0;
     zl_read_file(err, &log, &ll);
@@ -891,7 +903,9 @@ static void test_interrupt_and_resume(void) {
            (long long)N);
     CHECK(j && (json_int_t)json_array_size(json_object_get(j, "loss_curve")) == N);
     json_decref(j);
-    if (N < 2 || N > 5000) return;
+    /* the stop comes within a step or two of the signal (the log had 3 steps when it was sent) */
+    CHECKM(N <= 200, "the run stopped %lld steps in, long after the signal", (long long)N);
+    if (N < 2 || N > 200) return;
 
     /* the same number of steps, uninterrupted: the same mergers and LoRA */
     char out2[512], mg2[512], rep2[512];

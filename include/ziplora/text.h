@@ -54,7 +54,9 @@ int zl_tokenize_clip(const zl_tokenizer *t, const char *text, int32_t pad_id, in
  * ends after that comma and the tokens after it open the next chunk (A1111's
  * comma_padding_backtrack 20). bounds receives n_chunks + 1 offsets into the ids
  * (chunk c is ids[bounds[c], bounds[c + 1])); an empty prompt is one empty
- * chunk. *bounds and *ids are malloc'd. */
+ * chunk. The word BREAK (upper case, on its own) ends the current chunk, even
+ * an empty one, and is not encoded (A1111's keyword). *bounds and *ids are
+ * malloc'd. */
 #define ZL_CLIP_COMMA_BACKTRACK 20
 int zl_tokenize_chunks(const zl_tokenizer *t, const char *text, int32_t **ids, int **bounds, int *n_chunks);
 

@@ -13,6 +13,7 @@
  * lower-rank merges (checked when the vocabulary is built), popping pairs in
  * that order gives exactly the same result, and a pathological prompt
  * (one huge "word") cannot make us quadratic. */
+#include <ctype.h>
 #include <stdlib.h>
 #include <string.h>
 #include <zlib.h>
@@ -561,29 +562,78 @@ int zl_tokenizer_decode(const zl_tokenizer *t, const int32_t *ids, int n, char *
     return ZL_OK;
 }
 
+/* Python's \w for one byte of UTF-8 text: ASCII letters, digits, '_', and (an
+ * approximation) every byte of a non-ASCII character. */
+static int word_byte(unsigned char c) { return isalnum(c) || c == '_' || c >= 0x80; }
+
+/* The next "BREAK" that is a word of its own (A1111's \bBREAK\b), or NULL. */
+static const char *find_break(const char *s, const char *from) {
+    for (const char *p = strstr(from, "BREAK"); p; p = strstr(p + 1, "BREAK"))
+        if ((p == s || !word_byte((unsigned char)p[-1])) && !word_byte((unsigned char)p[5])) return p;
+    return NULL;
+}
+
 int zl_tokenize_chunks(const zl_tokenizer *t, const char *text, int32_t **ids_out, int **bounds_out, int *n_chunks) {
     *ids_out = NULL;
     *bounds_out = NULL;
     *n_chunks = 0;
-    int32_t *v = NULL, *cv = NULL;
-    int n = 0, nc = 0;
-    int rc = zl_tokenize(t, text, &v, &n);
-    if (!rc) rc = zl_tokenize(t, ",", &cv, &nc);
+    int32_t *cv = NULL, *v = NULL;
+    int nc = 0, n = 0, nbrk = 0, rc = zl_tokenize(t, ",", &cv, &nc);
     const int32_t comma = !rc && nc == 1 ? cv[0] : -1;
     free(cv);
+    /* the text between BREAKs, tokenized piece by piece; brk[] = token offsets of the BREAKs */
+    int *brk = NULL;
+    for (const char *p = text; !rc;) {
+        const char *q = find_break(text, p);
+        size_t len = q ? (size_t)(q - p) : strlen(p);
+        char *piece = malloc(len + 1);
+        int32_t *pv = NULL;
+        int pn = 0;
+        if (!piece) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+        else {
+            memcpy(piece, p, len);
+            piece[len] = 0;
+            rc = zl_tokenize(t, piece, &pv, &pn);
+            free(piece);
+        }
+        if (!rc && pn) {
+            int32_t *nv = realloc(v, sizeof *v * (size_t)(n + pn));
+            if (!nv) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+            else {
+                v = nv;
+                memcpy(v + n, pv, sizeof *v * (size_t)pn);
+                n += pn;
+            }
+        }
+        free(pv);
+        if (rc || !q) break;
+        int *nb = realloc(brk, sizeof *nb * (size_t)(nbrk + 1));
+        if (!nb) {
+            rc = zl_set_error(ZL_ENOMEM, "out of memory");
+            break;
+        }
+        brk = nb;
+        brk[nbrk++] = n;
+        p = q + 5;
+    }
+    /* at most one chunk per token and per BREAK, plus the first */
+    int *b = rc ? NULL : malloc(sizeof(int) * (size_t)(n + nbrk + 2));
+    if (!rc && !b) rc = zl_set_error(ZL_ENOMEM, "out of memory");
     if (rc) {
         free(v);
+        free(brk);
         return rc;
     }
-    /* at most one chunk per token, plus the first */
-    int *b = malloc(sizeof(int) * (size_t)(n + 2));
-    if (!b) {
-        free(v);
-        return zl_set_error(ZL_ENOMEM, "out of memory");
-    }
-    int k = 0, start = 0, last_comma = -1; /* last_comma: offset in the current chunk */
+    int k = 0, start = 0, last_comma = -1, nb = 0; /* last_comma: offset in the current chunk */
     b[k++] = 0;
-    for (int i = 0; i < n; i++) {
+    for (int i = 0; i <= n; i++) {
+        /* BREAK ends the current chunk, even an empty one */
+        for (; nb < nbrk && brk[nb] == i; nb++) {
+            start = i;
+            b[k++] = start;
+            last_comma = -1;
+        }
+        if (i == n) break;
         int len = i - start;
         if (v[i] == comma) {
             last_comma = len;
@@ -601,6 +651,7 @@ int zl_tokenize_chunks(const zl_tokenizer *t, const char *text, int32_t **ids_ou
         }
     }
     if (n > start || k == 1) b[k++] = n;
+    free(brk);
     *ids_out = v;
     *bounds_out = b;
     *n_chunks = k - 1;
