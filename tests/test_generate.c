@@ -834,6 +834,11 @@ static void test_bad_inputs(void) {
         CHECKM(code == 0 && strstr(zt_err, "prompt: '(red cat:1.3)' is A1111/ComfyUI emphasis") &&
                    strstr(zt_err, "negative prompt: '(blurry: 0.5)'"),
                "emphasis syntax warned about: %s", zt_err);
+        code = zt_cli("%s --seed 5 --model '%s' -p 'a cat <lora:watercolor_v2:0.8>' -o '%s'", gen, sd, o1);
+        CHECKM(code == 0 && strstr(zt_err, "'<lora:watercolor_v2:0.8>' is an A1111 LoRA tag") && strstr(zt_err, "--lora"),
+               "A1111 LoRA tag warned about: %s", zt_err);
+        code = zt_cli("%s --seed 5 --model '%s' -p 'a cat <3' -o '%s'", gen, sd, o1);
+        CHECKM(code == 0 && !strstr(zt_err, "LoRA tag"), "no tag, no warning: %s", zt_err);
         code = zt_cli("%s --seed 5 --model '%s' -p cat -o '%s'", gen, sd, o1);
         CHECKM(code == 0, "clip skip 1: %s", zt_err);
         code = zt_cli("%s --seed 5 --model '%s' -p cat --clip-skip 2 -o '%s'", gen, sd, o2);

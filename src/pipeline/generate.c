@@ -305,6 +305,20 @@ static const char *weighted_span(const char *s, int *len) {
     return NULL;
 }
 
+/* A1111's extra-network tag "<lora:name:w>" (or <lyco:...>, <hypernet:...>): the first, or NULL. */
+static const char *network_tag(const char *s, int *len) {
+    static const char *const kinds[3] = {"<lora:", "<lyco:", "<hypernet:"};
+    const char *best = NULL;
+    for (int i = 0; i < 3 && s; i++) {
+        const char *o = strstr(s, kinds[i]);
+        if (o && (!best || o < best)) best = o;
+    }
+    const char *c = best ? strchr(best, '>') : NULL;
+    if (!c) return NULL;
+    *len = (int)(c - best + 1);
+    return best;
+}
+
 static void warn_emphasis(const char *prompt, const char *negative) {
     for (int k = 0; k < 2; k++) {
         int n = 0;
@@ -313,6 +327,10 @@ static void warn_emphasis(const char *prompt, const char *negative) {
             zl_warn("%s: '%.*s' is A1111/ComfyUI emphasis syntax; prompts are encoded as written (as diffusers "
                     "does), weights and parentheses included",
                     k ? "negative prompt" : "prompt", n > 60 ? 60 : n, w);
+        if ((w = network_tag(k ? negative : prompt, &n)))
+            zl_warn("%s: '%.*s' is an A1111 LoRA tag; it is encoded as text and loads nothing: give the file with "
+                    "--lora FILE[:WEIGHT]",
+                    k ? "negative prompt" : "prompt", n > 80 ? 80 : n, w);
     }
 }
 
