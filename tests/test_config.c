@@ -162,6 +162,7 @@ int main(void) {
                          "\"beta_schedule\": \"scaled_linear\", \"trained_betas\": null}";
         CHECK_OK(zl_write_file_atomic(f, sj, strlen(sj), NULL, 0));
         CHECK_OK(zl_model_paths_resolve(d, &p));
+        CHECK(p.sched.sampler == ZL_SAMPLER_EULER && !p.sched.karras);
         CHECKM(p.sched.prediction == ZL_PRED_V && p.sched.zero_snr == 1 && p.sched.spacing == ZL_SPACING_LINSPACE &&
                    p.sched.steps_offset == 0 && p.sched.beta_start == 0.001f && p.sched.beta_end == 0.02f &&
                    p.sched.n_train == 500,
@@ -169,6 +170,26 @@ int main(void) {
                p.sched.zero_snr, (int)p.sched.spacing, p.sched.steps_offset, (double)p.sched.beta_start,
                (double)p.sched.beta_end, p.sched.n_train);
         zl_model_paths_free(&p);
+        /* the sampler the scheduler class names (generate's default), when it is one we run */
+        static const struct {
+            const char *json;
+            int sampler, karras;
+        } cls[] = {
+            {"{\"_class_name\": \"DPMSolverMultistepScheduler\", \"use_karras_sigmas\": true}", ZL_SAMPLER_DPMPP_2M, 1},
+            {"{\"_class_name\": \"DPMSolverMultistepScheduler\", \"solver_order\": 3}", -1, 0},
+            {"{\"_class_name\": \"DPMSolverMultistepScheduler\", \"algorithm_type\": \"sde-dpmsolver++\"}", -1, 0},
+            {"{\"_class_name\": \"EulerAncestralDiscreteScheduler\", \"use_karras_sigmas\": true}", ZL_SAMPLER_EULER_A, 0},
+            {"{\"_class_name\": \"EulerDiscreteScheduler\", \"use_karras_sigmas\": true}", ZL_SAMPLER_EULER, 1},
+            {"{\"_class_name\": \"PNDMScheduler\"}", -1, 0},
+            {"{}", -1, 0},
+        };
+        for (size_t i = 0; i < sizeof cls / sizeof cls[0]; i++) {
+            CHECK_OK(zl_write_file_atomic(f, cls[i].json, strlen(cls[i].json), NULL, 0));
+            CHECK_OK(zl_model_paths_resolve(d, &p));
+            CHECKM(p.sched.sampler == cls[i].sampler && p.sched.karras == cls[i].karras, "%s: sampler %d karras %d",
+                   cls[i].json, p.sched.sampler, p.sched.karras);
+            zl_model_paths_free(&p);
+        }
         static const struct {
             const char *json, *must;
         } bad[] = {

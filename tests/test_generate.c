@@ -771,6 +771,36 @@ static void test_img2img(void) {
     zl_image_free(&im);
 }
 
+/* A diffusers folder whose scheduler config names DPM-Solver++ with Karras sigmas:
+ * generate runs that by default (as its diffusers pipeline would), --sampler wins. */
+static void test_model_scheduler(void) {
+    char d[1024], sub[1200], link[1300], tgt[1300], out[1024];
+    snprintf(d, sizeof d, "%s/sd15_dpm", zt_tmpdir());
+    snprintf(out, sizeof out, "%s", zt_tmp("sched.png"));
+    CHECK(mkdir(d, 0755) == 0);
+    static const char *const parts[4] = {"unet", "vae", "text_encoder", "model_index.json"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(tgt, sizeof tgt, "%s/tiny-sd15/%s", ZL_TEST_DATA, parts[i]);
+        snprintf(link, sizeof link, "%s/%s", d, parts[i]);
+        CHECK(symlink(tgt, link) == 0);
+    }
+    snprintf(sub, sizeof sub, "%s/scheduler", d);
+    CHECK(mkdir(sub, 0755) == 0);
+    snprintf(link, sizeof link, "%s/scheduler_config.json", sub);
+    const char *sj = "{\"_class_name\": \"DPMSolverMultistepScheduler\", \"use_karras_sigmas\": true, "
+                     "\"algorithm_type\": \"dpmsolver++\", \"solver_order\": 2}";
+    CHECK_OK(zl_write_file_atomic(link, sj, strlen(sj), NULL, 0));
+    int code = zt_cli("generate --model '%s' -p cat --steps 2 -W 64 -H 64 --seed 1 -o '%s' -v", d, out);
+    char *pr = code ? NULL : png_parameters(out);
+    CHECKM(pr && strstr(pr, "Sampler: DPM++ 2M, Schedule type: Karras,") && strstr(zt_err, "the model's scheduler"),
+           "the model's scheduler: exit %d %s %s", code, pr ? pr : "", zt_err);
+    free(pr);
+    code = zt_cli("generate --model '%s' -p cat --steps 2 -W 64 -H 64 --seed 1 --sampler euler -o '%s' -q", d, out);
+    pr = code ? NULL : png_parameters(out);
+    CHECKM(pr && strstr(pr, "Sampler: Euler, CFG"), "--sampler wins: %s", pr ? pr : zt_err);
+    free(pr);
+}
+
 /* Each bad input: exit code, the culprit named, no output. */
 static void expect_fail(int code, int want, const char *needle, const char *out, const char *what) {
     CHECKM(code == want, "%s: exit %d, expected %d: %s", what, code, want, zt_err);
@@ -906,6 +936,7 @@ int main(void) {
     test_long_prompt("mini-sdxl");
     test_user_run();
     test_vpred_cli();
+    test_model_scheduler();
     test_img2img();
     test_bad_inputs();
     return zt_done();

@@ -55,9 +55,11 @@ typedef struct {
     int zero_snr;                   /* rescale_betas_zero_snr */
     zl_spacing spacing;             /* timestep_spacing */
     zl_prediction prediction;       /* prediction_type */
+    int sampler;                    /* the sampler its _class_name runs (zl_sampler_kind), -1: none named */
+    int karras;                     /* use_karras_sigmas */
 } zl_sched_config;
 
-/* SD/SDXL: 1000, 0.00085..0.012, offset 1, no zero SNR, leading, epsilon. */
+/* SD/SDXL: 1000, 0.00085..0.012, offset 1, no zero SNR, leading, epsilon, no sampler named. */
 void zl_sched_config_default(zl_sched_config *c);
 /* Names, as diffusers spells them ("epsilon", "v_prediction"; "leading", ...);
  * parsing also takes "eps" and "v". -1 if unknown. */

@@ -39,7 +39,8 @@ static void usage(FILE *f) {
             "                         enough with euler)\n"
             "  --cfg G                guidance scale (default 5.0 for SDXL, 7.5 for SD 1.x; G <= 1 runs\n"
             "                         without guidance)\n"
-            "  --sampler S            euler (default, as diffusers' SDXL), euler_a, dpmpp_2m; with\n"
+            "  --sampler S            euler (default, as diffusers' SDXL, unless a diffusers folder's\n"
+            "                         scheduler config names another of these), euler_a, dpmpp_2m; with\n"
             "                         _karras (euler_karras, dpmpp_2m_karras = A1111's DPM++ 2M Karras)\n"
             "                         the Karras sigma schedule, as diffusers' use_karras_sigmas\n"
             "  --seed S               seed of the initial noise (default: random, printed and saved);\n"
@@ -333,7 +334,7 @@ int zl_cmd_generate(int argc, char **argv) {
     const char *sampler_name = "euler", *noise_spec = NULL, *latent_path = NULL;
     const char *unet_cfg = NULL, *vae_cfg = NULL, *te1_cfg = NULL, *te2_cfg = NULL, *vae = NULL;
     const char *lora_args[MAX_LORAS];
-    int n_lora = 0, grid = 0, f32 = 0, no_tile = 0, have_seed = 0, long_prompt = 0;
+    int n_lora = 0, grid = 0, f32 = 0, no_tile = 0, have_seed = 0, long_prompt = 0, have_sampler = 0;
     long steps = 50, width = 0, height = 0, batch = 1, clip_skip = 1;
     double cfg = NAN, cfg_rescale = 0, strength = NAN;
     const char *init_path = NULL;
@@ -380,6 +381,7 @@ int zl_cmd_generate(int argc, char **argv) {
         const char *v = argv[++i];
         if (dst) {
             *dst = v;
+            if (dst == &sampler_name) have_sampler = 1;
         } else if (is_lora) {
             if (n_lora == MAX_LORAS) return zl_cli_usage(CMD, "at most %d --lora", MAX_LORAS);
             lora_args[n_lora++] = v;
@@ -419,7 +421,7 @@ int zl_cmd_generate(int argc, char **argv) {
     if (skind < 0)
         return zl_cli_usage(CMD, "unknown sampler '%s' (euler, euler_a, dpmpp_2m, euler_karras, dpmpp_2m_karras)",
                             sampler_name);
-    const int karras = zl_sampler_name_karras(sampler_name);
+    int karras = zl_sampler_name_karras(sampler_name);
     if (karras && skind == ZL_SAMPLER_EULER_A)
         return zl_cli_usage(CMD, "--sampler %s: Euler a has no Karras schedule (diffusers has none); use euler_karras or "
                                  "dpmpp_2m_karras", sampler_name);
@@ -540,10 +542,17 @@ int zl_cmd_generate(int argc, char **argv) {
         if (rc) goto done;
     }
     const zl_sched_config *sc = zl_pipeline_sched(p);
-    zl_info("%s model %s%s%s, %ldx%ld, %ld step%s (%s%s, %s spacing), CFG %g, seed %llu%s",
+    const int model_sampler = !have_sampler && sc->sampler >= 0;
+    if (model_sampler) {
+        /* a diffusers folder names its scheduler: run that one, as its pipeline would */
+        skind = sc->sampler;
+        karras = sc->karras;
+    }
+    zl_info("%s model %s%s%s, %ldx%ld, %ld step%s (%s%s%s, %s spacing), CFG %g, seed %llu%s",
             zl_family_name(zl_pipeline_family(p)), model, sc->prediction == ZL_PRED_V ? ", v-prediction" : "",
             sc->zero_snr ? ", zero terminal SNR" : "", width, height, steps, steps == 1 ? "" : "s",
-            zl_sampler_name((zl_sampler_kind)skind), karras ? " Karras" : "", zl_spacing_name(sc->spacing), cfg,
+            zl_sampler_name((zl_sampler_kind)skind), karras ? " Karras" : "",
+            model_sampler ? ", the model's scheduler" : "", zl_spacing_name(sc->spacing), cfg,
             (unsigned long long)seed, noise ? " (noise from file)" : "");
 
     /* 1. text: encode once for the whole batch, then drop the encoders */

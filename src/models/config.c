@@ -316,6 +316,18 @@ static int sched_config_load(const char *path, zl_sched_config *c) {
             rc = zl_set_error(ZL_EUNSUPPORTED, "%s: prediction_type %s is not supported (epsilon or v_prediction)", path,
                               pv ? pv : "(not a string)");
     }
+    /* the sampler the model ships with, when it is one we run (generate uses it by default, as a
+     * diffusers pipeline would) */
+    const char *cls = json_string_value(json_object_get(j, "_class_name"));
+    if (cls && !strcmp(cls, "EulerDiscreteScheduler")) c->sampler = ZL_SAMPLER_EULER;
+    else if (cls && !strcmp(cls, "EulerAncestralDiscreteScheduler")) c->sampler = ZL_SAMPLER_EULER_A;
+    else if (cls && !strcmp(cls, "DPMSolverMultistepScheduler")) {
+        const char *alg = json_string_value(json_object_get(j, "algorithm_type"));
+        json_t *ord = json_object_get(j, "solver_order");
+        if ((!alg || !strcmp(alg, "dpmsolver++")) && (!ord || json_integer_value(ord) == 2))
+            c->sampler = ZL_SAMPLER_DPMPP_2M;
+    }
+    c->karras = json_is_true(json_object_get(j, "use_karras_sigmas")) && c->sampler != ZL_SAMPLER_EULER_A;
     if (!rc && (v = json_object_get(j, "timestep_spacing")) && !json_is_null(v)) {
         int sp = zl_spacing_from_name(json_string_value(v));
         if (sp < 0)

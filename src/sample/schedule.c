@@ -47,6 +47,7 @@ void zl_sched_config_default(zl_sched_config *c) {
     c->steps_offset = 1;
     c->spacing = ZL_SPACING_LEADING;
     c->prediction = ZL_PRED_EPSILON;
+    c->sampler = -1;
 }
 
 int zl_prediction_from_name(const char *name) {
