@@ -559,8 +559,9 @@ static void test_user_run(void) {
     static const char *const sm[][2] = {{"euler_a", "Sampler: Euler a, CFG"},
                                         {"dpmpp_2m", "Sampler: DPM++ 2M, CFG"},
                                         {"'DPM++ 2M Karras'", "Sampler: DPM++ 2M, Schedule type: Karras, CFG"},
-                                        {"euler_karras", "Sampler: Euler, Schedule type: Karras, CFG"}};
-    for (int i = 0; i < 4; i++) {
+                                        {"euler_karras", "Sampler: Euler, Schedule type: Karras, CFG"},
+                                        {"dpmpp_2m_sde_karras", "Sampler: DPM++ 2M SDE, Schedule type: Karras, CFG"}};
+    for (int i = 0; i < 5; i++) {
         snprintf(again, sizeof again, "%s", zt_tmp("sampler.png"));
         code = zt_cli("generate --model '%s/mini-sdxl' -p cat --steps 3 -W 64 -H 64 --sampler %s --seed 1 -o '%s' -q",
                       ZL_TEST_DATA, sm[i][0], again);

@@ -250,6 +250,61 @@ static void test_dpmpp_vs_vp_formula(void) {
     zl_sampler_free(&s);
 }
 
+/* DPM++ 2M SDE against diffusers' sde-dpmsolver++ midpoint update written in
+ * its variance preserving form, x_t = (s_t/s_s) e^-h x_s + a_t (1 - e^-2h)
+ * (D0 + D1/2) + s_t sqrt(1 - e^-2h) z, with z from RNG stream 1000 + k. */
+static void test_dpmpp_sde_vs_vp_formula(void) {
+    zl_schedule sch;
+    zl_schedule_default(&sch);
+    const int N = 12;
+    const size_t n = 64;
+    const uint64_t seed = 31;
+    zl_sampler s;
+    CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_DPMPP_2M_SDE, N, seed));
+    float *x = malloc(sizeof(float) * n), *eps = malloc(sizeof(float) * n), *z = malloc(sizeof(float) * n);
+    double *xv = malloc(sizeof(double) * n), *m_prev = malloc(sizeof(double) * n);
+    zl_rng r;
+    zl_rng_init(&r, 3, 0);
+    zl_rng_normal(&r, 0, z, n);
+    const double mu = -0.2, sd = 0.9;
+    for (size_t i = 0; i < n; i++) { x[i] = z[i] * s.init_noise_sigma; xv[i] = z[i]; }
+    for (int k = 0; k < N; k++) {
+        double sg = s.sigmas[k], sn = s.sigmas[k + 1];
+        for (size_t i = 0; i < n; i++) eps[i] = (float)gauss_eps(x[i], sg, mu, sd);
+        CHECK_OK(zl_sampler_step(&s, k, x, eps, n));
+        zl_rng rz;
+        zl_rng_init(&rz, seed, 1000 + (uint64_t)k);
+        zl_rng_normal(&rz, 0, z, n);
+        double as = 1 / sqrt(sg * sg + 1), ss = sg * as;
+        double at = 1 / sqrt(sn * sn + 1), st = sn * at;
+        for (size_t i = 0; i < n; i++) {
+            double e = gauss_eps(xv[i] / as, sg, mu, sd);
+            double m0 = (xv[i] - ss * e) / as;
+            if (sn == 0) {
+                xv[i] = m0;
+            } else {
+                double h = (log(at) - log(st)) - (log(as) - log(ss));
+                double D = m0;
+                if (k > 0 && k < N - 1) {
+                    double sp = s.sigmas[k - 1], ap = 1 / sqrt(sp * sp + 1);
+                    double r0 = ((log(as) - log(ss)) - (log(ap) - log(sp * ap))) / h;
+                    D = m0 + 0.5 * (m0 - m_prev[i]) / r0;
+                }
+                xv[i] = (st / ss) * exp(-h) * xv[i] + at * (1 - exp(-2 * h)) * D + st * sqrt(1 - exp(-2 * h)) * z[i];
+            }
+            m_prev[i] = m0;
+        }
+        double maxd = 0, maxr = 0;
+        for (size_t i = 0; i < n; i++) {
+            maxd = fmax(maxd, fabs(x[i] * at - xv[i]));
+            maxr = fmax(maxr, fabs(xv[i]));
+        }
+        CHECKM(maxd <= 1e-4 * fmax(1, maxr), "dpm++ 2m sde step %d: max diff %g", k, maxd);
+    }
+    free(x); free(eps); free(z); free(xv); free(m_prev);
+    zl_sampler_free(&s);
+}
+
 /* Euler ancestral against its formula written out here (diffusers'
  * EulerAncestralDiscreteScheduler.step), with the noise taken from the
  * documented RNG stream 1000 + k. */
@@ -319,7 +374,7 @@ static double gaussian_run(zl_sampler_kind kind, int steps, double *mean_out) {
     m /= n;
     for (size_t i = 0; i < n; i++) v += (x[i] - m) * (x[i] - m);
     *mean_out = m;
-    if (kind == ZL_SAMPLER_EULER_A) {
+    if (kind == ZL_SAMPLER_EULER_A || kind == ZL_SAMPLER_DPMPP_2M_SDE) {
         err = sqrt(v / n) / sd - 1;
     } else {
         /* every element is scaled by the same factor; measure it on the largest */
@@ -359,6 +414,10 @@ static void test_gaussian_closed_form(void) {
     /* sampling error of the std is 1/sqrt(2n) = 0.5%, of the mean 0.8/sqrt(n) = 0.006 */
     CHECKM(fabs(a400) < 0.025 && fabs(a400) < fabs(a50), "euler a: std error %g at 50 steps, %g at 400", a50, a400);
     CHECKM(fabs(m - 0.5) < 0.03, "euler a: mean %g", m);
+    /* DPM++ 2M SDE: the same, for the SDE sampler */
+    double d25 = gaussian_run(ZL_SAMPLER_DPMPP_2M_SDE, 25, &m);
+    CHECKM(fabs(d25) < 0.025, "dpm++ 2m sde: std error %g at 25 steps", d25);
+    CHECKM(fabs(m - 0.5) < 0.03, "dpm++ 2m sde: mean %g", m);
 }
 
 static void test_errors_and_names(void) {
@@ -448,6 +507,17 @@ static void test_karras(void) {
     CHECK(zl_sampler_init_ex(&s, &sch, ZL_SAMPLER_EULER_A, ZL_SIGMAS_KARRAS, 10, 0) == ZL_EUNSUPPORTED);
     CHECK(zl_sampler_from_name("dpmpp_2m_karras") == ZL_SAMPLER_DPMPP_2M && zl_sampler_name_karras("DPM++ 2M Karras"));
     CHECK(zl_sampler_from_name("Euler Karras") == ZL_SAMPLER_EULER && !zl_sampler_name_karras("euler"));
+    CHECK(zl_sampler_from_name("DPM++ 2M SDE Karras") == ZL_SAMPLER_DPMPP_2M_SDE && zl_sampler_name_karras("DPM++ 2M SDE Karras"));
+    CHECK(zl_sampler_from_name("dpmpp_2m_sde") == ZL_SAMPLER_DPMPP_2M_SDE &&
+          !strcmp(zl_sampler_name(ZL_SAMPLER_DPMPP_2M_SDE), "DPM++ 2M SDE"));
+    /* its grid is DPM-Solver's: Karras over the whole training range, timesteps rounded */
+    zl_sampler a, b2;
+    CHECK_OK(zl_sampler_init_ex(&a, &sch, ZL_SAMPLER_DPMPP_2M_SDE, ZL_SIGMAS_KARRAS, 10, 0));
+    CHECK_OK(zl_sampler_init_ex(&b2, &sch, ZL_SAMPLER_DPMPP_2M, ZL_SIGMAS_KARRAS, 10, 0));
+    CHECK(!memcmp(a.sigmas, b2.sigmas, 11 * sizeof(float)) && !memcmp(a.timesteps, b2.timesteps, 10 * sizeof(float)) &&
+          a.init_noise_sigma == b2.init_noise_sigma);
+    zl_sampler_free(&a);
+    zl_sampler_free(&b2);
 }
 
 /* Zero terminal SNR (rescale_zero_terminal_snr, Lin et al. 2023 Algorithm 1)
@@ -603,6 +673,7 @@ int main(void) {
     test_rng();
     test_dpmpp_vs_vp_formula();
     test_euler_a_formula();
+    test_dpmpp_sde_vs_vp_formula();
     test_gaussian_closed_form();
     test_errors_and_names();
     test_karras();

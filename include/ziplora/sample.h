@@ -16,6 +16,9 @@
  *    runs in the variance preserving space; it is the same update written in
  *    sigma space (x_vp = x / sqrt(sigma^2 + 1)), so it shares the interface.
  *    Its "leading" grid differs from Euler's: step = N_train // (steps + 1).
+ *  - ZL_SAMPLER_DPMPP_2M_SDE: the same scheduler with algorithm_type
+ *    "sde-dpmsolver++" (the A1111 name "DPM++ 2M SDE"): the same grid and data
+ *    predictions, plus noise each step (RNG stream 1000 + k).
  *
  * Karras sigmas (ZL_SIGMAS_KARRAS, diffusers' use_karras_sigmas; A1111's "Karras"
  * schedule type): sigma_i = (smax^(1/7) + i/(n-1) (smin^(1/7) - smax^(1/7)))^7 and the
@@ -134,10 +137,15 @@ void zl_rng_uniform(const zl_rng *r, uint64_t offset, float *out, size_t n);
 void zl_philox4x32(const uint32_t ctr[4], const uint32_t key[2], uint32_t out[4]);
 
 /* ---- Samplers ------------------------------------------------------------- */
-typedef enum { ZL_SAMPLER_EULER = 0, ZL_SAMPLER_EULER_A = 1, ZL_SAMPLER_DPMPP_2M = 2 } zl_sampler_kind;
+typedef enum {
+    ZL_SAMPLER_EULER = 0,
+    ZL_SAMPLER_EULER_A = 1,
+    ZL_SAMPLER_DPMPP_2M = 2,
+    ZL_SAMPLER_DPMPP_2M_SDE = 3 /* DPMSolverMultistepScheduler, algorithm_type sde-dpmsolver++ */
+} zl_sampler_kind;
 
-/* "euler", "euler_a", "dpmpp_2m" (also the A1111 names "Euler", "Euler a",
- * "DPM++ 2M"); -1 if unknown. */
+/* "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_sde" (also the A1111 names "Euler",
+ * "Euler a", "DPM++ 2M", "DPM++ 2M SDE"); -1 if unknown. */
 int zl_sampler_from_name(const char *name);
 /* 1 if the name asks for Karras sigmas ("dpmpp_2m_karras", "DPM++ 2M Karras"). */
 int zl_sampler_name_karras(const char *name);

@@ -40,7 +40,8 @@ static void usage(FILE *f) {
             "  --cfg G                guidance scale (default 5.0 for SDXL, 7.5 for SD 1.x; G <= 1 runs\n"
             "                         without guidance)\n"
             "  --sampler S            euler (default, as diffusers' SDXL, unless a diffusers folder's\n"
-            "                         scheduler config names another of these), euler_a, dpmpp_2m; with\n"
+            "                         scheduler config names another of these), euler_a, dpmpp_2m,\n"
+            "                         dpmpp_2m_sde (A1111's DPM++ 2M SDE; noise each step); with\n"
             "                         _karras (euler_karras, dpmpp_2m_karras = A1111's DPM++ 2M Karras)\n"
             "                         the Karras sigma schedule, as diffusers' use_karras_sigmas\n"
             "  --seed S               seed of the initial noise (default: random, printed and saved);\n"
@@ -419,7 +420,9 @@ int zl_cmd_generate(int argc, char **argv) {
     if (prompt_arg && prompt_file) return zl_cli_usage(CMD, "give either -p or --prompt-file, not both");
     int skind = zl_sampler_from_name(sampler_name);
     if (skind < 0)
-        return zl_cli_usage(CMD, "unknown sampler '%s' (euler, euler_a, dpmpp_2m, euler_karras, dpmpp_2m_karras)",
+        return zl_cli_usage(CMD,
+                            "unknown sampler '%s' (euler, euler_a, dpmpp_2m, dpmpp_2m_sde, euler_karras, dpmpp_2m_karras, "
+                            "dpmpp_2m_sde_karras)",
                             sampler_name);
     int karras = zl_sampler_name_karras(sampler_name);
     if (karras && skind == ZL_SAMPLER_EULER_A)

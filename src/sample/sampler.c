@@ -31,6 +31,8 @@ int zl_sampler_from_name(const char *name) {
         return ZL_SAMPLER_EULER_A;
     if (!strcasecmp(name, "dpmpp_2m") || !strcasecmp(name, "dpm++ 2m") || !strcasecmp(name, "dpm++2m"))
         return ZL_SAMPLER_DPMPP_2M;
+    if (!strcasecmp(name, "dpmpp_2m_sde") || !strcasecmp(name, "dpm++ 2m sde") || !strcasecmp(name, "dpm++2m sde"))
+        return ZL_SAMPLER_DPMPP_2M_SDE;
     return -1;
 }
 
@@ -44,6 +46,7 @@ const char *zl_sampler_name(zl_sampler_kind k) {
     case ZL_SAMPLER_EULER: return "Euler";
     case ZL_SAMPLER_EULER_A: return "Euler a";
     case ZL_SAMPLER_DPMPP_2M: return "DPM++ 2M";
+    case ZL_SAMPLER_DPMPP_2M_SDE: return "DPM++ 2M SDE";
     }
     return "?";
 }
@@ -91,13 +94,14 @@ int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind ki
     if (sigmas == ZL_SIGMAS_KARRAS && kind == ZL_SAMPLER_EULER_A)
         return zl_set_error(ZL_EUNSUPPORTED, "sampler: Euler a has no Karras schedule (diffusers' EulerAncestral has none); "
                                              "use euler or dpmpp_2m with it");
-    if (kind != ZL_SAMPLER_EULER && kind != ZL_SAMPLER_EULER_A && kind != ZL_SAMPLER_DPMPP_2M)
+    if (kind != ZL_SAMPLER_EULER && kind != ZL_SAMPLER_EULER_A && kind != ZL_SAMPLER_DPMPP_2M &&
+        kind != ZL_SAMPLER_DPMPP_2M_SDE)
         return zl_set_error(ZL_EINVAL, "sampler: unknown kind %d", (int)kind);
     if (n_steps < 1 || n_steps > sch->n_train)
         return zl_set_error(ZL_EINVAL, "sampler: --steps %d outside [1, %d]", n_steps, sch->n_train);
     /* "leading" spacing. Euler-family: ratio = N_train // steps, t_k = k*ratio.
      * DPM-Solver: ratio = N_train // (steps + 1) over steps + 1 points, dropping t = 0. */
-    const int N = sch->n_train, dpm = kind == ZL_SAMPLER_DPMPP_2M;
+    const int N = sch->n_train, dpm = kind == ZL_SAMPLER_DPMPP_2M || kind == ZL_SAMPLER_DPMPP_2M_SDE;
     int ratio = dpm ? N / (n_steps + 1) : N / n_steps;
     if (sch->spacing == ZL_SPACING_LEADING && ratio < 1)
         return zl_set_error(ZL_EINVAL, "sampler: --steps %d too large for %d training steps", n_steps, sch->n_train);
@@ -135,8 +139,8 @@ int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind ki
     s->sigmas[n_steps] = 0.0f;
     if (sigmas == ZL_SIGMAS_KARRAS) {
         /* ends: Euler's own grid (its first and last sigma); DPM-Solver: the whole training range */
-        double hi = kind == ZL_SAMPLER_DPMPP_2M ? sch->train_sigmas[sch->n_train - 1] : s->sigmas[0];
-        double lo = kind == ZL_SAMPLER_DPMPP_2M ? sch->train_sigmas[0] : s->sigmas[n_steps - 1];
+        double hi = dpm ? sch->train_sigmas[sch->n_train - 1] : s->sigmas[0];
+        double lo = dpm ? sch->train_sigmas[0] : s->sigmas[n_steps - 1];
         double a = pow(hi, 1.0 / 7), b = pow(lo, 1.0 / 7);
         smax = 0;
         for (int k = 0; k < n_steps; k++) {
@@ -144,7 +148,7 @@ int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind ki
             double sg = pow(a + ramp * (b - a), 7);
             double t = zl_sigma_to_t(sch, sg);
             s->sigmas[k] = (float)sg;
-            s->timesteps[k] = (float)(kind == ZL_SAMPLER_DPMPP_2M ? nearbyint(t) : t);
+            s->timesteps[k] = (float)(dpm ? nearbyint(t) : t);
             if (s->sigmas[k] > smax) smax = s->sigmas[k];
         }
     }
@@ -186,7 +190,11 @@ static int euler_ancestral(zl_sampler *s, int k, float *x, const float *eps, siz
     return ZL_OK;
 }
 
-static int dpmpp_2m(zl_sampler *s, int k, float *x, const float *eps, size_t n) {
+/* sde: DPMSolverMultistepScheduler's sde-dpmsolver++ (midpoint). In diffusers' variance
+ * preserving form x_t = (s_t/s_s) e^-h x_s + a_t (1 - e^-2h) D + s_t sqrt(1 - e^-2h) z; divided
+ * by a_t, with e^-h = r = sigma_t / sigma_s in sigma space: x_t = r^2 x_s + (1 - r^2) D +
+ * sigma_t sqrt(1 - r^2) z, z from RNG stream 1000 + k (as Euler a). */
+static int dpmpp_2m(zl_sampler *s, int k, float *x, const float *eps, size_t n, int sde) {
     if (!s->prev_x0) {
         s->prev_x0 = malloc(sizeof(float) * n);
         if (!s->prev_x0) return zl_set_error(ZL_ENOMEM, "sampler: out of memory for %zu values", n);
@@ -211,13 +219,24 @@ static int dpmpp_2m(zl_sampler *s, int k, float *x, const float *eps, size_t n) 
             double sp = s->sigmas[k - 1];
             r0 = (log(sp) - log(ss)) / h;
         }
+        float *z = NULL;
+        if (sde) {
+            z = malloc(sizeof(float) * n);
+            if (!z) return zl_set_error(ZL_ENOMEM, "sampler: out of memory for %zu noise values", n);
+            zl_rng r;
+            zl_rng_init(&r, s->rng.seed, 1000 + (uint64_t)k);
+            zl_rng_normal(&r, 0, z, n);
+        }
+        const double r2 = ratio * ratio, nz = st * sqrt(-expm1(-2 * h)); /* 1 - r^2 = -expm1(-2h) */
         for (size_t i = 0; i < n; i++) {
             double m0 = (double)x[i] - ss * eps[i];
             double d = m0;
             if (second) d = m0 + 0.5 * (m0 - s->prev_x0[i]) / r0;
-            x[i] = (float)(ratio * x[i] - em1 * d);
+            if (sde) x[i] = (float)(r2 * x[i] - expm1(-2 * h) * d + nz * z[i]);
+            else x[i] = (float)(ratio * x[i] - em1 * d);
             s->prev_x0[i] = (float)m0;
         }
+        free(z);
     }
     s->n_lower++;
     return ZL_OK;
@@ -228,7 +247,8 @@ int zl_sampler_step(zl_sampler *s, int k, float *x, const float *eps, size_t n) 
     switch (s->kind) {
     case ZL_SAMPLER_EULER: euler(x, eps, n, s->sigmas[k], s->sigmas[k + 1]); return ZL_OK;
     case ZL_SAMPLER_EULER_A: return euler_ancestral(s, k, x, eps, n);
-    case ZL_SAMPLER_DPMPP_2M: return dpmpp_2m(s, k, x, eps, n);
+    case ZL_SAMPLER_DPMPP_2M: return dpmpp_2m(s, k, x, eps, n, 0);
+    case ZL_SAMPLER_DPMPP_2M_SDE: return dpmpp_2m(s, k, x, eps, n, 1);
     }
     return zl_set_error(ZL_EINVAL, "sampler: unknown kind");
 }
