@@ -177,7 +177,9 @@ int main(void) {
         } cls[] = {
             {"{\"_class_name\": \"DPMSolverMultistepScheduler\", \"use_karras_sigmas\": true}", ZL_SAMPLER_DPMPP_2M, 1},
             {"{\"_class_name\": \"DPMSolverMultistepScheduler\", \"solver_order\": 3}", -1, 0},
-            {"{\"_class_name\": \"DPMSolverMultistepScheduler\", \"algorithm_type\": \"sde-dpmsolver++\"}", -1, 0},
+            {"{\"_class_name\": \"DPMSolverMultistepScheduler\", \"algorithm_type\": \"sde-dpmsolver++\"}",
+             ZL_SAMPLER_DPMPP_2M_SDE, 0},
+            {"{\"_class_name\": \"DPMSolverMultistepScheduler\", \"algorithm_type\": \"dpmsolver\"}", -1, 0},
             {"{\"_class_name\": \"EulerAncestralDiscreteScheduler\", \"use_karras_sigmas\": true}", ZL_SAMPLER_EULER_A, 0},
             {"{\"_class_name\": \"EulerDiscreteScheduler\", \"use_karras_sigmas\": true}", ZL_SAMPLER_EULER, 1},
             {"{\"_class_name\": \"PNDMScheduler\"}", -1, 0},

@@ -324,8 +324,10 @@ static int sched_config_load(const char *path, zl_sched_config *c) {
     else if (cls && !strcmp(cls, "DPMSolverMultistepScheduler")) {
         const char *alg = json_string_value(json_object_get(j, "algorithm_type"));
         json_t *ord = json_object_get(j, "solver_order");
-        if ((!alg || !strcmp(alg, "dpmsolver++")) && (!ord || json_integer_value(ord) == 2))
-            c->sampler = ZL_SAMPLER_DPMPP_2M;
+        if (!ord || json_integer_value(ord) == 2) {
+            if (!alg || !strcmp(alg, "dpmsolver++")) c->sampler = ZL_SAMPLER_DPMPP_2M;
+            else if (!strcmp(alg, "sde-dpmsolver++")) c->sampler = ZL_SAMPLER_DPMPP_2M_SDE;
+        }
     }
     c->karras = json_is_true(json_object_get(j, "use_karras_sigmas")) && c->sampler != ZL_SAMPLER_EULER_A;
     if (!rc && (v = json_object_get(j, "timestep_spacing")) && !json_is_null(v)) {
