@@ -397,6 +397,25 @@ static void test_cli(void) {
         zl_lora_free(y5);
         zl_lora_free(y16);
     }
+    /* zip with a LoHa subject: its layer enters as the rank-16 LoRA form, so the merged layer has
+     * rank 16 + the style's */
+    {
+        char zo[1024], st[1024], io[1024];
+        snprintf(zo, sizeof zo, "%s", zt_tmp("zip_loha.safetensors"));
+        snprintf(st, sizeof st, "%s", zt_data("tiny-sdxl/loras/style.kohya.safetensors"));
+        snprintf(io, sizeof io, "%s", zt_data("tiny-sdxl/zip_io.safetensors"));
+        code = zt_cli("zip --model '%s' --content '%s' --style '%s' --fixed-inputs '%s' --steps 2 -o '%s' --dtype f32 -q",
+                      model, loha, st, io, zo);
+        CHECKM(code == 0, "zip with a LoHa subject: exit %d %s", code, zt_err);
+        zl_lora *zl = NULL, *sl = NULL;
+        const char *qm = "down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q";
+        if (!code) CHECK_OK(zl_lora_load(zo, &o, &zl));
+        CHECK_OK(zl_lora_load(st, &o, &sl));
+        const zl_lora_layer *q = zl ? zl_lora_find(zl, ZL_PART_UNET, qm) : NULL, *sq = sl ? zl_lora_find(sl, ZL_PART_UNET, qm) : NULL;
+        CHECKM(q && sq && q->rank == 16 + sq->rank, "merged to_q rank %d, want 16 + %d", q ? q->rank : -1, sq ? sq->rank : -1);
+        zl_lora_free(zl);
+        zl_lora_free(sl);
+    }
     code = zt_cli("merge --content '%s' --style '%s' -o '%s' -q", loha, zt_data("tiny-sdxl/loras/style.kohya.safetensors"),
                   mg);
     CHECKM(code == 0, "merge a LoHa with a LoRA: exit %d %s", code, zt_err);
