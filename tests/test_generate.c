@@ -802,6 +802,57 @@ static void test_model_scheduler(void) {
     free(pr);
 }
 
+/* --from-png: an image's parameters text reproduces it (the same latent bytes and
+ * the same parameters text) given the same LoRA; flags win over it; a PNG without
+ * parameters is refused naming it. */
+static void test_from_png(void) {
+    char d[1024], lora[1200], p1[1024], p2[1024], l1[1024], l2[1024];
+    snprintf(d, sizeof d, "%s/tiny-sd15", ZL_TEST_DATA);
+    snprintf(lora, sizeof lora, "%s/loras/content.kohya.safetensors", d);
+    snprintf(p1, sizeof p1, "%s", zt_tmp("fp1.png"));
+    snprintf(p2, sizeof p2, "%s", zt_tmp("fp2.png"));
+    snprintf(l1, sizeof l1, "%s", zt_tmp("fp1.safetensors"));
+    snprintf(l2, sizeof l2, "%s", zt_tmp("fp2.safetensors"));
+    int code = zt_cli("generate --model '%s' -p 'a cat, \"quoted\": yes' -n 'blurry, dark' --steps 3 --sampler dpmpp_2m_karras "
+                      "--cfg 4 --seed 7 -W 64 -H 48 --clip-skip 2 --cfg-rescale 0.5 --long-prompt --lora '%s:0.5' "
+                      "--save-latent '%s' -o '%s' -q",
+                      d, lora, l1, p1);
+    CHECKM(code == 0, "first image: %s", zt_err);
+    code = zt_cli("generate --model '%s' --from-png '%s' --lora '%s:0.5' --save-latent '%s' -o '%s' -q", d, p1, lora, l2, p2);
+    CHECKM(code == 0, "--from-png: %s", zt_err);
+    char *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    if (!code) {
+        CHECK_OK(zl_read_file(l1, &a, &na));
+        CHECK_OK(zl_read_file(l2, &b, &nb));
+        CHECKM(a && b && na == nb && !memcmp(a, b, na), "the same latent bytes");
+        char *t1 = png_parameters(p1), *t2 = png_parameters(p2);
+        CHECKM(t1 && t2 && !strcmp(t1, t2), "the same parameters:\n%s\n%s", t1 ? t1 : "", t2 ? t2 : "");
+        free(t1);
+        free(t2);
+    }
+    free(a);
+    free(b);
+    /* a flag wins; without the LoRA the warning names the image's LoRAs */
+    code = zt_cli("generate --model '%s' --from-png '%s' --seed 8 -o '%s'", d, p1, p2);
+    char *t = code ? NULL : png_parameters(p2);
+    CHECKM(t && strstr(t, "Seed: 8,") && strstr(t, "Steps: 3, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 4,") &&
+               strstr(zt_err, "content.kohya: 0.5") && strstr(zt_err, "--lora"),
+           "--from-png --seed 8: %s | %s", t ? t : "", zt_err);
+    free(t);
+    /* refusals: a PNG without parameters (exit 1), the source as the output (2) */
+    char bare[1024];
+    snprintf(bare, sizeof bare, "%s", zt_tmp("bare.png"));
+    zl_image im = {.w = 8, .h = 8, .c = 3};
+    im.px = calloc(8 * 8 * 3, 1);
+    CHECK_OK(zl_png_write(bare, &im, NULL, 0, NULL, 0));
+    zl_image_free(&im);
+    code = zt_cli("generate --model '%s' --from-png '%s' -o '%s'", d, bare, p2);
+    CHECKM(code == 1 && strstr(zt_err, bare) && strstr(zt_err, "parameters"), "bare PNG: exit %d %s", code, zt_err);
+    code = zt_cli("generate --model '%s' --from-png '%s' -o '%s'", d, p1, p1);
+    CHECKM(code == 2 && strstr(zt_err, "input"), "-o the source PNG: exit %d %s", code, zt_err);
+}
+
 /* Each bad input: exit code, the culprit named, no output. */
 static void expect_fail(int code, int want, const char *needle, const char *out, const char *what) {
     CHECKM(code == want, "%s: exit %d, expected %d: %s", what, code, want, zt_err);
@@ -938,6 +989,7 @@ int main(void) {
     test_user_run();
     test_vpred_cli();
     test_model_scheduler();
+    test_from_png();
     test_img2img();
     test_bad_inputs();
     return zt_done();

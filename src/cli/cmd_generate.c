@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "png_params.h"
 #include "ziplora/image.h"
 #include "ziplora/pipeline.h"
 
@@ -79,6 +80,10 @@ static void usage(FILE *f) {
             "  --te2-config JSON\n"
             "  --f32-weights          widen the UNet weights to float32 once (faster steps, more memory)\n"
             "  --no-tile              decode without VAE tiles (exact at large sizes, more memory)\n"
+            "  --from-png FILE        take every setting the PNG's parameters text holds (prompt, negative,\n"
+            "                         steps, sampler, CFG, seed, size, clip skip, noise schedule, ...) that\n"
+            "                         the command line does not give; LoRAs are named there, not found:\n"
+            "                         give them with --lora\n"
             "  -o, --out OUT.png      output image\n"
             "  -q, -v, --threads N    quiet, verbose, thread count\n");
 }
@@ -330,6 +335,93 @@ static int load_noise(const char *spec, int batch, int C, float **out, int *h, i
     return ZL_OK;
 }
 
+static int generate_run(const char *model, const char *out_path, const char *prompt_arg, const char *negative,
+                        const char *prompt_file, const char *sampler_name, const char *noise_spec,
+                        const char *latent_path, const char *unet_cfg, const char *vae_cfg, const char *te1_cfg,
+                        const char *te2_cfg, const char *vae, const char **lora_args, int n_lora, int grid, int f32,
+                        int no_tile, int have_seed, int long_prompt, int have_sampler, long steps, long width,
+                        long height, long batch, long clip_skip, double cfg, double cfg_rescale, double strength,
+                        const char *init_path, const char *from_png, uint64_t seed, zl_sched_override sched);
+
+/* --from-png: every setting the image's parameters text holds and the command line does not give.
+ * Returns a usage error (2) for a value we cannot take, 1 if the file cannot be read, else 0. */
+typedef struct {
+    const char **prompt, **negative, **sampler_name;
+    long *steps, *width, *height, *clip_skip;
+    double *cfg, *cfg_rescale, *strength;
+    uint64_t *seed;
+    int *have_seed, *have_sampler, *long_prompt, steps_given, clip_given, rescale_given, init_image, n_lora;
+    zl_sched_override *sched;
+    char sampler_buf[80];
+} from_png_ctx;
+
+static int apply_png(const char *path, const zl_png_params *pp, from_png_ctx *c) {
+    const char *v;
+    char what[1100];
+    if (!*c->prompt) *c->prompt = pp->prompt;
+    if (!*c->negative) *c->negative = pp->negative;
+    if (!c->steps_given && (v = zl_png_params_get(pp, "Steps"))) {
+        snprintf(what, sizeof what, "--from-png %s: Steps", path);
+        if (zl_cli_int(CMD, what, v, 1, 1000, c->steps)) return ZL_EXIT_USAGE;
+    }
+    if (isnan(*c->cfg) && (v = zl_png_params_get(pp, "CFG scale"))) {
+        snprintf(what, sizeof what, "--from-png %s: CFG scale", path);
+        if (zl_cli_float(CMD, what, v, c->cfg)) return ZL_EXIT_USAGE;
+    }
+    if (!*c->have_seed && (v = zl_png_params_get(pp, "Seed"))) {
+        char *end;
+        errno = 0;
+        unsigned long long s = strtoull(v, &end, 10);
+        if (!*v || *end || *v == '-' || errno) return zl_cli_usage(CMD, "--from-png %s: Seed '%s' is not a seed", path, v);
+        *c->seed = s;
+        *c->have_seed = 1;
+    }
+    if (!*c->width && !*c->height && (v = zl_png_params_get(pp, "Size"))) {
+        long w = 0, h = 0;
+        char tail;
+        if (sscanf(v, "%ldx%ld%c", &w, &h, &tail) != 2 || w < 8 || h < 8 || w > ZL_IMAGE_MAX_SIDE || h > ZL_IMAGE_MAX_SIDE ||
+            w % 8 || h % 8)
+            return zl_cli_usage(CMD, "--from-png %s: Size '%s' is not WxH in multiples of 8", path, v);
+        *c->width = w;
+        *c->height = h;
+    }
+    if (!*c->have_sampler && (v = zl_png_params_get(pp, "Sampler"))) {
+        const char *st = zl_png_params_get(pp, "Schedule type");
+        snprintf(c->sampler_buf, sizeof c->sampler_buf, "%s%s", v, st && !strcmp(st, "Karras") ? " Karras" : "");
+        if (zl_sampler_from_name(c->sampler_buf) < 0)
+            return zl_cli_usage(CMD, "--from-png %s: sampler '%s' is not one this tool runs (give --sampler)", path, v);
+        *c->sampler_name = c->sampler_buf;
+        *c->have_sampler = 1;
+    }
+    if (!c->clip_given && (v = zl_png_params_get(pp, "Clip skip"))) {
+        snprintf(what, sizeof what, "--from-png %s: Clip skip", path);
+        if (zl_cli_int(CMD, what, v, 1, 48, c->clip_skip)) return ZL_EXIT_USAGE;
+    }
+    if (!c->rescale_given && (v = zl_png_params_get(pp, "CFG rescale"))) {
+        snprintf(what, sizeof what, "--from-png %s: CFG rescale", path);
+        if (zl_cli_float(CMD, what, v, c->cfg_rescale)) return ZL_EXIT_USAGE;
+    }
+    if (zl_png_params_get(pp, "Prompt chunks")) *c->long_prompt = 1;
+    if (!c->sched->prediction && (v = zl_png_params_get(pp, "Prediction"))) c->sched->prediction = v;
+    if (!c->sched->zero_snr && (v = zl_png_params_get(pp, "Zero terminal SNR")) && !strcmp(v, "True"))
+        c->sched->zero_snr = 1;
+    if (!c->sched->spacing && (v = zl_png_params_get(pp, "Timestep spacing"))) c->sched->spacing = v;
+    if (c->sched->prediction && zl_prediction_from_name(c->sched->prediction) < 0)
+        return zl_cli_usage(CMD, "--from-png %s: Prediction '%s' is not epsilon or v_prediction", path, c->sched->prediction);
+    if (c->sched->spacing && zl_spacing_from_name(c->sched->spacing) < 0)
+        return zl_cli_usage(CMD, "--from-png %s: Timestep spacing '%s' is not leading, trailing or linspace", path,
+                            c->sched->spacing);
+    if (c->init_image && isnan(*c->strength) && (v = zl_png_params_get(pp, "Denoising strength"))) {
+        snprintf(what, sizeof what, "--from-png %s: Denoising strength", path);
+        if (zl_cli_float(CMD, what, v, c->strength)) return ZL_EXIT_USAGE;
+    }
+    if (!c->n_lora && (v = zl_png_params_get(pp, "Lora weights")))
+        zl_warn("%s was made with the LoRAs %s: the file names are not in the image; give them with --lora FILE:W", path,
+                v);
+    if ((v = zl_png_params_get(pp, "Model"))) zl_info("%s was made with the model '%s'", path, v);
+    return 0;
+}
+
 int zl_cmd_generate(int argc, char **argv) {
     const char *model = NULL, *out_path = NULL, *prompt_arg = NULL, *negative = NULL, *prompt_file = NULL;
     const char *sampler_name = "euler", *noise_spec = NULL, *latent_path = NULL;
@@ -338,7 +430,8 @@ int zl_cmd_generate(int argc, char **argv) {
     int n_lora = 0, grid = 0, f32 = 0, no_tile = 0, have_seed = 0, long_prompt = 0, have_sampler = 0;
     long steps = 50, width = 0, height = 0, batch = 1, clip_skip = 1;
     double cfg = NAN, cfg_rescale = 0, strength = NAN;
-    const char *init_path = NULL;
+    const char *init_path = NULL, *from_png = NULL;
+    int steps_given = 0, clip_given = 0, rescale_given = 0;
     uint64_t seed = 0;
     zl_sched_override sched = {0};
     for (int i = 1; i < argc; i++) {
@@ -366,6 +459,7 @@ int zl_cmd_generate(int argc, char **argv) {
                            : !strcmp(a, "--te1-config") ? &te1_cfg
                            : !strcmp(a, "--te2-config") ? &te2_cfg
                            : (!strcmp(a, "--init-image") || !strcmp(a, "-i")) ? &init_path
+                           : !strcmp(a, "--from-png") ? &from_png
                            : NULL;
         long *num = !strcmp(a, "--steps") ? &steps
                     : !strcmp(a, "--clip-skip") ? &clip_skip
@@ -393,6 +487,7 @@ int zl_cmd_generate(int argc, char **argv) {
             if (!(strength > 0 && strength <= 1)) return zl_cli_usage(CMD, "%s %s is outside (0, 1]", a, v);
         } else if (is_resc) {
             if (zl_cli_float(CMD, a, v, &cfg_rescale)) return ZL_EXIT_USAGE;
+            rescale_given = 1;
             if (cfg_rescale < 0 || cfg_rescale > 1) return zl_cli_usage(CMD, "%s %s is outside [0, 1]", a, v);
         } else if (is_seed) {
             char *end;
@@ -404,16 +499,56 @@ int zl_cmd_generate(int argc, char **argv) {
             have_seed = 1;
         } else if (num == &steps) {
             if (zl_cli_int(CMD, a, v, 1, 1000, num)) return ZL_EXIT_USAGE;
+            steps_given = 1;
         } else if (num == &batch) {
             if (zl_cli_int(CMD, a, v, 1, MAX_BATCH, num)) return ZL_EXIT_USAGE;
         } else if (num == &clip_skip) {
             if (zl_cli_int(CMD, a, v, 1, 48, num)) return ZL_EXIT_USAGE;
+            clip_given = 1;
         } else {
             if (zl_cli_int(CMD, a, v, 1, ZL_IMAGE_MAX_SIDE, num)) return ZL_EXIT_USAGE;
             if (*num % 8)
                 return zl_cli_usage(CMD, "%s %ld is not a multiple of 8 (the VAE works on 8x8 pixel cells)", a, *num);
         }
     }
+    zl_png_params pp = {0};
+    if (from_png) {
+        /* the image's settings, where the command line gives none */
+        int rc0 = zl_png_params_read(from_png, &pp);
+        if (rc0) return zl_cli_fail(rc0 == ZL_EINVAL ? ZL_EFORMAT : rc0, NULL);
+        from_png_ctx fc = {.prompt = prompt_file ? &prompt_file : &prompt_arg, .negative = &negative,
+                           .sampler_name = &sampler_name, .steps = &steps, .width = &width, .height = &height,
+                           .clip_skip = &clip_skip, .cfg = &cfg, .cfg_rescale = &cfg_rescale, .strength = &strength,
+                           .seed = &seed, .have_seed = &have_seed, .have_sampler = &have_sampler,
+                           .long_prompt = &long_prompt, .steps_given = steps_given, .clip_given = clip_given,
+                           .rescale_given = rescale_given, .init_image = init_path != NULL, .n_lora = n_lora,
+                           .sched = &sched};
+        int code = apply_png(from_png, &pp, &fc);
+        if (code) {
+            zl_png_params_free(&pp);
+            return code;
+        }
+        static char sbuf[80];
+        if (sampler_name == fc.sampler_buf) {
+            memcpy(sbuf, fc.sampler_buf, sizeof sbuf);
+            sampler_name = sbuf;
+        }
+    }
+    int code0 = generate_run(model, out_path, prompt_arg, negative, prompt_file, sampler_name, noise_spec, latent_path,
+                             unet_cfg, vae_cfg, te1_cfg, te2_cfg, vae, lora_args, n_lora, grid, f32, no_tile, have_seed,
+                             long_prompt, have_sampler, steps, width, height, batch, clip_skip, cfg, cfg_rescale,
+                             strength, init_path, from_png, seed, sched);
+    zl_png_params_free(&pp);
+    return code0;
+}
+
+static int generate_run(const char *model, const char *out_path, const char *prompt_arg, const char *negative,
+                        const char *prompt_file, const char *sampler_name, const char *noise_spec,
+                        const char *latent_path, const char *unet_cfg, const char *vae_cfg, const char *te1_cfg,
+                        const char *te2_cfg, const char *vae, const char **lora_args, int n_lora, int grid, int f32,
+                        int no_tile, int have_seed, int long_prompt, int have_sampler, long steps, long width,
+                        long height, long batch, long clip_skip, double cfg, double cfg_rescale, double strength,
+                        const char *init_path, const char *from_png, uint64_t seed, zl_sched_override sched) {
     if (!model) return zl_cli_usage(CMD, "--model is required");
     if (!out_path) return zl_cli_usage(CMD, "-o is required");
     if (!prompt_arg && !prompt_file) return zl_cli_usage(CMD, "a prompt is required (-p TEXT or --prompt-file F)");
@@ -449,7 +584,7 @@ int zl_cmd_generate(int argc, char **argv) {
     char *grid_path = NULL;
     zl_cond cond = {0};
     infotext it = {0};
-    const char *inputs[MAX_LORAS + 8];
+    const char *inputs[MAX_LORAS + 10];
     int n_inputs = 0, nh = 0, nw = 0;
     zl_outset outs = {0}; /* every output appears at the end, together, or none does */
 
@@ -457,6 +592,7 @@ int zl_cmd_generate(int argc, char **argv) {
         if ((rc = read_prompt_file(prompt_file, &prompt_buf))) goto done;
         inputs[n_inputs++] = prompt_file;
     }
+    if (from_png) inputs[n_inputs++] = from_png; /* -o the same PNG would lose its parameters' source */
     const char *prompt = prompt_file ? prompt_buf : prompt_arg;
     if (noise_spec) {
         if ((rc = load_noise(noise_spec, (int)batch, 4, &noise, &nh, &nw, &noise_file))) goto done;
