@@ -847,6 +847,26 @@ static void test_from_png(void) {
     im.px = calloc(8 * 8 * 3, 1);
     CHECK_OK(zl_png_write(bare, &im, NULL, 0, NULL, 0));
     zl_image_free(&im);
+    /* an A1111 image: its sampler name, "Lora hashes" (no weights: those are <lora:> tags in its prompt) */
+    {
+        char a1[1024];
+        snprintf(a1, sizeof a1, "%s", zt_tmp("a1111.png"));
+        zl_image ai = {.w = 8, .h = 8, .c = 3};
+        ai.px = calloc(8 * 8 * 3, 1);
+        zl_png_text tx = {.key = "parameters",
+                          .value = "a dog <lora:style_x:0.7>\nNegative prompt: lowres\nSteps: 2, Sampler: Euler a, "
+                                   "CFG scale: 6, Seed: 99, Size: 64x64, Model hash: abc, Model: ponyXL, "
+                                   "Lora hashes: \"style_x: 1234abcd\", Version: v1.10.1"};
+        CHECK_OK(zl_png_write(a1, &ai, &tx, 1, NULL, 0));
+        zl_image_free(&ai);
+        code = zt_cli("generate --model '%s' --from-png '%s' -o '%s'", d, a1, p2);
+        t = code ? NULL : png_parameters(p2);
+        CHECKM(t && strstr(t, "a dog <lora:style_x:0.7>\nNegative prompt: lowres\nSteps: 2, Sampler: Euler a, CFG scale: 6, "
+                              "Seed: 99, Size: 64x64,") &&
+                   strstr(zt_err, "made with the LoRAs style_x: 1234abcd") && strstr(zt_err, "ponyXL"),
+               "A1111 image: exit %d %s | %s", code, t ? t : "", zt_err);
+        free(t);
+    }
     code = zt_cli("generate --model '%s' --from-png '%s' -o '%s'", d, bare, p2);
     CHECKM(code == 1 && strstr(zt_err, bare) && strstr(zt_err, "parameters"), "bare PNG: exit %d %s", code, zt_err);
     code = zt_cli("generate --model '%s' --from-png '%s' -o '%s'", d, p1, p1);

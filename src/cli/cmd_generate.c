@@ -415,7 +415,8 @@ static int apply_png(const char *path, const zl_png_params *pp, from_png_ctx *c)
         snprintf(what, sizeof what, "--from-png %s: Denoising strength", path);
         if (zl_cli_float(CMD, what, v, c->strength)) return ZL_EXIT_USAGE;
     }
-    if (!c->n_lora && (v = zl_png_params_get(pp, "Lora weights")))
+    /* ours name the weights; A1111's only the hashes (the weights are <lora:...> tags in the prompt) */
+    if (!c->n_lora && ((v = zl_png_params_get(pp, "Lora weights")) || (v = zl_png_params_get(pp, "Lora hashes"))))
         zl_warn("%s was made with the LoRAs %s: the file names are not in the image; give them with --lora FILE:W", path,
                 v);
     if ((v = zl_png_params_get(pp, "Model"))) zl_info("%s was made with the model '%s'", path, v);
