@@ -335,85 +335,82 @@ static int load_noise(const char *spec, int batch, int C, float **out, int *h, i
     return ZL_OK;
 }
 
-static int generate_run(const char *model, const char *out_path, const char *prompt_arg, const char *negative,
-                        const char *prompt_file, const char *sampler_name, const char *noise_spec,
-                        const char *latent_path, const char *unet_cfg, const char *vae_cfg, const char *te1_cfg,
-                        const char *te2_cfg, const char *vae, const char **lora_args, int n_lora, int grid, int f32,
-                        int no_tile, int have_seed, int long_prompt, int have_sampler, long steps, long width,
-                        long height, long batch, long clip_skip, double cfg, double cfg_rescale, double strength,
-                        const char *init_path, const char *from_png, uint64_t seed, zl_sched_override sched);
+
+/* Everything the command line sets (and --from-png fills in). */
+typedef struct {
+    const char *model, *out_path, *prompt_arg, *negative, *prompt_file, *sampler_name, *noise_spec, *latent_path;
+    const char *unet_cfg, *vae_cfg, *te1_cfg, *te2_cfg, *vae, *init_path, *from_png;
+    const char *lora_args[MAX_LORAS];
+    int n_lora, grid, f32, no_tile, have_seed, long_prompt, have_sampler;
+    int steps_given, clip_given, rescale_given; /* given on the command line (they win over --from-png) */
+    long steps, width, height, batch, clip_skip;
+    double cfg, cfg_rescale, strength;
+    uint64_t seed;
+    zl_sched_override sched;
+    char sampler_buf[80]; /* --from-png's sampler name */
+} gen_args;
 
 /* --from-png: every setting the image's parameters text holds and the command line does not give.
- * Returns a usage error (2) for a value we cannot take, 1 if the file cannot be read, else 0. */
-typedef struct {
-    const char **prompt, **negative, **sampler_name;
-    long *steps, *width, *height, *clip_skip;
-    double *cfg, *cfg_rescale, *strength;
-    uint64_t *seed;
-    int *have_seed, *have_sampler, *long_prompt, steps_given, clip_given, rescale_given, init_image, n_lora;
-    zl_sched_override *sched;
-    char sampler_buf[80];
-} from_png_ctx;
-
-static int apply_png(const char *path, const zl_png_params *pp, from_png_ctx *c) {
+ * Returns a usage error (2) for a value we cannot take, else 0. */
+static int apply_png(const char *path, const zl_png_params *pp, gen_args *c) {
     const char *v;
     char what[1100];
-    if (!*c->prompt) *c->prompt = pp->prompt;
-    if (!*c->negative) *c->negative = pp->negative;
+    if (!c->prompt_arg && !c->prompt_file) c->prompt_arg = pp->prompt;
+    if (!c->negative) c->negative = pp->negative;
     if (!c->steps_given && (v = zl_png_params_get(pp, "Steps"))) {
         snprintf(what, sizeof what, "--from-png %s: Steps", path);
-        if (zl_cli_int(CMD, what, v, 1, 1000, c->steps)) return ZL_EXIT_USAGE;
+        if (zl_cli_int(CMD, what, v, 1, 1000, &c->steps)) return ZL_EXIT_USAGE;
     }
-    if (isnan(*c->cfg) && (v = zl_png_params_get(pp, "CFG scale"))) {
+    if (isnan(c->cfg) && (v = zl_png_params_get(pp, "CFG scale"))) {
         snprintf(what, sizeof what, "--from-png %s: CFG scale", path);
-        if (zl_cli_float(CMD, what, v, c->cfg)) return ZL_EXIT_USAGE;
+        if (zl_cli_float(CMD, what, v, &c->cfg)) return ZL_EXIT_USAGE;
     }
-    if (!*c->have_seed && (v = zl_png_params_get(pp, "Seed"))) {
+    if (!c->have_seed && (v = zl_png_params_get(pp, "Seed"))) {
         char *end;
         errno = 0;
         unsigned long long s = strtoull(v, &end, 10);
         if (!*v || *end || *v == '-' || errno) return zl_cli_usage(CMD, "--from-png %s: Seed '%s' is not a seed", path, v);
-        *c->seed = s;
-        *c->have_seed = 1;
+        c->seed = s;
+        c->have_seed = 1;
     }
-    if (!*c->width && !*c->height && (v = zl_png_params_get(pp, "Size"))) {
+    if (!c->width && !c->height && (v = zl_png_params_get(pp, "Size"))) {
         long w = 0, h = 0;
         char tail;
         if (sscanf(v, "%ldx%ld%c", &w, &h, &tail) != 2 || w < 8 || h < 8 || w > ZL_IMAGE_MAX_SIDE || h > ZL_IMAGE_MAX_SIDE ||
             w % 8 || h % 8)
             return zl_cli_usage(CMD, "--from-png %s: Size '%s' is not WxH in multiples of 8", path, v);
-        *c->width = w;
-        *c->height = h;
+        c->width = w;
+        c->height = h;
     }
-    if (!*c->have_sampler && (v = zl_png_params_get(pp, "Sampler"))) {
+    if (!c->have_sampler && (v = zl_png_params_get(pp, "Sampler"))) {
         const char *st = zl_png_params_get(pp, "Schedule type");
         snprintf(c->sampler_buf, sizeof c->sampler_buf, "%s%s", v, st && !strcmp(st, "Karras") ? " Karras" : "");
         if (zl_sampler_from_name(c->sampler_buf) < 0)
             return zl_cli_usage(CMD, "--from-png %s: sampler '%s' is not one this tool runs (give --sampler)", path, v);
-        *c->sampler_name = c->sampler_buf;
-        *c->have_sampler = 1;
+        c->sampler_name = c->sampler_buf;
+        c->have_sampler = 1;
     }
     if (!c->clip_given && (v = zl_png_params_get(pp, "Clip skip"))) {
         snprintf(what, sizeof what, "--from-png %s: Clip skip", path);
-        if (zl_cli_int(CMD, what, v, 1, 48, c->clip_skip)) return ZL_EXIT_USAGE;
+        if (zl_cli_int(CMD, what, v, 1, 48, &c->clip_skip)) return ZL_EXIT_USAGE;
     }
     if (!c->rescale_given && (v = zl_png_params_get(pp, "CFG rescale"))) {
         snprintf(what, sizeof what, "--from-png %s: CFG rescale", path);
-        if (zl_cli_float(CMD, what, v, c->cfg_rescale)) return ZL_EXIT_USAGE;
+        if (zl_cli_float(CMD, what, v, &c->cfg_rescale)) return ZL_EXIT_USAGE;
     }
-    if (zl_png_params_get(pp, "Prompt chunks")) *c->long_prompt = 1;
-    if (!c->sched->prediction && (v = zl_png_params_get(pp, "Prediction"))) c->sched->prediction = v;
-    if (!c->sched->zero_snr && (v = zl_png_params_get(pp, "Zero terminal SNR")) && !strcmp(v, "True"))
-        c->sched->zero_snr = 1;
-    if (!c->sched->spacing && (v = zl_png_params_get(pp, "Timestep spacing"))) c->sched->spacing = v;
-    if (c->sched->prediction && zl_prediction_from_name(c->sched->prediction) < 0)
-        return zl_cli_usage(CMD, "--from-png %s: Prediction '%s' is not epsilon or v_prediction", path, c->sched->prediction);
-    if (c->sched->spacing && zl_spacing_from_name(c->sched->spacing) < 0)
+    if (zl_png_params_get(pp, "Prompt chunks")) c->long_prompt = 1;
+    if (!c->sched.prediction && (v = zl_png_params_get(pp, "Prediction"))) c->sched.prediction = v;
+    if (!c->sched.zero_snr && (v = zl_png_params_get(pp, "Zero terminal SNR")) && !strcmp(v, "True"))
+        c->sched.zero_snr = 1;
+    if (!c->sched.spacing && (v = zl_png_params_get(pp, "Timestep spacing"))) c->sched.spacing = v;
+    if (c->sched.prediction && zl_prediction_from_name(c->sched.prediction) < 0)
+        return zl_cli_usage(CMD, "--from-png %s: Prediction '%s' is not epsilon or v_prediction", path, c->sched.prediction);
+    if (c->sched.spacing && zl_spacing_from_name(c->sched.spacing) < 0)
         return zl_cli_usage(CMD, "--from-png %s: Timestep spacing '%s' is not leading, trailing or linspace", path,
-                            c->sched->spacing);
-    if (c->init_image && isnan(*c->strength) && (v = zl_png_params_get(pp, "Denoising strength"))) {
+                            c->sched.spacing);
+    if (c->init_path && isnan(c->strength) && (v = zl_png_params_get(pp, "Denoising strength"))) {
         snprintf(what, sizeof what, "--from-png %s: Denoising strength", path);
-        if (zl_cli_float(CMD, what, v, c->strength)) return ZL_EXIT_USAGE;
+        if (zl_cli_float(CMD, what, v, &c->strength)) return ZL_EXIT_USAGE;
     }
     /* ours name the weights; A1111's only the hashes (the weights are <lora:...> tags in the prompt) */
     if (!c->n_lora && ((v = zl_png_params_get(pp, "Lora weights")) || (v = zl_png_params_get(pp, "Lora hashes"))))
@@ -423,133 +420,18 @@ static int apply_png(const char *path, const zl_png_params *pp, from_png_ctx *c)
     return 0;
 }
 
-int zl_cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *out_path = NULL, *prompt_arg = NULL, *negative = NULL, *prompt_file = NULL;
-    const char *sampler_name = "euler", *noise_spec = NULL, *latent_path = NULL;
-    const char *unet_cfg = NULL, *vae_cfg = NULL, *te1_cfg = NULL, *te2_cfg = NULL, *vae = NULL;
-    const char *lora_args[MAX_LORAS];
-    int n_lora = 0, grid = 0, f32 = 0, no_tile = 0, have_seed = 0, long_prompt = 0, have_sampler = 0;
-    long steps = 50, width = 0, height = 0, batch = 1, clip_skip = 1;
-    double cfg = NAN, cfg_rescale = 0, strength = NAN;
-    const char *init_path = NULL, *from_png = NULL;
-    int steps_given = 0, clip_given = 0, rescale_given = 0;
-    uint64_t seed = 0;
-    zl_sched_override sched = {0};
-    for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        int c = zl_cli_common(CMD, argc, argv, &i);
-        if (!c) c = zl_cli_sched_flag(CMD, argc, argv, &i, &sched);
-        if (c < 0) return ZL_EXIT_USAGE;
-        if (c) continue;
-        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return ZL_EXIT_OK; }
-        if (!strcmp(a, "--grid")) { grid = 1; continue; }
-        if (!strcmp(a, "--f32-weights")) { f32 = 1; continue; }
-        if (!strcmp(a, "--no-tile")) { no_tile = 1; continue; }
-        if (!strcmp(a, "--long-prompt")) { long_prompt = 1; continue; }
-        const char **dst = !strcmp(a, "--model") ? &model
-                           : (!strcmp(a, "-o") || !strcmp(a, "--out")) ? &out_path
-                           : (!strcmp(a, "-p") || !strcmp(a, "--prompt")) ? &prompt_arg
-                           : (!strcmp(a, "-n") || !strcmp(a, "--negative") || !strcmp(a, "--negative-prompt")) ? &negative
-                           : !strcmp(a, "--prompt-file") ? &prompt_file
-                           : !strcmp(a, "--sampler") ? &sampler_name
-                           : !strcmp(a, "--initial-noise") ? &noise_spec
-                           : !strcmp(a, "--save-latent") ? &latent_path
-                           : !strcmp(a, "--unet-config") ? &unet_cfg
-                           : !strcmp(a, "--vae-config") ? &vae_cfg
-                           : !strcmp(a, "--vae") ? &vae
-                           : !strcmp(a, "--te1-config") ? &te1_cfg
-                           : !strcmp(a, "--te2-config") ? &te2_cfg
-                           : (!strcmp(a, "--init-image") || !strcmp(a, "-i")) ? &init_path
-                           : !strcmp(a, "--from-png") ? &from_png
-                           : NULL;
-        long *num = !strcmp(a, "--steps") ? &steps
-                    : !strcmp(a, "--clip-skip") ? &clip_skip
-                    : (!strcmp(a, "-W") || !strcmp(a, "--width")) ? &width
-                    : (!strcmp(a, "-H") || !strcmp(a, "--height")) ? &height
-                    : !strcmp(a, "--batch") ? &batch
-                    : NULL;
-        int is_lora = !strcmp(a, "--lora"), is_cfg = !strcmp(a, "--cfg") || !strcmp(a, "--cfg-scale"),
-            is_seed = !strcmp(a, "--seed"), is_resc = !strcmp(a, "--cfg-rescale") || !strcmp(a, "--guidance-rescale"),
-            is_str = !strcmp(a, "--strength") || !strcmp(a, "--denoising-strength");
-        if (!dst && !num && !is_lora && !is_cfg && !is_seed && !is_resc && !is_str)
-            return zl_cli_usage(CMD, "unknown option '%s'", a);
-        if (i + 1 >= argc) return zl_cli_usage(CMD, "%s needs a value", a);
-        const char *v = argv[++i];
-        if (dst) {
-            *dst = v;
-            if (dst == &sampler_name) have_sampler = 1;
-        } else if (is_lora) {
-            if (n_lora == MAX_LORAS) return zl_cli_usage(CMD, "at most %d --lora", MAX_LORAS);
-            lora_args[n_lora++] = v;
-        } else if (is_cfg) {
-            if (zl_cli_float(CMD, a, v, &cfg)) return ZL_EXIT_USAGE;
-        } else if (is_str) {
-            if (zl_cli_float(CMD, a, v, &strength)) return ZL_EXIT_USAGE;
-            if (!(strength > 0 && strength <= 1)) return zl_cli_usage(CMD, "%s %s is outside (0, 1]", a, v);
-        } else if (is_resc) {
-            if (zl_cli_float(CMD, a, v, &cfg_rescale)) return ZL_EXIT_USAGE;
-            rescale_given = 1;
-            if (cfg_rescale < 0 || cfg_rescale > 1) return zl_cli_usage(CMD, "%s %s is outside [0, 1]", a, v);
-        } else if (is_seed) {
-            char *end;
-            errno = 0;
-            unsigned long long s = strtoull(v, &end, 10);
-            if (!*v || *end || *v == '-' || errno)
-                return zl_cli_usage(CMD, "--seed expects an integer in [0, %llu], got '%s'", (unsigned long long)UINT64_MAX, v);
-            seed = s;
-            have_seed = 1;
-        } else if (num == &steps) {
-            if (zl_cli_int(CMD, a, v, 1, 1000, num)) return ZL_EXIT_USAGE;
-            steps_given = 1;
-        } else if (num == &batch) {
-            if (zl_cli_int(CMD, a, v, 1, MAX_BATCH, num)) return ZL_EXIT_USAGE;
-        } else if (num == &clip_skip) {
-            if (zl_cli_int(CMD, a, v, 1, 48, num)) return ZL_EXIT_USAGE;
-            clip_given = 1;
-        } else {
-            if (zl_cli_int(CMD, a, v, 1, ZL_IMAGE_MAX_SIDE, num)) return ZL_EXIT_USAGE;
-            if (*num % 8)
-                return zl_cli_usage(CMD, "%s %ld is not a multiple of 8 (the VAE works on 8x8 pixel cells)", a, *num);
-        }
-    }
-    zl_png_params pp = {0};
-    if (from_png) {
-        /* the image's settings, where the command line gives none */
-        int rc0 = zl_png_params_read(from_png, &pp);
-        if (rc0) return zl_cli_fail(rc0 == ZL_EINVAL ? ZL_EFORMAT : rc0, NULL);
-        from_png_ctx fc = {.prompt = prompt_file ? &prompt_file : &prompt_arg, .negative = &negative,
-                           .sampler_name = &sampler_name, .steps = &steps, .width = &width, .height = &height,
-                           .clip_skip = &clip_skip, .cfg = &cfg, .cfg_rescale = &cfg_rescale, .strength = &strength,
-                           .seed = &seed, .have_seed = &have_seed, .have_sampler = &have_sampler,
-                           .long_prompt = &long_prompt, .steps_given = steps_given, .clip_given = clip_given,
-                           .rescale_given = rescale_given, .init_image = init_path != NULL, .n_lora = n_lora,
-                           .sched = &sched};
-        int code = apply_png(from_png, &pp, &fc);
-        if (code) {
-            zl_png_params_free(&pp);
-            return code;
-        }
-        static char sbuf[80];
-        if (sampler_name == fc.sampler_buf) {
-            memcpy(sbuf, fc.sampler_buf, sizeof sbuf);
-            sampler_name = sbuf;
-        }
-    }
-    int code0 = generate_run(model, out_path, prompt_arg, negative, prompt_file, sampler_name, noise_spec, latent_path,
-                             unet_cfg, vae_cfg, te1_cfg, te2_cfg, vae, lora_args, n_lora, grid, f32, no_tile, have_seed,
-                             long_prompt, have_sampler, steps, width, height, batch, clip_skip, cfg, cfg_rescale,
-                             strength, init_path, from_png, seed, sched);
-    zl_png_params_free(&pp);
-    return code0;
-}
-
-static int generate_run(const char *model, const char *out_path, const char *prompt_arg, const char *negative,
-                        const char *prompt_file, const char *sampler_name, const char *noise_spec,
-                        const char *latent_path, const char *unet_cfg, const char *vae_cfg, const char *te1_cfg,
-                        const char *te2_cfg, const char *vae, const char **lora_args, int n_lora, int grid, int f32,
-                        int no_tile, int have_seed, int long_prompt, int have_sampler, long steps, long width,
-                        long height, long batch, long clip_skip, double cfg, double cfg_rescale, double strength,
-                        const char *init_path, const char *from_png, uint64_t seed, zl_sched_override sched) {
+static int generate_run(gen_args *A) {
+    const char *model = A->model, *out_path = A->out_path, *prompt_arg = A->prompt_arg, *negative = A->negative;
+    const char *prompt_file = A->prompt_file, *sampler_name = A->sampler_name, *noise_spec = A->noise_spec;
+    const char *latent_path = A->latent_path, *unet_cfg = A->unet_cfg, *vae_cfg = A->vae_cfg, *te1_cfg = A->te1_cfg;
+    const char *te2_cfg = A->te2_cfg, *vae = A->vae, *init_path = A->init_path, *from_png = A->from_png;
+    const char *const *lora_args = A->lora_args;
+    const int n_lora = A->n_lora, grid = A->grid, f32 = A->f32, no_tile = A->no_tile, have_seed = A->have_seed,
+              long_prompt = A->long_prompt, have_sampler = A->have_sampler;
+    long steps = A->steps, width = A->width, height = A->height, batch = A->batch, clip_skip = A->clip_skip;
+    double cfg = A->cfg, cfg_rescale = A->cfg_rescale, strength = A->strength;
+    uint64_t seed = A->seed;
+    const zl_sched_override sched = A->sched;
     if (!model) return zl_cli_usage(CMD, "--model is required");
     if (!out_path) return zl_cli_usage(CMD, "-o is required");
     if (!prompt_arg && !prompt_file) return zl_cli_usage(CMD, "a prompt is required (-p TEXT or --prompt-file F)");
@@ -831,4 +713,99 @@ done:
     zl_image_free(&init_img);
     if (!rc) return ZL_EXIT_OK;
     return rc == ZL_EINVAL ? ZL_EXIT_USAGE : ZL_EXIT_FAIL;
+}
+
+int zl_cmd_generate(int argc, char **argv) {
+    gen_args A = {.sampler_name = "euler", .steps = 50, .batch = 1, .clip_skip = 1, .cfg = NAN, .strength = NAN};
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int c = zl_cli_common(CMD, argc, argv, &i);
+        if (!c) c = zl_cli_sched_flag(CMD, argc, argv, &i, &A.sched);
+        if (c < 0) return ZL_EXIT_USAGE;
+        if (c) continue;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return ZL_EXIT_OK; }
+        if (!strcmp(a, "--grid")) { A.grid = 1; continue; }
+        if (!strcmp(a, "--f32-weights")) { A.f32 = 1; continue; }
+        if (!strcmp(a, "--no-tile")) { A.no_tile = 1; continue; }
+        if (!strcmp(a, "--long-prompt")) { A.long_prompt = 1; continue; }
+        const char **dst = !strcmp(a, "--model") ? &A.model
+                           : (!strcmp(a, "-o") || !strcmp(a, "--out")) ? &A.out_path
+                           : (!strcmp(a, "-p") || !strcmp(a, "--prompt")) ? &A.prompt_arg
+                           : (!strcmp(a, "-n") || !strcmp(a, "--negative") || !strcmp(a, "--negative-prompt")) ? &A.negative
+                           : !strcmp(a, "--prompt-file") ? &A.prompt_file
+                           : !strcmp(a, "--sampler") ? &A.sampler_name
+                           : !strcmp(a, "--initial-noise") ? &A.noise_spec
+                           : !strcmp(a, "--save-latent") ? &A.latent_path
+                           : !strcmp(a, "--unet-config") ? &A.unet_cfg
+                           : !strcmp(a, "--vae-config") ? &A.vae_cfg
+                           : !strcmp(a, "--vae") ? &A.vae
+                           : !strcmp(a, "--te1-config") ? &A.te1_cfg
+                           : !strcmp(a, "--te2-config") ? &A.te2_cfg
+                           : (!strcmp(a, "--init-image") || !strcmp(a, "-i")) ? &A.init_path
+                           : !strcmp(a, "--from-png") ? &A.from_png
+                           : NULL;
+        long *num = !strcmp(a, "--steps") ? &A.steps
+                    : !strcmp(a, "--clip-skip") ? &A.clip_skip
+                    : (!strcmp(a, "-W") || !strcmp(a, "--width")) ? &A.width
+                    : (!strcmp(a, "-H") || !strcmp(a, "--height")) ? &A.height
+                    : !strcmp(a, "--batch") ? &A.batch
+                    : NULL;
+        int is_lora = !strcmp(a, "--lora"), is_cfg = !strcmp(a, "--cfg") || !strcmp(a, "--cfg-scale"),
+            is_seed = !strcmp(a, "--seed"), is_resc = !strcmp(a, "--cfg-rescale") || !strcmp(a, "--guidance-rescale"),
+            is_str = !strcmp(a, "--strength") || !strcmp(a, "--denoising-strength");
+        if (!dst && !num && !is_lora && !is_cfg && !is_seed && !is_resc && !is_str)
+            return zl_cli_usage(CMD, "unknown option '%s'", a);
+        if (i + 1 >= argc) return zl_cli_usage(CMD, "%s needs a value", a);
+        const char *v = argv[++i];
+        if (dst) {
+            *dst = v;
+            if (dst == &A.sampler_name) A.have_sampler = 1;
+        } else if (is_lora) {
+            if (A.n_lora == MAX_LORAS) return zl_cli_usage(CMD, "at most %d --lora", MAX_LORAS);
+            A.lora_args[A.n_lora++] = v;
+        } else if (is_cfg) {
+            if (zl_cli_float(CMD, a, v, &A.cfg)) return ZL_EXIT_USAGE;
+        } else if (is_str) {
+            if (zl_cli_float(CMD, a, v, &A.strength)) return ZL_EXIT_USAGE;
+            if (!(A.strength > 0 && A.strength <= 1)) return zl_cli_usage(CMD, "%s %s is outside (0, 1]", a, v);
+        } else if (is_resc) {
+            if (zl_cli_float(CMD, a, v, &A.cfg_rescale)) return ZL_EXIT_USAGE;
+            A.rescale_given = 1;
+            if (A.cfg_rescale < 0 || A.cfg_rescale > 1) return zl_cli_usage(CMD, "%s %s is outside [0, 1]", a, v);
+        } else if (is_seed) {
+            char *end;
+            errno = 0;
+            unsigned long long s = strtoull(v, &end, 10);
+            if (!*v || *end || *v == '-' || errno)
+                return zl_cli_usage(CMD, "--seed expects an integer in [0, %llu], got '%s'", (unsigned long long)UINT64_MAX, v);
+            A.seed = s;
+            A.have_seed = 1;
+        } else if (num == &A.steps) {
+            if (zl_cli_int(CMD, a, v, 1, 1000, num)) return ZL_EXIT_USAGE;
+            A.steps_given = 1;
+        } else if (num == &A.batch) {
+            if (zl_cli_int(CMD, a, v, 1, MAX_BATCH, num)) return ZL_EXIT_USAGE;
+        } else if (num == &A.clip_skip) {
+            if (zl_cli_int(CMD, a, v, 1, 48, num)) return ZL_EXIT_USAGE;
+            A.clip_given = 1;
+        } else {
+            if (zl_cli_int(CMD, a, v, 1, ZL_IMAGE_MAX_SIDE, num)) return ZL_EXIT_USAGE;
+            if (*num % 8)
+                return zl_cli_usage(CMD, "%s %ld is not a multiple of 8 (the VAE works on 8x8 pixel cells)", a, *num);
+        }
+    }
+    zl_png_params pp = {0};
+    if (A.from_png) {
+        /* the image's settings, where the command line gives none */
+        int rc = zl_png_params_read(A.from_png, &pp);
+        if (rc) return zl_cli_fail(rc == ZL_EINVAL ? ZL_EFORMAT : rc, NULL);
+        int code = apply_png(A.from_png, &pp, &A);
+        if (code) {
+            zl_png_params_free(&pp);
+            return code;
+        }
+    }
+    int code = generate_run(&A); /* its strings may point into pp */
+    zl_png_params_free(&pp);
+    return code;
 }

@@ -28,15 +28,6 @@ const char *zl_png_params_get(const zl_png_params *p, const char *key) {
     return NULL;
 }
 
-static char *dup_n(const char *s, size_t n) {
-    char *d = malloc(n + 1);
-    if (d) {
-        memcpy(d, s, n);
-        d[n] = 0;
-    }
-    return d;
-}
-
 /* The "Key: value, Key: value" line; 0 if it is not one (fewer than 3 pairs). */
 static int parse_pairs(const char *line, zl_png_params *p) {
     const char *c = line;
@@ -81,10 +72,10 @@ static int parse_pairs(const char *line, zl_png_params *p) {
             const char *e = strchr(c, ',');
             size_t vl = e ? (size_t)(e - c) : strlen(c);
             while (vl && c[vl - 1] == ' ') vl--;
-            v = dup_n(c, vl);
+            v = strndup(c, vl);
             c = e ? e : c + strlen(c);
         }
-        char *kk = dup_n(k, kl);
+        char *kk = strndup(k, kl);
         if (!v || !kk) {
             free(v);
             free(kk);
@@ -103,7 +94,7 @@ int zl_png_params_parse(const char *text, const char *label, zl_png_params *out)
     while (len && (text[len - 1] == '\n' || text[len - 1] == ' ')) len--;
     const char *last = text + len;
     while (last > text && last[-1] != '\n') last--;
-    char *line = dup_n(last, (size_t)(text + len - last));
+    char *line = strndup(last, (size_t)(text + len - last));
     if (!line) return zl_set_error(ZL_ENOMEM, "out of memory");
     int r = parse_pairs(line, out);
     free(line);
@@ -126,11 +117,11 @@ int zl_png_params_parse(const char *text, const char *label, zl_png_params *out)
         }
     size_t pl = neg ? (size_t)(neg - text) : head;
     while (pl && text[pl - 1] == '\n') pl--;
-    out->prompt = dup_n(text, pl);
+    out->prompt = strndup(text, pl);
     if (neg) {
         const char *v = neg + 16;
         while (*v == ' ') v++;
-        out->negative = dup_n(v, (size_t)(text + head - v));
+        out->negative = strndup(v, (size_t)(text + head - v));
     }
     if (!out->prompt || (neg && !out->negative)) {
         zl_png_params_free(out);
