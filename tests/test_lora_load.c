@@ -292,31 +292,44 @@ static void expect_refusal(const char *name, const spec *s, int n, int code, con
 }
 
 static void test_refusals(void) {
-    /* LoHa and LoKr load (test_lycoris); their Tucker-decomposed forms are refused */
+    /* LoHa and LoKr load (test_lycoris), their Tucker-decomposed forms too (formulas checked there): here,
+     * that files that were refused before load with the rank of their exact LoRA form. The
+     * LoHa's Tucker sides are t [4, 4, 1, 1], w_a [4, out], w_b [4, in]. */
     spec loha[] = {
-        {"lora_unet_" Q ".hada_w1_a", ZL_DT_F32, 2, {4, 4}, 1, 0},
+        {"lora_unet_" Q ".hada_w1_a", ZL_DT_F32, 2, {4, 64}, 1, 0},
         {"lora_unet_" Q ".hada_w1_b", ZL_DT_F32, 2, {4, 64}, 1, 0},
         {"lora_unet_" Q ".hada_t1", ZL_DT_F32, 4, {4, 4, 1, 1}, 1, 0},
-        {"lora_unet_" Q ".hada_w2_a", ZL_DT_F32, 2, {4, 4}, 1, 0},
+        {"lora_unet_" Q ".hada_w2_a", ZL_DT_F32, 2, {4, 64}, 1, 0},
         {"lora_unet_" Q ".hada_w2_b", ZL_DT_F32, 2, {4, 64}, 1, 0},
         {"lora_unet_" Q ".hada_t2", ZL_DT_F32, 4, {4, 4, 1, 1}, 1, 0},
         {"lora_unet_" Q ".alpha", ZL_DT_F32, 0, {0}, 4, 1},
     };
-    expect_refusal("loha.safetensors", loha, 7, ZL_EUNSUPPORTED, "lora_unet_" Q ".hada_t1", "Tucker-decomposed LoHa");
     spec lokr[] = {
         {"lora_unet_" Q ".lokr_w1", ZL_DT_F32, 2, {8, 8}, 1, 0},
-        {"lora_unet_" Q ".lokr_w2_a", ZL_DT_F32, 2, {2, 2}, 1, 0},
+        {"lora_unet_" Q ".lokr_w2_a", ZL_DT_F32, 2, {2, 8}, 1, 0},
         {"lora_unet_" Q ".lokr_w2_b", ZL_DT_F32, 2, {2, 8}, 1, 0},
         {"lora_unet_" Q ".lokr_t2", ZL_DT_F32, 4, {2, 2, 1, 1}, 1, 0},
     };
-    expect_refusal("lokr.safetensors", lokr, 4, ZL_EUNSUPPORTED, "lora_unet_" Q ".lokr_t2", "Tucker-decomposed LoKr");
     spec tucker[] = {
         {"lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight", ZL_DT_F16, 4, {4, 32, 1, 1}, 1, 0},
         {"lora_unet_down_blocks_0_resnets_0_conv1.lora_mid.weight", ZL_DT_F16, 4, {4, 4, 3, 3}, 1, 0},
         {"lora_unet_down_blocks_0_resnets_0_conv1.lora_up.weight", ZL_DT_F16, 4, {32, 4, 1, 1}, 1, 0},
     };
-    expect_refusal("tucker.safetensors", tucker, 3, ZL_EUNSUPPORTED,
-                   "lora_unet_down_blocks_0_resnets_0_conv1.lora_mid.weight", "lora_mid");
+    struct {
+        const char *name;
+        const spec *s;
+        int n, rank, kh;
+    } tk[3] = {{"loha.safetensors", loha, 7, 16, 1}, {"lokr.safetensors", lokr, 4, 16, 1},
+               {"tucker.safetensors", tucker, 3, 4, 3}};
+    for (int i = 0; i < 3; i++) {
+        zl_lora *l = NULL;
+        int rc = load_tiny(tk[i].name, tk[i].s, tk[i].n, NULL, 0, &l);
+        CHECKM(rc == ZL_OK && l && l->n == 1 && l->n_tucker == 1 && l->layers[0].rank == tk[i].rank &&
+                   l->layers[0].kh == tk[i].kh,
+               "%s: a Tucker module loads (rank %d, want %d): %s", tk[i].name, l && l->n == 1 ? l->layers[0].rank : -1,
+               tk[i].rank, rc ? zl_errmsg() : "");
+        zl_lora_free(l);
+    }
     spec dora[] = {
         {"lora_unet_" Q ".lora_down.weight", ZL_DT_F16, 2, {4, 64}, 1, 0},
         {"lora_unet_" Q ".lora_up.weight", ZL_DT_F16, 2, {64, 4}, 1, 0},

@@ -7,9 +7,14 @@
  *  - LoKr: kron(W1, W2) with W = w_a @ w_b where decomposed, times alpha / dim
  *    with dim the rank of the decomposed factor (W2's if both are), 1 if
  *    neither is decomposed or there is no alpha; a 4-D W2 gives the kernel.
+ *  - Tucker forms (LyCORIS use_tucker): a core t [r, r', kh, kw] rebuilds
+ *    W[o, c, k, l] = sum_ij w_a[i, o] t[i, j, k, l] w_b[j, c] (LyCORIS
+ *    rebuild_tucker, ComfyUI's and A1111's einsum) for a LoHa side or LoKr's W2;
+ *    LoCon's lora_mid gives dW[o, c, k, l] = sum_ab up[o, a] mid[a, b, k, l]
+ *    down[b, c] times alpha / rank(down) (A1111's rebuild_cp_decomposition).
  * Also: the lazy loader gives the same values; convert writes a LoRA with the
  * same update; the UNet with a LoHa equals the UNet with that converted LoRA;
- * malformed and Tucker-decomposed files are refused naming the tensor. */
+ * malformed files and DoRA are refused naming the tensor. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -253,6 +258,159 @@ static void test_lokr(void) {
     }
 }
 
+/* w[o, c, k, l] = sum_ij a[i, o] t[i, j, k, l] b[j, c] in double: [out, in * kk] */
+static double *rebuild_tucker(const float *t, const float *a, const float *b, int64_t r, int64_t r2, int64_t kk,
+                              int64_t out, int64_t in) {
+    double *w = calloc((size_t)(out * in * kk), sizeof(double));
+    for (int64_t o = 0; o < out; o++)
+        for (int64_t c = 0; c < in; c++)
+            for (int64_t q = 0; q < kk; q++) {
+                double acc = 0;
+                for (int64_t i = 0; i < r; i++)
+                    for (int64_t j = 0; j < r2; j++) acc += (double)a[i * out + o] * t[(i * r2 + j) * kk + q] * b[j * in + c];
+                w[(o * in + c) * kk + q] = acc;
+            }
+    return w;
+}
+
+static void test_tucker(void) {
+    /* LoCon with lora_mid on the 3x3 conv (32 -> 32): down [r', 32(, 1, 1)], mid [r, r', 3, 3], up [32, r(, 1, 1)] */
+    static const struct {
+        const char *what;
+        int64_t r, r2;
+        int dims4;
+        float alpha;
+    } lc[] = {
+        {"Tucker LoCon r 4, alpha 2 (4-D down/up)", 4, 4, 1, 2.0f},
+        {"Tucker LoCon r 3 x r' 5, 2-D down/up, no alpha", 3, 5, 0, -1.0f},
+        {"Tucker LoCon r 8, alpha 1", 8, 8, 1, 1.0f},
+    };
+    for (size_t c = 0; c < sizeof lc / sizeof lc[0]; c++) {
+        const int64_t r = lc[c].r, r2 = lc[c].r2;
+        tdef t[3] = {{"lora_down.weight", 2, {r2, 32}}, {"lora_mid.weight", 4, {r, r2, 3, 3}}, {"lora_up.weight", 2, {32, r}}};
+        if (lc[c].dims4) {
+            t[0] = (tdef){"lora_down.weight", 4, {r2, 32, 1, 1}};
+            t[2] = (tdef){"lora_up.weight", 4, {32, r, 1, 1}};
+        }
+        vals v = {0};
+        char name[64], pbuf[1024];
+        snprintf(name, sizeof name, "tlocon%d.safetensors", (int)c);
+        snprintf(pbuf, sizeof pbuf, "%s", zt_tmp(name));
+        CHECK_OK(write_case(pbuf, CV, t, 3, lc[c].alpha, &v));
+        /* up [32, r] is w_a^T in rebuild_tucker's terms */
+        float *upT = malloc((size_t)(r * 32) * sizeof(float));
+        for (int64_t o = 0; o < 32; o++)
+            for (int64_t i = 0; i < r; i++) upT[i * 32 + o] = v.v[2][o * r + i];
+        double *ref = rebuild_tucker(v.v[1], upT, v.v[0], r, r2, 9, 32, 32);
+        const double sc = lc[c].alpha >= 0 ? lc[c].alpha / (double)r2 : 1.0;
+        for (int64_t i = 0; i < 32 * 32 * 9; i++) ref[i] *= sc;
+        zl_lora *l = load_both(lc[c].what, pbuf);
+        check_layer(lc[c].what, l, ref, 32, 32 * 9, (int)r);
+        CHECKM(l && l->n_tucker == 1 && l->n_loha == 0 && l->n_lokr == 0 && l->layers[0].kind == ZL_LORA_CONV &&
+                   l->layers[0].kh == 3,
+               "%s: counted as one Tucker layer, a 3x3 conv", lc[c].what);
+        zl_lora_free(l);
+        free(upT);
+        free(ref);
+        vals_free(&v);
+    }
+
+    /* LoHa with hada_t1 / hada_t2 on the 3x3 conv; side 2 may be a plain [r2, 32, 3, 3] factor */
+    static const struct {
+        const char *what;
+        int64_t r1, r2;
+        int t2; /* side 2 Tucker too */
+        float alpha;
+        int want_rank;
+    } hc[] = {
+        {"Tucker LoHa r 2 x 3, alpha 4", 2, 3, 1, 4.0f, 6},
+        {"Tucker LoHa r 6 x 6 (rank 36 > 32: dense form)", 6, 6, 1, 3.0f, 32},
+        {"LoHa with hada_t1 only, plain 4-D w2_b", 3, 2, 0, 1.5f, 6},
+    };
+    for (size_t c = 0; c < sizeof hc / sizeof hc[0]; c++) {
+        const int64_t r1 = hc[c].r1, r2 = hc[c].r2;
+        tdef t[6] = {{"hada_w1_a", 2, {r1, 32}}, {"hada_w1_b", 2, {r1, 32}}, {"hada_t1", 4, {r1, r1, 3, 3}},
+                     {"hada_w2_a", 2, {r2, 32}}, {"hada_w2_b", 2, {r2, 32}}, {"hada_t2", 4, {r2, r2, 3, 3}}};
+        int nt = 6;
+        if (!hc[c].t2) {
+            t[3] = (tdef){"hada_w2_a", 2, {32, r2}};
+            t[4] = (tdef){"hada_w2_b", 4, {r2, 32, 3, 3}};
+            nt = 5;
+        }
+        vals v = {0};
+        char name[64], pbuf[1024];
+        snprintf(name, sizeof name, "tloha%d.safetensors", (int)c);
+        snprintf(pbuf, sizeof pbuf, "%s", zt_tmp(name));
+        CHECK_OK(write_case(pbuf, CV, t, nt, hc[c].alpha, &v));
+        double *m1 = rebuild_tucker(v.v[2], v.v[0], v.v[1], r1, r1, 9, 32, 32);
+        double *m2 = hc[c].t2 ? rebuild_tucker(v.v[5], v.v[3], v.v[4], r2, r2, 9, 32, 32)
+                              : matmul(v.v[3], v.v[4], 32, r2, 32 * 9);
+        const double sc = hc[c].alpha / (double)r1;
+        for (int64_t i = 0; i < 32 * 32 * 9; i++) m1[i] = m1[i] * m2[i] * sc;
+        zl_lora *l = load_both(hc[c].what, pbuf);
+        check_layer(hc[c].what, l, m1, 32, 32 * 9, hc[c].want_rank);
+        CHECKM(l && l->n_tucker == 1 && l->n_loha == 1 && l->n_lokr == 0, "%s: counted as a Tucker LoHa", hc[c].what);
+        zl_lora_free(l);
+        free(m1);
+        free(m2);
+        vals_free(&v);
+    }
+
+    /* LoKr with lokr_t2: W1 [4, 4] (full or 4x1 @ 1x4), W2 = rebuild(t2 [r, r, 3, 3], w2_a [r, 8], w2_b [r, 8]) */
+    static const struct {
+        const char *what;
+        int64_t r;
+        int w1_dec;
+        float alpha;
+        int want_rank;
+    } kc[] = {
+        {"Tucker LoKr, W1 full, r 2, alpha 4", 2, 0, 4.0f, 8},
+        {"Tucker LoKr, W1 decomposed, r 3, alpha 6 (W2's dim wins)", 3, 1, 6.0f, 3},
+    };
+    for (size_t c = 0; c < sizeof kc / sizeof kc[0]; c++) {
+        const int64_t r = kc[c].r;
+        tdef t[5];
+        int nt = 0;
+        if (kc[c].w1_dec) {
+            t[nt++] = (tdef){"lokr_w1_a", 2, {4, 1}};
+            t[nt++] = (tdef){"lokr_w1_b", 2, {1, 4}};
+        } else {
+            t[nt++] = (tdef){"lokr_w1", 2, {4, 4}};
+        }
+        const int w2 = nt;
+        t[nt++] = (tdef){"lokr_w2_a", 2, {r, 8}};
+        t[nt++] = (tdef){"lokr_w2_b", 2, {r, 8}};
+        t[nt++] = (tdef){"lokr_t2", 4, {r, r, 3, 3}};
+        vals v = {0};
+        char name[64], pbuf[1024];
+        snprintf(name, sizeof name, "tlokr%d.safetensors", (int)c);
+        snprintf(pbuf, sizeof pbuf, "%s", zt_tmp(name));
+        CHECK_OK(write_case(pbuf, CV, t, nt, kc[c].alpha, &v));
+        double *W1 = kc[c].w1_dec ? matmul(v.v[0], v.v[1], 4, 1, 4) : NULL;
+        if (!W1) {
+            W1 = malloc(16 * sizeof(double));
+            for (int i = 0; i < 16; i++) W1[i] = v.v[0][i];
+        }
+        double *W2 = rebuild_tucker(v.v[w2 + 2], v.v[w2], v.v[w2 + 1], r, r, 9, 8, 8); /* [8, 8 * 9] */
+        const double sc = kc[c].alpha / (double)r;
+        double *ref = malloc((size_t)32 * 32 * 9 * sizeof(double));
+        for (int i1 = 0; i1 < 4; i1++)
+            for (int i2 = 0; i2 < 8; i2++)
+                for (int j1 = 0; j1 < 4; j1++)
+                    for (int j2 = 0; j2 < 8; j2++)
+                        for (int q = 0; q < 9; q++)
+                            ref[(i1 * 8 + i2) * 288 + (j1 * 8 + j2) * 9 + q] = sc * W1[i1 * 4 + j1] * W2[i2 * 72 + j2 * 9 + q];
+        zl_lora *l = load_both(kc[c].what, pbuf);
+        check_layer(kc[c].what, l, ref, 32, 288, kc[c].want_rank);
+        CHECKM(l && l->n_tucker == 1 && l->n_lokr == 1 && l->n_loha == 0, "%s: counted as a Tucker LoKr", kc[c].what);
+        zl_lora_free(l);
+        free(W1);
+        free(W2);
+        free(ref);
+        vals_free(&v);
+    }
+}
+
 /* Bad LyCORIS files: refused naming the module or tensor, by the eager and the lazy loader. */
 static void test_bad(void) {
     static const struct {
@@ -270,9 +428,20 @@ static void test_bad(void) {
          ZL_EFORMAT, "lokr_w1"},
         {"LoKr without W2", {{"lokr_w1", 2, {8, 8}}}, 1, ZL_EFORMAT, "lokr_w2"},
         {"LoKr for the wrong width", {{"lokr_w1", 2, {8, 8}}, {"lokr_w2", 2, {4, 8}}}, 2, ZL_ESHAPE, "LoKr module"},
-        {"Tucker LoKr", {{"lokr_w1", 2, {4, 4}}, {"lokr_w2_a", 2, {8, 2}}, {"lokr_w2_b", 2, {2, 8}}, {"lokr_t2", 4, {2, 2, 3, 3}}},
-         4, ZL_EUNSUPPORTED, "lokr_t2"},
-        {"Tucker LoHa", {{"hada_w1_a", 2, {64, 2}}, {"hada_t1", 4, {2, 2, 3, 3}}}, 2, ZL_EUNSUPPORTED, "hada_t1"},
+        {"Tucker LoKr whose core does not chain (w2_a [c, r] as without a core)",
+         {{"lokr_w1", 2, {4, 4}}, {"lokr_w2_a", 2, {8, 2}}, {"lokr_w2_b", 2, {2, 8}}, {"lokr_t2", 4, {2, 2, 3, 3}}},
+         4, ZL_ESHAPE, "Tucker LoKr module"},
+        {"lokr_t2 with a full lokr_w2", {{"lokr_w1", 2, {4, 4}}, {"lokr_w2", 2, {16, 16}}, {"lokr_t2", 4, {2, 2, 3, 3}}},
+         3, ZL_EFORMAT, "lokr_t2"},
+        {"Tucker LoHa without hada_w1_b", {{"hada_w1_a", 2, {64, 2}}, {"hada_t1", 4, {2, 2, 3, 3}}}, 2, ZL_EFORMAT,
+         "hada_w1_b"},
+        {"lora_mid whose ranks do not chain",
+         {{"lora_down.weight", 2, {2, 64}}, {"lora_mid.weight", 4, {4, 3, 3, 3}}, {"lora_up.weight", 2, {64, 4}}}, 3,
+         ZL_ESHAPE, "Tucker LoCon module"},
+        {"lora_mid without lora_up", {{"lora_down.weight", 2, {2, 64}}, {"lora_mid.weight", 4, {2, 2, 3, 3}}}, 2,
+         ZL_EFORMAT, "lora_down.weight"},
+        {"DoRA", {{"lora_down.weight", 2, {2, 64}}, {"lora_up.weight", 2, {64, 2}}, {"dora_scale", 2, {1, 64}}}, 3,
+         ZL_EUNSUPPORTED, "dora_scale"},
         {"LoRA and LoHa on one module", {{"lora_down.weight", 2, {2, 64}}, {"lora_up.weight", 2, {64, 2}}, {"hada_w1_a", 2, {64, 2}}},
          3, ZL_EFORMAT, "mixes"},
     };
@@ -309,7 +478,8 @@ static void test_cli(void) {
     CHECK_OK(write_case(loha, Q, t, 4, 2.0f, &v));
     vals_free(&v);
     int code = zt_cli("inspect --json '%s'", loha);
-    CHECKM(code == 0 && strstr(zt_out, "\"lycoris\":{\"loha\":1,\"lokr\":0}"), "inspect --json says LoHa: %s", zt_out);
+    CHECKM(code == 0 && strstr(zt_out, "\"lycoris\":{\"loha\":1,\"lokr\":0,\"tucker\":0}"), "inspect --json says LoHa: %s",
+           zt_out);
     code = zt_cli("convert '%s' -o '%s' --format kohya -q", loha, conv);
     CHECKM(code == 0, "convert a LoHa: exit %d %s", code, zt_err);
     zl_lora_load_opts o = {.unet_config = tiny_cfg()};
@@ -425,6 +595,7 @@ int main(void) {
     zl_set_threads(2);
     test_loha();
     test_lokr();
+    test_tucker();
     test_bad();
     test_cli();
     return zt_done();

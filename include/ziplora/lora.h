@@ -60,6 +60,9 @@ typedef struct {
     int n_meta;
     char **meta_k, **meta_v; /* the file's __metadata__ */
     int n_loha, n_lokr;     /* layers loaded from LyCORIS LoHa / LoKr modules (as exact LoRA factors) */
+    int n_tucker;           /* layers loaded from Tucker-decomposed LyCORIS modules (LoCon lora_mid,
+                               LoHa hada_t1/t2, LoKr lokr_t2; the LoHa and LoKr ones are
+                               also counted in n_loha / n_lokr) */
 } zl_lora;
 
 static inline float zl_lora_scale(const zl_lora_layer *l) { return l->alpha / (float)l->rank; }

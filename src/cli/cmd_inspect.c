@@ -104,7 +104,7 @@ static void print_json(const zl_lora *a, const zl_lora *b, const zl_inspect_resu
         zl_lora_cli_json_str(fp, l->path ? l->path : "");
         fprintf(fp, ",\"family\":\"%s\",\"layout\":\"%s\",\"layers\":%d", zl_family_name(l->family),
                 layout_name(l->layout), l->n);
-        fprintf(fp, ",\"lycoris\":{\"loha\":%d,\"lokr\":%d}", l->n_loha, l->n_lokr);
+        fprintf(fp, ",\"lycoris\":{\"loha\":%d,\"lokr\":%d,\"tucker\":%d}", l->n_loha, l->n_lokr, l->n_tucker);
         training_info t;
         training_of(l, &t);
         const char *names[7] = {"title", "base_model", "resolution", "clip_skip", "epochs", "steps", "trigger_phrase"};
@@ -172,10 +172,10 @@ static void print_table(const zl_lora *a, const zl_lora *b, const zl_inspect_res
         training_info t;
         training_of(l, &t);
         if (t.title) printf("   title: %s\n", t.title);
-        if (l->n_loha || l->n_lokr)
-            printf("   LyCORIS: %d LoHa and %d LoKr layers, shown as their exact LoRA form (of a higher rank than "
-                   "the file's factors)\n",
-                   l->n_loha, l->n_lokr);
+        if (l->n_loha || l->n_lokr || l->n_tucker)
+            printf("   LyCORIS: %d LoHa and %d LoKr layers; %d layers with a Tucker core (lora_mid, hada_t1/t2, "
+                   "lokr_t2); all shown as their exact LoRA form\n",
+                   l->n_loha, l->n_lokr, l->n_tucker);
         if (t.base || t.resolution || t.clip_skip || t.epochs || t.steps) {
             printf("   trained:");
             const char *sep = " ";

@@ -7,8 +7,9 @@
  * underscore-flattened kohya name is only ever matched exactly, never split.
  * Alpha comes from .alpha tensors, PEFT adapter metadata or an
  * adapter_config.json, in that order, else alpha = rank. LyCORIS LoHa and LoKr
- * (kohya names) become exact LoRA factors of a higher rank (see lyco_check).
- * Variants we cannot load exactly (Tucker, DoRA, OFT) are refused by name. */
+ * (kohya names) become exact LoRA factors of a higher rank (see lyco_check),
+ * their Tucker-decomposed forms (lora_mid, hada_t1/t2, lokr_t2) too. Variants
+ * we cannot load exactly (DoRA, OFT) are refused by name. */
 #include <jansson.h>
 #ifdef __AVX2__
 #include <immintrin.h>
@@ -32,10 +33,12 @@ typedef enum {
     ROLE_H1A, ROLE_H1B, ROLE_H2A, ROLE_H2B,
     /* LyCORIS LoKr: dW = kron(W1, W2), each full or as _a _b factors, times alpha / dim */
     ROLE_K1, ROLE_K1A, ROLE_K1B, ROLE_K2, ROLE_K2A, ROLE_K2B,
+    /* Tucker cores (LyCORIS use_tucker): LoCon's lora_mid, LoHa's hada_t1/t2, LoKr's lokr_t2 */
+    ROLE_MID, ROLE_HT1, ROLE_HT2, ROLE_KT2,
     N_ROLES
 } role_t;
 
-enum { LYCO_NONE = 0, LYCO_LOHA = 1, LYCO_LOKR = 2 };
+enum { LYCO_NONE = 0, LYCO_LOHA = 1, LYCO_LOKR = 2, LYCO_LOCON_TUCKER = 3 };
 
 /* One tensor of the file, parsed by syntax. */
 typedef struct {
@@ -55,7 +58,8 @@ typedef struct {
     entry *e[N_ROLES];       /* by role */
     const zl_module_info *mod;
     int is_ldm;
-    int lyco;                /* LYCO_*: a LoHa / LoKr module, turned into exact LoRA factors */
+    int lyco;                /* LYCO_*: a LoHa / LoKr / Tucker LoCon module, turned into exact LoRA factors */
+    int tucker;              /* 1: a Tucker core (lora_mid, hada_t1/t2, lokr_t2) is part of it */
     /* LyCORIS geometry (set by lyco_check): dW is [out, in_k], in_k = in * kh * kw */
     int64_t l_out, l_ink;
     int l_kh, l_kw;          /* kernel the factors fix (0: any, taken from the module) */
@@ -63,6 +67,7 @@ typedef struct {
     int l_full;              /* 1: formed as dW itself with an identity on the smaller side */
     int l_s1, l_s2;          /* LoKr: ranks used for W1 and W2 (LoHa: r1, r2) */
     int l_w1_left, l_w2_left;/* LoKr: a full W1 / W2 put on the up side (1) or the down side (0) */
+    int64_t l_c, l_d2;       /* LoKr: W2 is [l_c, l_d2] (l_d2 = d * kh * kw) */
     int l_dim;               /* the rank the scale divides alpha by (0: scale 1) */
     float l_scale;           /* LyCORIS scale (set with the alpha), folded into up */
 } group;
@@ -92,10 +97,6 @@ static const struct {
     const char *marker;
     const char *what;
 } refused[] = {
-    {".hada_t1", "Tucker-decomposed LoHa (hada_t1/hada_t2)"},
-    {".hada_t2", "Tucker-decomposed LoHa (hada_t1/hada_t2)"},
-    {".lokr_t2", "Tucker-decomposed LoKr (lokr_t2)"},
-    {".lora_mid.", "Tucker-decomposed LoCon (lora_mid)"},
     {".dora_scale", "DoRA (dora_scale)"},
     {"lora_magnitude_vector", "DoRA (PEFT lora_magnitude_vector)"},
     {".oft_", "OFT (oft_* tensors)"},
@@ -140,7 +141,8 @@ static int parse_key(const char *key, entry *e, int *plain_te) {
                   {"hada_w1_a", ROLE_H1A},         {"hada_w1_b", ROLE_H1B},      {"hada_w2_a", ROLE_H2A},
                   {"hada_w2_b", ROLE_H2B},         {"lokr_w1", ROLE_K1},         {"lokr_w1_a", ROLE_K1A},
                   {"lokr_w1_b", ROLE_K1B},         {"lokr_w2", ROLE_K2},         {"lokr_w2_a", ROLE_K2A},
-                  {"lokr_w2_b", ROLE_K2B}};
+                  {"lokr_w2_b", ROLE_K2B},         {"lora_mid.weight", ROLE_MID}, {"hada_t1", ROLE_HT1},
+                  {"hada_t2", ROLE_HT2},           {"lokr_t2", ROLE_KT2}};
         size_t k = 0;
         while (k < sizeof ks / sizeof ks[0] && strcmp(suf, ks[k].suf)) k++;
         if (k == sizeof ks / sizeof ks[0]) return 1;
@@ -577,13 +579,17 @@ done:
 
 static const char *role_suffix(role_t r) {
     static const char *const n[N_ROLES] = {"down", "up", "alpha", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
-                                           "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b"};
+                                           "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
+                                           "lora_mid", "hada_t1", "hada_t2", "lokr_t2"};
     return n[r];
 }
 
 /* ---------------------------------------------------------------- LyCORIS */
 
 static int64_t tail_numel(const zl_st_tensor *t) { return t->shape[0] ? t->numel / t->shape[0] : 0; }
+
+/* a * b for sizes (a, b >= 0), or INT_MAX + 1 once the product passes INT_MAX. */
+static int64_t mul_cap(int64_t a, int64_t b) { return a > 0 && b > INT_MAX / a ? (int64_t)INT_MAX + 1 : a * b; }
 
 /* Check a LoHa / LoKr group's factors and fix its geometry and the rank of its
  * exact LoRA form:
@@ -596,7 +602,16 @@ static int64_t tail_numel(const zl_st_tensor *t) { return t->shape[0] ? t->numel
  *    other); scale alpha / dim with dim the rank of the decomposed factor (W2's if
  *    both), 1 if neither is decomposed or there is no alpha.
  * When that rank would reach min(out, in_k) the layer is dW itself with an identity
- * on the smaller side: exact either way. */
+ * on the smaller side: exact either way.
+ * Tucker forms (LyCORIS use_tucker, on convs) hold a core t [r, r', kh, kw] with
+ * w_a [r, out] and w_b [r', in]; the rebuilt weight (LyCORIS rebuild_tucker,
+ * ComfyUI's and A1111's einsum "i j k l, j r, i p -> p r k l") is
+ * W[o, c, k, l] = sum_ij w_a[i, o] t[i, j, k, l] w_b[j, c] = U V with U = w_a^T
+ * [out, r] and V[i, (c, k, l)] = sum_j t[i, j, k, l] w_b[j, c] (tucker_factors):
+ * a LoHa side or LoKr's W2 in the plain form above, of rank r. LoCon's lora_mid
+ * ([r, r', kh, kw] between down [r', in] and up [out, r]) gives the LoRA
+ * up, V exactly; its scale is alpha / rank(down) as for any LoRA. The LoHa and
+ * LoKr scales take the rank from w_b's first dimension, as ComfyUI and A1111 do. */
 static int lyco_check(loader *L, group *g) {
     const char *P = L->path;
     const entry *fe = first_entry(g);
@@ -609,20 +624,59 @@ static int lyco_check(loader *L, group *g) {
             if (t->shape[i] < 1 || t->shape[i] > INT_MAX / 16)
                 return zl_set_error(ZL_ESHAPE, "%s: '%s' has a dimension of %lld", P, g->e[r]->key, (long long)t->shape[i]);
     }
+    if (g->lyco == LYCO_LOCON_TUCKER) {
+        const entry *de = g->e[ROLE_DOWN], *me = g->e[ROLE_MID], *ue = g->e[ROLE_UP];
+        const zl_st_tensor *d = de->t, *m = me->t, *u = ue->t;
+        if (m->ndim != 4 || (d->ndim == 4 && (d->shape[2] != 1 || d->shape[3] != 1)) ||
+            (u->ndim == 4 && (u->shape[2] != 1 || u->shape[3] != 1)) || m->shape[1] != d->shape[0] ||
+            m->shape[0] != u->shape[1])
+            return zl_set_error(ZL_ESHAPE, "%s: Tucker LoCon module '%s': lora_down, lora_mid and lora_up must be "
+                                           "[r', in(, 1, 1)], [r, r', kh, kw] and [out, r(, 1, 1)]", P, fe->name);
+        g->l_out = u->shape[0];
+        g->l_kh = (int)m->shape[2];
+        g->l_kw = (int)m->shape[3];
+        g->l_ink = mul_cap(mul_cap(d->shape[1], g->l_kh), g->l_kw);
+        g->l_dim = (int)d->shape[0];
+        if (mul_cap(g->l_out, g->l_ink) > INT_MAX)
+            return zl_set_error(ZL_ESHAPE, "%s: module '%s' (%lld x %lld) is too large for one layer", P, fe->name,
+                                (long long)g->l_out, (long long)g->l_ink);
+        g->l_rank = (int)m->shape[0];
+        g->l_full = 0;
+        return ZL_OK;
+    }
     if (g->lyco == LYCO_LOHA) {
-        const zl_st_tensor *a1 = g->e[ROLE_H1A]->t, *b1 = g->e[ROLE_H1B]->t, *a2 = g->e[ROLE_H2A]->t, *b2 = g->e[ROLE_H2B]->t;
-        if (a1->ndim != 2 || a2->ndim != 2 || a1->shape[0] != a2->shape[0] || a1->shape[1] != b1->shape[0] ||
-            a2->shape[1] != b2->shape[0] || tail_numel(b1) != tail_numel(b2) || b1->ndim != b2->ndim ||
-            (b1->ndim == 4 && (b1->shape[2] != b2->shape[2] || b1->shape[3] != b2->shape[3])))
-            return zl_set_error(ZL_ESHAPE, "%s: LoHa module '%s': hada_w1_a/w1_b/w2_a/w2_b shapes do not fit "
-                                           "([out, r1], [r1, in], [out, r2], [r2, in])", P, fe->name);
-        g->l_out = a1->shape[0];
-        g->l_ink = tail_numel(b1);
-        g->l_kh = b1->ndim == 4 ? (int)b1->shape[2] : 0;
-        g->l_kw = b1->ndim == 4 ? (int)b1->shape[3] : 0;
-        g->l_s1 = (int)a1->shape[1];
-        g->l_s2 = (int)a2->shape[1];
-        g->l_dim = (int)a1->shape[1];
+        int64_t o[2], rk[2], ik[2], kh[2], kw[2];
+        for (int w = 0; w < 2; w++) {
+            const zl_st_tensor *a = g->e[w ? ROLE_H2A : ROLE_H1A]->t, *b = g->e[w ? ROLE_H2B : ROLE_H1B]->t;
+            const entry *te = g->e[w ? ROLE_HT2 : ROLE_HT1];
+            if (te) {
+                const zl_st_tensor *t = te->t;
+                if (t->ndim != 4 || a->ndim != 2 || b->ndim != 2 || t->shape[0] != a->shape[0] ||
+                    t->shape[1] != b->shape[0])
+                    return zl_set_error(ZL_ESHAPE, "%s: Tucker LoHa module '%s': hada_t%d, hada_w%d_a and hada_w%d_b "
+                                                   "must be [r, r', kh, kw], [r, out] and [r', in]",
+                                        P, fe->name, w + 1, w + 1, w + 1);
+                o[w] = a->shape[1], rk[w] = a->shape[0], ik[w] = mul_cap(mul_cap(b->shape[1], t->shape[2]), t->shape[3]);
+                kh[w] = t->shape[2], kw[w] = t->shape[3];
+            } else {
+                if (a->ndim != 2 || a->shape[1] != b->shape[0])
+                    return zl_set_error(ZL_ESHAPE, "%s: LoHa module '%s': hada_w%d_a [out, r] and hada_w%d_b [r, in] "
+                                                   "do not fit", P, fe->name, w + 1, w + 1);
+                o[w] = a->shape[0], rk[w] = a->shape[1], ik[w] = tail_numel(b);
+                kh[w] = b->ndim == 4 ? b->shape[2] : 0, kw[w] = b->ndim == 4 ? b->shape[3] : 0;
+            }
+        }
+        if (o[0] != o[1] || ik[0] != ik[1] || kh[0] != kh[1] || kw[0] != kw[1])
+            return zl_set_error(ZL_ESHAPE, "%s: LoHa module '%s': the two Hadamard factors have different shapes "
+                                           "(%lld x %lld and %lld x %lld)", P, fe->name, (long long)o[0],
+                                (long long)ik[0], (long long)o[1], (long long)ik[1]);
+        g->l_out = o[0];
+        g->l_ink = ik[0];
+        g->l_kh = (int)kh[0];
+        g->l_kw = (int)kw[0];
+        g->l_s1 = (int)rk[0];
+        g->l_s2 = (int)rk[1];
+        g->l_dim = (int)g->e[ROLE_H1B]->t->shape[0];
     } else {
         const entry *k1 = g->e[ROLE_K1], *k1a = g->e[ROLE_K1A], *k1b = g->e[ROLE_K1B];
         const entry *k2 = g->e[ROLE_K2], *k2a = g->e[ROLE_K2A], *k2b = g->e[ROLE_K2B];
@@ -641,7 +695,17 @@ static int lyco_check(loader *L, group *g) {
             g->l_s1 = dim = (int)k1a->t->shape[1];
         }
         const zl_st_tensor *kt = NULL; /* the tensor whose shape carries W2's kernel */
-        if (k2) {
+        const entry *t2 = g->e[ROLE_KT2];
+        if (t2) {
+            if (t2->t->ndim != 4 || k2a->t->ndim != 2 || k2b->t->ndim != 2 || t2->t->shape[0] != k2a->t->shape[0] ||
+                t2->t->shape[1] != k2b->t->shape[0])
+                return zl_set_error(ZL_ESHAPE, "%s: Tucker LoKr module '%s': lokr_t2, lokr_w2_a and lokr_w2_b must be "
+                                               "[r, r', kh, kw], [r, c] and [r', d]", P, fe->name);
+            c = k2a->t->shape[1], D2 = mul_cap(mul_cap(k2b->t->shape[1], t2->t->shape[2]), t2->t->shape[3]);
+            kt = t2->t;
+            g->l_s2 = (int)t2->t->shape[0];
+            dim = (int)k2b->t->shape[0];
+        } else if (k2) {
             c = k2->t->shape[0], D2 = tail_numel(k2->t);
             kt = k2->t;
             g->l_w2_left = D2 <= c;
@@ -660,9 +724,11 @@ static int lyco_check(loader *L, group *g) {
             return zl_set_error(ZL_ESHAPE, "%s: LoKr module '%s' is too large", P, fe->name);
         g->l_out = a * c;
         g->l_ink = b * D2;
+        g->l_c = c;
+        g->l_d2 = D2;
         g->l_dim = dim;
     }
-    if (g->l_out * g->l_ink > INT_MAX)
+    if (mul_cap(g->l_out, g->l_ink) > INT_MAX)
         return zl_set_error(ZL_ESHAPE, "%s: module '%s' (%lld x %lld) is too large for one layer", P, fe->name,
                             (long long)g->l_out, (long long)g->l_ink);
     int64_t R = (int64_t)g->l_s1 * g->l_s2, mn = g->l_out < g->l_ink ? g->l_out : g->l_ink;
@@ -673,6 +739,36 @@ static int lyco_check(loader *L, group *g) {
 
 static int read_values(loader *L, const zl_st_tensor *t, float **out);
 
+/* A Tucker core's plain factors (see lyco_check): *U = w_a^T [out, r] (NULL to
+ * skip), *V [r, in, kh, kw] with V[i, c, k, l] = sum_j t[i, j, k, l] w_b[j, c],
+ * summed in double. t [r, r', kh, kw], w_a [r, out], w_b [r', in]. */
+static int tucker_factors(const char *path, const zl_st_tensor *tt, const zl_st_tensor *at, const zl_st_tensor *bt,
+                          const float *t, const float *a, const float *b, float **U, float **V) {
+    const int64_t r = tt->shape[0], r2 = tt->shape[1], kk = tt->shape[2] * tt->shape[3], in = bt->shape[1];
+    float *v = malloc((size_t)(r * in * kk) * sizeof(float)), *u = NULL;
+    if (U) u = malloc((size_t)(r * at->shape[1]) * sizeof(float));
+    if (!v || (U && !u)) {
+        free(v);
+        free(u);
+        return zl_set_error(ZL_ENOMEM, "%s: out of memory", path);
+    }
+    for (int64_t i = 0; i < r; i++)
+        for (int64_t c = 0; c < in; c++)
+            for (int64_t q = 0; q < kk; q++) {
+                double acc = 0;
+                for (int64_t j = 0; j < r2; j++) acc += (double)t[(i * r2 + j) * kk + q] * b[j * in + c];
+                v[(i * in + c) * kk + q] = (float)acc;
+            }
+    if (U) {
+        const int64_t out = at->shape[1];
+        for (int64_t o = 0; o < out; o++)
+            for (int64_t i = 0; i < r; i++) u[o * r + i] = a[i * out + o];
+        *U = u;
+    }
+    *V = v;
+    return ZL_OK;
+}
+
 /* The exact LoRA factors of a checked LyCORIS group: up [out, R] (scale folded
  * in), down [R, in_k]. */
 static int lyco_values(loader *L, const group *g, float **up_out, float **down_out) {
@@ -682,10 +778,38 @@ static int lyco_values(loader *L, const group *g, float **up_out, float **down_o
     for (int r = 0; r < N_ROLES && !rc; r++)
         if (g->e[r] && r != ROLE_ALPHA) rc = read_values(L, g->e[r]->t, &f[r]);
     const int64_t out = g->l_out, ink = g->l_ink, R = g->l_rank;
+    const float sc = g->l_scale;
+    if (!rc && g->lyco == LYCO_LOCON_TUCKER) {
+        /* up (scale folded in) and the core contracted with down */
+        float *dn = NULL;
+        rc = tucker_factors(L->path, g->e[ROLE_MID]->t, NULL, g->e[ROLE_DOWN]->t, f[ROLE_MID], NULL, f[ROLE_DOWN], NULL,
+                            &dn);
+        if (!rc) {
+            for (int64_t i = 0; i < out * R; i++) f[ROLE_UP][i] *= sc;
+            *up_out = f[ROLE_UP];
+            *down_out = dn;
+            f[ROLE_UP] = NULL;
+        }
+        for (int r = 0; r < N_ROLES; r++) free(f[r]);
+        return rc;
+    }
+    /* Tucker cores: replace a side's w_a, w_b by its plain factors */
+    static const role_t tk[3][3] = {{ROLE_HT1, ROLE_H1A, ROLE_H1B}, {ROLE_HT2, ROLE_H2A, ROLE_H2B}, {ROLE_KT2, ROLE_K2A, ROLE_K2B}};
+    for (int k = 0; k < 3 && !rc; k++) {
+        if (!g->e[tk[k][0]]) continue;
+        float *U = NULL, *V = NULL;
+        rc = tucker_factors(L->path, g->e[tk[k][0]]->t, g->e[tk[k][1]]->t, g->e[tk[k][2]]->t, f[tk[k][0]], f[tk[k][1]],
+                            f[tk[k][2]], &U, &V);
+        if (!rc) {
+            free(f[tk[k][1]]);
+            free(f[tk[k][2]]);
+            f[tk[k][1]] = U;
+            f[tk[k][2]] = V;
+        }
+    }
     float *up = rc ? NULL : malloc((size_t)(out * R) * sizeof(float));
     float *dn = rc ? NULL : malloc((size_t)(R * ink) * sizeof(float));
     if (!rc && (!up || !dn)) rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
-    const float sc = g->l_scale;
     if (!rc && g->lyco == LYCO_LOHA && !g->l_full) {
         const int r1 = g->l_s1, r2 = g->l_s2;
         const float *a1 = f[ROLE_H1A], *b1 = f[ROLE_H1B], *a2 = f[ROLE_H2A], *b2 = f[ROLE_H2B];
@@ -698,9 +822,7 @@ static int lyco_values(loader *L, const group *g, float **up_out, float **down_o
     } else if (!rc && g->lyco == LYCO_LOKR && !g->l_full) {
         /* W1 = U1 V1 ([a, s1] [s1, b]), W2 = U2 V2 ([c, s2] [s2, D2]) */
         const int s1 = g->l_s1, s2 = g->l_s2;
-        const int64_t c = g->e[ROLE_K2] ? g->e[ROLE_K2]->t->shape[0] : g->e[ROLE_K2A]->t->shape[0];
-        const int64_t a = out / c, D2 = g->e[ROLE_K2] ? tail_numel(g->e[ROLE_K2]->t) : tail_numel(g->e[ROLE_K2B]->t);
-        const int64_t b = ink / D2;
+        const int64_t c = g->l_c, a = out / c, D2 = g->l_d2, b = ink / D2;
         float *U1 = malloc((size_t)(a * s1) * sizeof(float)), *V1 = malloc((size_t)(s1 * b) * sizeof(float));
         float *U2 = malloc((size_t)(c * s2) * sizeof(float)), *V2 = malloc((size_t)(s2 * D2) * sizeof(float));
         if (!U1 || !V1 || !U2 || !V2) rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
@@ -750,10 +872,7 @@ static int lyco_values(loader *L, const group *g, float **up_out, float **down_o
                     dw[o * ink + j] = p * q;
                 }
         } else if (!rc) {
-            const int64_t c = g->e[ROLE_K2] ? g->e[ROLE_K2]->t->shape[0] : g->e[ROLE_K2A]->t->shape[0];
-            const int64_t a = out / c,
-                          D2 = g->e[ROLE_K2] ? tail_numel(g->e[ROLE_K2]->t) : tail_numel(g->e[ROLE_K2B]->t);
-            const int64_t b = ink / D2;
+            const int64_t c = g->l_c, a = out / c, D2 = g->l_d2, b = ink / D2;
             double *W1 = malloc((size_t)(a * b) * sizeof(double)), *W2 = malloc((size_t)(c * D2) * sizeof(double));
             if (!W1 || !W2) rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
             for (int w = 0; w < 2 && !rc; w++) {
@@ -763,7 +882,7 @@ static int lyco_values(loader *L, const group *g, float **up_out, float **down_o
                 if (full) {
                     for (int64_t i = 0; i < rows * cols; i++) W[i] = full[i];
                 } else {
-                    const int64_t r = w ? g->e[ROLE_K2A]->t->shape[1] : g->e[ROLE_K1A]->t->shape[1];
+                    const int64_t r = w ? g->l_s2 : g->l_s1; /* the factor rank (decomposed) */
                     for (int64_t i = 0; i < rows; i++)
                         for (int64_t j = 0; j < cols; j++) {
                             double acc = 0;
@@ -822,9 +941,12 @@ static int group_all(loader *L) {
     }
     for (int i = 0; i < L->ng; i++) {
         group *g = &L->g[i];
-        int has_lora = g->e[ROLE_DOWN] || g->e[ROLE_UP], has_h = 0, has_k = 0;
+        int has_lora = g->e[ROLE_DOWN] || g->e[ROLE_UP] || g->e[ROLE_MID], has_h = 0, has_k = 0;
         for (int r = ROLE_H1A; r <= ROLE_H2B; r++) has_h |= g->e[r] != NULL;
+        has_h |= g->e[ROLE_HT1] || g->e[ROLE_HT2];
         for (int r = ROLE_K1; r <= ROLE_K2B; r++) has_k |= g->e[r] != NULL;
+        has_k |= g->e[ROLE_KT2] != NULL;
+        g->tucker = g->e[ROLE_MID] || g->e[ROLE_HT1] || g->e[ROLE_HT2] || g->e[ROLE_KT2];
         if (has_lora + has_h + has_k > 1)
             return zl_set_error(ZL_EFORMAT, "%s: module '%s' mixes %s tensors", L->path, first_entry(g)->name,
                                 has_lora && has_h ? "LoRA and LoHa" : has_lora ? "LoRA and LoKr" : "LoHa and LoKr");
@@ -845,6 +967,9 @@ static int group_all(loader *L) {
                     return zl_set_error(ZL_EFORMAT, "%s: LoKr module '%s' needs lokr_w%d or both lokr_w%d_a and lokr_w%d_b",
                                         L->path, first_entry(g)->name, w + 1, w + 1, w + 1);
             }
+            if (g->e[ROLE_KT2] && g->e[ROLE_K2])
+                return zl_set_error(ZL_EFORMAT, "%s: LoKr module '%s' has lokr_t2 with a full lokr_w2 (a Tucker core "
+                                                "needs lokr_w2_a and lokr_w2_b)", L->path, first_entry(g)->name);
             continue;
         }
         if (!g->e[ROLE_DOWN] || !g->e[ROLE_UP]) {
@@ -853,6 +978,7 @@ static int group_all(loader *L) {
                                 e->key, g->e[ROLE_DOWN] ? "up (lora_up / lora_B)" : "down (lora_down / lora_A)",
                                 e->name);
         }
+        if (g->e[ROLE_MID]) g->lyco = LYCO_LOCON_TUCKER;
     }
     return ZL_OK;
 }
@@ -1032,13 +1158,17 @@ int zl_lora_check_values(const char *path, const zl_st_tensor *t) {
     return rc;
 }
 
+static const char *lyco_name(const group *g) {
+    return g->lyco == LYCO_LOCON_TUCKER ? "Tucker LoCon" : g->lyco == LYCO_LOHA ? "LoHa" : "LoKr";
+}
+
 /* Check shapes and build one canonical layer (module already resolved). */
 static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
     if (g->lyco) {
         const zl_module_info *m = g->mod;
         if (!lyco_compatible(m, g))
             return zl_set_error(ZL_ESHAPE, "%s: %s module '%s' (%lld x %lld%s) does not fit module '%s' (%s %dx%d kernel)",
-                                L->path, g->lyco == LYCO_LOHA ? "LoHa" : "LoKr", first_entry(g)->name,
+                                L->path, lyco_name(g), first_entry(g)->name,
                                 (long long)g->l_out, (long long)g->l_ink, g->l_kh ? ", with a kernel" : "", m->diffusers,
                                 mod_kind_name(m->kind), m->kh, m->kw);
         y->kh = m->kind == ZL_MOD_CONV ? m->kh : 1;
@@ -1049,9 +1179,12 @@ static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
         y->kind = m->kind == ZL_MOD_CONV ? ZL_LORA_CONV : ZL_LORA_LINEAR;
         if (strict && (y->in_features != m->in || y->out_features != m->out))
             return zl_set_error(ZL_ESHAPE, "%s: %s module '%s' (%d -> %d) does not fit module '%s' (%s %d -> %d)", L->path,
-                                g->lyco == LYCO_LOHA ? "LoHa" : "LoKr", first_entry(g)->name, y->in_features,
+                                lyco_name(g), first_entry(g)->name, y->in_features,
                                 y->out_features, m->diffusers, mod_kind_name(m->kind), m->in, m->out);
-        const entry *de = g->e[g->lyco == LYCO_LOHA ? ROLE_H1B : g->e[ROLE_K2] ? ROLE_K2 : ROLE_K2B];
+        const entry *de = g->e[g->lyco == LYCO_LOCON_TUCKER ? ROLE_DOWN
+                               : g->lyco == LYCO_LOHA      ? ROLE_H1B
+                               : g->e[ROLE_K2]             ? ROLE_K2
+                                                           : ROLE_K2B];
         y->dtype = de->t->dtype;
         return ZL_OK;
     }
@@ -1328,6 +1461,7 @@ static int load_impl(const zl_st_file *f, const char *path, const zl_lora_load_o
     for (int i = 0; i < L.ng; i++) {
         lo->n_loha += L.g[i].lyco == LYCO_LOHA;
         lo->n_lokr += L.g[i].lyco == LYCO_LOKR;
+        lo->n_tucker += L.g[i].tucker;
     }
     lo->path = strdup(L.path);
     int nm = zl_st_meta_count(f);
