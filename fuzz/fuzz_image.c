@@ -1,5 +1,7 @@
 /* libFuzzer harness for the image loader (src/io/image.c): decoding any format
- * through zl_image_read_mem, PNG text-chunk reading, and on what decodes, the
+ * through zl_image_read_mem, PNG text-chunk reading, the A1111 `parameters` text
+ * parser (generate --from-png) on the input as text and on any parameters chunk,
+ * and on what decodes, the
  * operations that follow in the program -- a lossless PNG round trip through
  * zl_png_encode, area and bilinear resizing, crops, and the [-1, 1] tensor
  * conversions, which must give back the same bytes. A broken invariant aborts
@@ -44,6 +46,38 @@ static const char *scratch_path(void) {
     return path;
 }
 
+/* The parameters-text parser: on success at least 3 settings, each a non-empty
+ * key without ':' and a value, found again by name; on failure nothing kept
+ * and a message naming the label. */
+static void check_params_text(const char *text) {
+    zl_png_params p;
+    int rc = zl_png_params_parse(text, LABEL, &p);
+    if (rc) {
+        check(p.prompt == NULL && p.negative == NULL && p.n == 0, "failed parameters parse kept fields");
+        check(rc == ZL_ENOMEM || strncmp(zl_errmsg(), LABEL ": ", strlen(LABEL) + 2) == 0,
+              "parameters error does not name the label");
+        return;
+    }
+    check(p.prompt != NULL && p.n >= 3 && p.n <= ZL_PNG_PARAMS_MAX, "parsed parameters without prompt or settings");
+    check(strlen(p.prompt) <= strlen(text), "prompt longer than the text");
+    for (int i = 0; i < p.n; i++) {
+        check(p.key[i] && p.val[i] && p.key[i][0] && !strchr(p.key[i], ':'), "bad settings key");
+        const char *v = zl_png_params_get(&p, p.key[i]);
+        check(v != NULL, "a parsed key is not found");
+    }
+    zl_png_params_free(&p);
+    check(p.prompt == NULL && p.n == 0, "free left fields");
+}
+
+static void check_params(const uint8_t *data, size_t size) {
+    char *text = malloc(size + 1);
+    if (!text) return;
+    memcpy(text, data, size);
+    text[size] = 0;
+    check_params_text(text);
+    free(text);
+}
+
 static void check_text(const uint8_t *data, size_t size) {
     FILE *fp = fopen(scratch_path(), "wb");
     if (!fp) return;
@@ -62,7 +96,7 @@ static void check_text(const uint8_t *data, size_t size) {
     for (int i = 0; i < n; i++) {
         check(t[i].key && t[i].value, "NULL text entry");
         (void)strlen(t[i].key);
-        (void)strlen(t[i].value);
+        if (!strcmp(t[i].key, "parameters")) check_params_text(t[i].value);
     }
     zl_png_text_free(t, n);
 }
@@ -128,6 +162,7 @@ static void check_ops(const zl_image *im) {
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     check_text(data, size);
+    check_params(data, size);
     int w, h, comp;
     if (size < 0x7fffffff && stbi_info_from_memory(data, (int)size, &w, &h, &comp) && (int64_t)w * h > MAX_PIXELS) return 0;
     zl_image im;

@@ -100,6 +100,10 @@ def safetensors_seeds():
                            b'"data_offsets":[0,1]}}', b'[1,2]', b'{"x":{"dtype":"F32","shape":[-1],"data_offsets":[0,0]}}',
                            b'{"x":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,0]}}', b'\xff\xfe{}']):
         put(H, "bad_%d" % i, struct.pack("<Q", len(h)) + h + bytes(4))
+    # PyTorch zip checkpoints (tests/data/ckpt, written by make_ckpt.py there): views, protocols 2 and 4,
+    # zip64 records, refused views; the small ones only.
+    for name in ["views.pt", "views_p4.pt", "views_zip64.pt", "bad_past_end.pt", "bad_broadcast.pt", "bad_dtype.pt"]:
+        put(H, "torch_" + name.replace(".", "_"), open(os.path.join(DATA, "ckpt", name), "rb").read())
 
 
 def unet_config_seeds():
@@ -252,6 +256,15 @@ def lora_seeds():
                                   (conv + ".hada_w2_a", "F16", [32, 3]), (conv + ".hada_w2_b", "F16", [3, 288]),
                                   (conv + ".alpha", "F16", [])]))
     put(H, "loha_tucker", spec([], [(conv + ".hada_w1_a", "F16", [2, 32]), (conv + ".hada_t1", "F16", [2, 2, 3, 3])]))
+    put(H, "loha_tucker_full", spec(["unet tiny-sdxl"],
+                                    [(conv + ".hada_w1_a", "F16", [2, 32]), (conv + ".hada_w1_b", "F16", [2, 32]),
+                                     (conv + ".hada_t1", "F16", [2, 2, 3, 3]), (conv + ".hada_w2_a", "F16", [3, 32]),
+                                     (conv + ".hada_w2_b", "F16", [3, 32]), (conv + ".hada_t2", "F16", [3, 3, 3, 3]),
+                                     (conv + ".alpha", "F16", [])]))
+    put(H, "lokr_tucker", spec(["unet tiny-sdxl"],
+                               [(conv + ".lokr_w1", "F16", [4, 4]), (conv + ".lokr_w2_a", "F16", [2, 8]),
+                                (conv + ".lokr_w2_b", "F16", [2, 8]), (conv + ".lokr_t2", "F16", [2, 2, 3, 3]),
+                                (conv + ".alpha", "F16", [])]))
     put(H, "family_conflict", spec(["unet tiny-sd15", "family 1"], kl, {"ss_base_model_version": "sdxl_base_v1-0"}))
     put(H, "empty", spec([], []))
 
@@ -305,6 +318,16 @@ def image_seeds():
             (b"iTXt", b"Title\x00\x00\x00en\x00Titel\x00" + "caf\u00e9".encode())]
     put(H, "rgb8_text.png", png(w, h, 2, 8, rgb, text))
     put(H, "rgb8.png", png(w, h, 2, 8, rgb))
+    # generate --from-png reads the parameters text (A1111's form: prompt, "Negative prompt:", a settings line)
+    params = (b'a "quoted" photo, sks dog\nsecond line\nNegative prompt: blurry, low quality\n'
+              b'Steps: 30, Sampler: DPM++ 2M, Schedule type: Karras, CFG scale: 7, Seed: 42, Size: 1024x1024, '
+              b'Model hash: 31e35c80fc, Lora hashes: "dog: 0123456789ab, style: ba9876543210", '
+              b'Prompt: "a, b\\"c\\nd", Denoising strength: 0.5, Version: v1.10.1')
+    put(H, "params.txt", params)
+    put(H, "params_bare.txt", b"Steps: 20, Sampler: Euler, CFG scale: 5")
+    put(H, "params_two_pairs.txt", b"a prompt\nSteps: 20, Sampler: Euler")
+    put(H, "params_open_quote.txt", b'x\nSteps: 20, Sampler: "Euler, CFG scale: 5')
+    put(H, "rgb8_params.png", png(w, h, 2, 8, rgb, [(b"tEXt", b"parameters\x00" + params)]))
     put(H, "gray8.png", png(w, h, 0, 8, [bytes((x * 30 + y) & 0xFF for x in range(w)) for y in range(h)]))
     put(H, "gray1.png", png(9, 3, 0, 1, [bytes([0b10110011, 0b10000000]) for _ in range(3)]))
     put(H, "rgba8.png", png(w, h, 6, 8, [bytes((x * 13 + k * 60 + y) & 0xFF for x in range(w) for k in range(4)) for y in range(h)]))

@@ -303,8 +303,42 @@ static void test_captions(void) {
     zl_image_free(&im);
 }
 
+/* The parameters-text reader (generate --from-png) on A1111's form, written out by hand. */
+static void test_params_text(void) {
+    const char *text = "a \"quoted\" photo, sks dog\nsecond line\nNegative prompt: blurry,\nlow quality\n"
+                       "Steps: 30, Sampler: DPM++ 2M, CFG scale: 7, Size: 1024x1024, "
+                       "Lora hashes: \"dog: 0123, style: 4567\", Prompt: \"a, b\\\"c\\nd\", Version: v1.10.1\n";
+    zl_png_params p;
+    CHECK_OK(zl_png_params_parse(text, "x.png", &p));
+    CHECK(p.prompt && !strcmp(p.prompt, "a \"quoted\" photo, sks dog\nsecond line"));
+    CHECK(p.negative && !strcmp(p.negative, "blurry,\nlow quality"));
+    CHECK(p.n == 7);
+    const char *want[7][2] = {{"Steps", "30"},           {"Sampler", "DPM++ 2M"},
+                              {"CFG scale", "7"},        {"Size", "1024x1024"},
+                              {"Lora hashes", "dog: 0123, style: 4567"}, {"Prompt", "a, b\"c\nd"},
+                              {"Version", "v1.10.1"}};
+    for (int i = 0; i < 7 && i < p.n; i++)
+        CHECKM(!strcmp(p.key[i], want[i][0]) && !strcmp(p.val[i], want[i][1]), "setting %d: '%s' = '%s'", i, p.key[i],
+               p.val[i]);
+    CHECK(zl_png_params_get(&p, "CFG scale") && !strcmp(zl_png_params_get(&p, "CFG scale"), "7"));
+    CHECK(zl_png_params_get(&p, "Seed") == NULL);
+    zl_png_params_free(&p);
+    /* no negative; a settings line alone */
+    CHECK_OK(zl_png_params_parse("Steps: 20, Sampler: Euler, CFG scale: 5", "x.png", &p));
+    CHECK(p.prompt && !p.prompt[0] && !p.negative && p.n == 3);
+    zl_png_params_free(&p);
+    /* refused, naming the label: two settings only; an unterminated quote */
+    const char *bad[2] = {"a prompt\nSteps: 20, Sampler: Euler", "x\nSteps: 20, Sampler: \"Euler, CFG scale: 5"};
+    for (int i = 0; i < 2; i++) {
+        int rc = zl_png_params_parse(bad[i], "x.png", &p);
+        CHECKM(rc == ZL_EFORMAT && strstr(zl_errmsg(), "x.png") && !p.prompt && !p.n, "bad parameters %d: %d %s", i, rc,
+               zl_errmsg());
+    }
+}
+
 int main(void) {
     test_captions();
+    test_params_text();
     test_png_round_trip();
     test_jpeg();
     test_bad_files();

@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include "cli.h"
-#include "png_params.h"
 #include "ziplora/image.h"
 #include "ziplora/pipeline.h"
 

@@ -3,8 +3,6 @@
  * prompt:" part, and a last line of "Key: value" pairs separated by commas,
  * values in double quotes when they hold a comma, colon, quote or newline
  * (backslash escapes inside). */
-#include "png_params.h"
-
 #include <ctype.h>
 #include <errno.h>
 #include <stdlib.h>

@@ -4,6 +4,7 @@
 #include "ziplora/safetensors.h"
 
 #include "ziplora/fileio.h"
+#include "io/torch_zip.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +28,8 @@ struct zl_st_file {
     char **meta_k, **meta_v; /* sorted by key */
     int n_shards;       /* a sharded checkpoint (index.json): the open shards; names point into them */
     zl_st_file **shards;
+    uint8_t **owned;    /* a PyTorch checkpoint's copied (strided) tensors */
+    int n_owned;
 };
 
 int64_t zl_st_nbytes(zl_dtype dt, int ndim, const int64_t *shape) {
@@ -54,6 +57,8 @@ void zl_st_close(zl_st_file *f) {
         for (int i = 0; i < f->n; i++) free(f->names[i]);
     for (int i = 0; i < f->n_shards; i++) zl_st_close(f->shards[i]);
     free(f->shards);
+    for (int i = 0; i < f->n_owned; i++) free(f->owned[i]);
+    free(f->owned);
     for (int i = 0; i < f->n_meta; i++) { free(f->meta_k[i]); free(f->meta_v[i]); }
     free(f->names);
     free(f->t);
@@ -85,18 +90,58 @@ static int get_u64(json_t *v, uint64_t *out) {
 
 /* What a file that is not safetensors is, from its first bytes (for the message); NULL if unknown. */
 static const char *other_format(const uint8_t *m, size_t n) {
-    if (n >= 4 && !memcmp(m, "PK\x03\x04", 4))
-        return "a PyTorch checkpoint (.ckpt/.pt/.bin: a zip of pickles)";
-    if (n >= 2 && m[0] == 0x80 && m[1] >= 2 && m[1] <= 5) return "a pickle file (an old PyTorch .ckpt/.pt/.bin)";
+    if (n >= 2 && m[0] == 0x80 && m[1] >= 2 && m[1] <= 5)
+        return "a pickle file (an old PyTorch .ckpt/.pt/.bin, saved before torch 1.6's zip format)";
     if (n >= 4 && !memcmp(m, "GGUF", 4)) return "a GGUF file (quantized weights for ggml)";
     if (n >= 8 && !memcmp(m, "\x89PNG\r\n\x1a\n", 8)) return "a PNG image";
     if (n >= 1 && m[0] == '{') return "a JSON file";
     return NULL;
 }
 
+static int cmp_names(const void *a, const void *b);
+
+/* A PyTorch zip checkpoint (src/io/torch_zip.c): its state dict's tensors,
+ * presented as a safetensors file without metadata. */
+static int parse_torch(zl_st_file *f) {
+    zl_torch_tensor *tt = NULL;
+    int n = 0;
+    int rc = zl_torch_zip_read(f->map, f->size, f->path, &tt, &n);
+    if (rc) return rc;
+    f->t = calloc((size_t)n, sizeof *f->t);
+    f->names = calloc((size_t)n, sizeof *f->names);
+    f->owned = calloc((size_t)n, sizeof *f->owned);
+    if (!f->t || !f->names || !f->owned) {
+        zl_torch_tensors_free(tt, n);
+        return zl_set_error(ZL_ENOMEM, "%s: out of memory", f->path);
+    }
+    for (int i = 0; i < n; i++) {
+        zl_st_tensor *t = &f->t[f->n];
+        f->names[f->n] = tt[i].name;
+        tt[i].name = NULL;
+        t->name = f->names[f->n];
+        t->dtype = tt[i].dtype;
+        t->ndim = tt[i].ndim;
+        memcpy(t->shape, tt[i].shape, sizeof t->shape);
+        t->numel = tt[i].numel;
+        t->nbytes = tt[i].nbytes;
+        t->data = tt[i].data;
+        t->begin = tt[i].owned ? 0 : tt[i].file_off;
+        t->end = t->begin + t->nbytes;
+        if (tt[i].owned) f->owned[f->n_owned++] = tt[i].owned, tt[i].owned = NULL;
+        f->n++;
+    }
+    zl_torch_tensors_free(tt, n);
+    qsort(f->t, (size_t)f->n, sizeof *f->t, cmp_names);
+    for (int i = 1; i < f->n; i++)
+        if (strcmp(f->t[i - 1].name, f->t[i].name) == 0)
+            return zl_set_error(ZL_EFORMAT, "%s: duplicate tensor '%s'", f->path, f->t[i].name);
+    return ZL_OK;
+}
+
 /* Validate f->map[0..size) and fill the tables. */
 static int parse_file(zl_st_file *f) {
     const char *P = f->path;
+    if (f->size >= 4 && !memcmp(f->map, "PK\x03\x04", 4)) return parse_torch(f);
     if (f->size < 8) return zl_set_error(ZL_EFORMAT, "%s: file is %zu bytes, shorter than the 8-byte header length", P, f->size);
     uint64_t N = 0;
     for (int i = 7; i >= 0; i--) N = (N << 8) | f->map[i];
@@ -104,8 +149,8 @@ static int parse_file(zl_st_file *f) {
         const char *other = other_format(f->map, f->size);
         if (other)
             return zl_set_error(ZL_EFORMAT,
-                                "%s: this is %s, not safetensors; only safetensors files are read (pickle-based files can "
-                                "run code when loaded); convert it to .safetensors first",
+                                "%s: this is %s, not safetensors; only safetensors files and PyTorch zip checkpoints "
+                                "are read; convert it to .safetensors first",
                                 P, other);
     }
     if (N > ZL_ST_MAX_HEADER) return zl_set_error(ZL_EFORMAT, "%s: header length %llu exceeds the 100000000-byte limit", P, (unsigned long long)N);
