@@ -41,7 +41,7 @@ static void check_f32(const zl_st_file *f, const char *name, int ndim, const int
 }
 
 static void check_views(const zl_st_file *f) {
-    CHECKM(zl_st_count(f) == 8 && zl_st_meta_count(f) == 0, "%s: the 8 tensors of the dict (ints, nested dicts "
+    CHECKM(zl_st_count(f) == 9 && zl_st_meta_count(f) == 0, "%s: the 9 tensors of the dict (ints, nested dicts "
                                                             "skipped), no metadata: %d", zl_st_path(f), zl_st_count(f));
     float v[6];
     for (int i = 0; i < 6; i++) v[i] = i * 0.25f - 1.0f;
@@ -54,6 +54,7 @@ static void check_views(const zl_st_file *f) {
     check_f32(f, "i64", 1, (int64_t[]){2}, (float[]){7.0f, -9.0f}, 2);
     check_f32(f, "param", 1, (int64_t[]){2}, (float[]){3.0f, 4.0f}, 2);
     check_f32(f, "scalar", 0, NULL, (float[]){2.5f}, 1);
+    check_f32(f, "sized", 1, (int64_t[]){2}, (float[]){5.0f, 6.0f}, 2);
     const zl_st_tensor *a = zl_st_find(f, "f16"), *b = zl_st_find(f, "bf16"), *c = zl_st_find(f, "i64");
     CHECK(a && b && c && a->dtype == ZL_DT_F16 && b->dtype == ZL_DT_BF16 && c->dtype == ZL_DT_I64 && a->nbytes == 8);
     /* the offset view points into the contiguous one's storage */
@@ -227,6 +228,9 @@ static void test_bad(void) {
             break;
         }
     expect_bad("compressed member", b, n, ZL_EUNSUPPORTED, "is compressed (method 8)");
+    memcpy(b, orig, n);
+    replace_all(b, n, "little", "bigend");
+    expect_bad("big-endian", b, n, ZL_EUNSUPPORTED, "big-endian");
     /* an old (pre-zip) torch file is still refused with what to do */
     expect_bad("legacy pickle", (const uint8_t *)"\x80\x02\x8a\x0alp\xfc\x9c" "F\xf9 j\xa8P\x19.", 16, ZL_EFORMAT,
                "saved before torch 1.6");

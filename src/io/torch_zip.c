@@ -8,7 +8,7 @@
  * one (REDUCE, NEWOBJ, BUILD) builds nothing but:
  *  - torch._utils._rebuild_tensor_v2(storage, offset, size, stride, ...) and
  *    torch._utils._rebuild_parameter(tensor, ...): a tensor view;
- *  - collections.OrderedDict(): a dict;
+ *  - collections.OrderedDict(): a dict; torch.Size(t): the tuple t;
  * anything else gives an opaque value, which is fine wherever a tensor is not
  * needed (the other entries of a training checkpoint: step counts, optimizer
  * state, hyper-parameters). A storage is the persistent id ('storage',
@@ -299,6 +299,7 @@ static val *call(vm *v, const val *f, val *a) {
     if (is_global(f, "torch._utils", "_rebuild_parameter") && a && a->k == V_TUPLE && a->n >= 1 && a->it[0]->k == V_TENSOR)
         return a->it[0];
     if (is_global(f, "collections", "OrderedDict")) return mk(v, V_DICT);
+    if (is_global(f, "torch", "Size") && a && a->k == V_TUPLE && a->n == 1 && a->it[0]->k == V_TUPLE) return a->it[0];
     return mk(v, V_OPAQUE);
 }
 
@@ -653,6 +654,11 @@ int zl_torch_zip_read(const uint8_t *map, size_t size, const char *path, zl_torc
     if (!pk) {
         free(mem);
         return zl_set_error(ZL_EFORMAT, "%s: a zip file without a data.pkl: not a PyTorch checkpoint", path);
+    }
+    const member *bo = find_member(mem, nmem, pk->name, pk->name_len - 8, "byteorder");
+    if (bo && !(bo->size == 6 && !memcmp(map + bo->off, "little", 6))) {
+        free(mem);
+        return zl_set_error(ZL_EUNSUPPORTED, "%s: PyTorch checkpoint: saved on a big-endian machine (not read)", path);
     }
     vm v;
     memset(&v, 0, sizeof v);

@@ -45,6 +45,15 @@ for dt, name in [("F32", "FloatStorage"), ("F16", "HalfStorage"), ("BF16", "BFlo
     setattr(torch, name, cls)
     STYPE[dt] = cls
 torch._utils = tu
+
+
+class Size(tuple):  # torch.Size pickles as torch.Size(tuple)
+    def __reduce_ex__(self, protocol):
+        return (Size, (tuple(self),))
+
+
+Size.__module__ = "torch"
+torch.Size = Size
 sys.modules["torch"], sys.modules["torch._utils"] = torch, tu
 ESIZE = {"F32": 4, "F16": 2, "BF16": 2, "I64": 8, "C64": 8}
 
@@ -57,9 +66,12 @@ class Storage:
 
 class Tensor:
     def __init__(self, storage, offset, size, stride, param=False):
-        self.storage, self.offset, self.size, self.stride, self.param = storage, offset, tuple(size), tuple(stride), param
+        self.storage, self.offset, self.stride, self.param = storage, offset, tuple(stride), param
+        self.size = size if isinstance(size, Size) else tuple(size)
 
     def __reduce_ex__(self, protocol):
+        if isinstance(self.size, Size):
+            return (tu._rebuild_tensor_v2, (self.storage, self.offset, self.size, self.stride, False, OrderedDict()))
         if self.param:
             inner = Tensor(self.storage, self.offset, self.size, self.stride)
             return (tu._rebuild_parameter, (inner, False, OrderedDict()))
@@ -150,6 +162,7 @@ def views():
         ("i64", Tensor(Storage(3, "I64", struct.pack("<qq", 7, -9)), 0, [2], [1])),
         ("param", Tensor(Storage(4, "F32", f32([3.0, 4.0])), 0, [2], [1], param=True)),
         ("scalar", Tensor(Storage(5, "F32", f32([2.5])), 0, [], [])),
+        ("sized", Tensor(Storage(6, "F32", f32([5.0, 6.0])), 0, Size((2,)), [1])),  # size as a torch.Size
         ("step", 5),
         ("hparams", {"lr": 1e-4, "name": "x", "ids": [1, 2, (3, None, True)]}),
     ])
