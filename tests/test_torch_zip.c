@@ -5,12 +5,15 @@
  * dtype (a transpose is copied, an offset view points into the storage),
  * pickle protocols 2 and 4, zip64 records; an SD checkpoint's UNet equals the
  * safetensors single file it was made from, tensor by tensor and as a UNet
- * forward; a kohya LoRA saved as .pt loads as its safetensors file; damaged
+ * forward; a diffusers folder whose VAE is diffusion_pytorch_model.bin (older
+ * folders) decodes as the safetensors one; a kohya LoRA saved as .pt loads as its safetensors file; damaged
  * files are refused naming the file. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "testlib.h"
 
@@ -146,6 +149,66 @@ static void test_sd_checkpoint(void) {
     zl_st_close(ref);
 }
 
+/* `decoded` of two run outputs: equal bytes, and within the fixture's tolerance of diffusers'. */
+static void same_decoded(const char *what, const char *a, const char *b, const char *ref) {
+    zl_st_file *fa = NULL, *fb = NULL, *fr = NULL;
+    if (zl_st_open(a, &fa) || zl_st_open(b, &fb) || zl_st_open(ref, &fr)) {
+        CHECKM(0, "%s: outputs: %s", what, zl_errmsg());
+    } else {
+        const zl_st_tensor *x = zl_st_find(fa, "decoded"), *y = zl_st_find(fb, "decoded"), *r = zl_st_find(fr, "decoded");
+        CHECKM(x && y && x->nbytes == y->nbytes && !memcmp(x->data, y->data, x->nbytes), "%s: same bytes", what);
+        if (x && r && x->numel == r->numel) {
+            float *p = malloc((size_t)x->numel * sizeof(float)), *q = malloc((size_t)x->numel * sizeof(float));
+            zl_st_read_f32(x, p);
+            zl_st_read_f32(r, q);
+            zt_close(what, p, q, x->numel, 1e-4);
+            free(p);
+            free(q);
+        }
+    }
+    zl_st_close(fa);
+    zl_st_close(fb);
+    zl_st_close(fr);
+}
+
+/* An older diffusers folder: vae/diffusion_pytorch_model.bin; and the VAE .bin given alone. */
+static void test_diffusers_bin(void) {
+    char fx[1024], d[1024], p[1200], q[1200], in[1024], o1[1024], o2[1024], o3[1024];
+    snprintf(fx, sizeof fx, "%s", zt_data("tiny-sd15"));
+    snprintf(d, sizeof d, "%s", zt_tmp("old_diffusers"));
+    snprintf(in, sizeof in, "%s", zt_data("tiny-sd15/vae_io.safetensors"));
+    snprintf(o1, sizeof o1, "%s", zt_tmp("vae_bin.safetensors"));
+    snprintf(o2, sizeof o2, "%s", zt_tmp("vae_st.safetensors"));
+    snprintf(o3, sizeof o3, "%s", zt_tmp("vae_bin_alone.safetensors"));
+    const char *dirs[4] = {"", "/unet", "/text_encoder", "/vae"};
+    for (int i = 0; i < 4; i++) {
+        snprintf(p, sizeof p, "%s%s", d, dirs[i]);
+        CHECK(mkdir(p, 0755) == 0);
+    }
+    const char *links[5] = {"model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                            "text_encoder/config.json", "text_encoder/model.safetensors"};
+    for (int i = 0; i < 5; i++) {
+        snprintf(p, sizeof p, "%s/%s", fx, links[i]);
+        snprintf(q, sizeof q, "%s/%s", d, links[i]);
+        CHECK(symlink(p, q) == 0);
+    }
+    snprintf(p, sizeof p, "%s/vae/config.json", fx);
+    snprintf(q, sizeof q, "%s/vae/config.json", d);
+    CHECK(symlink(p, q) == 0);
+    snprintf(p, sizeof p, "%s", zt_data("ckpt/tiny-sd15-vae.bin"));
+    snprintf(q, sizeof q, "%s/vae/diffusion_pytorch_model.bin", d);
+    CHECK(symlink(p, q) == 0);
+    int r1 = zt_cli("run vae-decode --model '%s' --in '%s' -o '%s' -q", d, in, o1);
+    CHECKM(r1 == 0, "vae-decode, folder with a .bin VAE: %s", zt_err);
+    int r2 = zt_cli("run vae-decode --model '%s' --in '%s' -o '%s' -q", fx, in, o2);
+    CHECKM(r2 == 0, "vae-decode, the fixture folder: %s", zt_err);
+    snprintf(q, sizeof q, "%s/vae/config.json", fx);
+    int r3 = zt_cli("run vae-decode --model '%s' --vae-config '%s' --in '%s' -o '%s' -q", p, q, in, o3);
+    CHECKM(r3 == 0, "vae-decode, the .bin alone: %s", zt_err);
+    if (!r1 && !r2) same_decoded("VAE from diffusion_pytorch_model.bin", o1, o2, in);
+    if (!r3 && !r2) same_decoded("VAE from the .bin alone", o3, o2, in);
+}
+
 /* A kohya LoRA saved with torch.save loads as its safetensors file. */
 static void test_lora_pt(void) {
     zl_lora *a = NULL, *b = NULL;
@@ -241,6 +304,7 @@ static void test_bad(void) {
 int main(void) {
     test_views();
     test_sd_checkpoint();
+    test_diffusers_bin();
     test_lora_pt();
     test_bad();
     return zt_done();

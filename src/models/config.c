@@ -261,9 +261,11 @@ static char *first_existing(const char *dir, const char *const *names) {
     return NULL;
 }
 
+/* in diffusers' order of preference; .bin is the PyTorch checkpoint older folders hold */
 static const char *const diffusers_weight_names[] = {
     "diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.fp16.safetensors",
-    "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors.index.json", NULL};
+    "diffusion_pytorch_model.safetensors.index.json", "diffusion_pytorch_model.fp16.safetensors.index.json",
+    "diffusion_pytorch_model.bin", "diffusion_pytorch_model.fp16.bin", NULL};
 
 int zl_model_paths_set_vae(zl_model_paths *p, const char *vae) {
     struct stat st;
@@ -432,7 +434,7 @@ int zl_model_paths_resolve(const char *model, zl_model_paths *out) {
     /* one file, or shards listed by an index (save_pretrained shards an F32 SDXL UNet: 10.3 GB) */
     const char *const *unet_names = diffusers_weight_names;
     const char *te_names[] = {"model.safetensors", "model.fp16.safetensors", "model.safetensors.index.json",
-                              "model.fp16.safetensors.index.json", NULL};
+                              "model.fp16.safetensors.index.json", "pytorch_model.bin", "pytorch_model.fp16.bin", NULL};
     char *ud = join(model, "unet"), *t1 = join(model, "text_encoder"), *t2 = join(model, "text_encoder_2"), *vd = join(model, "vae");
     out->unet_weights = first_existing(ud, unet_names);
     out->unet_config = join(ud, "config.json");
@@ -445,7 +447,8 @@ int zl_model_paths_resolve(const char *model, zl_model_paths *out) {
     free(ud); free(t1); free(t2); free(vd);
     if (!out->unet_weights || !zl_file_exists(out->unet_config)) {
         zl_model_paths_free(out);
-        return zl_set_error(ZL_EFORMAT, "%s: not a diffusers model folder (need unet/config.json and unet/diffusion_pytorch_model.safetensors)", model);
+        return zl_set_error(ZL_EFORMAT, "%s: not a diffusers model folder (need unet/config.json and unet/diffusion_pytorch_model.safetensors "
+                                       "or .bin)", model);
     }
     /* the noise schedule from the scheduler config (absent: the default) */
     zl_sched_config_default(&out->sched);

@@ -209,6 +209,9 @@ def main():
     save(os.path.join(HERE, "bad_broadcast.pt"), OrderedDict([("w", Tensor(s, 0, [100], [0]))]))
     s = Storage(0, "C64", f32([1, 2]))
     save(os.path.join(HERE, "bad_dtype.pt"), OrderedDict([("w", Tensor(s, 0, [1], [1]))]))
+    # an older diffusers folder's VAE weights: diffusion_pytorch_model.bin
+    vae = read_safetensors(os.path.join(DATA, "tiny-sd15", "vae", "diffusion_pytorch_model.safetensors"))
+    save(os.path.join(HERE, "tiny-sd15-vae.bin"), vae, protocol=2)
     lora = read_safetensors(os.path.join(DATA, "tiny-sd15", "loras", "content.kohya.safetensors"))
     save(os.path.join(HERE, "content.kohya.pt"), lora, protocol=2)
 
