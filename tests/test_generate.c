@@ -419,6 +419,70 @@ static void test_vpred(const char *fx) {
     zl_pipeline_free(p);
 }
 
+/* A1111's "Original" emphasis, recomputed here from the unweighted encoding of
+ * the same tokens: per chunk and per encoder (CLIP-L's features, then bigG's),
+ * z * multiplier, scaled back to z's mean; the negative prompt and SDXL's
+ * pooled vector are untouched. */
+static void test_emphasis(zl_pipeline *p, const char *fx) {
+    const char *wp = "a (red:1.5) cube, [on] a ((table))", *plain = "a red cube, on a table";
+    zl_tokenizer *tok = NULL;
+    CHECK_OK(zl_tokenizer_new(&tok));
+    int32_t *ia = NULL, *ib = NULL;
+    float *wa = NULL, *wb = NULL;
+    int *ba = NULL, *bb = NULL, ka = 0, kb = 0;
+    CHECK_OK(zl_tokenize_chunks_weighted(tok, wp, 1, &ia, &wa, &ba, &ka));
+    CHECK_OK(zl_tokenize_chunks_weighted(tok, plain, 0, &ib, &wb, &bb, &kb));
+    int same_ids = ka == 1 && kb == 1 && ba[1] == bb[1] && !memcmp(ia, ib, sizeof *ia * (size_t)ba[1]);
+    CHECKM(same_ids, "%s: the weighted prompt's tokens are the plain prompt's", fx);
+    zl_cond e0, e1;
+    CHECK_OK(zl_pipeline_encode_long(p, plain, "blurry", 0, &e0));
+    CHECK_OK(zl_pipeline_encode_long(p, wp, "blurry", 1, &e1));
+    /* the encoders' widths: CLIP-L's hidden size, then (SDXL) bigG's */
+    char cpath[1024];
+    snprintf(cpath, sizeof cpath, "%s/%s/text_encoder/config.json", ZL_TEST_DATA, fx);
+    json_t *cj = json_load_file(cpath, 0, NULL);
+    const int C1 = cj ? (int)json_integer_value(json_object_get(cj, "hidden_size")) : 0;
+    json_decref(cj);
+    if (same_ids && e0.T == 77 && e1.T == 77 && C1 > 0 && C1 <= e0.D) {
+        const int D = e0.D;
+        const size_t TD = (size_t)77 * D;
+        CHECKM(!memcmp(e0.embeds, e1.embeds, TD * sizeof(float)), "%s: the negative is not weighted", fx);
+        CHECK(!e0.P || !memcmp(e0.pooled, e1.pooled, 2 * (size_t)e0.P * sizeof(float)));
+        double mult[77];
+        for (int i = 0; i < 77; i++) mult[i] = 1.0;
+        for (int i = 0; i < ba[1]; i++) mult[1 + i] = wa[i];
+        const float *z = e0.embeds + TD;
+        float *ref = malloc(TD * sizeof(float));
+        const int parts[3] = {0, C1, D};
+        for (int q = 0; q < (C1 < D ? 2 : 1); q++) {
+            double m0 = 0, m1 = 0;
+            for (int i = 0; i < 77; i++)
+                for (int j = parts[q]; j < parts[q + 1]; j++) {
+                    m0 += z[(size_t)i * D + j];
+                    m1 += z[(size_t)i * D + j] * mult[i];
+                }
+            for (int i = 0; i < 77; i++)
+                for (int j = parts[q]; j < parts[q + 1]; j++)
+                    ref[(size_t)i * D + j] = (float)(z[(size_t)i * D + j] * mult[i] * (m0 / m1));
+        }
+        char what[128];
+        snprintf(what, sizeof what, "%s: emphasis = A1111's Original formula", fx);
+        zt_close(what, e1.embeds + TD, ref, (int64_t)TD, TOL);
+        /* and it did something: the weighted tokens moved */
+        double diff = 0;
+        for (size_t i = 0; i < TD; i++) diff += fabs((double)e1.embeds[TD + i] - z[i]);
+        CHECKM(diff > 1e-3, "%s: emphasis changed the embedding (%g)", fx, diff);
+        free(ref);
+    } else {
+        CHECKM(0, "%s: emphasis encodings: %d / %d tokens, T %d %d, C1 %d", fx, ba ? ba[1] : -1, bb ? bb[1] : -1, e0.T,
+               e1.T, C1);
+    }
+    zl_cond_free(&e0);
+    zl_cond_free(&e1);
+    free(ia), free(ib), free(wa), free(wb), free(ba), free(bb);
+    zl_tokenizer_free(tok);
+}
+
 /* Long prompts (A1111's chunks): a prompt of up to 75 tokens gives exactly the
  * short encoding; 150 tokens of "cat" give two chunks each equal to the short
  * encoding of 75 "cat"s (and the negative two empty ones: SD 1.x's "" or SDXL's
@@ -434,7 +498,7 @@ static void test_long_prompt(const char *fx) {
     const int sdxl = zl_pipeline_family(p) == ZL_FAMILY_SDXL;
     zl_cond a, b;
     CHECK_OK(zl_pipeline_encode(p, "watercolor painting of a cat", "blurry", &a));
-    CHECK_OK(zl_pipeline_encode_long(p, "watercolor painting of a cat", "blurry", &b));
+    CHECK_OK(zl_pipeline_encode_long(p, "watercolor painting of a cat", "blurry", 0, &b));
     const size_t TD = (size_t)77 * a.D;
     CHECK(b.T == 77 && a.T == 77 && !memcmp(a.embeds, b.embeds, 2 * TD * sizeof(float)) &&
           (!sdxl || !memcmp(a.pooled, b.pooled, 2 * (size_t)a.P * sizeof(float))));
@@ -445,7 +509,7 @@ static void test_long_prompt(const char *fx) {
     strcat(c150, c75);
     strcat(c150, c75);
     CHECK_OK(zl_pipeline_encode(p, c75, NULL, &a));
-    CHECK_OK(zl_pipeline_encode_long(p, c150, NULL, &b));
+    CHECK_OK(zl_pipeline_encode_long(p, c150, NULL, 0, &b));
     CHECKM(b.T == 154, "%s: 150 tokens make %d context tokens", fx, b.T);
     if (b.T == 154) {
         /* the chunks are encoded as one batch: equal to within float rounding */
@@ -472,7 +536,7 @@ static void test_long_prompt(const char *fx) {
     /* 80 tokens and a short negative: both halves two chunks, the negative's second empty */
     char c80[1024] = "";
     for (int i = 0; i < 80; i++) strcat(c80, "cat ");
-    CHECK_OK(zl_pipeline_encode_long(p, c80, "blurry", &b));
+    CHECK_OK(zl_pipeline_encode_long(p, c80, "blurry", 0, &b));
     CHECK_OK(zl_pipeline_encode(p, "", "blurry", &a)); /* a: [blurry, ""] ... */
     if (b.T == 154) {
         zl_cond e;
@@ -485,6 +549,7 @@ static void test_long_prompt(const char *fx) {
     }
     zl_cond_free(&a);
     zl_cond_free(&b);
+    test_emphasis(p, fx);
     zl_pipeline_free(p);
     /* the CLI: without --long-prompt the cut is said, with it the PNG says how many chunks */
     char out[1024];
@@ -496,6 +561,18 @@ static void test_long_prompt(const char *fx) {
     char *pr = code ? NULL : png_parameters(out);
     CHECKM(!code && !strstr(zt_err, "dropped") && pr && strstr(pr, "Prompt chunks: 2"), "%s --long-prompt: %s %s", fx,
            zt_err, pr ? pr : "");
+    free(pr);
+    /* emphasis: said to be text without --long-prompt, applied with it, "Emphasis: None" with --no-emphasis */
+    code = zt_cli("generate --model '%s' -p 'a (red:1.5) cube' --steps 1 -W 64 -H 64 --seed 1 -o '%s'", model, out);
+    CHECKM(code == 0 && strstr(zt_err, "emphasis syntax") && strstr(zt_err, "--long-prompt applies"),
+           "%s: emphasis is said to be text: %s", fx, zt_err);
+    code = zt_cli("generate --model '%s' -p 'a (red:1.5) cube' --long-prompt --steps 1 -W 64 -H 64 --seed 1 -o '%s'",
+                  model, out);
+    CHECKM(code == 0 && !strstr(zt_err, "emphasis syntax"), "%s --long-prompt: emphasis applied: %s", fx, zt_err);
+    code = zt_cli("generate --model '%s' -p 'a (red:1.5) cube' --long-prompt --no-emphasis --steps 1 -W 64 -H 64 "
+                  "--seed 1 -o '%s'", model, out);
+    pr = code ? NULL : png_parameters(out);
+    CHECKM(pr && strstr(pr, "Prompt chunks: 1, Emphasis: None"), "%s --no-emphasis: %s", fx, pr ? pr : zt_err);
     free(pr);
 }
 

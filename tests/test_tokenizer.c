@@ -341,6 +341,76 @@ static void test_chunks(void) {
     }
 }
 
+/* A1111's attention syntax: parse_prompt_attention's own doctest examples (the
+ * weights are Python's doubles as it prints them, computed in the same order,
+ * so they compare exactly), and the chunks with their weights. */
+static void test_attention(void) {
+    static const struct {
+        const char *text;
+        int n;
+        const char *span[9];
+        double w[9];
+    } cs[] = {
+        {"normal text", 1, {"normal text"}, {1.0}},
+        {"an (important) word", 3, {"an ", "important", " word"}, {1.0, 1.1, 1.0}},
+        {"(unbalanced", 1, {"unbalanced"}, {1.1}},
+        {"\\(literal\\]", 1, {"(literal]"}, {1.0}},
+        {"(unnecessary)(parens)", 1, {"unnecessaryparens"}, {1.1}},
+        {"a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).", 9,
+         {"a ", "house", " ", "on", " a ", "hill", ", sun, ", "sky", "."},
+         {1.0, 1.5730000000000004, 1.1, 1.0, 1.1, 0.55, 1.1, 1.4641000000000006, 1.1}},
+        {"a BREAK b", 3, {"a", "BREAK", "b"}, {1.0, -1.0, 1.0}},
+        /* and: the weight with spaces (newer A1111), a colon as text, escapes, a zero weight,
+         * a stray closing bracket, a weight without an open bracket, the empty prompt */
+        {"(word: 1.5 )", 1, {"word"}, {1.5}},
+        {"a:b \\\\ c", 1, {"a:b \\ c"}, {1.0}},
+        {"[a] (b:0)", 3, {"a", " ", "b"}, {1 / 1.1, 1.0, 0.0}},
+        {"a) b]", 1, {"a) b]"}, {1.0}},
+        {"x:2)", 1, {"x:2)"}, {1.0}},
+        {"", 1, {""}, {1.0}},
+    };
+    for (size_t c = 0; c < sizeof cs / sizeof cs[0]; c++) {
+        zl_prompt_span *sp = NULL;
+        int n = 0;
+        CHECK_OK(zl_prompt_parse_attention(cs[c].text, &sp, &n));
+        int ok = n == cs[c].n;
+        for (int i = 0; ok && i < n; i++) ok = !strcmp(sp[i].text, cs[c].span[i]) && sp[i].weight == cs[c].w[i];
+        CHECKM(ok, "'%s': %d spans, first '%s' %.17g", cs[c].text, n, n ? sp[0].text : "", n ? sp[0].weight : 0.0);
+        zl_prompt_spans_free(sp, n);
+    }
+    /* the ids are the plain text's (the spans end at word boundaries), the weights the spans' */
+    int32_t *a = NULL, *b = NULL;
+    float *wa = NULL, *wb = NULL;
+    int *ba = NULL, *bb = NULL, ka = 0, kb = 0;
+    CHECK_OK(zl_tokenize_chunks_weighted(g_tok, "a (red:1.5) cat, [dog]", 1, &a, &wa, &ba, &ka));
+    CHECK_OK(zl_tokenize_chunks_weighted(g_tok, "a red cat, dog", 0, &b, &wb, &bb, &kb));
+    if (a && b && ka == 1 && kb == 1 && ba[1] == 5 && bb[1] == 5) {
+        const float want[5] = {1.0f, 1.5f, 1.0f, 1.0f, (float)(1 / 1.1)};
+        for (int i = 0; i < 5; i++) {
+            CHECKM(a[i] == b[i] && wa[i] == want[i] && wb[i] == 1.0f, "token %d: id %d vs %d, weight %g (want %g)", i,
+                   a[i], b[i], wa[i], want[i]);
+        }
+    } else {
+        CHECKM(0, "weighted chunks: %d and %d chunks", ka, kb);
+    }
+    free(a), free(b), free(wa), free(wb), free(ba), free(bb);
+    /* BREAK cuts as without emphasis; (BREAK) in brackets is the word "break", weighted */
+    const char *same[4] = {"cat cat BREAK dog", "BREAK cat", "cat BREAK BREAK dog", "cat,BREAK,dog"};
+    for (int c = 0; c < 4; c++) {
+        CHECK_OK(zl_tokenize_chunks_weighted(g_tok, same[c], 1, &a, &wa, &ba, &ka));
+        CHECK_OK(zl_tokenize_chunks_weighted(g_tok, same[c], 0, &b, &wb, &bb, &kb));
+        int ok = ka == kb;
+        for (int i = 0; ok && i <= ka; i++) ok = ba[i] == bb[i];
+        for (int i = 0; ok && i < ba[ka]; i++) ok = a[i] == b[i] && wa[i] == 1.0f;
+        CHECKM(ok, "'%s' with emphasis: %d chunks, as without", same[c], ka);
+        free(a), free(b), free(wa), free(wb), free(ba), free(bb);
+    }
+    CHECK_OK(zl_tokenize_chunks_weighted(g_tok, "cat (BREAK) dog", 1, &a, &wa, &ba, &ka));
+    CHECKM(ka == 1 && ba[1] == 3 && wa[1] == (float)(-1.0 * 1.1), "'cat (BREAK) dog': one chunk, 'break' at -1.1: %d %g",
+           ka, ka == 1 ? wa[1] : 0.0f);
+    free(a), free(wa), free(ba);
+}
+
 int main(void) {
     load_vocab();
     CHECK(g_nlines == 48894);
@@ -355,6 +425,7 @@ int main(void) {
     test_whitespace();
     test_truncation();
     test_chunks();
+    test_attention();
     test_errors();
     zl_tokenizer_free(g_tok);
     free(g_vocab);

@@ -126,7 +126,7 @@ int zl_pipeline_encode(zl_pipeline *p, const char *prompt, const char *negative,
  * tokens (zl_text_encode_prompt_long), the shorter padded with empty chunks to
  * the longer's count k, so out->T = 77 k. Prompts of up to 75 tokens give
  * exactly zl_pipeline_encode's result. */
-int zl_pipeline_encode_long(zl_pipeline *p, const char *prompt, const char *negative, zl_cond *out);
+int zl_pipeline_encode_long(zl_pipeline *p, const char *prompt, const char *negative, int emphasis, zl_cond *out);
 void zl_cond_free(zl_cond *c);
 
 typedef struct {

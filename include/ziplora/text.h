@@ -59,6 +59,26 @@ int zl_tokenize_clip(const zl_tokenizer *t, const char *text, int32_t pad_id, in
  * malloc'd. */
 #define ZL_CLIP_COMMA_BACKTRACK 20
 int zl_tokenize_chunks(const zl_tokenizer *t, const char *text, int32_t **ids, int **bounds, int *n_chunks);
+/* The same with A1111's attention syntax when `emphasis` is set: the text is
+ * cut by zl_prompt_parse_attention, each span tokenized alone, and *weights
+ * (malloc'd, one per id) receives each token's multiplier; ("BREAK", -1) spans
+ * end a chunk. Without emphasis the weights are all 1. */
+int zl_tokenize_chunks_weighted(const zl_tokenizer *t, const char *text, int emphasis, int32_t **ids, float **weights,
+                                int **bounds, int *n_chunks);
+
+/* AUTOMATIC1111's attention syntax (modules/prompt_parser.py
+ * parse_prompt_attention), spans of text with a weight: "(x)" multiplies by
+ * 1.1, "[x]" by 1/1.1, "(x:1.3)" by 1.3 (nesting multiplies), "\(" "\)"
+ * "\[" "\]" "\\" are the literal characters; unbalanced brackets apply to the
+ * end; the word BREAK becomes a ("BREAK", -1) span; runs of equal weight are
+ * merged; an empty text is one empty span. Weights are computed in double, in
+ * A1111's order. */
+typedef struct {
+    char *text;
+    double weight;
+} zl_prompt_span;
+int zl_prompt_parse_attention(const char *text, zl_prompt_span **spans, int *n);
+void zl_prompt_spans_free(zl_prompt_span *spans, int n);
 
 /* ---- One CLIP text encoder -------------------------------------------------- */
 typedef struct zl_clip zl_clip;
@@ -155,8 +175,13 @@ int zl_text_encode_prompt(const zl_text *t, const char *prompt, int zero_if_empt
  * chunk count. With zero_if_empty an empty prompt gives zeros. At most
  * ZL_CLIP_MAX_CHUNKS chunks. */
 #define ZL_CLIP_MAX_CHUNKS 32
-int zl_text_count_chunks(const zl_text *t, const char *prompt, int *k);
-int zl_text_encode_prompt_long(const zl_text *t, const char *prompt, int min_chunks, int zero_if_empty,
+/* With `emphasis`, A1111's attention syntax (zl_tokenize_chunks_weighted) and
+ * its "Original" emphasis: each chunk's output is multiplied per token by its
+ * weight, then scaled back to the mean it had, separately for each encoder's
+ * part of the context (CLIP-L's and bigG's features); the pooled vector is not
+ * weighted. */
+int zl_text_count_chunks(const zl_text *t, const char *prompt, int emphasis, int *k);
+int zl_text_encode_prompt_long(const zl_text *t, const char *prompt, int emphasis, int min_chunks, int zero_if_empty,
                                float **prompt_embeds, float *pooled, int *k);
 
 #ifdef __cplusplus

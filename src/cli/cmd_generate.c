@@ -59,8 +59,10 @@ static void usage(FILE *f) {
             "                         tokens (ending after a comma in the last 20 when one is there, or at\n"
             "                         the word BREAK), each encoded alone and concatenated; the negative\n"
             "                         prompt is padded with empty chunks to the same count; SDXL's pooled\n"
-            "                         vector from the first chunk. Without it, as diffusers: tokens past 75\n"
-            "                         are dropped, with a warning\n"
+            "                         vector from the first chunk; and A1111's emphasis: (text) x1.1,\n"
+            "                         [text] /1.1, (text:1.3), \\( \\) literal brackets. Without it, as\n"
+            "                         diffusers: tokens past 75 are dropped (with a warning), brackets are text\n"
+            "  --no-emphasis          with --long-prompt, brackets are text (A1111's Emphasis: None)\n"
             "  --clip-skip N          condition on the text encoder's N-th layer from the end (A1111's\n"
             "                         'Clip skip'; default 1 = the last; SD 1.x anime models often want 2;\n"
             "                         SDXL uses the penultimate layers already, so 2 changes nothing there)\n"
@@ -222,6 +224,7 @@ typedef struct {
     float cfg_rescale;
     double strength; /* img2img's; 0: txt2img */
     int chunks;      /* --long-prompt: chunks per prompt; 0: not asked */
+    int no_emphasis; /* --long-prompt --no-emphasis */
 } infotext;
 
 /* The `parameters` text of one image, as AUTOMATIC1111 writes it. */
@@ -243,6 +246,7 @@ static int make_parameters(const infotext *it, uint64_t seed, long noise_index, 
     if (!rc && it->cfg_rescale > 0) rc = sb_printf(&b, ", CFG rescale: %g", (double)it->cfg_rescale);
     if (!rc && it->strength > 0) rc = sb_printf(&b, ", Denoising strength: %g", it->strength);
     if (!rc && it->chunks) rc = sb_printf(&b, ", Prompt chunks: %d", it->chunks);
+    if (!rc && it->chunks && it->no_emphasis) rc = sb_printf(&b, ", Emphasis: None");
     if (!rc && it->vae_name) rc = sb_printf(&b, ", VAE hash: %s, VAE: ", it->vae_hash);
     if (!rc && it->vae_name) rc = sb_quoted(&b, it->vae_name);
     if (!rc && it->n_loras) {
@@ -340,7 +344,7 @@ typedef struct {
     const char *model, *out_path, *prompt_arg, *negative, *prompt_file, *sampler_name, *noise_spec, *latent_path;
     const char *unet_cfg, *vae_cfg, *te1_cfg, *te2_cfg, *vae, *init_path, *from_png;
     const char *lora_args[MAX_LORAS];
-    int n_lora, grid, f32, no_tile, have_seed, long_prompt, have_sampler;
+    int n_lora, grid, f32, no_tile, have_seed, long_prompt, no_emphasis, have_sampler;
     int steps_given, clip_given, rescale_given; /* given on the command line (they win over --from-png) */
     long steps, width, height, batch, clip_skip;
     double cfg, cfg_rescale, strength;
@@ -398,6 +402,7 @@ static int apply_png(const char *path, const zl_png_params *pp, gen_args *c) {
         if (zl_cli_float(CMD, what, v, &c->cfg_rescale)) return ZL_EXIT_USAGE;
     }
     if (zl_png_params_get(pp, "Prompt chunks")) c->long_prompt = 1;
+    if ((v = zl_png_params_get(pp, "Emphasis")) && !strcmp(v, "None")) c->no_emphasis = 1;
     if (!c->sched.prediction && (v = zl_png_params_get(pp, "Prediction"))) c->sched.prediction = v;
     if (!c->sched.zero_snr && (v = zl_png_params_get(pp, "Zero terminal SNR")) && !strcmp(v, "True"))
         c->sched.zero_snr = 1;
@@ -426,7 +431,7 @@ static int generate_run(gen_args *A) {
     const char *te2_cfg = A->te2_cfg, *vae = A->vae, *init_path = A->init_path, *from_png = A->from_png;
     const char *const *lora_args = A->lora_args;
     const int n_lora = A->n_lora, grid = A->grid, f32 = A->f32, no_tile = A->no_tile, have_seed = A->have_seed,
-              long_prompt = A->long_prompt, have_sampler = A->have_sampler;
+              long_prompt = A->long_prompt, no_emphasis = A->no_emphasis, have_sampler = A->have_sampler;
     long steps = A->steps, width = A->width, height = A->height, batch = A->batch, clip_skip = A->clip_skip;
     double cfg = A->cfg, cfg_rescale = A->cfg_rescale, strength = A->strength;
     uint64_t seed = A->seed;
@@ -578,7 +583,7 @@ static int generate_run(gen_args *A) {
 
     /* 1. text: encode once for the whole batch, then drop the encoders */
     double t_text = zl_now();
-    if ((rc = long_prompt ? zl_pipeline_encode_long(p, prompt, negative, &cond)
+    if ((rc = long_prompt ? zl_pipeline_encode_long(p, prompt, negative, !no_emphasis, &cond)
                           : zl_pipeline_encode(p, prompt, negative, &cond)))
         goto done;
     if (long_prompt && cond.T > ZL_CLIP_CTX) zl_info("long prompt: %d chunks of 77 tokens", cond.T / ZL_CLIP_CTX);
@@ -657,6 +662,7 @@ static int generate_run(gen_args *A) {
     it.cfg_rescale = (float)cfg_rescale;
     it.strength = init_path ? strength : 0;
     it.chunks = long_prompt ? (cond.T > 0 ? cond.T : ZL_CLIP_CTX) / ZL_CLIP_CTX : 0;
+    it.no_emphasis = no_emphasis;
 
     const char *tmp;
     if (latent_path) {
@@ -727,6 +733,7 @@ int zl_cmd_generate(int argc, char **argv) {
         if (!strcmp(a, "--f32-weights")) { A.f32 = 1; continue; }
         if (!strcmp(a, "--no-tile")) { A.no_tile = 1; continue; }
         if (!strcmp(a, "--long-prompt")) { A.long_prompt = 1; continue; }
+        if (!strcmp(a, "--no-emphasis")) { A.no_emphasis = 1; continue; }
         const char **dst = !strcmp(a, "--model") ? &A.model
                            : (!strcmp(a, "-o") || !strcmp(a, "--out")) ? &A.out_path
                            : (!strcmp(a, "-p") || !strcmp(a, "--prompt")) ? &A.prompt_arg

@@ -169,24 +169,44 @@ int zl_text_encode_prompt(const zl_text *t, const char *prompt, int zero_if_empt
     return zl_text_encode_ids(t, il, t->te2 ? ig : NULL, 1, &c);
 }
 
-int zl_text_count_chunks(const zl_text *t, const char *prompt, int *k) {
+int zl_text_count_chunks(const zl_text *t, const char *prompt, int emphasis, int *k) {
     int32_t *v = NULL;
+    float *w = NULL;
     int *b = NULL;
-    int rc = zl_tokenize_chunks(t->tok, prompt ? prompt : "", &v, &b, k);
+    int rc = zl_tokenize_chunks_weighted(t->tok, prompt ? prompt : "", emphasis, &v, &w, &b, k);
     free(v);
+    free(w);
     free(b);
     return rc;
 }
 
-int zl_text_encode_prompt_long(const zl_text *t, const char *prompt, int min_chunks, int zero_if_empty,
+/* A1111's "Original" emphasis on one chunk's output z [77, D] of an encoder
+ * whose features are columns [c0, c1): z *= the token's multiplier, then z is
+ * scaled back to its mean before that (the mean over the chunk's whole tensor
+ * for this encoder). Computed in double. */
+static void emphasis_chunk(float *z, int D, int c0, int c1, const float *mult) {
+    double before = 0, after = 0;
+    for (int i = 0; i < ZL_CLIP_CTX; i++)
+        for (int j = c0; j < c1; j++) {
+            double x = z[(size_t)i * D + j];
+            before += x;
+            after += x * mult[i];
+        }
+    const double ratio = after != 0 ? before / after : 1.0;
+    for (int i = 0; i < ZL_CLIP_CTX; i++)
+        for (int j = c0; j < c1; j++) z[(size_t)i * D + j] = (float)((double)z[(size_t)i * D + j] * mult[i] * ratio);
+}
+
+int zl_text_encode_prompt_long(const zl_text *t, const char *prompt, int emphasis, int min_chunks, int zero_if_empty,
                                float **prompt_embeds, float *pooled, int *k_out) {
     *prompt_embeds = NULL;
     *k_out = 0;
     const int D = zl_text_context_dim(t), P = zl_text_pooled_dim(t);
     if (!prompt) prompt = "";
     int32_t *v = NULL;
+    float *wt = NULL;
     int *b = NULL, nc = 0;
-    int rc = zl_tokenize_chunks(t->tok, prompt, &v, &b, &nc);
+    int rc = zl_tokenize_chunks_weighted(t->tok, prompt, emphasis, &v, &wt, &b, &nc);
     if (rc) return rc;
     const int k = nc > min_chunks ? nc : min_chunks;
     if (k > ZL_CLIP_MAX_CHUNKS) {
@@ -220,8 +240,24 @@ int zl_text_encode_prompt_long(const zl_text *t, const char *prompt, int min_chu
         zl_text_cond cd = {.prompt_embeds = e, .pooled = P ? pl : NULL};
         rc = zl_text_encode_ids(t, il, t->te2 ? ig : NULL, k, &cd);
         if (!rc && pooled && P) memcpy(pooled, pl, (size_t)P * sizeof(float));
+        /* emphasis, per chunk and per encoder (the pooled vector is not weighted) */
+        const int C1 = zl_clip_get_config(t->te1)->hidden;
+        for (int c = 0; !rc && c < nc; c++) {
+            float mult[ZL_CLIP_CTX];
+            int any = 0;
+            for (int i = 0; i < ZL_CLIP_CTX; i++) mult[i] = 1.0f;
+            for (int i = 0; i < b[c + 1] - b[c]; i++) {
+                mult[1 + i] = wt[b[c] + i];
+                any |= mult[1 + i] != 1.0f;
+            }
+            if (!any) continue;
+            float *z = e + (size_t)c * TD;
+            emphasis_chunk(z, D, 0, C1, mult);
+            if (t->te2) emphasis_chunk(z, D, C1, D, mult);
+        }
     }
     free(v);
+    free(wt);
     free(b);
     free(il);
     free(ig);

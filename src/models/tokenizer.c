@@ -573,39 +573,233 @@ static const char *find_break(const char *s, const char *from) {
     return NULL;
 }
 
+/* ---- A1111's attention syntax (modules/prompt_parser.py parse_prompt_attention) ---- */
+
+typedef struct {
+    zl_prompt_span *v;
+    int n, cap;
+} spans;
+
+static int span_push(spans *s, const char *text, size_t len, double w) {
+    if (s->n == s->cap) {
+        int c = s->cap ? s->cap * 2 : 16;
+        zl_prompt_span *nv = realloc(s->v, sizeof *nv * (size_t)c);
+        if (!nv) return -1;
+        s->v = nv, s->cap = c;
+    }
+    char *t = malloc(len + 1);
+    if (!t) return -1;
+    memcpy(t, text, len);
+    t[len] = 0;
+    s->v[s->n].text = t;
+    s->v[s->n++].weight = w;
+    return 0;
+}
+
+/* A plain-text token: split at each BREAK (A1111's \s*\bBREAK\b\s*), the
+ * BREAKs as ("BREAK", -1). */
+static int push_text(spans *s, const char *p, size_t len) {
+    const char *const start = p, *e = p + len;
+    for (;;) {
+        const char *q = NULL;
+        for (const char *r = p; r + 5 <= e; r++)
+            if (!memcmp(r, "BREAK", 5) && (r == start || !word_byte((unsigned char)r[-1])) &&
+                (r + 5 == e || !word_byte((unsigned char)r[5]))) {
+                q = r;
+                break;
+            }
+        if (!q) return span_push(s, p, (size_t)(e - p), 1.0);
+        const char *a = q, *b = q + 5;
+        while (a > p && isspace((unsigned char)a[-1])) a--;
+        while (b < e && isspace((unsigned char)b[0])) b++;
+        if (span_push(s, p, (size_t)(a - p), 1.0) || span_push(s, "BREAK", 5, -1.0)) return -1;
+        p = b;
+    }
+}
+
+void zl_prompt_spans_free(zl_prompt_span *s, int n) {
+    for (int i = 0; i < n; i++) free(s[i].text);
+    free(s);
+}
+
+int zl_prompt_parse_attention(const char *text, zl_prompt_span **out, int *n_out) {
+    *out = NULL;
+    *n_out = 0;
+    spans s = {0};
+    int *round = NULL, *square = NULL, nr = 0, ns = 0, fail = 0;
+    const size_t L = strlen(text);
+    round = malloc(sizeof(int) * (L + 1));
+    square = malloc(sizeof(int) * (L + 1));
+    if (!round || !square) fail = 1;
+    const char *p = text;
+    while (*p && !fail) {
+        if (*p == '\\') { /* \( \) \[ \] \\ give the character; a lone \ gives nothing */
+            if (p[1] && strchr("()[]\\", p[1])) {
+                fail = span_push(&s, p + 1, 1, 1.0);
+                p += 2;
+            } else {
+                fail = span_push(&s, "", 0, 1.0);
+                p++;
+            }
+        } else if (*p == '(') {
+            round[nr++] = s.n;
+            p++;
+        } else if (*p == '[') {
+            square[ns++] = s.n;
+            p++;
+        } else if (*p == ':') {
+            /* :\s*([+-]?[.\d]+)\s*\)  (a group Python's float() refuses, as "1.2.3", is kept as text) */
+            const char *q = p + 1;
+            while (isspace((unsigned char)*q)) q++;
+            const char *g = q;
+            if (*q == '+' || *q == '-') q++;
+            const char *d = q;
+            while (*q == '.' || isdigit((unsigned char)*q)) q++;
+            const char *ge = q;
+            while (isspace((unsigned char)*q)) q++;
+            const int matched = ge > d && *q == ')';
+            double w = 0;
+            int number = 0;
+            if (matched && (size_t)(ge - g) < 64) {
+                char num[64], *end = NULL;
+                memcpy(num, g, (size_t)(ge - g));
+                num[ge - g] = 0;
+                w = strtod(num, &end);
+                number = end == num + (ge - g);
+            }
+            if (matched && number && nr > 0) {
+                int st = round[--nr];
+                for (int i = st; i < s.n; i++) s.v[i].weight *= w;
+                p = q + 1;
+            } else if (matched) {
+                fail = push_text(&s, p, (size_t)(q + 1 - p));
+                p = q + 1;
+            } else {
+                fail = span_push(&s, ":", 1, 1.0);
+                p++;
+            }
+        } else if (*p == ')' || *p == ']') {
+            int *stk = *p == ')' ? round : square, *np = *p == ')' ? &nr : &ns;
+            if (*np > 0) {
+                int st = stk[--*np];
+                double m = *p == ')' ? 1.1 : 1 / 1.1;
+                for (int i = st; i < s.n; i++) s.v[i].weight *= m;
+            } else {
+                fail = push_text(&s, p, 1);
+            }
+            p++;
+        } else {
+            size_t n = strcspn(p, "\\()[]:");
+            fail = push_text(&s, p, n);
+            p += n;
+        }
+    }
+    /* brackets left open apply to the end, in the order they were opened */
+    for (int k = 0; k < nr && !fail; k++)
+        for (int i = round[k]; i < s.n; i++) s.v[i].weight *= 1.1;
+    for (int k = 0; k < ns && !fail; k++)
+        for (int i = square[k]; i < s.n; i++) s.v[i].weight *= 1 / 1.1;
+    free(round);
+    free(square);
+    if (!fail && s.n == 0) fail = span_push(&s, "", 0, 1.0);
+    /* merge runs of identical weights */
+    for (int i = 0; !fail && i + 1 < s.n;) {
+        if (s.v[i].weight == s.v[i + 1].weight) {
+            size_t a = strlen(s.v[i].text), b = strlen(s.v[i + 1].text);
+            char *m = realloc(s.v[i].text, a + b + 1);
+            if (!m) {
+                fail = 1;
+                break;
+            }
+            memcpy(m + a, s.v[i + 1].text, b + 1);
+            s.v[i].text = m;
+            free(s.v[i + 1].text);
+            memmove(s.v + i + 1, s.v + i + 2, sizeof *s.v * (size_t)(s.n - i - 2));
+            s.n--;
+        } else {
+            i++;
+        }
+    }
+    if (fail) {
+        zl_prompt_spans_free(s.v, s.n);
+        return zl_set_error(ZL_ENOMEM, "out of memory parsing a prompt");
+    }
+    *out = s.v;
+    *n_out = s.n;
+    return ZL_OK;
+}
+
+/* Append the BPE ids of `piece` (weight w) to v / wt. */
+static int append_ids(const zl_tokenizer *t, const char *piece, float w, int32_t **v, float **wt, int *n) {
+    int32_t *pv = NULL;
+    int pn = 0;
+    int rc = zl_tokenize(t, piece, &pv, &pn);
+    if (!rc && pn) {
+        int32_t *nv = realloc(*v, sizeof **v * (size_t)(*n + pn));
+        if (nv) *v = nv;
+        float *nw = nv ? realloc(*wt, sizeof **wt * (size_t)(*n + pn)) : NULL;
+        if (nw) *wt = nw;
+        if (!nv || !nw) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+        else {
+            memcpy(*v + *n, pv, sizeof *pv * (size_t)pn);
+            for (int i = 0; i < pn; i++) (*wt)[*n + i] = w;
+            *n += pn;
+        }
+    }
+    free(pv);
+    return rc;
+}
+
 int zl_tokenize_chunks(const zl_tokenizer *t, const char *text, int32_t **ids_out, int **bounds_out, int *n_chunks) {
+    float *w = NULL;
+    int rc = zl_tokenize_chunks_weighted(t, text, 0, ids_out, &w, bounds_out, n_chunks);
+    free(w);
+    return rc;
+}
+
+int zl_tokenize_chunks_weighted(const zl_tokenizer *t, const char *text, int emphasis, int32_t **ids_out,
+                                float **weights_out, int **bounds_out, int *n_chunks) {
     *ids_out = NULL;
+    *weights_out = NULL;
     *bounds_out = NULL;
     *n_chunks = 0;
     int32_t *cv = NULL, *v = NULL;
+    float *wt = NULL;
     int nc = 0, n = 0, nbrk = 0, rc = zl_tokenize(t, ",", &cv, &nc);
     const int32_t comma = !rc && nc == 1 ? cv[0] : -1;
     free(cv);
-    /* the text between BREAKs, tokenized piece by piece; brk[] = token offsets of the BREAKs */
     int *brk = NULL;
-    for (const char *p = text; !rc;) {
+    if (emphasis && !rc) {
+        /* A1111: each span tokenized alone, its tokens carrying its weight; ("BREAK", -1) ends a chunk */
+        zl_prompt_span *sp = NULL;
+        int nsp = 0;
+        rc = zl_prompt_parse_attention(text, &sp, &nsp);
+        for (int i = 0; i < nsp && !rc; i++) {
+            if (sp[i].weight == -1.0 && !strcmp(sp[i].text, "BREAK")) {
+                int *nb = realloc(brk, sizeof *nb * (size_t)(nbrk + 1));
+                if (!nb) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+                else {
+                    brk = nb;
+                    brk[nbrk++] = n;
+                }
+                continue;
+            }
+            rc = append_ids(t, sp[i].text, (float)sp[i].weight, &v, &wt, &n);
+        }
+        zl_prompt_spans_free(sp, nsp);
+    }
+    /* without emphasis: the text between BREAKs, tokenized piece by piece; brk[] = token offsets of the BREAKs */
+    for (const char *p = text; !rc && !emphasis;) {
         const char *q = find_break(text, p);
         size_t len = q ? (size_t)(q - p) : strlen(p);
         char *piece = malloc(len + 1);
-        int32_t *pv = NULL;
-        int pn = 0;
         if (!piece) rc = zl_set_error(ZL_ENOMEM, "out of memory");
         else {
             memcpy(piece, p, len);
             piece[len] = 0;
-            rc = zl_tokenize(t, piece, &pv, &pn);
+            rc = append_ids(t, piece, 1.0f, &v, &wt, &n);
             free(piece);
         }
-        if (!rc && pn) {
-            int32_t *nv = realloc(v, sizeof *v * (size_t)(n + pn));
-            if (!nv) rc = zl_set_error(ZL_ENOMEM, "out of memory");
-            else {
-                v = nv;
-                memcpy(v + n, pv, sizeof *v * (size_t)pn);
-                n += pn;
-            }
-        }
-        free(pv);
         if (rc || !q) break;
         int *nb = realloc(brk, sizeof *nb * (size_t)(nbrk + 1));
         if (!nb) {
@@ -621,8 +815,16 @@ int zl_tokenize_chunks(const zl_tokenizer *t, const char *text, int32_t **ids_ou
     if (!rc && !b) rc = zl_set_error(ZL_ENOMEM, "out of memory");
     if (rc) {
         free(v);
+        free(wt);
         free(brk);
         return rc;
+    }
+    if (!wt) wt = malloc(sizeof(float)); /* (no tokens: a valid, empty weights array) */
+    if (!wt) {
+        free(v);
+        free(brk);
+        free(b);
+        return zl_set_error(ZL_ENOMEM, "out of memory");
     }
     int k = 0, start = 0, last_comma = -1, nb = 0; /* last_comma: offset in the current chunk */
     b[k++] = 0;
@@ -653,6 +855,7 @@ int zl_tokenize_chunks(const zl_tokenizer *t, const char *text, int32_t **ids_ou
     if (n > start || k == 1) b[k++] = n;
     free(brk);
     *ids_out = v;
+    *weights_out = wt;
     *bounds_out = b;
     *n_chunks = k - 1;
     return ZL_OK;

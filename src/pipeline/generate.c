@@ -319,13 +319,13 @@ static const char *network_tag(const char *s, int *len) {
     return best;
 }
 
-static void warn_emphasis(const char *prompt, const char *negative) {
+static void warn_emphasis(const char *prompt, const char *negative, int emphasis) {
     for (int k = 0; k < 2; k++) {
         int n = 0;
-        const char *w = weighted_span(k ? negative : prompt, &n);
+        const char *w = emphasis ? NULL : weighted_span(k ? negative : prompt, &n);
         if (w)
             zl_warn("%s: '%.*s' is A1111/ComfyUI emphasis syntax; prompts are encoded as written (as diffusers "
-                    "does), weights and parentheses included",
+                    "does), weights and parentheses included (--long-prompt applies A1111's emphasis)",
                     k ? "negative prompt" : "prompt", n > 60 ? 60 : n, w);
         if ((w = network_tag(k ? negative : prompt, &n)))
             zl_warn("%s: '%.*s' is an A1111 LoRA tag; it is encoded as text and loads nothing: give the file with "
@@ -334,15 +334,15 @@ static void warn_emphasis(const char *prompt, const char *negative) {
     }
 }
 
-int zl_pipeline_encode_long(zl_pipeline *p, const char *prompt, const char *negative, zl_cond *out) {
+int zl_pipeline_encode_long(zl_pipeline *p, const char *prompt, const char *negative, int emphasis, zl_cond *out) {
     memset(out, 0, sizeof *out);
-    warn_emphasis(prompt, negative);
+    warn_emphasis(prompt, negative, emphasis);
     int rc = load_text(p);
     if (rc) return rc;
     int D = zl_text_context_dim(p->text), P = zl_text_pooled_dim(p->text);
     int kp = 0, kn = 0;
-    if ((rc = zl_text_count_chunks(p->text, prompt, &kp))) return zl_error_prefix(rc, "prompt");
-    if ((rc = zl_text_count_chunks(p->text, negative, &kn))) return zl_error_prefix(rc, "negative prompt");
+    if ((rc = zl_text_count_chunks(p->text, prompt, emphasis, &kp))) return zl_error_prefix(rc, "prompt");
+    if ((rc = zl_text_count_chunks(p->text, negative, emphasis, &kn))) return zl_error_prefix(rc, "negative prompt");
     const int k = kp > kn ? kp : kn;
     float *e[2] = {NULL, NULL};
     out->D = D;
@@ -350,9 +350,9 @@ int zl_pipeline_encode_long(zl_pipeline *p, const char *prompt, const char *nega
     out->pooled = P ? malloc(2 * (size_t)P * sizeof(float)) : NULL;
     if (P && !out->pooled) return zl_set_error(ZL_ENOMEM, "out of memory for the prompt embeddings");
     int zeros = !negative && p->ucfg.family == ZL_FAMILY_SDXL, got[2] = {0, 0};
-    rc = zl_text_encode_prompt_long(p->text, negative ? negative : "", k, zeros, &e[0], out->pooled, &got[0]);
+    rc = zl_text_encode_prompt_long(p->text, negative ? negative : "", emphasis, k, zeros, &e[0], out->pooled, &got[0]);
     if (rc) zl_error_prefix(rc, "negative prompt");
-    if (!rc && (rc = zl_text_encode_prompt_long(p->text, prompt ? prompt : "", k, 0, &e[1],
+    if (!rc && (rc = zl_text_encode_prompt_long(p->text, prompt ? prompt : "", emphasis, k, 0, &e[1],
                                                 out->pooled ? out->pooled + P : NULL, &got[1])))
         zl_error_prefix(rc, "prompt");
     const size_t TD = (size_t)k * ZL_CLIP_CTX * D;
@@ -373,7 +373,7 @@ int zl_pipeline_encode_long(zl_pipeline *p, const char *prompt, const char *nega
 
 int zl_pipeline_encode(zl_pipeline *p, const char *prompt, const char *negative, zl_cond *out) {
     memset(out, 0, sizeof *out);
-    warn_emphasis(prompt, negative);
+    warn_emphasis(prompt, negative, 0);
     int rc = load_text(p);
     if (rc) return rc;
     int D = zl_text_context_dim(p->text), P = zl_text_pooled_dim(p->text);
