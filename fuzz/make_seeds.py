@@ -365,8 +365,19 @@ def image_seeds():
         print("seeds: image: no cjpeg here, no JPEG seeds")
 
 
+def prompt_seeds():
+    H = "prompt"
+    # A1111's parse_prompt_attention doctest prompts, and what users paste
+    for i, t in enumerate(["normal text", "an (important) word", "(unbalanced", "\\(literal\\]", "(unnecessary)(parens)",
+                           "a (((house:1.3)) [on] a (hill:0.5), sun, (((sky))).", "a BREAK b", "cat (BREAK) dog",
+                           "masterpiece, best quality, (sks dog:1.2), [blurry], <lora:style:0.8>, " * 4,
+                           "(word: 1.5 ), a:b, x:2), \\ c, caf\u00e9 &amp; co", "", "BREAK BREAK", "((((((((((a))))))))))"]):
+        put(H, "p%02d.txt" % i, t.encode())
+    put(H, "not_utf8.txt", b"a (cat:1.1) \xff\xfe")
+
+
 if __name__ == "__main__":
-    which = sys.argv[1:] or ["safetensors", "unet_config", "lora", "image"]
+    which = sys.argv[1:] or ["safetensors", "unet_config", "lora", "image", "prompt"]
     for w in which:
         globals()[w + "_seeds"]()
         print("seeds:", w, len(os.listdir(os.path.join(OUT, w))), "files in", os.path.join(OUT, w))
