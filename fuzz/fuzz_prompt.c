@@ -3,7 +3,9 @@
  * (zl_tokenize_chunks_weighted), which read prompts and prompt files users give.
  * Invariants: the spans are never empty as a list, hold no more text than the
  * input, and merge equal neighbours; chunks tile the ids in order, none longer
- * than 75 tokens; every id is in the CLIP vocabulary; without emphasis every
+ * than 75 tokens; every id is in the CLIP vocabulary or a placeholder of one of
+ * the two textual-inversion embeddings registered (a 3-vector "catdog" and a
+ * 75-vector "embx"), whose vectors are never split between chunks; without emphasis every
  * weight is 1; a refusal (text that is not UTF-8) leaves nothing allocated and
  * says why. */
 #include <stdint.h>
@@ -24,7 +26,11 @@ static zl_tokenizer *g_tok;
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (size > 4096) return 0; /* prompts, not books: the BPE is quadratic in a word's length */
-    if (!g_tok) check(zl_tokenizer_new(&g_tok) == ZL_OK, "tokenizer");
+    if (!g_tok) {
+        check(zl_tokenizer_new(&g_tok) == ZL_OK, "tokenizer");
+        check(zl_tokenizer_add_embedding(g_tok, "catdog", 3, NULL) == ZL_OK, "embedding catdog");
+        check(zl_tokenizer_add_embedding(g_tok, "embx", 75, NULL) == ZL_OK, "embedding embx");
+    }
     char *text = malloc(size + 1);
     check(text != NULL, "malloc");
     memcpy(text, data, size);
@@ -57,9 +63,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         check(k >= 1 && b != NULL && w != NULL && b[0] == 0, "chunks");
         for (int c = 0; c < k; c++) check(b[c + 1] >= b[c] && b[c + 1] - b[c] <= ZL_CLIP_MAX_TOKENS, "chunk bounds");
         for (int i = 0; i < b[k]; i++) {
-            check(ids[i] >= 0 && ids[i] < ZL_CLIP_VOCAB, "id outside the vocabulary");
+            check(ids[i] >= 0 && ids[i] < ZL_CLIP_VOCAB + 78, "id outside the vocabulary and the embeddings");
             if (!emphasis) check(w[i] == 1.0f, "a weight without emphasis");
         }
+        /* placeholders: catdog's 3 (VOCAB + 0..2), embx's 75 (VOCAB + 3..77), each run whole in one chunk */
+        for (int c = 0; c < k; c++)
+            for (int i = b[c]; i < b[c + 1]; i++) {
+                if (ids[i] != ZL_CLIP_VOCAB && ids[i] != ZL_CLIP_VOCAB + 3) continue;
+                int rows = ids[i] == ZL_CLIP_VOCAB ? 3 : 75;
+                check(i + rows <= b[c + 1], "an embedding split between chunks");
+                for (int r = 1; r < rows; r++) check(ids[i + r] == ids[i] + r, "an embedding's vectors out of order");
+            }
         free(ids);
         free(w);
         free(b);

@@ -374,6 +374,7 @@ def prompt_seeds():
                            "(word: 1.5 ), a:b, x:2), \\ c, caf\u00e9 &amp; co", "", "BREAK BREAK", "((((((((((a))))))))))"]):
         put(H, "p%02d.txt" % i, t.encode())
     put(H, "not_utf8.txt", b"a (cat:1.1) \xff\xfe")
+    put(H, "embeddings.txt", ("x " * 73 + "catdog, (embx:1.2) catdog BREAK catdogcatdog embx").encode())
 
 
 if __name__ == "__main__":

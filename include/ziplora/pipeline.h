@@ -102,6 +102,10 @@ int zl_pipeline_load_lora(zl_pipeline *p, const char *path, float weight, const 
 /* Add an in-memory LoRA (borrowed: it must outlive the pipeline, since it is
  * re-applied whenever a released part is reloaded). */
 int zl_pipeline_add_lora(zl_pipeline *p, const zl_lora *lora, float weight);
+/* A textual-inversion embedding (zl_text_load_embedding): `trigger` in a prompt
+ * stands for its vectors. The text encoders are loaded now, so a bad file fails
+ * here; the embedding stays with the pipeline across releases of the text part. */
+int zl_pipeline_add_embedding(zl_pipeline *p, const char *path, const char *trigger, int *n_vectors);
 
 typedef enum {
     ZL_PIPE_TEXT = 1,

@@ -30,6 +30,13 @@ typedef struct zl_tokenizer zl_tokenizer;
 
 int zl_tokenizer_new(zl_tokenizer **out);
 void zl_tokenizer_free(zl_tokenizer *t);
+/* A textual-inversion embedding of `rows` vectors (the exception to
+ * immutability: add embeddings before sharing the tokenizer). Wherever the
+ * trigger's tokens appear in a span of a prompt (as A1111 finds them),
+ * zl_tokenize_clip and zl_tokenize_chunks[_weighted] put the placeholder ids
+ * *first_id .. *first_id + rows - 1 (all >= ZL_CLIP_VOCAB) in their place, and
+ * a chunk does not split them. zl_tokenize itself is unchanged. */
+int zl_tokenizer_add_embedding(zl_tokenizer *t, const char *trigger, int rows, int32_t *first_id);
 
 /* The clean-up CLIP applies before splitting (html-unescape twice, strip,
  * collapse whitespace, lowercase). `text` must be UTF-8 (ZL_EINVAL if not);
@@ -121,6 +128,11 @@ typedef struct {
 
 /* ids [B, T] (T <= max_position_embeddings; ids < vocab). */
 int zl_clip_forward(const zl_clip *c, const int32_t *ids, int B, int T, const zl_clip_out *out);
+/* The same where rows[b * T + t], when not NULL, is the token embedding used at
+ * that position instead of ids' row (textual inversion; the id there still
+ * decides the pooled position, as the first largest id). rows may be NULL. */
+int zl_clip_forward_rows(const zl_clip *c, const int32_t *ids, const float *const *rows, int B, int T,
+                         const zl_clip_out *out);
 
 /* ---- Conditioning for a model ------------------------------------------------ */
 typedef struct zl_text zl_text;
@@ -157,6 +169,15 @@ typedef struct {
 
 /* ids_l [B, 77] CLIP-L ids (pads 49407); ids_g [B, 77] bigG ids (pads 0; SDXL only). */
 int zl_text_encode_ids(const zl_text *t, const int32_t *ids_l, const int32_t *ids_g, int B, const zl_text_cond *out);
+
+/* A textual-inversion embedding from a file (safetensors or a PyTorch
+ * checkpoint): SDXL's 'clip_l' [n, 768] and 'clip_g' [n, 1280]; SD 1.x's
+ * 'emb_params' (A1111 .safetensors), 'string_to_param.*' (A1111 .pt) or a file
+ * of one [n, 768] or [768] tensor (diffusers' learned_embeds). Wherever the
+ * trigger's tokens appear in a prompt (A1111 uses the file name) its n vectors
+ * replace them (zl_tokenizer_add_embedding), in every encoding entry point.
+ * *n_vectors (may be NULL) receives n. */
+int zl_text_load_embedding(zl_text *t, const char *path, const char *trigger, int *n_vectors);
 
 /* Tokenize + encode one prompt: prompt_embeds [77, context_dim], pooled [P]
  * (SDXL; may be NULL). With zero_if_empty (SDXL's force_zeros_for_empty_prompt,

@@ -18,6 +18,7 @@
 
 #define CMD "generate"
 #define MAX_LORAS 16
+#define MAX_EMBEDDINGS 16
 #define MAX_BATCH 64
 
 static void usage(FILE *f) {
@@ -31,6 +32,9 @@ static void usage(FILE *f) {
             "  --model M              diffusers model folder or single-file checkpoint (family detected)\n"
             "  --lora FILE[:W]        apply a LoRA (any layout, text-encoder parts included) with weight W\n"
             "                         (default 1); repeatable\n"
+            "  --embedding FILE       a textual-inversion embedding (A1111 .safetensors/.pt, SDXL clip_l +\n"
+            "                         clip_g, diffusers learned_embeds); its file name (without extension)\n"
+            "                         in a prompt stands for its vectors, as in A1111; repeatable\n"
             "  -p, --prompt TEXT      the prompt\n"
             "  --prompt-file F        read the prompt from a UTF-8 text file instead\n"
             "  -n, --negative TEXT    negative prompt. Without -n, SDXL uses zero embeddings for the\n"
@@ -219,6 +223,9 @@ typedef struct {
     char lora_names[MAX_LORAS][256];
     char lora_hashes[MAX_LORAS][13];
     float lora_w[MAX_LORAS];
+    int n_emb;
+    char emb_names[MAX_EMBEDDINGS][256];
+    char emb_hashes[MAX_EMBEDDINGS][13];
     const char *noise_spec;
     zl_sched_config sched;
     float cfg_rescale;
@@ -261,6 +268,14 @@ static int make_parameters(const infotext *it, uint64_t seed, long noise_index, 
         if (!rc) rc = sb_quoted(&b, w.s);
         free(h.s);
         free(w.s);
+    }
+    if (!rc && it->n_emb) {
+        sbuf h = {0};
+        for (int i = 0; !rc && i < it->n_emb; i++)
+            rc = sb_printf(&h, "%s%s: %s", i ? ", " : "", it->emb_names[i], it->emb_hashes[i]);
+        if (!rc) rc = sb_printf(&b, ", TI hashes: ");
+        if (!rc) rc = sb_quoted(&b, h.s);
+        free(h.s);
     }
     if (!rc && it->noise_spec) {
         char v[1200];
@@ -344,6 +359,8 @@ typedef struct {
     const char *model, *out_path, *prompt_arg, *negative, *prompt_file, *sampler_name, *noise_spec, *latent_path;
     const char *unet_cfg, *vae_cfg, *te1_cfg, *te2_cfg, *vae, *init_path, *from_png;
     const char *lora_args[MAX_LORAS];
+    const char *emb_args[MAX_EMBEDDINGS];
+    int n_emb;
     int n_lora, grid, f32, no_tile, have_seed, long_prompt, no_emphasis, have_sampler;
     int steps_given, clip_given, rescale_given; /* given on the command line (they win over --from-png) */
     long steps, width, height, batch, clip_skip;
@@ -471,7 +488,7 @@ static int generate_run(gen_args *A) {
     char *grid_path = NULL;
     zl_cond cond = {0};
     infotext it = {0};
-    const char *inputs[MAX_LORAS + 10];
+    const char *inputs[MAX_LORAS + MAX_EMBEDDINGS + 10];
     int n_inputs = 0, nh = 0, nw = 0;
     zl_outset outs = {0}; /* every output appears at the end, together, or none does */
 
@@ -550,6 +567,23 @@ static int generate_run(gen_args *A) {
         inputs[n_inputs++] = lpaths[k];
         short_name(lpaths[k], it.lora_names[k], sizeof it.lora_names[k]);
         it.lora_w[k] = w;
+    }
+    for (int k = 0; k < A->n_emb; k++) {
+        /* A1111: the file name is the trigger */
+        char *trig = it.emb_names[k];
+        short_name(A->emb_args[k], trig, sizeof it.emb_names[k]);
+        int nv = 0;
+        if ((rc = zl_pipeline_add_embedding(p, A->emb_args[k], trig, &nv))) goto done;
+        if ((rc = short_hash(A->emb_args[k], 12, it.emb_hashes[k]))) goto done;
+        inputs[n_inputs++] = A->emb_args[k];
+        it.n_emb = k + 1;
+        int found = 0;
+        for (int q = 0; q < 2 && !found; q++) {
+            const char *txt = q ? negative : prompt;
+            for (const char *c = txt; c && *c && !found; c++) found = !strncasecmp(c, trig, strlen(trig));
+        }
+        zl_info("embedding %s: %d vector%s for '%s'", A->emb_args[k], nv, nv == 1 ? "" : "s", trig);
+        if (!found) zl_warn("embedding %s: '%s' (its file name) is in neither prompt, so it is not used", A->emb_args[k], trig);
     }
     /* every output, before any compute: not an input, not a folder, in a folder we can write
      * in, and no two the same (--save-latent a.png -o a.png would keep only the image) */
@@ -756,10 +790,11 @@ int zl_cmd_generate(int argc, char **argv) {
                     : (!strcmp(a, "-H") || !strcmp(a, "--height")) ? &A.height
                     : !strcmp(a, "--batch") ? &A.batch
                     : NULL;
-        int is_lora = !strcmp(a, "--lora"), is_cfg = !strcmp(a, "--cfg") || !strcmp(a, "--cfg-scale"),
+        int is_lora = !strcmp(a, "--lora"), is_emb = !strcmp(a, "--embedding"),
+            is_cfg = !strcmp(a, "--cfg") || !strcmp(a, "--cfg-scale"),
             is_seed = !strcmp(a, "--seed"), is_resc = !strcmp(a, "--cfg-rescale") || !strcmp(a, "--guidance-rescale"),
             is_str = !strcmp(a, "--strength") || !strcmp(a, "--denoising-strength");
-        if (!dst && !num && !is_lora && !is_cfg && !is_seed && !is_resc && !is_str)
+        if (!dst && !num && !is_lora && !is_emb && !is_cfg && !is_seed && !is_resc && !is_str)
             return zl_cli_usage(CMD, "unknown option '%s'", a);
         if (i + 1 >= argc) return zl_cli_usage(CMD, "%s needs a value", a);
         const char *v = argv[++i];
@@ -769,6 +804,9 @@ int zl_cmd_generate(int argc, char **argv) {
         } else if (is_lora) {
             if (A.n_lora == MAX_LORAS) return zl_cli_usage(CMD, "at most %d --lora", MAX_LORAS);
             A.lora_args[A.n_lora++] = v;
+        } else if (is_emb) {
+            if (A.n_emb == MAX_EMBEDDINGS) return zl_cli_usage(CMD, "at most %d --embedding", MAX_EMBEDDINGS);
+            A.emb_args[A.n_emb++] = v;
         } else if (is_cfg) {
             if (zl_cli_float(CMD, a, v, &A.cfg)) return ZL_EXIT_USAGE;
         } else if (is_str) {

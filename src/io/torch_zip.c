@@ -631,6 +631,50 @@ static int make_tensor(const char *P, const uint8_t *map, const val *key, const 
     return ZL_OK;
 }
 
+/* The tensors of dict d and, `depth` levels down, of the dicts inside it (names
+ * joined by '.', as A1111's embeddings' string_to_param.*): counted when tt is
+ * NULL, else made. *work bounds the walk (a pickle may nest one dict in itself). */
+static int collect(const char *path, const uint8_t *map, const val *d, const char *prefix, int depth,
+                   zl_torch_tensor *tt, int *nt, uint64_t *budget, long *work) {
+    for (size_t i = 0; i + 1 < d->n; i += 2) {
+        const val *k = d->it[i], *x = d->it[i + 1];
+        if (++*work > (1L << 20))
+            return zl_set_error(ZL_EFORMAT, "%s: PyTorch checkpoint: its dicts nest too much", path);
+        if (k->k != V_STR || (x->k != V_TENSOR && !(x->k == V_DICT && depth > 0))) continue;
+        if (strlen(k->s) != k->slen)
+            return zl_set_error(ZL_EFORMAT, "%s: PyTorch checkpoint: a key holds a NUL byte", path);
+        size_t pl = strlen(prefix);
+        char *name = malloc(pl + k->slen + 2);
+        if (!name) return zl_set_error(ZL_ENOMEM, "%s: out of memory", path);
+        memcpy(name, prefix, pl);
+        memcpy(name + pl, k->s, k->slen + 1);
+        int rc = ZL_OK;
+        if (x->k == V_DICT) {
+            strcat(name, ".");
+            rc = collect(path, map, x, name, depth - 1, tt, nt, budget, work);
+            free(name);
+        } else if (!tt) {
+            (*nt)++;
+            free(name);
+        } else {
+            val key = *k;
+            key.s = name;
+            key.slen = strlen(name);
+            rc = make_tensor(path, map, &key, x, &tt[*nt], budget);
+            if (!rc) {
+                tt[*nt].name = name;
+                (*nt)++;
+            } else {
+                free(tt[*nt].owned);
+                tt[*nt].owned = NULL;
+                free(name);
+            }
+        }
+        if (rc) return rc;
+    }
+    return ZL_OK;
+}
+
 int zl_torch_zip_read(const uint8_t *map, size_t size, const char *path, zl_torch_tensor **out, int *n_out) {
     *out = NULL;
     *n_out = 0;
@@ -680,22 +724,15 @@ int zl_torch_zip_read(const uint8_t *map, size_t size, const char *path, zl_torc
     zl_torch_tensor *tt = NULL;
     int nt = 0;
     if (!rc) {
-        size_t cnt = 0;
-        for (size_t i = 0; i + 1 < sd->n; i += 2) cnt += sd->it[i]->k == V_STR && sd->it[i + 1]->k == V_TENSOR;
-        tt = calloc(cnt ? cnt : 1, sizeof *tt);
-        if (!tt) rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", path);
+        /* a state_dict's own entries; else the top-level dict's, and those of dicts in it */
+        const int depth = sd == top ? 3 : 0;
+        int cnt = 0;
+        long work = 0;
         uint64_t budget = size;
-        for (size_t i = 0; i + 1 < sd->n && !rc; i += 2) {
-            if (sd->it[i]->k != V_STR || sd->it[i + 1]->k != V_TENSOR) continue;
-            rc = make_tensor(path, map, sd->it[i], sd->it[i + 1], &tt[nt], &budget);
-            if (!rc) {
-                tt[nt].name = strdup(sd->it[i]->s);
-                if (!tt[nt].name) rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", path);
-                nt++;
-            } else {
-                free(tt[nt].owned);
-            }
-        }
+        rc = collect(path, map, sd, "", depth, NULL, &cnt, &budget, &work);
+        if (!rc && !(tt = calloc(cnt ? (size_t)cnt : 1, sizeof *tt))) rc = zl_set_error(ZL_ENOMEM, "%s: out of memory", path);
+        work = 0;
+        if (!rc) rc = collect(path, map, sd, "", depth, tt, &nt, &budget, &work);
         if (!rc && nt == 0) rc = zl_set_error(ZL_EFORMAT, "%s: PyTorch checkpoint without tensors", path);
     }
     vm_free(&v);

@@ -376,6 +376,11 @@ static void embed_row(const zl_weight *w, int64_t row, float *dst, int64_t C) {
 }
 
 int zl_clip_forward(const zl_clip *c, const int32_t *ids, int B, int T, const zl_clip_out *o) {
+    return zl_clip_forward_rows(c, ids, NULL, B, T, o);
+}
+
+int zl_clip_forward_rows(const zl_clip *c, const int32_t *ids, const float *const *rows, int B, int T,
+                         const zl_clip_out *o) {
     const zl_clip_config *cfg = &c->cfg;
     const int C = cfg->hidden, I = cfg->intermediate, H = cfg->heads, d = C / H;
     if (B < 1 || T < 1 || T > cfg->max_pos)
@@ -408,7 +413,9 @@ int zl_clip_forward(const zl_clip *c, const int32_t *ids, int B, int T, const zl
         embed_row(&c->pos, t, pe, C);
         for (int b = 0; b < B; b++) {
             float *xr = x + ((size_t)b * T + t) * C;
-            embed_row(&c->tok, ids[(size_t)b * T + t], xr, C);
+            const float *row = rows ? rows[(size_t)b * T + t] : NULL;
+            if (row) memcpy(xr, row, (size_t)C * sizeof *xr);
+            else embed_row(&c->tok, ids[(size_t)b * T + t], xr, C);
             for (int j = 0; j < C; j++) xr[j] += pe[j];
         }
     }

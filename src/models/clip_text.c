@@ -3,9 +3,11 @@
  * (no final LayerNorm) on features and pools with bigG's projection; SD 1.x
  * uses CLIP-L's last hidden state (with the final LayerNorm). Also the
  * prompt-string entry point used by `generate` and `zip`. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ziplora/safetensors.h"
 #include "ziplora/text.h"
 
 struct zl_text {
@@ -13,6 +15,9 @@ struct zl_text {
     zl_clip *te1, *te2;
     zl_tokenizer *tok;
     int clip_skip; /* A1111's "Clip skip" (0 or 1: the family's default layer) */
+    /* textual-inversion vectors, row r for placeholder id ZL_CLIP_VOCAB + r: CLIP-L's, bigG's (SDXL) */
+    float *emb_l, *emb_g;
+    int emb_rows;
 };
 
 int zl_text_set_clip_skip(zl_text *t, int n) {
@@ -31,6 +36,8 @@ void zl_text_free(zl_text *t) {
     zl_clip_free(t->te1);
     zl_clip_free(t->te2);
     zl_tokenizer_free(t->tok);
+    free(t->emb_l);
+    free(t->emb_g);
     free(t);
 }
 
@@ -65,6 +72,83 @@ zl_clip *zl_text_encoder(zl_text *t, zl_part part) {
 }
 const zl_tokenizer *zl_text_tokenizer(const zl_text *t) { return t->tok; }
 
+/* The [n, C] vectors of tensor x (n = 1 for a [C] vector), widened into *out. */
+static int emb_vectors(const char *path, const zl_st_tensor *x, int C, int *n, float **out) {
+    *out = NULL;
+    if (!(x->ndim == 1 || x->ndim == 2) || x->shape[x->ndim - 1] != C)
+        return zl_set_error(ZL_ESHAPE, "%s: embedding tensor '%s' must be [n, %d] for this model's text encoder", path,
+                            x->name, C);
+    *n = x->ndim == 2 ? (int)x->shape[0] : 1;
+    if (x->ndim == 2 && (x->shape[0] < 1 || x->shape[0] > ZL_CLIP_MAX_TOKENS))
+        return zl_set_error(ZL_ESHAPE, "%s: embedding tensor '%s' holds %lld vectors (1 to %d fit a prompt)", path,
+                            x->name, (long long)x->shape[0], ZL_CLIP_MAX_TOKENS);
+    float *v = malloc((size_t)x->numel * sizeof *v);
+    if (!v) return zl_set_error(ZL_ENOMEM, "out of memory");
+    zl_st_read_f32(x, v);
+    for (int64_t i = 0; i < x->numel; i++)
+        if (!isfinite(v[i])) {
+            free(v);
+            return zl_set_error(ZL_ENUMERIC, "%s: embedding tensor '%s' holds NaN or Inf", path, x->name);
+        }
+    *out = v;
+    return ZL_OK;
+}
+
+/* Append rows to *dst ([*have, C] -> [*have + n, C]). */
+static int emb_append(float **dst, int have, const float *v, int n, int C) {
+    float *d = realloc(*dst, sizeof *d * (size_t)(have + n) * C);
+    if (!d) return zl_set_error(ZL_ENOMEM, "out of memory");
+    memcpy(d + (size_t)have * C, v, sizeof *d * (size_t)n * C);
+    *dst = d;
+    return ZL_OK;
+}
+
+int zl_text_load_embedding(zl_text *t, const char *path, const char *trigger, int *n_vectors) {
+    zl_st_file *f = NULL;
+    int rc = zl_st_open(path, &f);
+    if (rc) return rc;
+    const int C1 = zl_clip_get_config(t->te1)->hidden, C2 = t->te2 ? zl_clip_get_config(t->te2)->hidden : 0;
+    const zl_st_tensor *xl = zl_st_find(f, "clip_l"), *xg = zl_st_find(f, "clip_g");
+    float *vl = NULL, *vg = NULL;
+    int nl = 0, ng = 0;
+    if (t->te2) {
+        if (!xl || !xg)
+            rc = zl_set_error(ZL_EFORMAT, "%s: not an SDXL embedding (an SDXL one holds 'clip_l' and 'clip_g' tensors)",
+                              path);
+        if (!rc) rc = emb_vectors(path, xl, C1, &nl, &vl);
+        if (!rc) rc = emb_vectors(path, xg, C2, &ng, &vg);
+        if (!rc && nl != ng)
+            rc = zl_set_error(ZL_ESHAPE, "%s: 'clip_l' holds %d vectors and 'clip_g' %d", path, nl, ng);
+    } else {
+        /* A1111's emb_params (.safetensors) or string_to_param.* (.pt), or a file of one tensor (diffusers'
+         * learned_embeds: {"<token>": [C]}) */
+        const zl_st_tensor *x = zl_st_find(f, "emb_params");
+        for (int i = 0; !x && i < zl_st_count(f); i++)
+            if (!strncmp(zl_st_at(f, i)->name, "string_to_param.", 16)) x = zl_st_at(f, i);
+        if (!x && zl_st_count(f) == 1) x = zl_st_at(f, 0);
+        if (xg)
+            rc = zl_set_error(ZL_EFORMAT, "%s: an SDXL embedding (clip_l, clip_g); this model is SD 1.x", path);
+        else if (!x)
+            rc = zl_set_error(ZL_EFORMAT, "%s: no embedding tensor found (emb_params, string_to_param.*, or a file of "
+                                          "one tensor)", path);
+        if (!rc) rc = emb_vectors(path, x, C1, &nl, &vl);
+    }
+    int32_t first = 0;
+    if (!rc && (rc = zl_tokenizer_add_embedding(t->tok, trigger, nl, &first))) zl_error_prefix(rc, "%s", path);
+    if (!rc && first != ZL_CLIP_VOCAB + t->emb_rows)
+        rc = zl_set_error(ZL_EINVAL, "%s: embedding rows out of step with the tokenizer", path);
+    if (!rc) rc = emb_append(&t->emb_l, t->emb_rows, vl, nl, C1);
+    if (!rc && t->te2) rc = emb_append(&t->emb_g, t->emb_rows, vg, nl, C2);
+    if (!rc) {
+        t->emb_rows += nl;
+        if (n_vectors) *n_vectors = nl;
+    }
+    free(vl);
+    free(vg);
+    zl_st_close(f);
+    return rc;
+}
+
 int zl_text_apply_lora(zl_text *t, const zl_lora *lora, float weight) {
     for (int k = 0; k < lora->n; k++)
         if (lora->layers[k].part == ZL_PART_TE2 && !t->te2)
@@ -81,6 +165,36 @@ int zl_text_context_dim(const zl_text *t) {
 
 int zl_text_pooled_dim(const zl_text *t) { return t->te2 ? zl_clip_get_config(t->te2)->projection_dim : 0; }
 
+/* One encoder's forward; placeholder ids (>= ZL_CLIP_VOCAB) take their
+ * embedding's vector, with id 0 in their place (as A1111 does: the pooled
+ * position stays the end token's). */
+static int fwd(const zl_text *t, const zl_clip *c, const float *emb, const int32_t *ids, int B, int T,
+               const zl_clip_out *o) {
+    const size_t N = (size_t)B * T;
+    size_t i = 0;
+    while (i < N && ids[i] < ZL_CLIP_VOCAB) i++;
+    if (i == N) return zl_clip_forward(c, ids, B, T, o);
+    const int C = zl_clip_get_config(c)->hidden;
+    int32_t *id2 = malloc(N * sizeof *id2);
+    const float **rows = calloc(N, sizeof *rows);
+    int rc = ZL_OK;
+    if (!id2 || !rows) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+    for (i = 0; !rc && i < N; i++) {
+        id2[i] = ids[i];
+        if (ids[i] < ZL_CLIP_VOCAB) continue;
+        if (!emb || ids[i] - ZL_CLIP_VOCAB >= t->emb_rows) {
+            rc = zl_set_error(ZL_EINVAL, "text encoder: token id %d is no embedding's", ids[i]);
+            break;
+        }
+        id2[i] = 0;
+        rows[i] = emb + (size_t)(ids[i] - ZL_CLIP_VOCAB) * C;
+    }
+    if (!rc) rc = zl_clip_forward_rows(c, id2, rows, B, T, o);
+    free(id2);
+    free(rows);
+    return rc;
+}
+
 int zl_text_encode_ids(const zl_text *t, const int32_t *ids_l, const int32_t *ids_g, int B, const zl_text_cond *out) {
     const int T = ZL_CLIP_CTX;
     int C1 = zl_clip_get_config(t->te1)->hidden;
@@ -96,14 +210,14 @@ int zl_text_encode_ids(const zl_text *t, const int32_t *ids_l, const int32_t *id
             o.hidden_layer = zl_clip_get_config(t->te1)->layers - t->clip_skip + 1;
             o.hidden_final_ln = 1;
         }
-        return zl_clip_forward(t->te1, ids_l, B, T, &o);
+        return fwd(t, t->te1, t->emb_l, ids_l, B, T, &o);
     }
     if (t->family == ZL_FAMILY_SD1) {
         zl_clip_out o = out->te1;
         float *tmp = NULL;
         if (out->prompt_embeds && !o.last_hidden) o.last_hidden = out->prompt_embeds;
         else if (out->prompt_embeds) tmp = o.last_hidden;
-        if ((rc = zl_clip_forward(t->te1, ids_l, B, T, &o))) return rc;
+        if ((rc = fwd(t, t->te1, t->emb_l, ids_l, B, T, &o))) return rc;
         if (tmp) memcpy(out->prompt_embeds, tmp, N * C1 * sizeof(float));
         return ZL_OK;
     }
@@ -137,8 +251,8 @@ int zl_text_encode_ids(const zl_text *t, const int32_t *ids_l, const int32_t *id
     float *pool = NULL;
     if (out->pooled && !o2.projected) o2.projected = out->pooled;
     else if (out->pooled) pool = o2.projected;
-    rc = zl_clip_forward(t->te1, ids_l, B, T, &o1);
-    if (!rc) rc = zl_clip_forward(t->te2, ids_g, B, T, &o2);
+    rc = fwd(t, t->te1, t->emb_l, ids_l, B, T, &o1);
+    if (!rc) rc = fwd(t, t->te2, t->emb_g, ids_g, B, T, &o2);
     if (!rc && out->prompt_embeds) {
         for (size_t n = 0; n < N; n++) {
             float *dst = out->prompt_embeds + n * (size_t)(C1 + C2);

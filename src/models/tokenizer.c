@@ -37,6 +37,13 @@ struct zl_tokenizer {
     size_t pcap;
     uint64_t *pkey;       /* 0 = empty (pair (0,0) is not a merge key: stored +1) */
     int32_t *prank, *pout;
+    /* textual-inversion embeddings: a trigger's ids become `rows` placeholder ids
+     * ZL_CLIP_VOCAB + base .. + base + rows - 1 (zl_tokenizer_add_embedding) */
+    struct {
+        int32_t *ids;
+        int n, base, rows;
+    } *emb;
+    int n_emb, emb_rows;
 };
 
 /* ---- hashing ------------------------------------------------------------ */
@@ -311,7 +318,103 @@ void zl_tokenizer_free(zl_tokenizer *t) {
     if (!t) return;
     free(t->tok_off); free(t->tok_bytes); free(t->tok_eow);
     free(t->pkey); free(t->prank); free(t->pout);
+    for (int i = 0; i < t->n_emb; i++) free(t->emb[i].ids);
+    free(t->emb);
     free(t);
+}
+
+int zl_tokenizer_add_embedding(zl_tokenizer *t, const char *trigger, int rows, int32_t *first_id) {
+    if (rows < 1 || rows > ZL_CLIP_MAX_TOKENS)
+        return zl_set_error(ZL_EINVAL, "embedding '%s': %d vectors (1 to %d fit a prompt)", trigger, rows,
+                            ZL_CLIP_MAX_TOKENS);
+    int32_t *ids = NULL;
+    int n = 0;
+    int rc = zl_tokenize(t, trigger, &ids, &n);
+    if (rc) return rc;
+    if (n == 0) {
+        free(ids);
+        return zl_set_error(ZL_EINVAL, "embedding '%s': its name has no tokens to find in a prompt", trigger);
+    }
+    for (int i = 0; i < t->n_emb; i++)
+        if (t->emb[i].n == n && !memcmp(t->emb[i].ids, ids, sizeof *ids * (size_t)n)) {
+            free(ids);
+            return zl_set_error(ZL_EINVAL, "embedding '%s': another embedding has the same name", trigger);
+        }
+    void *ne = realloc(t->emb, sizeof *t->emb * (size_t)(t->n_emb + 1));
+    if (!ne) {
+        free(ids);
+        return zl_set_error(ZL_ENOMEM, "out of memory");
+    }
+    t->emb = ne;
+    t->emb[t->n_emb].ids = ids;
+    t->emb[t->n_emb].n = n;
+    t->emb[t->n_emb].base = t->emb_rows;
+    t->emb[t->n_emb].rows = rows;
+    t->n_emb++;
+    if (first_id) *first_id = ZL_CLIP_VOCAB + t->emb_rows;
+    t->emb_rows += rows;
+    return ZL_OK;
+}
+
+/* The embedding whose trigger's ids start at v[i] (the longest when several
+ * do), or -1. */
+static int emb_at(const zl_tokenizer *t, const int32_t *v, int n, int i) {
+    int best = -1;
+    for (int e = 0; e < t->n_emb; e++)
+        if (t->emb[e].n <= n - i && !memcmp(v + i, t->emb[e].ids, sizeof *v * (size_t)t->emb[e].n) &&
+            (best < 0 || t->emb[e].n > t->emb[best].n))
+            best = e;
+    return best;
+}
+
+/* Replace every trigger in v[0..n) by its placeholder ids (weights: the
+ * trigger's first token's), as A1111 finds embeddings in a span's tokens. */
+static int substitute_embeddings(const zl_tokenizer *t, int32_t **v, float **w, int *n) {
+    if (!t->n_emb) return ZL_OK;
+    int grow = 0;
+    for (int i = 0; i < *n;) {
+        int e = emb_at(t, *v, *n, i);
+        if (e < 0) { i++; continue; }
+        grow += t->emb[e].rows - t->emb[e].n;
+        i += t->emb[e].n;
+    }
+    const int cap = *n + (grow > 0 ? grow : 0);
+    int32_t *nv = malloc(sizeof *nv * (size_t)(cap ? cap : 1));
+    float *nw = w ? malloc(sizeof *nw * (size_t)(cap ? cap : 1)) : NULL;
+    if (!nv || (w && !nw)) {
+        free(nv);
+        free(nw);
+        return zl_set_error(ZL_ENOMEM, "out of memory");
+    }
+    int m = 0;
+    for (int i = 0; i < *n;) {
+        int e = emb_at(t, *v, *n, i);
+        if (e < 0) {
+            if (w) nw[m] = (*w)[i];
+            nv[m++] = (*v)[i++];
+            continue;
+        }
+        for (int r = 0; r < t->emb[e].rows; r++) {
+            if (w) nw[m] = (*w)[i];
+            nv[m++] = ZL_CLIP_VOCAB + t->emb[e].base + r;
+        }
+        i += t->emb[e].n;
+    }
+    free(*v);
+    *v = nv;
+    if (w) {
+        free(*w);
+        *w = nw;
+    }
+    *n = m;
+    return ZL_OK;
+}
+
+/* The vector count of the embedding whose first placeholder is id, or 0. */
+static int emb_start_rows(const zl_tokenizer *t, int32_t id) {
+    for (int e = 0; e < t->n_emb && id >= ZL_CLIP_VOCAB; e++)
+        if (id == ZL_CLIP_VOCAB + t->emb[e].base) return t->emb[e].rows;
+    return 0;
 }
 
 /* ---- clean-up ------------------------------------------------------------ */
@@ -729,11 +832,12 @@ int zl_prompt_parse_attention(const char *text, zl_prompt_span **out, int *n_out
     return ZL_OK;
 }
 
-/* Append the BPE ids of `piece` (weight w) to v / wt. */
+/* Append the BPE ids of `piece` (weight w; embeddings substituted) to v / wt. */
 static int append_ids(const zl_tokenizer *t, const char *piece, float w, int32_t **v, float **wt, int *n) {
     int32_t *pv = NULL;
     int pn = 0;
     int rc = zl_tokenize(t, piece, &pv, &pn);
+    if (!rc) rc = substitute_embeddings(t, &pv, NULL, &pn);
     if (!rc && pn) {
         int32_t *nv = realloc(*v, sizeof **v * (size_t)(*n + pn));
         if (nv) *v = nv;
@@ -846,7 +950,9 @@ int zl_tokenize_chunks_weighted(const zl_tokenizer *t, const char *text, int emp
             last_comma = -1;
             len = i - start;
         }
-        if (len == ZL_CLIP_MAX_TOKENS) {
+        /* a full chunk ends; so does one an embedding's vectors would not fit (A1111 keeps them together) */
+        const int er = emb_start_rows(t, v[i]);
+        if (len == ZL_CLIP_MAX_TOKENS || (er && len > 0 && len + er > ZL_CLIP_MAX_TOKENS)) {
             start = i;
             b[k++] = start;
             last_comma = -1;
@@ -866,6 +972,7 @@ int zl_tokenize_clip(const zl_tokenizer *t, const char *text, int32_t pad_id, in
     int32_t *v;
     int n;
     int rc = zl_tokenize(t, text, &v, &n);
+    if (!rc) rc = substitute_embeddings(t, &v, NULL, &n);
     if (rc) return rc;
     int keep = n < ZL_CLIP_MAX_TOKENS ? n : ZL_CLIP_MAX_TOKENS;
     ids[0] = ZL_CLIP_BOS;
@@ -880,6 +987,9 @@ int zl_tokenize_clip(const zl_tokenizer *t, const char *text, int32_t pad_id, in
                     "them, in chunks as A1111 does)",
                     ZL_CLIP_MAX_TOKENS, n - keep, d);
             free(d);
+        } else { /* (an embedding's vectors among them) */
+            zl_warn("prompt is longer than %d tokens; %d tokens were dropped (generate --long-prompt keeps them, in "
+                    "chunks as A1111 does)", ZL_CLIP_MAX_TOKENS, n - keep);
         }
     }
     free(v);

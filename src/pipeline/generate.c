@@ -32,6 +32,8 @@ struct zl_pipeline {
     zl_text *text;
     lora_rec *loras;
     int n_loras, cap_loras;
+    char **emb_path, **emb_trigger; /* textual-inversion embeddings, loaded with the text encoders */
+    int n_emb;
 };
 
 static char *dup_or_null(const char *s) { return s ? strdup(s) : NULL; }
@@ -106,6 +108,34 @@ static int load_text(zl_pipeline *p) {
             return rc;
         }
     }
+    for (int i = 0; i < p->n_emb; i++)
+        if ((rc = zl_text_load_embedding(p->text, p->emb_path[i], p->emb_trigger[i], NULL))) {
+            zl_text_free(p->text);
+            p->text = NULL;
+            return rc;
+        }
+    return ZL_OK;
+}
+
+int zl_pipeline_add_embedding(zl_pipeline *p, const char *path, const char *trigger, int *n_vectors) {
+    int rc = load_text(p);
+    if (rc) return rc;
+    char **np = realloc(p->emb_path, sizeof *np * (size_t)(p->n_emb + 1));
+    if (np) p->emb_path = np;
+    char **nt = np ? realloc(p->emb_trigger, sizeof *nt * (size_t)(p->n_emb + 1)) : NULL;
+    if (nt) p->emb_trigger = nt;
+    char *a = nt ? strdup(path) : NULL, *b = a ? strdup(trigger) : NULL;
+    if (!b) {
+        free(a);
+        return zl_set_error(ZL_ENOMEM, "out of memory");
+    }
+    if ((rc = zl_text_load_embedding(p->text, path, trigger, n_vectors))) {
+        free(a);
+        free(b);
+        return rc;
+    }
+    p->emb_path[p->n_emb] = a;
+    p->emb_trigger[p->n_emb++] = b;
     return ZL_OK;
 }
 
@@ -126,6 +156,12 @@ void zl_pipeline_free(zl_pipeline *p) {
     for (int i = 0; i < p->n_loras; i++)
         if (p->loras[i].owned) zl_lora_free(p->loras[i].lora);
     free(p->loras);
+    for (int i = 0; i < p->n_emb; i++) {
+        free(p->emb_path[i]);
+        free(p->emb_trigger[i]);
+    }
+    free(p->emb_path);
+    free(p->emb_trigger);
     zl_model_paths_free(&p->paths);
     free(p->unet_config); free(p->vae_config); free(p->te1_config); free(p->te2_config);
     free(p);

@@ -212,6 +212,17 @@ def main():
     # an older diffusers folder's VAE weights: diffusion_pytorch_model.bin
     vae = read_safetensors(os.path.join(DATA, "tiny-sd15", "vae", "diffusion_pytorch_model.safetensors"))
     save(os.path.join(HERE, "tiny-sd15-vae.bin"), vae, protocol=2)
+    # an A1111 textual-inversion embedding (.pt): its vectors are tiny-sd15's token-embedding rows of
+    # "cat dog" (CLIP ids 2368 and 1929), so "catdog" in a prompt must encode as "cat dog"
+    te = read_safetensors(os.path.join(DATA, "tiny-sd15", "text_encoder", "model.safetensors"))
+    tok = te["text_model.embeddings.token_embedding.weight"]
+    C = tok.size[1]
+    es = ESIZE[tok.storage.dt]
+    rows = b"".join(tok.storage.data[i * C * es:(i + 1) * C * es] for i in (2368, 1929))
+    vec = Tensor(Storage(0, tok.storage.dt, rows), 0, [2, C], [C, 1])
+    save(os.path.join(HERE, "catdog.pt"),
+         {"string_to_token": {"*": 265}, "string_to_param": {"*": vec}, "name": "catdog", "step": 500,
+          "sd_checkpoint": "0123abcd", "sd_checkpoint_name": "tiny-sd15"})
     lora = read_safetensors(os.path.join(DATA, "tiny-sd15", "loras", "content.kohya.safetensors"))
     save(os.path.join(HERE, "content.kohya.pt"), lora, protocol=2)
 
