@@ -144,6 +144,12 @@ static void test_pt_and_cli(void) {
             if (!strcmp(t[i].key, "parameters")) params = t[i].value;
     CHECKM(params && strstr(params, "TI hashes: \"catdog: "), "TI hashes in the parameters: %s", params ? params : "");
     zl_png_text_free(t, nt);
+    /* --from-png says which embeddings the image used */
+    char again[1024];
+    snprintf(again, sizeof again, "%s", zt_tmp("ti_again.png"));
+    code = zt_cli("generate --model '%s' --from-png '%s' -o '%s'", model, out, again);
+    CHECKM(code == 0 && strstr(zt_err, "made with the embeddings catdog: ") && strstr(zt_err, "--embedding FILE"),
+           "--from-png names the embeddings: %s", zt_err);
     code = zt_cli("generate --model '%s' --embedding '%s' -p 'a photo of a dog' --steps 1 -W 64 -H 64 -o '%s'", model,
                   pt, out);
     CHECKM(code == 0 && strstr(zt_err, "'catdog' (its file name) is in neither prompt"), "unused trigger said: %s",

@@ -437,6 +437,8 @@ static int apply_png(const char *path, const zl_png_params *pp, gen_args *c) {
     if (!c->n_lora && ((v = zl_png_params_get(pp, "Lora weights")) || (v = zl_png_params_get(pp, "Lora hashes"))))
         zl_warn("%s was made with the LoRAs %s: the file names are not in the image; give them with --lora FILE:W", path,
                 v);
+    if (!c->n_emb && (v = zl_png_params_get(pp, "TI hashes")))
+        zl_warn("%s was made with the embeddings %s: give their files with --embedding FILE", path, v);
     if ((v = zl_png_params_get(pp, "Model"))) zl_info("%s was made with the model '%s'", path, v);
     return 0;
 }
