@@ -102,7 +102,8 @@ def safetensors_seeds():
         put(H, "bad_%d" % i, struct.pack("<Q", len(h)) + h + bytes(4))
     # PyTorch zip checkpoints (tests/data/ckpt, written by make_ckpt.py there): views, protocols 2 and 4,
     # zip64 records, refused views; the small ones only.
-    for name in ["views.pt", "views_p4.pt", "views_zip64.pt", "bad_past_end.pt", "bad_broadcast.pt", "bad_dtype.pt"]:
+    for name in ["views.pt", "views_p4.pt", "views_zip64.pt", "bad_past_end.pt", "bad_broadcast.pt", "bad_dtype.pt",
+                 "bad_huge_empty.pt", "catdog.pt"]:
         put(H, "torch_" + name.replace(".", "_"), open(os.path.join(DATA, "ckpt", name), "rb").read())
 
 

@@ -253,6 +253,7 @@ static void test_bad(void) {
         {"ckpt/bad_past_end.pt", ZL_EFORMAT, "tensor 'w' reaches past the end of its storage"},
         {"ckpt/bad_broadcast.pt", ZL_EUNSUPPORTED, "tensor 'w' has more elements than its storage"},
         {"ckpt/bad_dtype.pt", ZL_EUNSUPPORTED, "storage type 'torch.ComplexFloatStorage'"},
+        {"ckpt/bad_huge_empty.pt", ZL_EFORMAT, "tensor 'w': its sizes multiply past 2^40"},
     };
     for (size_t i = 0; i < sizeof gen / sizeof gen[0]; i++) {
         zl_st_file *f = NULL;

@@ -577,7 +577,17 @@ static int make_tensor(const char *P, const uint8_t *map, const val *key, const 
     for (int d = 0; d < t->ndim; d++)
         if (t->shape[d] < 0 || t->stride[d] < 0)
             return zl_set_error(ZL_EFORMAT, "%s: tensor '%s': negative size or stride", P, key->s);
-    for (int d = 0; d < t->ndim; d++) numel = t->shape[d] == 0 ? 0 : numel;
+    /* the nonzero sizes' product stays small even for an empty tensor (as safetensors' shapes must) */
+    int64_t nz = 1;
+    for (int d = 0; d < t->ndim; d++) {
+        if (t->shape[d] == 0) {
+            numel = 0;
+            continue;
+        }
+        if (nz > ((int64_t)1 << 40) / t->shape[d])
+            return zl_set_error(ZL_EFORMAT, "%s: tensor '%s': its sizes multiply past 2^40", P, key->s);
+        nz *= t->shape[d];
+    }
     if (numel)
         for (int d = 0; d < t->ndim; d++) {
             /* every element must lie inside the storage: (size - 1) * stride < its length */
@@ -595,7 +605,7 @@ static int make_tensor(const char *P, const uint8_t *map, const val *key, const 
                             (long long)s->numel);
     int contiguous = 1;
     int64_t want = 1;
-    for (int d = t->ndim - 1; d >= 0; d--) {
+    for (int d = t->ndim - 1; d >= 0 && numel; d--) {
         if (t->shape[d] != 1 && t->stride[d] != want) contiguous = 0;
         want *= t->shape[d];
     }

@@ -207,6 +207,8 @@ def main():
     save(os.path.join(HERE, "bad_past_end.pt"), OrderedDict([("w", Tensor(s, 5, [4], [1]))]))
     s = Storage(0, "F32", f32([1]))
     save(os.path.join(HERE, "bad_broadcast.pt"), OrderedDict([("w", Tensor(s, 0, [100], [0]))]))
+    s = Storage(0, "F32", b"")
+    save(os.path.join(HERE, "bad_huge_empty.pt"), OrderedDict([("w", Tensor(s, 0, [1 << 41, 1 << 41, 0], [0, 0, 1]))]))
     s = Storage(0, "C64", f32([1, 2]))
     save(os.path.join(HERE, "bad_dtype.pt"), OrderedDict([("w", Tensor(s, 0, [1], [1]))]))
     # an older diffusers folder's VAE weights: diffusion_pytorch_model.bin
