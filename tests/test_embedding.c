@@ -154,6 +154,10 @@ static void test_pt_and_cli(void) {
                   pt, out);
     CHECKM(code == 0 && strstr(zt_err, "'catdog' (its file name) is in neither prompt"), "unused trigger said: %s",
            zt_err);
+    /* given as a LoRA, it is named for what it is */
+    code = zt_cli("inspect '%s'", pt);
+    CHECKM(code == 1 && strstr(zt_err, "a textual-inversion embedding") && strstr(zt_err, "--embedding FILE"),
+           "an embedding given as a LoRA: %d %s", code, zt_err);
     char missing[1024];
     snprintf(missing, sizeof missing, "%s", zt_tmp("no-such.pt"));
     remove(out);

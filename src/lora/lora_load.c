@@ -524,6 +524,16 @@ static void list_keys(char *buf, size_t n, const char *const *keys, int nk, int 
     if (nk > max && len + 24 < n) snprintf(buf + len, n - len, ", ... (%d in all)", nk);
 }
 
+/* Whether the tensors are a textual-inversion embedding's: A1111's emb_params or
+ * string_to_param.*, SDXL's clip_l / clip_g. */
+static int is_embedding_file(const char *const *names, int n) {
+    for (int i = 0; i < n; i++)
+        if (strcmp(names[i], "emb_params") && strcmp(names[i], "clip_l") && strcmp(names[i], "clip_g") &&
+            strncmp(names[i], "string_to_param.", 16))
+            return 0;
+    return 1;
+}
+
 static int parse_all(loader *L, int *plain_te) {
     int n = zl_st_count(L->f);
     L->ent = calloc((size_t)(n ? n : 1), sizeof *L->ent);
@@ -563,6 +573,9 @@ static int parse_all(loader *L, int *plain_te) {
         snprintf(msg, sizeof msg, "%s: %s is not supported; refusing tensors ", L->path, refused[kind].what);
         list_keys(msg, sizeof msg, bad, nbad, 3);
         rc = zl_set_error(ZL_EUNSUPPORTED, "%s", msg);
+    } else if (nunk && !L->nent && is_embedding_file(unk, nunk)) {
+        rc = zl_set_error(ZL_EFORMAT, "%s: a textual-inversion embedding ('%s'), not a LoRA: give it to generate with "
+                                      "--embedding FILE", L->path, unk[0]);
     } else if (nunk) {
         snprintf(msg, sizeof msg, "%s: %d tensor%s not LoRA weights of a known layout: ", L->path, nunk,
                  nunk > 1 ? "s are" : " is");
