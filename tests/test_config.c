@@ -182,6 +182,8 @@ int main(void) {
             {"{\"_class_name\": \"DPMSolverMultistepScheduler\", \"algorithm_type\": \"dpmsolver\"}", -1, 0},
             {"{\"_class_name\": \"EulerAncestralDiscreteScheduler\", \"use_karras_sigmas\": true}", ZL_SAMPLER_EULER_A, 0},
             {"{\"_class_name\": \"EulerDiscreteScheduler\", \"use_karras_sigmas\": true}", ZL_SAMPLER_EULER, 1},
+            {"{\"_class_name\": \"LCMScheduler\", \"original_inference_steps\": 50, \"timestep_scaling\": 10.0}",
+             ZL_SAMPLER_LCM, 0},
             {"{\"_class_name\": \"PNDMScheduler\"}", -1, 0},
             {"{}", -1, 0},
         };
@@ -198,6 +200,7 @@ int main(void) {
             {"{\"prediction_type\": \"sample\"}", "prediction_type sample"},
             {"{\"prediction_type\": 3}", "prediction_type"},
             {"{\"beta_schedule\": \"linear\"}", "beta_schedule linear"},
+            {"{\"_class_name\": \"LCMScheduler\", \"original_inference_steps\": 4}", "original_inference_steps"},
             {"{\"timestep_spacing\": \"sideways\"}", "timestep_spacing sideways"},
             {"{\"rescale_betas_zero_snr\": \"yes\"}", "rescale_betas_zero_snr"},
             {"{\"num_train_timesteps\": 0}", "num_train_timesteps"},

@@ -882,6 +882,34 @@ static void test_model_scheduler(void) {
 /* --from-png: an image's parameters text reproduces it (the same latent bytes and
  * the same parameters text) given the same LoRA; flags win over it; a PNG without
  * parameters is refused naming it. */
+/* LCM through the CLI: 4 steps without guidance, "Sampler: LCM" in the PNG, and
+ * --from-png reproduces the latent bytes; more than 50 steps is a usage error.
+ * (Its step formula is checked in test_sched.) */
+static void test_lcm_cli(void) {
+    char d[1024], p1[1024], p2[1024], l1[1024], l2[1024];
+    snprintf(d, sizeof d, "%s/tiny-sd15", ZL_TEST_DATA);
+    snprintf(p1, sizeof p1, "%s", zt_tmp("lcm1.png"));
+    snprintf(p2, sizeof p2, "%s", zt_tmp("lcm2.png"));
+    snprintf(l1, sizeof l1, "%s", zt_tmp("lcm1.safetensors"));
+    snprintf(l2, sizeof l2, "%s", zt_tmp("lcm2.safetensors"));
+    int code = zt_cli("generate --model '%s' -p 'a cat' --sampler lcm --steps 4 --cfg 1 --seed 5 -W 64 -H 64 "
+                      "--save-latent '%s' -o '%s' -q", d, l1, p1);
+    char *t = code ? NULL : png_parameters(p1);
+    CHECKM(t && strstr(t, "Steps: 4, Sampler: LCM, CFG scale: 1,"), "LCM image: %s %s", t ? t : "", zt_err);
+    free(t);
+    code = zt_cli("generate --model '%s' --from-png '%s' --save-latent '%s' -o '%s' -q", d, p1, l2, p2);
+    char *a = NULL, *b = NULL;
+    size_t na = 0, nb = 0;
+    if (!code && !zl_read_file(l1, &a, &na) && !zl_read_file(l2, &b, &nb))
+        CHECKM(na == nb && !memcmp(a, b, na), "LCM --from-png: the same latent bytes");
+    else
+        CHECKM(0, "LCM --from-png: %s", zt_err);
+    free(a);
+    free(b);
+    code = zt_cli("generate --model '%s' -p x --sampler lcm --steps 51 -o '%s'", d, p2);
+    CHECKM(code == 2 && strstr(zt_err, "at most 50 steps"), "LCM 51 steps: exit %d %s", code, zt_err);
+}
+
 static void test_from_png(void) {
     char d[1024], lora[1200], p1[1024], p2[1024], l1[1024], l2[1024];
     snprintf(d, sizeof d, "%s/tiny-sd15", ZL_TEST_DATA);
@@ -1087,6 +1115,7 @@ int main(void) {
     test_vpred_cli();
     test_model_scheduler();
     test_from_png();
+    test_lcm_cli();
     test_img2img();
     test_bad_inputs();
     return zt_done();

@@ -660,6 +660,74 @@ static void test_sched_override(void) {
           !strcmp(zl_spacing_name(ZL_SPACING_LINSPACE), "linspace"));
 }
 
+/* LCM (diffusers' LCMScheduler) against its set_timesteps and step written out
+ * here in its own variance preserving space, in double: x0 = (x - sqrt(1-a) eps)
+ * / sqrt(a), D = c_out x0 + c_skip x with c_skip = 0.25 / ((10 t)^2 + 0.25),
+ * c_out = 10 t / sqrt((10 t)^2 + 0.25); x' = sqrt(a') D + sqrt(1-a') z, the last
+ * step D alone. The sampler works in sigma space (x_vp = x / sqrt(sigma^2 + 1)). */
+static void test_lcm(void) {
+    zl_schedule sch;
+    zl_schedule_default(&sch);
+    /* timesteps: the reversed grid 20 j - 1 at floor(linspace(0, 50, N, endpoint=False)) */
+    static const int four[4] = {999, 759, 499, 259};
+    for (int N = 1; N <= 50; N++) {
+        zl_sampler s;
+        CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_LCM, N, 1));
+        int ok = s.n_steps == N && s.sigmas[N] == 0.0f;
+        for (int k = 0; ok && k < N; k++) {
+            int idx = (int)floor(k * (50.0 / N));
+            ok = s.timesteps[k] == (float)(999 - 20 * idx) && s.sigmas[k] == sch.train_sigmas[999 - 20 * idx];
+            if (N == 4) ok = ok && s.timesteps[k] == (float)four[k];
+        }
+        CHECKM(ok, "LCM %d steps: timesteps", N);
+        zl_sampler_free(&s);
+    }
+    zl_sampler s;
+    CHECK(zl_sampler_init(&s, &sch, ZL_SAMPLER_LCM, 51, 1) == ZL_EINVAL);
+    CHECK(zl_sampler_init_ex(&s, &sch, ZL_SAMPLER_LCM, ZL_SIGMAS_KARRAS, 4, 1) == ZL_EUNSUPPORTED);
+    CHECK(zl_sampler_from_name("LCM") == ZL_SAMPLER_LCM && !strcmp(zl_sampler_name(ZL_SAMPLER_LCM), "LCM"));
+    /* four steps on a Gaussian-data model's epsilon */
+    const int N = 4;
+    const size_t n = 256;
+    CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_LCM, N, 77));
+    float *x = malloc(sizeof(float) * n), *eps = malloc(sizeof(float) * n), *z = malloc(sizeof(float) * n);
+    double *xv = malloc(sizeof(double) * n);
+    zl_rng r;
+    zl_rng_init(&r, 77, 0);
+    zl_rng_normal(&r, 0, x, n);
+    for (size_t i = 0; i < n; i++) {
+        xv[i] = x[i]; /* diffusers: latents = randn * init_noise_sigma (1) */
+        x[i] *= s.init_noise_sigma;
+    }
+    int ok = 1;
+    for (int k = 0; k < N; k++) {
+        const int t = (int)s.timesteps[k], tp = k + 1 < N ? (int)s.timesteps[k + 1] : t;
+        const double a = sch.alphas_cumprod[t], ap = sch.alphas_cumprod[tp], sg = s.sigmas[k];
+        const float in_scale = zl_sampler_input_scale(&s, k);
+        for (size_t i = 0; i < n; i++) eps[i] = (float)gauss_eps(x[i] * in_scale * sqrt(sg * sg + 1), sg, 0.3, 0.8);
+        CHECK_OK(zl_sampler_step(&s, k, x, eps, n));
+        const double st = 10.0 * t, c_skip = 0.25 / (st * st + 0.25), c_out = st / sqrt(st * st + 0.25);
+        if (k + 1 < N) {
+            zl_rng_init(&r, 77, 1000 + (uint64_t)k);
+            zl_rng_normal(&r, 0, z, n);
+        }
+        double maxd = 0, maxr = 0;
+        for (size_t i = 0; i < n; i++) {
+            double x0 = (xv[i] - sqrt(1 - a) * eps[i]) / sqrt(a), d = c_out * x0 + c_skip * xv[i];
+            xv[i] = k + 1 < N ? sqrt(ap) * d + sqrt(1 - ap) * z[i] : d;
+            /* the sampler's x in sigma space is x_vp / sqrt(a') (at the end sigma 0: the same) */
+            double want = k + 1 < N ? xv[i] / sqrt(ap) : xv[i];
+            maxd = fmax(maxd, fabs(x[i] - want));
+            maxr = fmax(maxr, fabs(want));
+        }
+        if (maxd > 1e-4 * fmax(1, maxr)) ok = 0;
+        CHECKM(maxd <= 1e-4 * fmax(1, maxr), "LCM step %d: max diff %g", k, maxd);
+    }
+    (void)ok;
+    free(x); free(eps); free(z); free(xv);
+    zl_sampler_free(&s);
+}
+
 int main(void) {
     test_zero_snr();
     test_spacing();
@@ -677,5 +745,6 @@ int main(void) {
     test_gaussian_closed_form();
     test_errors_and_names();
     test_karras();
+    test_lcm();
     return zt_done();
 }

@@ -19,6 +19,15 @@
  *  - ZL_SAMPLER_DPMPP_2M_SDE: the same scheduler with algorithm_type
  *    "sde-dpmsolver++" (the A1111 name "DPM++ 2M SDE"): the same grid and data
  *    predictions, plus noise each step (RNG stream 1000 + k).
+ *  - ZL_SAMPLER_LCM: LCMScheduler, for latent consistency models and LCM-LoRAs
+ *    (A1111 "LCM"): timesteps floor(linspace(0, 50, steps, endpoint=False)) of
+ *    the reversed distillation grid 20 j - 1 (j = 50..1; original_inference_steps
+ *    50 of 1000, at most 50 steps), whatever the spacing; each step denoises with
+ *    the boundary condition c_skip x_t + c_out x0 (sigma_data 0.5, timestep x 10)
+ *    and re-noises to the next timestep (noise from RNG stream 1000 + k), the
+ *    last step not. In sigma space: x' = D + sigma' z with D = c_out (x - sigma
+ *    eps) + c_skip x / sqrt(sigma^2 + 1). It starts from noise * sqrt(smax^2 + 1)
+ *    (unit variance x_T) and takes x / sqrt(sigma^2 + 1) as model input, as all do.
  *
  * Karras sigmas (ZL_SIGMAS_KARRAS, diffusers' use_karras_sigmas; A1111's "Karras"
  * schedule type): sigma_i = (smax^(1/7) + i/(n-1) (smin^(1/7) - smax^(1/7)))^7 and the
@@ -141,7 +150,8 @@ typedef enum {
     ZL_SAMPLER_EULER = 0,
     ZL_SAMPLER_EULER_A = 1,
     ZL_SAMPLER_DPMPP_2M = 2,
-    ZL_SAMPLER_DPMPP_2M_SDE = 3 /* DPMSolverMultistepScheduler, algorithm_type sde-dpmsolver++ */
+    ZL_SAMPLER_DPMPP_2M_SDE = 3, /* DPMSolverMultistepScheduler, algorithm_type sde-dpmsolver++ */
+    ZL_SAMPLER_LCM = 4           /* LCMScheduler (latent consistency models and LCM-LoRAs) */
 } zl_sampler_kind;
 
 /* "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_sde" (also the A1111 names "Euler",

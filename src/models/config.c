@@ -323,6 +323,16 @@ static int sched_config_load(const char *path, zl_sched_config *c) {
     const char *cls = json_string_value(json_object_get(j, "_class_name"));
     if (cls && !strcmp(cls, "EulerDiscreteScheduler")) c->sampler = ZL_SAMPLER_EULER;
     else if (cls && !strcmp(cls, "EulerAncestralDiscreteScheduler")) c->sampler = ZL_SAMPLER_EULER_A;
+    else if (cls && !strcmp(cls, "LCMScheduler")) {
+        /* the distillation grid and boundary scaling we run: refuse others by name */
+        json_t *os = json_object_get(j, "original_inference_steps"), *ts = json_object_get(j, "timestep_scaling");
+        if (!rc && os && !json_is_null(os) && !(json_is_integer(os) && json_integer_value(os) == 50))
+            rc = zl_set_error(ZL_EUNSUPPORTED, "%s: LCMScheduler original_inference_steps other than 50 is not supported",
+                              path);
+        if (!rc && ts && !json_is_null(ts) && !(json_is_number(ts) && json_number_value(ts) == 10.0))
+            rc = zl_set_error(ZL_EUNSUPPORTED, "%s: LCMScheduler timestep_scaling other than 10 is not supported", path);
+        c->sampler = ZL_SAMPLER_LCM;
+    }
     else if (cls && !strcmp(cls, "DPMSolverMultistepScheduler")) {
         const char *alg = json_string_value(json_object_get(j, "algorithm_type"));
         json_t *ord = json_object_get(j, "solver_order");
@@ -331,7 +341,8 @@ static int sched_config_load(const char *path, zl_sched_config *c) {
             else if (!strcmp(alg, "sde-dpmsolver++")) c->sampler = ZL_SAMPLER_DPMPP_2M_SDE;
         }
     }
-    c->karras = json_is_true(json_object_get(j, "use_karras_sigmas")) && c->sampler != ZL_SAMPLER_EULER_A;
+    c->karras = json_is_true(json_object_get(j, "use_karras_sigmas")) && c->sampler != ZL_SAMPLER_EULER_A &&
+                c->sampler != ZL_SAMPLER_LCM;
     if (!rc && (v = json_object_get(j, "timestep_spacing")) && !json_is_null(v)) {
         int sp = zl_spacing_from_name(json_string_value(v));
         if (sp < 0)

@@ -33,6 +33,7 @@ int zl_sampler_from_name(const char *name) {
         return ZL_SAMPLER_DPMPP_2M;
     if (!strcasecmp(name, "dpmpp_2m_sde") || !strcasecmp(name, "dpm++ 2m sde") || !strcasecmp(name, "dpm++2m sde"))
         return ZL_SAMPLER_DPMPP_2M_SDE;
+    if (!strcasecmp(name, "lcm")) return ZL_SAMPLER_LCM;
     return -1;
 }
 
@@ -47,6 +48,7 @@ const char *zl_sampler_name(zl_sampler_kind k) {
     case ZL_SAMPLER_EULER_A: return "Euler a";
     case ZL_SAMPLER_DPMPP_2M: return "DPM++ 2M";
     case ZL_SAMPLER_DPMPP_2M_SDE: return "DPM++ 2M SDE";
+    case ZL_SAMPLER_LCM: return "LCM";
     }
     return "?";
 }
@@ -82,6 +84,8 @@ double zl_sigma_to_t(const zl_schedule *sch, double sigma) {
     return (1 - w) * lo + w * (lo + 1);
 }
 
+static int lcm_init(zl_sampler *s, const zl_schedule *sch, int n_steps, uint64_t seed);
+
 int zl_sampler_init(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind kind, int n_steps, uint64_t seed) {
     return zl_sampler_init_ex(s, sch, kind, ZL_SIGMAS_DEFAULT, n_steps, seed);
 }
@@ -94,9 +98,13 @@ int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind ki
     if (sigmas == ZL_SIGMAS_KARRAS && kind == ZL_SAMPLER_EULER_A)
         return zl_set_error(ZL_EUNSUPPORTED, "sampler: Euler a has no Karras schedule (diffusers' EulerAncestral has none); "
                                              "use euler or dpmpp_2m with it");
+    if (sigmas == ZL_SIGMAS_KARRAS && kind == ZL_SAMPLER_LCM)
+        return zl_set_error(ZL_EUNSUPPORTED, "sampler: LCM has no Karras schedule (its timesteps are the distillation "
+                                             "grid's)");
     if (kind != ZL_SAMPLER_EULER && kind != ZL_SAMPLER_EULER_A && kind != ZL_SAMPLER_DPMPP_2M &&
-        kind != ZL_SAMPLER_DPMPP_2M_SDE)
+        kind != ZL_SAMPLER_DPMPP_2M_SDE && kind != ZL_SAMPLER_LCM)
         return zl_set_error(ZL_EINVAL, "sampler: unknown kind %d", (int)kind);
+    if (kind == ZL_SAMPLER_LCM) return lcm_init(s, sch, n_steps, seed);
     if (n_steps < 1 || n_steps > sch->n_train)
         return zl_set_error(ZL_EINVAL, "sampler: --steps %d outside [1, %d]", n_steps, sch->n_train);
     /* "leading" spacing. Euler-family: ratio = N_train // steps, t_k = k*ratio.
@@ -156,6 +164,55 @@ int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind ki
     /* diffusers' Euler schedulers: the max sigma itself for linspace/trailing */
     s->init_noise_sigma = !dpm && sch->spacing != ZL_SPACING_LEADING ? smax : sqrtf(smax * smax + 1.0f);
     zl_rng_init(&s->rng, seed, 0);
+    return ZL_OK;
+}
+
+/* LCMScheduler.set_timesteps with original_inference_steps 50 (strength 1). */
+static int lcm_init(zl_sampler *s, const zl_schedule *sch, int n_steps, uint64_t seed) {
+    const int orig = 50, kk = sch->n_train / orig;
+    if (kk < 1) return zl_set_error(ZL_EINVAL, "sampler: LCM needs at least %d training steps", orig);
+    if (n_steps < 1 || n_steps > orig)
+        return zl_set_error(ZL_EINVAL, "sampler: LCM takes 1 to %d steps (its distillation grid's), not %d", orig, n_steps);
+    s->kind = ZL_SAMPLER_LCM;
+    s->n_steps = n_steps;
+    s->timesteps = malloc(sizeof(float) * (size_t)n_steps);
+    s->sigmas = malloc(sizeof(float) * (size_t)(n_steps + 1));
+    if (!s->timesteps || !s->sigmas) {
+        zl_sampler_free(s);
+        return zl_set_error(ZL_ENOMEM, "sampler: out of memory");
+    }
+    for (int k = 0; k < n_steps; k++) {
+        /* reversed grid [orig kk - 1, ..., kk - 1] at floor(k * orig / steps) (numpy linspace, endpoint=False) */
+        int idx = (int)floor((double)k * ((double)orig / n_steps)); /* as numpy: arange * (delta / num) */
+        int t = (orig - idx) * kk - 1;
+        s->timesteps[k] = (float)t;
+        s->sigmas[k] = sch->train_sigmas[t];
+    }
+    s->sigmas[n_steps] = 0.0f;
+    s->sigma_schedule = ZL_SIGMAS_DEFAULT;
+    s->init_noise_sigma = sqrtf(s->sigmas[0] * s->sigmas[0] + 1.0f);
+    zl_rng_init(&s->rng, seed, 0);
+    return ZL_OK;
+}
+
+/* One LCMScheduler step in sigma space (see sample.h). */
+static int lcm_step(zl_sampler *s, int k, float *x, const float *eps, size_t n) {
+    const double sg = s->sigmas[k], sn = s->sigmas[k + 1], st = (double)s->timesteps[k] * 10.0; /* timestep_scaling */
+    const double c_skip = 0.25 / (st * st + 0.25), c_out = st / sqrt(st * st + 0.25), vp = 1.0 / sqrt(sg * sg + 1.0);
+    const int last = k == s->n_steps - 1;
+    float *z = NULL;
+    if (!last) {
+        z = malloc(sizeof(float) * n);
+        if (!z) return zl_set_error(ZL_ENOMEM, "sampler: out of memory for %zu noise values", n);
+        zl_rng r;
+        zl_rng_init(&r, s->rng.seed, 1000 + (uint64_t)k);
+        zl_rng_normal(&r, 0, z, n);
+    }
+    for (size_t i = 0; i < n; i++) {
+        double d = c_out * ((double)x[i] - sg * eps[i]) + c_skip * vp * x[i];
+        x[i] = (float)(last ? d : d + sn * z[i]);
+    }
+    free(z);
     return ZL_OK;
 }
 
@@ -249,6 +306,7 @@ int zl_sampler_step(zl_sampler *s, int k, float *x, const float *eps, size_t n) 
     case ZL_SAMPLER_EULER_A: return euler_ancestral(s, k, x, eps, n);
     case ZL_SAMPLER_DPMPP_2M: return dpmpp_2m(s, k, x, eps, n, 0);
     case ZL_SAMPLER_DPMPP_2M_SDE: return dpmpp_2m(s, k, x, eps, n, 1);
+    case ZL_SAMPLER_LCM: return lcm_step(s, k, x, eps, n);
     }
     return zl_set_error(ZL_EINVAL, "sampler: unknown kind");
 }
