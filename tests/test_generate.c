@@ -479,6 +479,14 @@ static void test_emphasis(zl_pipeline *p, const char *fx) {
     }
     zl_cond_free(&e0);
     zl_cond_free(&e1);
+    /* A1111's extra-network tags are removed from both prompts, not encoded */
+    CHECK_OK(zl_pipeline_encode_long(p, "a dog <lora:style_x:0.7>, (red:1.2)", "lowres <hypernet:h:1>", 1, &e0));
+    CHECK_OK(zl_pipeline_encode_long(p, "a dog , (red:1.2)", "lowres ", 1, &e1));
+    CHECKM(e0.T == e1.T && !memcmp(e0.embeds, e1.embeds, sizeof(float) * 2 * (size_t)e0.T * e0.D) &&
+               (!e0.P || !memcmp(e0.pooled, e1.pooled, sizeof(float) * 2 * (size_t)e0.P)),
+           "%s: <lora:...> tags removed in A1111 mode", fx);
+    zl_cond_free(&e0);
+    zl_cond_free(&e1);
     free(ia), free(ib), free(wa), free(wb), free(ba), free(bb);
     zl_tokenizer_free(tok);
 }
@@ -970,6 +978,9 @@ static void test_from_png(void) {
                               "Seed: 99, Size: 64x64,") &&
                    strstr(zt_err, "made with the LoRAs style_x: 1234abcd") && strstr(zt_err, "ponyXL"),
                "A1111 image: exit %d %s | %s", code, t ? t : "", zt_err);
+        /* and its prompts are encoded A1111's way: chunks, emphasis, the LoRA tag removed */
+        CHECKM(t && strstr(t, "Prompt chunks: 1") && strstr(zt_err, "removed from the prompt (as A1111 does)"),
+               "A1111 image: A1111's prompt handling: %s | %s", t ? t : "", zt_err);
         free(t);
     }
     code = zt_cli("generate --model '%s' --from-png '%s' -o '%s'", d, bare, p2);

@@ -421,6 +421,11 @@ static int apply_png(const char *path, const zl_png_params *pp, gen_args *c) {
         if (zl_cli_float(CMD, what, v, &c->cfg_rescale)) return ZL_EXIT_USAGE;
     }
     if (zl_png_params_get(pp, "Prompt chunks")) c->long_prompt = 1;
+    /* an A1111/Forge image: its prompts were encoded A1111's way (chunks, emphasis, tags removed) */
+    if ((v = zl_png_params_get(pp, "Version")) && strncmp(v, "ziplora", 7)) {
+        if (!c->long_prompt) zl_info("%s: an A1111/Forge image (Version %s): prompts as A1111 encodes them", path, v);
+        c->long_prompt = 1;
+    }
     if ((v = zl_png_params_get(pp, "Emphasis")) && !strcmp(v, "None")) c->no_emphasis = 1;
     if (!c->sched.prediction && (v = zl_png_params_get(pp, "Prediction"))) c->sched.prediction = v;
     if (!c->sched.zero_snr && (v = zl_png_params_get(pp, "Zero terminal SNR")) && !strcmp(v, "True"))

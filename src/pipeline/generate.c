@@ -5,6 +5,7 @@
  * keep only one large part resident at a time. */
 #include "ziplora/pipeline.h"
 
+#include <ctype.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -355,6 +356,8 @@ static const char *network_tag(const char *s, int *len) {
     return best;
 }
 
+static int encode_long(zl_pipeline *p, const char *prompt, const char *negative, int emphasis, zl_cond *out);
+
 static void warn_emphasis(const char *prompt, const char *negative, int emphasis) {
     for (int k = 0; k < 2; k++) {
         int n = 0;
@@ -364,15 +367,49 @@ static void warn_emphasis(const char *prompt, const char *negative, int emphasis
                     "does), weights and parentheses included (--long-prompt applies A1111's emphasis)",
                     k ? "negative prompt" : "prompt", n > 60 ? 60 : n, w);
         if ((w = network_tag(k ? negative : prompt, &n)))
-            zl_warn("%s: '%.*s' is an A1111 LoRA tag; it is encoded as text and loads nothing: give the file with "
+            zl_warn("%s: '%.*s' is an A1111 LoRA tag; it is %s and loads nothing: give the file with "
                     "--lora FILE[:WEIGHT]",
-                    k ? "negative prompt" : "prompt", n > 80 ? 80 : n, w);
+                    k ? "negative prompt" : "prompt", n > 80 ? 80 : n, w,
+                    emphasis ? "removed from the prompt (as A1111 does)" : "encoded as text");
     }
+}
+
+/* A1111's extra-network tags <name:args> (its re_extra_net <(\w+):([^>]+)>) removed; malloc'd. */
+static char *strip_network_tags(const char *s) {
+    char *o = malloc(strlen(s) + 1);
+    if (!o) return NULL;
+    size_t k = 0;
+    for (const char *c = s; *c;) {
+        if (*c == '<') {
+            const char *q = c + 1;
+            while (isalnum((unsigned char)*q) || *q == '_') q++;
+            const char *gt = q > c + 1 && *q == ':' && q[1] && q[1] != '>' ? strchr(q + 1, '>') : NULL;
+            if (gt) {
+                c = gt + 1;
+                continue;
+            }
+        }
+        o[k++] = *c++;
+    }
+    o[k] = 0;
+    return o;
 }
 
 int zl_pipeline_encode_long(zl_pipeline *p, const char *prompt, const char *negative, int emphasis, zl_cond *out) {
     memset(out, 0, sizeof *out);
     warn_emphasis(prompt, negative, emphasis);
+    if (emphasis) { /* A1111's prompt handling: its extra-network tags are not text */
+        char *sp = prompt ? strip_network_tags(prompt) : NULL, *sn = negative ? strip_network_tags(negative) : NULL;
+        int rc = (prompt && !sp) || (negative && !sn) ? zl_set_error(ZL_ENOMEM, "out of memory")
+                                                       : encode_long(p, sp, sn, emphasis, out);
+        free(sp);
+        free(sn);
+        return rc;
+    }
+    return encode_long(p, prompt, negative, emphasis, out);
+}
+
+static int encode_long(zl_pipeline *p, const char *prompt, const char *negative, int emphasis, zl_cond *out) {
     int rc = load_text(p);
     if (rc) return rc;
     int D = zl_text_context_dim(p->text), P = zl_text_pooled_dim(p->text);
