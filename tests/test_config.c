@@ -184,6 +184,8 @@ int main(void) {
             {"{\"_class_name\": \"EulerDiscreteScheduler\", \"use_karras_sigmas\": true}", ZL_SAMPLER_EULER, 1},
             {"{\"_class_name\": \"LCMScheduler\", \"original_inference_steps\": 50, \"timestep_scaling\": 10.0}",
              ZL_SAMPLER_LCM, 0},
+            {"{\"_class_name\": \"DDIMScheduler\", \"set_alpha_to_one\": false}", ZL_SAMPLER_DDIM, 0},
+            {"{\"_class_name\": \"DDIMScheduler\", \"timestep_spacing\": \"trailing\"}", -1, 0},
             {"{\"_class_name\": \"PNDMScheduler\"}", -1, 0},
             {"{}", -1, 0},
         };

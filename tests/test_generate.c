@@ -916,6 +916,8 @@ static void test_lcm_cli(void) {
     free(b);
     code = zt_cli("generate --model '%s' -p x --sampler lcm --steps 51 -o '%s'", d, p2);
     CHECKM(code == 2 && strstr(zt_err, "at most 50 steps"), "LCM 51 steps: exit %d %s", code, zt_err);
+    code = zt_cli("generate --model '%s' -p x --sampler lcm_karras -o '%s'", d, p2);
+    CHECKM(code == 2 && strstr(zt_err, "LCM has no Karras schedule"), "lcm_karras: exit %d %s", code, zt_err);
 }
 
 static void test_from_png(void) {

@@ -432,7 +432,7 @@ static void test_errors_and_names(void) {
     CHECK(zl_sampler_from_name("euler") == ZL_SAMPLER_EULER);
     CHECK(zl_sampler_from_name("Euler a") == ZL_SAMPLER_EULER_A);
     CHECK(zl_sampler_from_name("dpmpp_2m") == ZL_SAMPLER_DPMPP_2M);
-    CHECK(zl_sampler_from_name("ddim") == -1);
+    CHECK(zl_sampler_from_name("unipc") == -1); /* (ddim, once the example here, is a sampler now) */
     CHECK(!strcmp(zl_sampler_name(ZL_SAMPLER_DPMPP_2M), "DPM++ 2M"));
 }
 
@@ -728,6 +728,61 @@ static void test_lcm(void) {
     zl_sampler_free(&s);
 }
 
+/* DDIM (eta 0) against diffusers' DDIMScheduler.step written out in its variance
+ * preserving space, in double: x0 = (x - sqrt(1-a) eps) / sqrt(a), x_prev =
+ * sqrt(a_prev) x0 + sqrt(1 - a_prev) eps, a_prev = alphas_cumprod[t - 1000 // N]
+ * or, past the start, alphas_cumprod[0] (set_alpha_to_one false) or 1. Its
+ * timesteps are Euler's leading ones; other spacings are refused. */
+static void test_ddim(void) {
+    for (int one = 0; one < 2; one++) {
+        zl_schedule sch;
+        zl_schedule_default(&sch);
+        sch.alpha_to_one = one;
+        const int N = 5, ratio = 1000 / N;
+        const size_t n = 128;
+        zl_sampler s, e;
+        CHECK_OK(zl_sampler_init(&s, &sch, ZL_SAMPLER_DDIM, N, 3));
+        CHECK_OK(zl_sampler_init(&e, &sch, ZL_SAMPLER_EULER, N, 3));
+        int same = 1;
+        for (int k = 0; k < N; k++) same = same && s.timesteps[k] == e.timesteps[k] && s.sigmas[k] == e.sigmas[k];
+        CHECKM(same && s.init_noise_sigma == e.init_noise_sigma, "DDIM: Euler's leading timesteps");
+        zl_sampler_free(&e);
+        float *x = malloc(sizeof(float) * n), *eps = malloc(sizeof(float) * n);
+        double *xv = malloc(sizeof(double) * n);
+        zl_rng r;
+        zl_rng_init(&r, 3, 0);
+        zl_rng_normal(&r, 0, x, n);
+        for (size_t i = 0; i < n; i++) {
+            xv[i] = x[i];
+            x[i] *= s.init_noise_sigma;
+        }
+        for (int k = 0; k < N; k++) {
+            const int t = (int)s.timesteps[k], tp = t - ratio;
+            const double a = sch.alphas_cumprod[t], ap = tp >= 0 ? sch.alphas_cumprod[tp] : one ? 1.0 : sch.alphas_cumprod[0];
+            for (size_t i = 0; i < n; i++) eps[i] = (float)gauss_eps(x[i], s.sigmas[k], -0.2, 1.1);
+            CHECK_OK(zl_sampler_step(&s, k, x, eps, n));
+            double maxd = 0, maxr = 0;
+            for (size_t i = 0; i < n; i++) {
+                double x0 = (xv[i] - sqrt(1 - a) * eps[i]) / sqrt(a);
+                xv[i] = sqrt(ap) * x0 + sqrt(1 - ap) * eps[i];
+                double want = xv[i] / sqrt(ap); /* sigma space */
+                maxd = fmax(maxd, fabs(x[i] - want));
+                maxr = fmax(maxr, fabs(want));
+            }
+            CHECKM(maxd <= 1e-4 * fmax(1, maxr), "DDIM (set_alpha_to_one %d) step %d: max diff %g", one, k, maxd);
+        }
+        CHECK(one ? s.sigmas[N] == 0.0f : s.sigmas[N] == sch.train_sigmas[0]);
+        free(x), free(eps), free(xv);
+        zl_sampler_free(&s);
+    }
+    zl_schedule sch;
+    zl_schedule_default(&sch);
+    sch.spacing = ZL_SPACING_TRAILING;
+    zl_sampler s;
+    CHECK(zl_sampler_init(&s, &sch, ZL_SAMPLER_DDIM, 4, 1) == ZL_EUNSUPPORTED);
+    CHECK(zl_sampler_from_name("DDIM") == ZL_SAMPLER_DDIM && !strcmp(zl_sampler_name(ZL_SAMPLER_DDIM), "DDIM"));
+}
+
 int main(void) {
     test_zero_snr();
     test_spacing();
@@ -746,5 +801,6 @@ int main(void) {
     test_errors_and_names();
     test_karras();
     test_lcm();
+    test_ddim();
     return zt_done();
 }

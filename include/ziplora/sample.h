@@ -19,6 +19,12 @@
  *  - ZL_SAMPLER_DPMPP_2M_SDE: the same scheduler with algorithm_type
  *    "sde-dpmsolver++" (the A1111 name "DPM++ 2M SDE"): the same grid and data
  *    predictions, plus noise each step (RNG stream 1000 + k).
+ *  - ZL_SAMPLER_DDIM: DDIMScheduler with eta 0 (A1111 "DDIM"), leading spacing
+ *    only: x_prev = sqrt(a_prev) x0 + sqrt(1 - a_prev) eps with a_prev the next
+ *    timestep's, and after the last alphas_cumprod[0] (set_alpha_to_one false, as
+ *    SD/SDXL ship it and A1111 does) or 1. In sigma space that is Euler's step on
+ *    Euler's leading grid whose final sigma is sigma(t = 0) instead of 0: the
+ *    result keeps that little noise, as diffusers' does.
  *  - ZL_SAMPLER_LCM: LCMScheduler, for latent consistency models and LCM-LoRAs
  *    (A1111 "LCM"): timesteps floor(linspace(0, 50, steps, endpoint=False)) of
  *    the reversed distillation grid 20 j - 1 (j = 50..1; original_inference_steps
@@ -69,6 +75,7 @@ typedef struct {
     zl_prediction prediction;       /* prediction_type */
     int sampler;                    /* the sampler its _class_name runs (zl_sampler_kind), -1: none named */
     int karras;                     /* use_karras_sigmas */
+    int alpha_to_one;               /* set_alpha_to_one: DDIM's last step goes to alpha 1 (else alphas_cumprod[0]) */
 } zl_sched_config;
 
 /* SD/SDXL: 1000, 0.00085..0.012, offset 1, no zero SNR, leading, epsilon, no sampler named. */
@@ -98,6 +105,7 @@ typedef struct {
     int zero_snr;                   /* betas rescaled to zero terminal SNR (alphas_cumprod[-1] = 2^-24) */
     zl_spacing spacing;             /* how zl_sampler_init places the inference timesteps */
     zl_prediction prediction;       /* what the model predicts (used by the pipeline, not the samplers) */
+    int alpha_to_one;               /* set_alpha_to_one (DDIM) */
     float alphas_cumprod[ZL_MAX_TRAIN_STEPS]; /* [n_train], float32 as diffusers keeps it */
     float train_sigmas[ZL_MAX_TRAIN_STEPS];   /* sqrt((1 - a) / a), float32 */
 } zl_schedule;
@@ -151,7 +159,8 @@ typedef enum {
     ZL_SAMPLER_EULER_A = 1,
     ZL_SAMPLER_DPMPP_2M = 2,
     ZL_SAMPLER_DPMPP_2M_SDE = 3, /* DPMSolverMultistepScheduler, algorithm_type sde-dpmsolver++ */
-    ZL_SAMPLER_LCM = 4           /* LCMScheduler (latent consistency models and LCM-LoRAs) */
+    ZL_SAMPLER_LCM = 4,          /* LCMScheduler (latent consistency models and LCM-LoRAs) */
+    ZL_SAMPLER_DDIM = 5          /* DDIMScheduler, eta 0 */
 } zl_sampler_kind;
 
 /* "euler", "euler_a", "dpmpp_2m", "dpmpp_2m_sde" (also the A1111 names "Euler",

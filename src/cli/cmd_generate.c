@@ -47,7 +47,8 @@ static void usage(FILE *f) {
             "                         scheduler config names another of these), euler_a, dpmpp_2m,\n"
             "                         dpmpp_2m_sde (A1111's DPM++ 2M SDE; noise each step); with\n"
             "                         _karras (euler_karras, dpmpp_2m_karras = A1111's DPM++ 2M Karras)\n"
-            "                         the Karras sigma schedule, as diffusers' use_karras_sigmas; lcm\n"
+            "                         the Karras sigma schedule, as diffusers' use_karras_sigmas; ddim\n"
+            "                         (DDIMScheduler, eta 0); lcm\n"
             "                         (LCMScheduler) for latent consistency models and LCM-LoRAs: 2-8\n"
             "                         steps with --cfg 1 (no guidance: one UNet pass a step)\n"
             "  --seed S               seed of the initial noise (default: random, printed and saved);\n"
@@ -470,15 +471,15 @@ static int generate_run(gen_args *A) {
     if (skind < 0)
         return zl_cli_usage(CMD,
                             "unknown sampler '%s' (euler, euler_a, dpmpp_2m, dpmpp_2m_sde, euler_karras, dpmpp_2m_karras, "
-                            "dpmpp_2m_sde_karras, lcm)",
+                            "dpmpp_2m_sde_karras, ddim, lcm)",
                             sampler_name);
     int karras = zl_sampler_name_karras(sampler_name);
     if (karras && skind == ZL_SAMPLER_EULER_A)
         return zl_cli_usage(CMD, "--sampler %s: Euler a has no Karras schedule (diffusers has none); use euler_karras or "
                                  "dpmpp_2m_karras", sampler_name);
-    if (karras && skind == ZL_SAMPLER_LCM)
-        return zl_cli_usage(CMD, "--sampler %s: LCM has no Karras schedule (its timesteps are the distillation grid's)",
-                            sampler_name);
+    if (karras && (skind == ZL_SAMPLER_LCM || skind == ZL_SAMPLER_DDIM))
+        return zl_cli_usage(CMD, "--sampler %s: %s has no Karras schedule here", sampler_name,
+                            zl_sampler_name((zl_sampler_kind)skind));
     if (skind == ZL_SAMPLER_LCM && steps > 50)
         return zl_cli_usage(CMD, "--steps %ld: LCM takes at most 50 steps (its distillation grid; 2-8 are usual)", steps);
     if (prompt_arg && check_utf8("-p", prompt_arg, strlen(prompt_arg))) return zl_cli_usage(CMD, "%s", zl_errmsg());

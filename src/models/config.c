@@ -323,6 +323,7 @@ static int sched_config_load(const char *path, zl_sched_config *c) {
     const char *cls = json_string_value(json_object_get(j, "_class_name"));
     if (cls && !strcmp(cls, "EulerDiscreteScheduler")) c->sampler = ZL_SAMPLER_EULER;
     else if (cls && !strcmp(cls, "EulerAncestralDiscreteScheduler")) c->sampler = ZL_SAMPLER_EULER_A;
+    else if (cls && !strcmp(cls, "DDIMScheduler")) c->sampler = ZL_SAMPLER_DDIM;
     else if (cls && !strcmp(cls, "LCMScheduler")) {
         /* the distillation grid and boundary scaling we run: refuse others by name */
         json_t *os = json_object_get(j, "original_inference_steps"), *ts = json_object_get(j, "timestep_scaling");
@@ -350,6 +351,12 @@ static int sched_config_load(const char *path, zl_sched_config *c) {
                               path, json_is_string(v) ? json_string_value(v) : "(not a string)");
         else c->spacing = (zl_spacing)sp;
     }
+    if (!rc && (v = json_object_get(j, "set_alpha_to_one")) && !json_is_null(v)) {
+        if (!json_is_boolean(v)) rc = zl_set_error(ZL_EFORMAT, "%s: set_alpha_to_one is not true or false", path);
+        else c->alpha_to_one = json_is_true(v);
+    }
+    /* a DDIM config on another spacing: not a default we can run (DDIM is leading-only here) */
+    if (c->sampler == ZL_SAMPLER_DDIM && c->spacing != ZL_SPACING_LEADING) c->sampler = -1;
     if (!rc && (v = json_object_get(j, "rescale_betas_zero_snr")) && !json_is_null(v)) {
         if (!json_is_boolean(v)) rc = zl_set_error(ZL_EFORMAT, "%s: rescale_betas_zero_snr is not true or false", path);
         else c->zero_snr = json_is_true(v);

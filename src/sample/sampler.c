@@ -34,6 +34,7 @@ int zl_sampler_from_name(const char *name) {
     if (!strcasecmp(name, "dpmpp_2m_sde") || !strcasecmp(name, "dpm++ 2m sde") || !strcasecmp(name, "dpm++2m sde"))
         return ZL_SAMPLER_DPMPP_2M_SDE;
     if (!strcasecmp(name, "lcm")) return ZL_SAMPLER_LCM;
+    if (!strcasecmp(name, "ddim")) return ZL_SAMPLER_DDIM;
     return -1;
 }
 
@@ -49,6 +50,7 @@ const char *zl_sampler_name(zl_sampler_kind k) {
     case ZL_SAMPLER_DPMPP_2M: return "DPM++ 2M";
     case ZL_SAMPLER_DPMPP_2M_SDE: return "DPM++ 2M SDE";
     case ZL_SAMPLER_LCM: return "LCM";
+    case ZL_SAMPLER_DDIM: return "DDIM";
     }
     return "?";
 }
@@ -102,8 +104,12 @@ int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind ki
         return zl_set_error(ZL_EUNSUPPORTED, "sampler: LCM has no Karras schedule (its timesteps are the distillation "
                                              "grid's)");
     if (kind != ZL_SAMPLER_EULER && kind != ZL_SAMPLER_EULER_A && kind != ZL_SAMPLER_DPMPP_2M &&
-        kind != ZL_SAMPLER_DPMPP_2M_SDE && kind != ZL_SAMPLER_LCM)
+        kind != ZL_SAMPLER_DPMPP_2M_SDE && kind != ZL_SAMPLER_LCM && kind != ZL_SAMPLER_DDIM)
         return zl_set_error(ZL_EINVAL, "sampler: unknown kind %d", (int)kind);
+    if (kind == ZL_SAMPLER_DDIM && (sigmas != ZL_SIGMAS_DEFAULT || sch->spacing != ZL_SPACING_LEADING))
+        return zl_set_error(ZL_EUNSUPPORTED, "sampler: DDIM runs with leading timestep spacing and no Karras sigmas only "
+                                             "(this model's schedule is %s%s)", zl_spacing_name(sch->spacing),
+                            sigmas != ZL_SIGMAS_DEFAULT ? ", Karras" : "");
     if (kind == ZL_SAMPLER_LCM) return lcm_init(s, sch, n_steps, seed);
     if (n_steps < 1 || n_steps > sch->n_train)
         return zl_set_error(ZL_EINVAL, "sampler: --steps %d outside [1, %d]", n_steps, sch->n_train);
@@ -160,6 +166,8 @@ int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind ki
             if (s->sigmas[k] > smax) smax = s->sigmas[k];
         }
     }
+    /* DDIM: the step after the last goes to alphas_cumprod[0] (or alpha 1) */
+    if (kind == ZL_SAMPLER_DDIM) s->sigmas[n_steps] = sch->alpha_to_one ? 0.0f : sch->train_sigmas[0];
     s->sigma_schedule = sigmas;
     /* diffusers' Euler schedulers: the max sigma itself for linspace/trailing */
     s->init_noise_sigma = !dpm && sch->spacing != ZL_SPACING_LEADING ? smax : sqrtf(smax * smax + 1.0f);
@@ -307,6 +315,7 @@ int zl_sampler_step(zl_sampler *s, int k, float *x, const float *eps, size_t n) 
     case ZL_SAMPLER_DPMPP_2M: return dpmpp_2m(s, k, x, eps, n, 0);
     case ZL_SAMPLER_DPMPP_2M_SDE: return dpmpp_2m(s, k, x, eps, n, 1);
     case ZL_SAMPLER_LCM: return lcm_step(s, k, x, eps, n);
+    case ZL_SAMPLER_DDIM: euler(x, eps, n, s->sigmas[k], s->sigmas[k + 1]); return ZL_OK;
     }
     return zl_set_error(ZL_EINVAL, "sampler: unknown kind");
 }

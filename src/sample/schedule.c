@@ -105,6 +105,7 @@ int zl_schedule_from_config(zl_schedule *s, const zl_sched_config *c) {
     if (rc) return rc;
     s->spacing = c->spacing;
     s->prediction = c->prediction;
+    s->alpha_to_one = c->alpha_to_one;
     if (!c->zero_snr) return ZL_OK;
     /* rescale_zero_terminal_snr on the float32 betas, then the scheduler's own
      * cumprod of 1 - beta over them (float32 values, accumulated in double as
