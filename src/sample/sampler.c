@@ -88,6 +88,17 @@ double zl_sigma_to_t(const zl_schedule *sch, double sigma) {
 
 static int lcm_init(zl_sampler *s, const zl_schedule *sch, int n_steps, uint64_t seed);
 
+/* The sampler's kind, step count and (allocated) timesteps [n] and sigmas [n + 1]. */
+static int grid_alloc(zl_sampler *s, zl_sampler_kind kind, int n_steps) {
+    s->kind = kind;
+    s->n_steps = n_steps;
+    s->timesteps = malloc(sizeof(float) * (size_t)n_steps);
+    s->sigmas = malloc(sizeof(float) * (size_t)(n_steps + 1));
+    if (s->timesteps && s->sigmas) return ZL_OK;
+    zl_sampler_free(s);
+    return zl_set_error(ZL_ENOMEM, "sampler: out of memory");
+}
+
 int zl_sampler_init(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind kind, int n_steps, uint64_t seed) {
     return zl_sampler_init_ex(s, sch, kind, ZL_SIGMAS_DEFAULT, n_steps, seed);
 }
@@ -121,14 +132,7 @@ int zl_sampler_init_ex(zl_sampler *s, const zl_schedule *sch, zl_sampler_kind ki
         return zl_set_error(ZL_EINVAL, "sampler: --steps %d too large for %d training steps", n_steps, sch->n_train);
     if (sch->spacing != ZL_SPACING_LEADING && sch->spacing != ZL_SPACING_TRAILING && sch->spacing != ZL_SPACING_LINSPACE)
         return zl_set_error(ZL_EINVAL, "sampler: unknown timestep spacing %d", (int)sch->spacing);
-    s->kind = kind;
-    s->n_steps = n_steps;
-    s->timesteps = malloc(sizeof(float) * (size_t)n_steps);
-    s->sigmas = malloc(sizeof(float) * (size_t)(n_steps + 1));
-    if (!s->timesteps || !s->sigmas) {
-        zl_sampler_free(s);
-        return zl_set_error(ZL_ENOMEM, "sampler: out of memory");
-    }
+    if (grid_alloc(s, kind, n_steps)) return ZL_ENOMEM;
     float smax = 0;
     for (int k = 0; k < n_steps; k++) {
         double t;
@@ -181,14 +185,7 @@ static int lcm_init(zl_sampler *s, const zl_schedule *sch, int n_steps, uint64_t
     if (kk < 1) return zl_set_error(ZL_EINVAL, "sampler: LCM needs at least %d training steps", orig);
     if (n_steps < 1 || n_steps > orig)
         return zl_set_error(ZL_EINVAL, "sampler: LCM takes 1 to %d steps (its distillation grid's), not %d", orig, n_steps);
-    s->kind = ZL_SAMPLER_LCM;
-    s->n_steps = n_steps;
-    s->timesteps = malloc(sizeof(float) * (size_t)n_steps);
-    s->sigmas = malloc(sizeof(float) * (size_t)(n_steps + 1));
-    if (!s->timesteps || !s->sigmas) {
-        zl_sampler_free(s);
-        return zl_set_error(ZL_ENOMEM, "sampler: out of memory");
-    }
+    if (grid_alloc(s, ZL_SAMPLER_LCM, n_steps)) return ZL_ENOMEM;
     for (int k = 0; k < n_steps; k++) {
         /* reversed grid [orig kk - 1, ..., kk - 1] at floor(k * orig / steps) (numpy linspace, endpoint=False) */
         int idx = (int)floor((double)k * ((double)orig / n_steps)); /* as numpy: arange * (delta / num) */
