@@ -577,6 +577,10 @@ static void test_long_prompt(const char *fx) {
     code = zt_cli("generate --model '%s' -p 'a (red:1.5) cube' --long-prompt --steps 1 -W 64 -H 64 --seed 1 -o '%s'",
                   model, out);
     CHECKM(code == 0 && !strstr(zt_err, "emphasis syntax"), "%s --long-prompt: emphasis applied: %s", fx, zt_err);
+    code = zt_cli("generate --model '%s' -p 'a [cat:dog:0.5], [red|blue] cube, [small] (x:2)' --long-prompt --steps 1 "
+                  "-W 64 -H 64 --seed 1 -o '%s'", model, out);
+    CHECKM(code == 0 && strstr(zt_err, "'[cat:dog:0.5]' is A1111's prompt editing") && !strstr(zt_err, "'[small]'"),
+           "%s: prompt editing is said not to run: %s", fx, zt_err);
     code = zt_cli("generate --model '%s' -p 'a (red:1.5) cube' --long-prompt --no-emphasis --steps 1 -W 64 -H 64 "
                   "--seed 1 -o '%s'", model, out);
     pr = code ? NULL : png_parameters(out);

@@ -358,9 +358,38 @@ static const char *network_tag(const char *s, int *len) {
 
 static int encode_long(zl_pipeline *p, const char *prompt, const char *negative, int emphasis, zl_cond *out);
 
+/* A1111's prompt editing "[from:to:when]" / "[to:when]" or alternation "[a|b]": the first, or NULL
+ * (a bracket holding two ':' or one ':' before a number, or a '|'). */
+static const char *editing_span(const char *s, int *len) {
+    for (const char *o = s ? strchr(s, '[') : NULL; o; o = strchr(o + 1, '[')) {
+        const char *c = strchr(o, ']');
+        if (!c) return NULL;
+        int colons = 0, bar = 0;
+        const char *last = NULL;
+        for (const char *q = o + 1; q < c; q++) {
+            if (*q == '[') break;
+            if (*q == ':') colons++, last = q;
+            if (*q == '|') bar = 1;
+        }
+        char *end = NULL;
+        if (last) strtod(last + 1, &end);
+        if (bar || colons == 2 || (colons == 1 && end && end > last + 1 && end == c)) {
+            *len = (int)(c - o + 1);
+            return o;
+        }
+    }
+    return NULL;
+}
+
 static void warn_emphasis(const char *prompt, const char *negative, int emphasis) {
     for (int k = 0; k < 2; k++) {
         int n = 0;
+        const char *e = editing_span(k ? negative : prompt, &n);
+        if (e)
+            zl_warn("%s: '%.*s' is A1111's prompt editing / alternation syntax, which changes the prompt during "
+                    "sampling; it is not run here: the text is encoded as %s",
+                    k ? "negative prompt" : "prompt", n > 60 ? 60 : n, e,
+                    emphasis ? "bracketed text (weight 1/1.1)" : "written");
         const char *w = emphasis ? NULL : weighted_span(k ? negative : prompt, &n);
         if (w)
             zl_warn("%s: '%.*s' is A1111/ComfyUI emphasis syntax; prompts are encoded as written (as diffusers "
