@@ -891,11 +891,8 @@ static void test_model_scheduler(void) {
     free(pr);
 }
 
-/* --from-png: an image's parameters text reproduces it (the same latent bytes and
- * the same parameters text) given the same LoRA; flags win over it; a PNG without
- * parameters is refused naming it. */
 /* LCM through the CLI: 4 steps without guidance, "Sampler: LCM" in the PNG, and
- * --from-png reproduces the latent bytes; more than 50 steps is a usage error.
+ * --from-png reproduces the latent bytes; more than 50 steps or Karras sigmas are usage errors.
  * (Its step formula is checked in test_sched.) */
 static void test_lcm_cli(void) {
     char d[1024], p1[1024], p2[1024], l1[1024], l2[1024];
@@ -924,6 +921,9 @@ static void test_lcm_cli(void) {
     CHECKM(code == 2 && strstr(zt_err, "LCM has no Karras schedule"), "lcm_karras: exit %d %s", code, zt_err);
 }
 
+/* --from-png: an image's parameters text reproduces it (the same latent bytes and
+ * the same parameters text) given the same LoRA; flags win over it; a PNG without
+ * parameters is refused naming it. */
 static void test_from_png(void) {
     char d[1024], lora[1200], p1[1024], p2[1024], l1[1024], l2[1024];
     snprintf(d, sizeof d, "%s/tiny-sd15", ZL_TEST_DATA);
