@@ -19,6 +19,8 @@
 
 #include "nn/conv_tiles.h"
 #include "nn/ops.h"
+#include "nn/tile_gemm.h"
+#include "nn/vexp.h"
 #include "testlib.h"
 
 #define FWD_TOL 1e-5
@@ -165,6 +167,76 @@ static void test_sgemm(void) {
     for (int k = 0; k < K; k++) s += (double)A[k] * B[k * ld];
     CHECK(fabs(C[0] - s) <= 1e-5);
     free(A), free(B), free(C);
+}
+
+/* zl_tile_gemm (attention's register-blocked product) against a double loop:
+ * every transpose / accumulate combination, sizes around the kernels' row and
+ * panel blocks (6 x 16 with AVX2, 12 x 32 with AVX-512), K past the stack
+ * panel (heap path), leading dimensions wider than the operands, and C's
+ * entries outside the product left untouched. */
+static void test_tile_gemm(void) {
+    const int Ms[] = {1, 5, 6, 7, 12, 13, 25, 40}, Ns[] = {1, 8, 15, 16, 17, 31, 32, 33, 64, 77};
+    const int Ks[] = {1, 3, 8, 9, 64, 700};
+    int bad = 0, untouched = 1;
+    for (size_t mi = 0; mi < sizeof Ms / sizeof *Ms; mi++)
+        for (size_t ni = 0; ni < sizeof Ns / sizeof *Ns; ni++)
+            for (size_t ki = 0; ki < sizeof Ks / sizeof *Ks; ki++)
+                for (int mode = 0; mode < 8; mode++) {
+                    const int M = Ms[mi], N = Ns[ni], K = Ks[ki], tA = mode & 1, tB = (mode >> 1) & 1, acc = mode >> 2;
+                    const int lda = (tA ? M : K) + 3, ldb = (tB ? K : N) + 5, ldc = N + 2;
+                    float *A = frnd((size_t)(tA ? K : M) * lda, 1), *B = frnd((size_t)(tB ? N : K) * ldb, 1);
+                    float *C = frnd((size_t)M * ldc, 1), *C0 = malloc(sizeof(float) * M * ldc);
+                    memcpy(C0, C, sizeof(float) * M * ldc);
+                    zl_tile_gemm(tA, tB, M, N, K, 0.75f, A, lda, B, ldb, acc, C, ldc);
+                    for (int i = 0; i < M; i++) {
+                        for (int j = 0; j < N; j++) {
+                            double s = 0;
+                            for (int k = 0; k < K; k++)
+                                s += (double)(tA ? A[(size_t)k * lda + i] : A[(size_t)i * lda + k]) *
+                                     (tB ? B[(size_t)j * ldb + k] : B[(size_t)k * ldb + j]);
+                            const double ref = 0.75 * s + (acc ? C0[(size_t)i * ldc + j] : 0.0);
+                            if (!(fabs(C[(size_t)i * ldc + j] - ref) <= FWD_TOL * fmax(1.0, sqrt((double)K)))) {
+                                if (!bad) fprintf(stderr, "tile_gemm M=%d N=%d K=%d tA=%d tB=%d acc=%d (%d,%d): %g vs %g\n",
+                                                  M, N, K, tA, tB, acc, i, j, C[(size_t)i * ldc + j], ref);
+                                bad++;
+                            }
+                        }
+                        for (int j = N; j < ldc; j++) untouched &= C[(size_t)i * ldc + j] == C0[(size_t)i * ldc + j];
+                    }
+                    free(A), free(B), free(C), free(C0);
+                }
+    CHECKM(bad == 0, "tile_gemm: %d entries off", bad);
+    CHECKM(untouched, "tile_gemm wrote outside C's columns");
+}
+
+/* Attention's vectorised exp (nn/vexp.h): x - m (in float, as it computes it)
+ * over [-90, 10] against libm's double exp, within 3e-7 relative (2.5 ulp at
+ * worst; a scan of the whole range measured 1.26 ulp), exact
+ * 0 below -87.3 and for -INF (masked scores), for every length 1..40 (the
+ * vector bodies and their masked tails) and the returned sum. */
+static void test_vexp(void) {
+    int bad = 0;
+    double worst = 0;
+    for (int n = 1; n <= 40; n++) {
+        float x[40];
+        for (int i = 0; i < n; i++) x[i] = -90.0f + 100.0f * (float)((i * 37 + n * 11) % 41) / 40.0f + 0.001f * frand();
+        if (n > 3) x[1] = -INFINITY, x[2] = -87.5f;
+        float y[40];
+        memcpy(y, x, sizeof x);
+        const float m = 0.5f;
+        const float s = zl_exp_sub_sum(y, n, m);
+        double sum = 0;
+        for (int i = 0; i < n; i++) {
+            const float xm = x[i] - m; /* the function's own float subtraction */
+            const double ref = xm < -87.33654f ? 0.0 : exp((double)xm);
+            const double rel = ref == 0 ? fabs(y[i]) : fabs(y[i] - ref) / ref;
+            if (rel > worst) worst = rel;
+            bad += !(rel <= 3e-7);
+            sum += y[i];
+        }
+        bad += !(fabs(s - sum) <= 1e-6 * sum);
+    }
+    CHECKM(bad == 0, "vexp: %d values off (worst relative error %g)", bad, worst);
 }
 
 /* zl_sgemm_nt_stored (W widened block by block) gives exactly what zl_sgemm
@@ -935,6 +1007,8 @@ static void test_threads(void) {
 
 int main(void) {
     test_sgemm();
+    test_tile_gemm();
+    test_vexp();
     test_sgemm_stored();
     test_linear();
     test_conv();
