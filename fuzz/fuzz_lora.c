@@ -10,11 +10,12 @@
  *   te N           text-encoder configs: 0 none | 1 the fixtures' tiny CLIPs | 2 CLIP-L + bigG
  *   meta KEY VALUE a __metadata__ entry (VALUE is the rest of the line)
  *   cfg JSON       an adapter_config.json given through opts.adapter_config
+ *   dora N         opts.allow_dora (DoRA dora_scale read instead of refused)
  *   t NAME DTYPE DIMS [FILL]
  *                  a tensor; DIMS is "-" for a scalar or "4,64"; FILL a number
  *                  (nan/inf allowed) for every element, else a fixed pattern.
  * An input that is itself a safetensors file (8-byte length, then '{') is
- * loaded as is. Accepted LoRAs are checked for the invariants their users rely
+ * loaded as is (with allow_dora when its size is odd). Accepted LoRAs are checked for the invariants their users rely
  * on; a broken one aborts and is reported as a crash. */
 #include <math.h>
 #include <stdint.h>
@@ -174,6 +175,7 @@ static void check_lora(const zl_lora *l) {
     check(l->n >= 0 && (l->n == 0 || l->layers), "layer array");
     check(l->path && strcmp(l->path, LORA_PATH) == 0, "path is not the one given");
     double sum = 0;
+    int ndora = 0;
     for (int i = 0; i < l->n; i++) {
         const zl_lora_layer *y = &l->layers[i];
         check(y->module && y->module[0], "layer without a module name");
@@ -192,7 +194,22 @@ static void check_lora(const zl_lora *l) {
         for (size_t k = 0; k < nd; k++) sum += y->down[k];
         for (size_t k = 0; k < nu; k++) sum += y->up[k];
         (void)zl_lora_scale(y);
+        if (y->dora) {
+            ndora++;
+            for (int c = 0; c < y->in_features; c++) check(isfinite(y->dora[c]), "non-finite DoRA magnitude accepted");
+        }
+        /* fold small layers into a base weight (DoRA's path reads dora, down and up whole) */
+        const size_t nw = (size_t)y->out_features * y->in_features * y->kh * y->kw;
+        if (nw <= 4096) {
+            float *w = malloc(nw * sizeof *w);
+            check(w != NULL, "out of memory");
+            for (size_t k = 0; k < nw; k++) w[k] = (float)((int)(k % 7) - 3) * 0.25f;
+            check(zl_lora_fold(y, 0.5f, w) == ZL_OK, "fold failed");
+            for (size_t k = 0; k < nw; k++) sum += w[k];
+            free(w);
+        }
     }
+    check(ndora == l->n_dora, "n_dora is not the number of DoRA layers");
     check(l->n_meta >= 0, "metadata count");
     for (int i = 0; i < l->n_meta; i++) check(l->meta_k[i] && l->meta_v[i], "NULL metadata entry");
     (void)zl_family_name(l->family);
@@ -207,6 +224,10 @@ static void check_lazy(const zl_st_file *f, const zl_lora_load_opts *opts, int r
     zl_lora *l = NULL;
     zl_lora_lazy *z = NULL;
     int rc = zl_lora_load_st_lazy(f, LORA_PATH, opts, &l, &z);
+    if (rc && !rc_eager && e && e->n_dora) { /* the lazy loaders never read DoRA */
+        check(rc == ZL_EUNSUPPORTED && l == NULL && z == NULL, "lazy load of a DoRA LoRA not refused");
+        return;
+    }
     if (rc) {
         check(rc == rc_eager, "lazy and eager loads disagree");
         check(l == NULL && z == NULL, "failed lazy load returned a LoRA");
@@ -283,6 +304,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         if (n <= size - 8) {
             zl_st_file *f;
             if (zl_st_parse(data, size, LORA_PATH, &f) == ZL_OK) {
+                opts.allow_dora = (int)(size & 1);
                 load_and_check(f, &opts);
                 zl_st_close(f);
             }
@@ -318,6 +340,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             fwrite(args, 1, strlen(args), fp);
             fclose(fp);
             opts.adapter_config = adapter_config_path();
+        } else if (!strcmp(line, "dora")) {
+            opts.allow_dora = atoi(args) != 0;
         } else if (!strcmp(line, "family")) {
             int fam = atoi(args);
             if (fam >= 0 && fam <= 2) opts.expect_family = (zl_family)fam;

@@ -245,6 +245,15 @@ def lora_seeds():
                                                      (conv + ".lora_mid.weight", "F16", [4, 4, 3, 3]),
                                                      (conv + ".lora_up.weight", "F16", [32, 4, 1, 1])]))
     put(H, "dora", spec([], kl + [(kmod + ".dora_scale", "F16", [1, 64])]))
+    # DoRA read (generate's allow_dora): input-axis magnitudes on a LoRA, a LoCon, a LoHa; output-axis refused
+    put(H, "dora_allowed", spec(["unet tiny-sdxl", "dora 1"], kl + [(kmod + ".dora_scale", "F16", [1, 64])]))
+    put(H, "dora_out_axis", spec(["dora 1"], kl + [(kmod + ".dora_scale", "F32", [64, 1])]))
+    put(H, "dora_locon", spec(["unet tiny-sdxl", "dora 1"], [(conv + ".lora_down.weight", "F16", [4, 32, 3, 3]),
+                                                            (conv + ".lora_up.weight", "F16", [32, 4, 1, 1]),
+                                                            (conv + ".dora_scale", "F16", [1, 32, 1, 1])]))
+    put(H, "dora_loha", spec(["dora 1"], [(kmod + ".hada_w1_a", "F16", [64, 4]), (kmod + ".hada_w1_b", "F16", [4, 64]),
+                                          (kmod + ".hada_w2_a", "F16", [64, 4]), (kmod + ".hada_w2_b", "F16", [4, 64]),
+                                          (kmod + ".dora_scale", "F16", [1, 64])]))
     put(H, "loha", spec([], [(kmod + ".hada_w1_a", "F16", [64, 4]), (kmod + ".hada_w1_b", "F16", [4, 64]),
                              (kmod + ".hada_w2_a", "F16", [64, 4]), (kmod + ".hada_w2_b", "F16", [4, 64])]))
     put(H, "lokr", spec([], [(kmod + ".lokr_w1", "F16", [8, 8]), (kmod + ".lokr_w2", "F16", [8, 8])]))

@@ -37,6 +37,9 @@ typedef struct {
     float alpha;        /* scale = alpha / rank (alpha = rank when the file has none) */
     float *down;        /* [rank, in_features * kh * kw] */
     float *up;          /* [out_features, rank] */
+    float *dora;        /* DoRA magnitude, one per input feature [in_features] (a LyCORIS `dora_scale`
+                           of shape [1, in(, 1, 1)]), or NULL. Only loaded with opts.allow_dora; such a
+                           layer is applied by zl_lora_fold alone (see there) */
     zl_dtype dtype;     /* dtype in the file (for writing back) */
 } zl_lora_layer;
 
@@ -63,6 +66,7 @@ typedef struct {
     int n_tucker;           /* layers loaded from Tucker-decomposed LyCORIS modules (LoCon lora_mid,
                                LoHa hada_t1/t2, LoKr lokr_t2; the LoHa and LoKr ones are
                                also counted in n_loha / n_lokr) */
+    int n_dora;             /* layers with a DoRA magnitude (dora != NULL) */
 } zl_lora;
 
 static inline float zl_lora_scale(const zl_lora_layer *l) { return l->alpha / (float)l->rank; }
@@ -75,15 +79,22 @@ typedef struct {
     zl_family expect_family;           /* if set, a LoRA for another family is an error */
     const zl_clip_config *te1_config;  /* the target's text encoders: when given, text-encoder */
     const zl_clip_config *te2_config;  /* layers must match their shapes (else names only) */
+    int allow_dora;                    /* 1: read DoRA magnitudes (LyCORIS `dora_scale`) into the layers'
+                                          dora instead of refusing them; for callers that fold LoRAs
+                                          into base weights with zl_lora_fold (generate). A DoRA update
+                                          depends on the base weight, so it cannot be merged, converted
+                                          or zipped; the lazy loaders never read it */
 } zl_lora_load_opts;
 
 /* Load any supported layout into canonical form. LyCORIS LoHa and LoKr
  * modules (kohya names) become exact LoRA factors (rank r1 r2 for LoHa; the
  * product of the factor ranks for LoKr; or the dense update with an identity
  * on the smaller side when that rank is lower), their scale folded into up and
- * alpha = rank. Unsupported kinds (Tucker lora_mid / hada_t / lokr_t2, DoRA
- * dora_scale, OFT) and keys that map to no module are refused with a message
- * naming the keys.
+ * alpha = rank. Tucker cores (lora_mid, hada_t1/t2, lokr_t2) are contracted into
+ * those factors. DoRA's dora_scale is read only with opts.allow_dora (input-axis
+ * magnitudes, [1, in(, 1, 1)]; output-axis ones are refused). Unsupported kinds
+ * (DoRA otherwise, PEFT lora_magnitude_vector, OFT, IA3) and keys that map to no
+ * module are refused with a message naming the keys.
  *
  * Names are looked up in the name tables (src/models/names.h) of the model's
  * UNet config when opts->unet_config is given (then shapes must match it
@@ -113,6 +124,16 @@ const char *zl_lora_meta(const zl_lora *l, const char *key);
  * tags; ZL_EFORMAT when it is not a JSON object. */
 int zl_lora_top_tags(const zl_lora *l, int k, char ***tags, int *n);
 const zl_lora_layer *zl_lora_find(const zl_lora *l, zl_part part, const char *module);
+
+/* Fold layer l with user weight w into the base weight W [out_features, in_features * kh * kw]
+ * (row-major float32, as the module stores it):
+ *  - plain LoRA: W += w * scale * up @ down;
+ *  - DoRA (l->dora set), as ComfyUI's weight_decompose and A1111's apply_weight_decompose:
+ *    Wc = W + scale * up @ down; n_c = the norm of Wc's input channel c (over every output and
+ *    kernel position); W' = Wc * dora[c] / n_c (0 where n_c = 0); W += w * (W' - W), W = W' at
+ *    w = 1. W is the weight as it stands (earlier LoRAs folded in), as ComfyUI applies patches
+ *    in order. ZL_ENOMEM on allocation failure (W unchanged). */
+int zl_lora_fold(const zl_lora_layer *l, float w, float *W);
 
 
 /* ------------------------------------------------------------------------------------------------

@@ -109,7 +109,7 @@ int zl_run_text(int argc, char **argv) {
     for (int k = 0; k < n_lora; k++) {
         float w;
         if ((rc = zl_cli_lora_arg(lora_args[k], &lpaths[k], &w))) goto done;
-        zl_lora_load_opts opts = {.expect_family = fam};
+        zl_lora_load_opts opts = {.expect_family = fam, .allow_dora = 1}; /* folded */
         if ((rc = zl_lora_load(lpaths[k], &opts, &loras[k]))) goto done;
         if ((rc = zl_text_apply_lora(tx, loras[k], w))) goto done;
         inputs[n_inputs++] = lpaths[k];

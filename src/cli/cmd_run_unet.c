@@ -94,7 +94,7 @@ int zl_run_unet(int argc, char **argv) {
     for (int k = 0; k < n_lora; k++) {
         float w;
         if ((rc = zl_cli_lora_arg(lora_args[k], &lpaths[k], &w))) goto done;
-        zl_lora_load_opts opts = {.unet_config = cfg, .expect_family = cfg->family};
+        zl_lora_load_opts opts = {.unet_config = cfg, .expect_family = cfg->family, .allow_dora = 1};
         if ((rc = zl_lora_load(lpaths[k], &opts, &loras[k]))) goto done;
         if ((rc = zl_unet_add_lora(u, loras[k], w, runtime ? ZL_UNET_LORA_RUNTIME : ZL_UNET_LORA_FOLD, NULL))) goto done;
         inputs[n_inputs++] = lpaths[k];

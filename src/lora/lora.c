@@ -1,9 +1,12 @@
-/* The canonical in-memory LoRA (include/ziplora/lora.h): its lifetime and
- * lookups. Loading lives in lora_load.c, writing elsewhere in src/lora/. */
+/* The canonical in-memory LoRA (include/ziplora/lora.h): its lifetime,
+ * lookups and folding into a base weight. Loading lives in lora_load.c,
+ * writing elsewhere in src/lora/. */
 #include <jansson.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/ops.h"
 #include "ziplora/lora.h"
 
 void zl_lora_free(zl_lora *l) {
@@ -12,6 +15,7 @@ void zl_lora_free(zl_lora *l) {
         free(l->layers[i].module);
         free(l->layers[i].down);
         free(l->layers[i].up);
+        free(l->layers[i].dora);
     }
     free(l->layers);
     for (int i = 0; i < l->n_meta; i++) {
@@ -120,4 +124,40 @@ int zl_lora_top_tags(const zl_lora *l, int k, char ***tags, int *n) {
     json_decref(sum);
     json_decref(root);
     return rc;
+}
+
+int zl_lora_fold(const zl_lora_layer *l, float w, float *W) {
+    const int out = l->out_features, in = l->in_features, khw = l->kh * l->kw, K = in * khw;
+    if (!l->dora) {
+        zl_sgemm(0, 0, out, K, l->rank, w * zl_lora_scale(l), l->up, l->rank, l->down, K, 1.0f, W, K);
+        return ZL_OK;
+    }
+    const size_t n = (size_t)out * (size_t)K;
+    float *wc = malloc(n * sizeof *wc), *f = malloc((size_t)in * sizeof *f);
+    double *ss = calloc((size_t)in, sizeof *ss);
+    if (!wc || !f || !ss) {
+        free(wc), free(f), free(ss);
+        return zl_set_error(ZL_ENOMEM, "out of memory applying the DoRA layer '%s'", l->module);
+    }
+    memcpy(wc, W, n * sizeof *wc);
+    zl_sgemm(0, 0, out, K, l->rank, zl_lora_scale(l), l->up, l->rank, l->down, K, 1.0f, wc, K);
+    /* squared norm of each input channel: over every output row and kernel position */
+    for (int o = 0; o < out; o++) {
+        const float *r = wc + (size_t)o * K;
+        for (int c = 0; c < in; c++)
+            for (int k = 0; k < khw; k++) ss[c] += (double)r[c * khw + k] * r[c * khw + k];
+    }
+    for (int c = 0; c < in; c++) f[c] = ss[c] > 0 ? (float)(l->dora[c] / sqrt(ss[c])) : 0.0f;
+    for (int o = 0; o < out; o++) {
+        float *row = W + (size_t)o * K;
+        const float *r = wc + (size_t)o * K;
+        for (int c = 0; c < in; c++)
+            for (int k = 0; k < khw; k++) {
+                const int j = c * khw + k;
+                const float v = r[j] * f[c];
+                row[j] = w == 1.0f ? v : row[j] + w * (v - row[j]);
+            }
+    }
+    free(wc), free(f), free(ss);
+    return ZL_OK;
 }

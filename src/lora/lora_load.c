@@ -35,6 +35,8 @@ typedef enum {
     ROLE_K1, ROLE_K1A, ROLE_K1B, ROLE_K2, ROLE_K2A, ROLE_K2B,
     /* Tucker cores (LyCORIS use_tucker): LoCon's lora_mid, LoHa's hada_t1/t2, LoKr's lokr_t2 */
     ROLE_MID, ROLE_HT1, ROLE_HT2, ROLE_KT2,
+    /* DoRA magnitude (LyCORIS weight_decompose), with opts.allow_dora only */
+    ROLE_DORA,
     N_ROLES
 } role_t;
 
@@ -97,7 +99,9 @@ static const struct {
     const char *marker;
     const char *what;
 } refused[] = {
-    {".dora_scale", "DoRA (dora_scale)"},
+    /* first: read instead with opts.allow_dora (REFUSED_DORA) */
+    {".dora_scale", "DoRA (dora_scale) in a LoRA to merge, convert, inspect or zip (generate applies it: a DoRA "
+                    "update depends on the base weights, so it is no fixed low-rank update)"},
     {"lora_magnitude_vector", "DoRA (PEFT lora_magnitude_vector)"},
     {".oft_", "OFT (oft_* tensors)"},
     {".boft_", "BOFT (boft_* tensors)"},
@@ -105,6 +109,7 @@ static const struct {
     {".ia3_", "IA3"},
 };
 #define N_REFUSED ((int)(sizeof refused / sizeof refused[0]))
+#define REFUSED_DORA 0
 
 static int refused_kind(const char *key) {
     for (int i = 0; i < N_REFUSED; i++)
@@ -142,7 +147,7 @@ static int parse_key(const char *key, entry *e, int *plain_te) {
                   {"hada_w2_b", ROLE_H2B},         {"lokr_w1", ROLE_K1},         {"lokr_w1_a", ROLE_K1A},
                   {"lokr_w1_b", ROLE_K1B},         {"lokr_w2", ROLE_K2},         {"lokr_w2_a", ROLE_K2A},
                   {"lokr_w2_b", ROLE_K2B},         {"lora_mid.weight", ROLE_MID}, {"hada_t1", ROLE_HT1},
-                  {"hada_t2", ROLE_HT2},           {"lokr_t2", ROLE_KT2}};
+                  {"hada_t2", ROLE_HT2},           {"lokr_t2", ROLE_KT2},        {"dora_scale", ROLE_DORA}};
         size_t k = 0;
         while (k < sizeof ks / sizeof ks[0] && strcmp(suf, ks[k].suf)) k++;
         if (k == sizeof ks / sizeof ks[0]) return 1;
@@ -498,6 +503,7 @@ typedef struct {
     int te_strict[3];
     peft_cfg meta_cfg[3], file_cfg;
     int file_cfg_loaded;
+    int allow_dora;             /* opts->allow_dora, and not a lazy load */
 } loader;
 
 static void loader_free(loader *L) {
@@ -549,6 +555,7 @@ static int parse_all(loader *L, int *plain_te) {
     for (int i = 0; i < n; i++) {
         const zl_st_tensor *t = zl_st_at(L->f, i);
         int k = refused_kind(t->name);
+        if (k == REFUSED_DORA && L->allow_dora) k = -1; /* parsed as ROLE_DORA (kohya names) */
         if (k >= 0) {
             if (kind < 0) kind = k;
             if (k == kind) bad[nbad++] = t->name;
@@ -593,7 +600,7 @@ done:
 static const char *role_suffix(role_t r) {
     static const char *const n[N_ROLES] = {"down", "up", "alpha", "hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b",
                                            "lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b",
-                                           "lora_mid", "hada_t1", "hada_t2", "lokr_t2"};
+                                           "lora_mid", "hada_t1", "hada_t2", "lokr_t2", "dora_scale"};
     return n[r];
 }
 
@@ -629,7 +636,7 @@ static int lyco_check(loader *L, group *g) {
     const char *P = L->path;
     const entry *fe = first_entry(g);
     for (int r = 0; r < N_ROLES; r++) {
-        if (!g->e[r] || r == ROLE_ALPHA) continue;
+        if (!g->e[r] || r == ROLE_ALPHA || r == ROLE_DORA) continue;
         const zl_st_tensor *t = g->e[r]->t;
         if (t->ndim != 2 && t->ndim != 4)
             return zl_set_error(ZL_ESHAPE, "%s: '%s' must have 2 or 4 dimensions", P, g->e[r]->key);
@@ -789,7 +796,7 @@ static int lyco_values(loader *L, const group *g, float **up_out, float **down_o
     float *f[N_ROLES] = {0};
     int rc = ZL_OK;
     for (int r = 0; r < N_ROLES && !rc; r++)
-        if (g->e[r] && r != ROLE_ALPHA) rc = read_values(L, g->e[r]->t, &f[r]);
+        if (g->e[r] && r != ROLE_ALPHA && r != ROLE_DORA) rc = read_values(L, g->e[r]->t, &f[r]);
     const int64_t out = g->l_out, ink = g->l_ink, R = g->l_rank;
     const float sc = g->l_scale;
     if (!rc && g->lyco == LYCO_LOCON_TUCKER) {
@@ -1176,7 +1183,7 @@ static const char *lyco_name(const group *g) {
 }
 
 /* Check shapes and build one canonical layer (module already resolved). */
-static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
+static int build_factors(loader *L, group *g, int strict, zl_lora_layer *y) {
     if (g->lyco) {
         const zl_module_info *m = g->mod;
         if (!lyco_compatible(m, g))
@@ -1237,13 +1244,44 @@ static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
     return ZL_OK;
 }
 
+/* A DoRA magnitude must be LyCORIS's input-axis form, [1, in] or [1, in, 1, 1]
+ * (wd_on_out off), the one ComfyUI and A1111 apply. The output-axis form
+ * ([out, 1, ...], wd_on_out) is read differently by different tools, so it is
+ * refused rather than guessed. */
+static int dora_check(loader *L, const group *g, const zl_lora_layer *y) {
+    const zl_st_tensor *t = g->e[ROLE_DORA]->t;
+    char ts[96];
+    shape_str(ts, sizeof ts, t);
+    int trailing_ones = 1;
+    for (int i = 2; i < t->ndim; i++) trailing_ones &= t->shape[i] == 1;
+    if ((t->ndim == 2 || t->ndim == 4) && trailing_ones && t->shape[0] == 1 && t->shape[1] == y->in_features)
+        return ZL_OK;
+    if ((t->ndim == 2 || t->ndim == 4) && trailing_ones && t->shape[1] == 1 && t->shape[0] == y->out_features)
+        return zl_set_error(ZL_EUNSUPPORTED, "%s: '%s' %s is a DoRA magnitude per output feature (LyCORIS wd_on_out); "
+                                             "only the per-input-feature form [1, %d] that ComfyUI and A1111 apply is supported",
+                            L->path, g->e[ROLE_DORA]->key, ts, y->in_features);
+    return zl_set_error(ZL_ESHAPE, "%s: DoRA magnitude '%s' has shape %s; module '%s' wants [1, %d] (one per input feature)",
+                        L->path, g->e[ROLE_DORA]->key, ts, y->module, y->in_features);
+}
+
+static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
+    int rc = build_factors(L, g, strict, y);
+    if (!rc && g->e[ROLE_DORA]) rc = dora_check(L, g, y);
+    return rc;
+}
+
 /* Widen every layer's factors to float32. Layers are independent, so they are
  * read in parallel; a failing layer is re-read on this thread afterwards so its
  * message lands in this thread's error slot. */
 static int read_layer(loader *L, int i, zl_lora_layer *y) {
-    if (L->g[i].lyco) return lyco_values(L, &L->g[i], &y->up, &y->down);
-    int rc = read_values(L, L->g[i].e[ROLE_DOWN]->t, &y->down);
-    if (!rc) rc = read_values(L, L->g[i].e[ROLE_UP]->t, &y->up);
+    int rc;
+    if (L->g[i].lyco) {
+        rc = lyco_values(L, &L->g[i], &y->up, &y->down);
+    } else {
+        rc = read_values(L, L->g[i].e[ROLE_DOWN]->t, &y->down);
+        if (!rc) rc = read_values(L, L->g[i].e[ROLE_UP]->t, &y->up);
+    }
+    if (!rc && L->g[i].e[ROLE_DORA]) rc = read_values(L, L->g[i].e[ROLE_DORA]->t, &y->dora);
     return rc;
 }
 
@@ -1265,7 +1303,8 @@ static int read_all_values(loader *L, zl_lora *lo, int only_lyco) {
     zl_lora_layer *y = &lo->layers[bad];
     free(y->down);
     free(y->up);
-    y->down = y->up = NULL;
+    free(y->dora);
+    y->down = y->up = y->dora = NULL;
     int rc = read_layer(L, bad, y);
     return rc ? rc : zl_set_error(ZL_ENOMEM, "%s: out of memory", L->path);
 }
@@ -1362,6 +1401,7 @@ static int load_impl(const zl_st_file *f, const char *path, const zl_lora_load_o
     L.f = f;
     L.path = path ? path : zl_st_path(f);
     L.o = opts ? opts : &none;
+    L.allow_dora = L.o->allow_dora && !lz;
     zl_lora *lo = calloc(1, sizeof *lo);
     int rc = lo ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory");
     int plain_te = 0, strict = 0;
@@ -1475,6 +1515,7 @@ static int load_impl(const zl_st_file *f, const char *path, const zl_lora_load_o
         lo->n_loha += L.g[i].lyco == LYCO_LOHA;
         lo->n_lokr += L.g[i].lyco == LYCO_LOKR;
         lo->n_tucker += L.g[i].tucker;
+        lo->n_dora += L.g[i].e[ROLE_DORA] != NULL;
     }
     lo->path = strdup(L.path);
     int nm = zl_st_meta_count(f);

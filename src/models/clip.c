@@ -357,9 +357,8 @@ int zl_clip_apply_lora(zl_clip *c, const zl_lora *lora, float weight) {
         zl_weight *w = lora_target(c, l->module);
         int rc = zl_weight_make_resident(w);
         if (rc) return rc;
-        /* W [out, in] += weight * scale * up [out, r] @ down [r, in] */
-        zl_sgemm(0, 0, l->out_features, l->in_features, l->rank, weight * zl_lora_scale(l), l->up, l->rank, l->down,
-                 l->in_features, 1.0f, w->f32, l->in_features);
+        /* W [out, in] += weight * scale * up [out, r] @ down [r, in] (or its DoRA form) */
+        if ((rc = zl_lora_fold(l, weight, w->f32))) return zl_error_prefix(rc, "%s", lora->path);
     }
     return ZL_OK;
 }

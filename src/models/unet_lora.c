@@ -38,6 +38,10 @@ int zl_unet_add_lora(zl_unet *u, const zl_lora *l, float w, zl_unet_lora_mode mo
         if (l->layers[i].part != ZL_PART_UNET) continue;
         zl_unet_mod *m;
         if ((rc = check_layer(u, l, &l->layers[i], &m))) return rc;
+        if (l->layers[i].dora && mode != ZL_UNET_LORA_FOLD)
+            return zl_set_error(ZL_EUNSUPPORTED, "%s: layer '%s' is DoRA, which can only be folded into the weights "
+                                                 "(its update depends on them), not run as a branch with mergers",
+                                path, l->layers[i].module);
         n_unet++;
     }
     if (!n_unet) zl_warn("%s: no UNet layers", path);
@@ -46,12 +50,10 @@ int zl_unet_add_lora(zl_unet *u, const zl_lora *l, float w, zl_unet_lora_mode mo
         const zl_lora_layer *ly = &l->layers[i];
         if (ly->part != ZL_PART_UNET) continue;
         zl_unet_mod *m = zl_unet_find_mod(u, ly->module);
-        float ws = w * zl_lora_scale(ly);
-        int K = m->in * m->kh * m->kw;
         if (mode == ZL_UNET_LORA_FOLD) {
             /* The first fold of a stored-dtype weight makes a private f32 copy; the mapping is never written. */
             if ((rc = zl_weight_make_resident(&m->w))) return rc;
-            zl_sgemm(0, 0, m->out, K, ly->rank, ws, ly->up, ly->rank, ly->down, K, 1.0f, m->w.f32, K);
+            if ((rc = zl_lora_fold(ly, w, m->w.f32))) return zl_error_prefix(rc, "%s", path);
             m->folded = 1;
         } else {
             zl_unet_branch *nb = realloc(m->br, (size_t)(m->n_br + 1) * sizeof *nb);

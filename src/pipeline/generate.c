@@ -291,7 +291,8 @@ int zl_pipeline_add_lora(zl_pipeline *p, const zl_lora *lora, float weight) {
 
 int zl_pipeline_load_lora(zl_pipeline *p, const char *path, float weight, const char *adapter_config) {
     if (!isfinite(weight)) return zl_set_error(ZL_EINVAL, "%s: LoRA weight %g is not a number", path, (double)weight);
-    zl_lora_load_opts o = {.adapter_config = adapter_config, .unet_config = &p->ucfg, .expect_family = p->ucfg.family};
+    zl_lora_load_opts o = {.adapter_config = adapter_config, .unet_config = &p->ucfg, .expect_family = p->ucfg.family,
+                           .allow_dora = 1}; /* folded below: DoRA applies */
     if (p->text) {
         const zl_clip *c1 = zl_text_encoder(p->text, ZL_PART_TE1), *c2 = zl_text_encoder(p->text, ZL_PART_TE2);
         o.te1_config = c1 ? zl_clip_get_config(c1) : NULL;

@@ -1,0 +1,452 @@
+/* DoRA LoRAs (LyCORIS `dora_scale`, the per-input-feature magnitude that ComfyUI's
+ * weight_decompose and A1111's apply_weight_decompose apply) in `generate`.
+ *
+ * The DoRA files here are the fixtures' kohya LoRAs with a `dora_scale` added to every
+ * module, [1, in] (linear) or [1, in, 1, 1] (conv), in F32:
+ *  - "exact": dora_scale = the column norms of W + scale * up @ down, so DoRA changes
+ *    nothing and the model must reproduce the fixtures' own LoRA references (diffusers'
+ *    out_style, and text_io's lora.* tensors);
+ *  - "scaled": those norms times 1.25 / 0.8 on alternate input features; the folded weights
+ *    must then equal the formula computed here in double from the file's tensors and the
+ *    base weights (and the output must differ from the plain LoRA's).
+ * The UNet file is the style LoRA: linears, 1x1 conv projections and 3x3 LoCon convs.
+ * Loading is checked too: refused unless the caller folds (allow_dora), the output-axis
+ * form and misshapen magnitudes refused by name, a DoRA layer refused as a runtime
+ * branch, and the CLI (generate applies it; merge refuses it and writes nothing). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "models/unet_internal.h"
+#include "testlib.h"
+
+#define TOL 1e-4
+
+/* W + s * up @ down for a layer, in double: [out, in * kh * kw]. */
+static double *merged(const zl_lora_layer *y, const float *W) {
+    const int out = y->out_features, K = y->in_features * y->kh * y->kw;
+    double *m = malloc(sizeof(double) * (size_t)out * K);
+    const double s = (double)y->alpha / y->rank;
+    for (int o = 0; o < out; o++)
+        for (int j = 0; j < K; j++) {
+            double v = 0;
+            for (int r = 0; r < y->rank; r++) v += (double)y->up[(size_t)o * y->rank + r] * y->down[(size_t)r * K + j];
+            m[(size_t)o * K + j] = W[(size_t)o * K + j] + s * v;
+        }
+    return m;
+}
+
+/* Column norms of the merged weight per input channel (over outputs and kernel positions). */
+static double *col_norms(const zl_lora_layer *y, const double *m) {
+    const int in = y->in_features, khw = y->kh * y->kw, K = in * khw;
+    double *n = calloc((size_t)in, sizeof(double));
+    for (int o = 0; o < y->out_features; o++)
+        for (int c = 0; c < in; c++)
+            for (int k = 0; k < khw; k++) n[c] += m[(size_t)o * K + c * khw + k] * m[(size_t)o * K + c * khw + k];
+    for (int c = 0; c < in; c++) n[c] = sqrt(n[c]);
+    return n;
+}
+
+/* The base weight a layer applies to, from the model's own safetensors (diffusers names). */
+static float *base_weight(zl_st_file *model, const char *prefix, const zl_lora_layer *y) {
+    char key[512];
+    snprintf(key, sizeof key, "%s%s.weight", prefix, y->module);
+    int64_t n = 0;
+    float *w = zl_st_load_f32(model, key, &n);
+    CHECKM(w && n == (int64_t)y->out_features * y->in_features * y->kh * y->kw, "base weight '%s'", key);
+    return w;
+}
+
+/* kohya key of a layer's module: prefix + module with dots as underscores (SD 1.x kohya
+ * files use diffusers names; the fixture's own keys are built the same way). */
+static void kohya_key(char *buf, size_t n, const char *prefix, const char *module, const char *suffix) {
+    snprintf(buf, n, "%s%s", prefix, module);
+    for (char *p = buf + strlen(prefix); *p; p++)
+        if (*p == '.') *p = '_';
+    strncat(buf, suffix, n - strlen(buf) - 1);
+}
+
+typedef struct {
+    int n;
+    char **names;
+    float **vals;
+    int *ndim;
+    int64_t (*shape)[4];
+} dora_set;
+
+/* Write src's tensors plus one dora_scale per layer of l (factor: 1 = exact norms, else
+ * alternating 1.25 / 0.8). Also returns the values written (for the checks). */
+static int write_dora(const char *src, const char *dst, const zl_lora *l, zl_st_file *unet_w, zl_st_file *te_w,
+                      int scaled, dora_set *ds) {
+    zl_st_file *f = NULL;
+    if (zl_st_open(src, &f)) return -1;
+    const int ns = zl_st_count(f);
+    zl_st_entry *e = calloc((size_t)(ns + l->n), sizeof *e);
+    memset(ds, 0, sizeof *ds);
+    ds->n = l->n;
+    ds->names = calloc((size_t)l->n, sizeof *ds->names);
+    ds->vals = calloc((size_t)l->n, sizeof *ds->vals);
+    ds->ndim = calloc((size_t)l->n, sizeof *ds->ndim);
+    ds->shape = calloc((size_t)l->n, sizeof *ds->shape);
+    for (int i = 0; i < ns; i++) {
+        const zl_st_tensor *t = zl_st_at(f, i);
+        e[i].name = t->name;
+        e[i].dtype = t->dtype;
+        e[i].ndim = t->ndim;
+        memcpy(e[i].shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+        e[i].data = t->data;
+    }
+    for (int k = 0; k < l->n; k++) {
+        const zl_lora_layer *y = &l->layers[k];
+        const int unet = y->part == ZL_PART_UNET;
+        float *W = base_weight(unet ? unet_w : te_w, "", y);
+        if (!W) return -1;
+        double *m = merged(y, W), *nrm = col_norms(y, m);
+        ds->vals[k] = malloc(sizeof(float) * (size_t)y->in_features);
+        for (int c = 0; c < y->in_features; c++)
+            ds->vals[k][c] = (float)(nrm[c] * (scaled ? (c % 2 ? 0.8 : 1.25) : 1.0));
+        char key[512];
+        kohya_key(key, sizeof key, unet ? "lora_unet_" : "lora_te_", y->module, ".dora_scale");
+        ds->names[k] = strdup(key);
+        ds->ndim[k] = y->kind == ZL_LORA_CONV ? 4 : 2;
+        int64_t sh[4] = {1, y->in_features, 1, 1};
+        memcpy(ds->shape[k], sh, sizeof sh);
+        zl_st_entry *d = &e[ns + k];
+        d->name = ds->names[k];
+        d->dtype = ZL_DT_F32;
+        d->ndim = ds->ndim[k];
+        memcpy(d->shape, sh, sizeof sh);
+        d->data = ds->vals[k];
+        free(W), free(m), free(nrm);
+    }
+    int rc = zl_st_write(dst, e, ns + l->n, NULL, 0, NULL, 0);
+    free(e);
+    zl_st_close(f);
+    return rc;
+}
+
+static void dora_set_free(dora_set *ds) {
+    for (int k = 0; k < ds->n; k++) free(ds->names[k]), free(ds->vals[k]);
+    free(ds->names), free(ds->vals), free(ds->ndim), free(ds->shape);
+}
+
+static zl_st_file *g_unet_w, *g_te_w;
+static char g_exact[1024], g_scaled[1024], g_te_exact[1024];
+static zl_lora *g_plain, *g_te_plain;
+static dora_set g_sc;
+
+static void setup(void) {
+    CHECK_OK(zl_st_open(zt_data("tiny-sd15/unet/diffusion_pytorch_model.safetensors"), &g_unet_w));
+    CHECK_OK(zl_st_open(zt_data("tiny-sd15/text_encoder/model.safetensors"), &g_te_w));
+    CHECK_OK(zl_lora_load(zt_data("tiny-sd15/loras/style.kohya.safetensors"), NULL, &g_plain));
+    CHECK_OK(zl_lora_load(zt_data("tiny-sd15/loras/text_encoders.kohya.safetensors"), NULL, &g_te_plain));
+    snprintf(g_exact, sizeof g_exact, "%s", zt_tmp("style_dora_exact.safetensors"));
+    snprintf(g_scaled, sizeof g_scaled, "%s", zt_tmp("style_dora.safetensors"));
+    snprintf(g_te_exact, sizeof g_te_exact, "%s", zt_tmp("te_dora_exact.safetensors"));
+    dora_set a, b;
+    CHECK(write_dora(zt_data("tiny-sd15/loras/style.kohya.safetensors"), g_exact, g_plain, g_unet_w, g_te_w, 0, &a) == 0);
+    CHECK(write_dora(zt_data("tiny-sd15/loras/style.kohya.safetensors"), g_scaled, g_plain, g_unet_w, g_te_w, 1, &g_sc) == 0);
+    CHECK(write_dora(zt_data("tiny-sd15/loras/text_encoders.kohya.safetensors"), g_te_exact, g_te_plain, g_unet_w, g_te_w,
+                     0, &b) == 0);
+    dora_set_free(&a);
+    dora_set_free(&b);
+}
+
+/* Loading: the magnitudes are read exactly with allow_dora, refused without it. */
+static void test_load(void) {
+    zl_lora_load_opts o = {.allow_dora = 1};
+    zl_lora *l = NULL;
+    CHECK_OK(zl_lora_load(g_scaled, &o, &l));
+    if (!l) return;
+    CHECKM(l->n == g_plain->n && l->n_dora == l->n, "every layer has its magnitude (%d of %d)", l->n_dora, l->n);
+    int same = 1, factors = 1;
+    for (int k = 0; k < l->n; k++) {
+        const zl_lora_layer *y = &l->layers[k], *p = zl_lora_find(g_plain, y->part, y->module);
+        CHECK(p != NULL);
+        if (!p) continue;
+        factors &= y->rank == p->rank && y->alpha == p->alpha &&
+                   !memcmp(y->down, p->down, sizeof(float) * (size_t)y->rank * y->in_features * y->kh * y->kw) &&
+                   !memcmp(y->up, p->up, sizeof(float) * (size_t)y->out_features * y->rank);
+        /* the written values, found by the layer's own module (layers are sorted alike) */
+        same &= y->dora && !memcmp(y->dora, g_sc.vals[k], sizeof(float) * (size_t)y->in_features);
+    }
+    CHECK(factors);
+    CHECKM(same, "dora_scale values read back exactly");
+    zl_lora_free(l);
+    /* without allow_dora (merge, convert, inspect, zip): refused, naming DoRA and generate */
+    l = NULL;
+    int rc = zl_lora_load(g_scaled, NULL, &l);
+    CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), "DoRA") && strstr(zl_errmsg(), "generate") &&
+               strstr(zl_errmsg(), ".dora_scale"),
+           "refused without allow_dora: %d %s", rc, zl_errmsg());
+    CHECK(l == NULL);
+    /* the lazy loader never reads it, even when asked */
+    zl_lora_lazy *z = NULL;
+    rc = zl_lora_load_lazy(g_scaled, &o, &l, &z);
+    CHECKM(rc == ZL_EUNSUPPORTED && l == NULL && z == NULL, "lazy load refuses DoRA: %d %s", rc, zl_errmsg());
+}
+
+/* Malformed DoRA files: output-axis, wrong length, a magnitude without its LoRA. */
+static void test_refusals(void) {
+    const zl_lora_layer *y = &g_plain->layers[0];
+    for (int k = 0; k < g_plain->n; k++)
+        if (g_plain->layers[k].kind == ZL_LORA_LINEAR && g_plain->layers[k].in_features != 1) {
+            y = &g_plain->layers[k];
+            break;
+        }
+    char dk[512], uk[512], sk[512];
+    kohya_key(dk, sizeof dk, "lora_unet_", y->module, ".lora_down.weight");
+    kohya_key(uk, sizeof uk, "lora_unet_", y->module, ".lora_up.weight");
+    kohya_key(sk, sizeof sk, "lora_unet_", y->module, ".dora_scale");
+    const int in = y->in_features, out = y->out_features, r = y->rank;
+    float *mag = calloc((size_t)(in > out ? in : out) + 1, sizeof(float));
+    for (int c = 0; c <= (in > out ? in : out); c++) mag[c] = 1.0f;
+    struct {
+        const char *name;
+        int ndim;
+        int64_t shape[2];
+        int with_lora, code;
+        const char *must;
+    } cases[] = {
+        {"out_axis", 2, {out, 1}, 1, ZL_EUNSUPPORTED, "per output feature"},
+        {"short", 2, {1, in - 1}, 1, ZL_ESHAPE, "wants [1,"},
+        {"flat", 1, {in, 0}, 1, ZL_ESHAPE, "wants [1,"},
+        {"alone", 2, {1, in}, 0, ZL_EFORMAT, "no matching"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        zl_st_entry e[3] = {0};
+        int n = 0;
+        if (cases[i].with_lora) {
+            e[n] = (zl_st_entry){.name = dk, .dtype = ZL_DT_F32, .ndim = 2, .shape = {r, in}, .data = y->down};
+            n++;
+            e[n] = (zl_st_entry){.name = uk, .dtype = ZL_DT_F32, .ndim = 2, .shape = {out, r}, .data = y->up};
+            n++;
+        }
+        e[n] = (zl_st_entry){.name = sk, .dtype = ZL_DT_F32, .ndim = cases[i].ndim, .data = mag};
+        memcpy(e[n].shape, cases[i].shape, sizeof cases[i].shape);
+        n++;
+        char fn[64];
+        snprintf(fn, sizeof fn, "dora_%s.safetensors", cases[i].name);
+        const char *path = zt_tmp(fn);
+        CHECK_OK(zl_st_write(path, e, n, NULL, 0, NULL, 0));
+        zl_lora_load_opts o = {.expect_family = ZL_FAMILY_SD1, .allow_dora = 1};
+        zl_lora *l = NULL;
+        int rc = zl_lora_load(path, &o, &l);
+        CHECKM(rc == cases[i].code && strstr(zl_errmsg(), cases[i].must) && strstr(zl_errmsg(), "dora_scale"),
+               "%s: %d (want %d) %s", cases[i].name, rc, cases[i].code, zl_errmsg());
+        CHECK(l == NULL);
+        zl_lora_free(l);
+    }
+    free(mag);
+}
+
+/* zl_lora_fold against the formula in double, on every layer of the scaled file, with
+ * weight 1 and 0.6 (A1111/ComfyUI: W + w (W' - W)), and a zero column (no NaN). */
+static void test_fold_formula(void) {
+    zl_lora_load_opts o = {.allow_dora = 1};
+    zl_lora *l = NULL;
+    CHECK_OK(zl_lora_load(g_scaled, &o, &l));
+    if (!l) return;
+    int bad = 0;
+    for (int k = 0; k < l->n; k++) {
+        const zl_lora_layer *y = &l->layers[k];
+        const int K = y->in_features * y->kh * y->kw, khw = y->kh * y->kw;
+        const size_t n = (size_t)y->out_features * K;
+        float *W = base_weight(g_unet_w, "", y);
+        if (!W) continue;
+        double *m = merged(y, W), *nrm = col_norms(y, m);
+        for (int wi = 0; wi < 2; wi++) {
+            const float w = wi ? 0.6f : 1.0f;
+            float *got = malloc(sizeof(float) * n);
+            memcpy(got, W, sizeof(float) * n);
+            CHECK_OK(zl_lora_fold(y, w, got));
+            double md = 0, mx = 0;
+            for (int o2 = 0; o2 < y->out_features; o2++)
+                for (int c = 0; c < y->in_features; c++)
+                    for (int q = 0; q < khw; q++) {
+                        const size_t i = (size_t)o2 * K + c * khw + q;
+                        const double wp = nrm[c] > 0 ? m[i] * y->dora[c] / nrm[c] : 0.0;
+                        const double ref = W[i] + w * (wp - W[i]);
+                        if (!(fabs(got[i] - ref) <= md)) md = fabs(got[i] - ref);
+                        if (fabs(ref) > mx) mx = fabs(ref);
+                    }
+            if (!(md <= 1e-5 * fmax(1, mx))) {
+                bad++;
+                fprintf(stderr, "fold %s w=%g: max diff %g (max |W'| %g)\n", y->module, (double)w, md, mx);
+            }
+            free(got);
+        }
+        free(W), free(m), free(nrm);
+    }
+    CHECKM(bad == 0, "DoRA fold equals the formula on every layer (%d off)", bad);
+    zl_lora_free(l);
+    /* an input channel whose merged column is zero (W and down both zero there) stays zero, no NaN */
+    float down[2 * 4] = {0, 0.5f, -1, 2, 0, 1, 0.25f, -0.5f}, up[3 * 2] = {1, -1, 0.5f, 2, -0.25f, 1};
+    float dora[4] = {3, 0.5f, 2, 1}, W[3 * 4] = {0, 1, 2, -1, 0, -2, 0.5f, 1, 0, 0.25f, -1, 3};
+    char mod[] = "synthetic";
+    zl_lora_layer y = {.module = mod, .kind = ZL_LORA_LINEAR, .rank = 2, .in_features = 4, .out_features = 3, .kh = 1,
+                       .kw = 1, .alpha = 1, .down = down, .up = up, .dora = dora};
+    float got[12];
+    memcpy(got, W, sizeof W);
+    CHECK_OK(zl_lora_fold(&y, 1.0f, got));
+    double *m = merged(&y, W), *nrm = col_norms(&y, m);
+    int ok = 1;
+    for (int i = 0; i < 12; i++) {
+        const int c = i % 4;
+        const double ref = c == 0 ? 0.0 : m[i] * dora[c] / nrm[c];
+        ok &= isfinite(got[i]) && fabs(got[i] - ref) <= 1e-6 * fmax(1, fabs(ref));
+    }
+    CHECKM(ok && nrm[0] == 0, "a zero column folds to zero (norm %g), the others to the formula", nrm[0]);
+    free(m), free(nrm);
+}
+
+static float *io_load(zl_st_file *f, const char *name) {
+    int64_t n = 0;
+    return zl_st_load_f32(f, name, &n);
+}
+
+/* The UNet: exact magnitudes reproduce diffusers' out_style; scaled ones fold to the
+ * formula in every module (checked in the module weights) and change the output;
+ * a DoRA layer is refused as a runtime branch. */
+static void test_unet(void) {
+    zl_model_paths mp;
+    CHECK_OK(zl_model_paths_resolve(zt_data("tiny-sd15"), &mp));
+    zl_unet_load_opts uo = {.weights = ZL_UNET_WEIGHTS_STORED};
+    zl_unet *u = NULL;
+    CHECK_OK(zl_unet_load_model(&mp, &uo, &u));
+    zl_st_file *io = NULL;
+    CHECK_OK(zl_st_open(zt_data("tiny-sd15/unet_io.safetensors"), &io));
+    if (!u || !io) {
+        zl_unet_free(u);
+        zl_st_close(io);
+        zl_model_paths_free(&mp);
+        return;
+    }
+    const zl_st_tensor *s = zl_st_find(io, "sample"), *c = zl_st_find(io, "encoder_hidden_states");
+    float *sample = io_load(io, "sample"), *ts = io_load(io, "timestep"), *ctx = io_load(io, "encoder_hidden_states");
+    float *want = io_load(io, "out_style");
+    zl_unet_input in = {(int)s->shape[0], (int)s->shape[2], (int)s->shape[3], (int)c->shape[1], sample, ts, ctx, NULL, NULL};
+    const size_t n = (size_t)s->numel;
+    float *got = malloc(sizeof(float) * n), *plain = malloc(sizeof(float) * n);
+    zl_lora_load_opts o = {.unet_config = zl_unet_get_config(u), .expect_family = ZL_FAMILY_SD1, .allow_dora = 1};
+
+    zl_lora *ex = NULL, *sc = NULL;
+    CHECK_OK(zl_lora_load(g_exact, &o, &ex));
+    CHECK_OK(zl_lora_load(g_scaled, &o, &sc));
+    if (ex && sc) {
+        CHECK_OK(zl_unet_add_lora(u, ex, 1.0f, ZL_UNET_LORA_FOLD, NULL));
+        CHECK_OK(zl_unet_forward(u, &in, got));
+        zt_close("DoRA with exact magnitudes = diffusers' out_style", got, want, (int64_t)n, TOL);
+        CHECK_OK(zl_unet_clear_loras(u));
+
+        CHECK_OK(zl_unet_add_lora(u, g_plain, 1.0f, ZL_UNET_LORA_FOLD, NULL));
+        CHECK_OK(zl_unet_forward(u, &in, plain));
+        CHECK_OK(zl_unet_clear_loras(u));
+
+        CHECK_OK(zl_unet_add_lora(u, sc, 1.0f, ZL_UNET_LORA_FOLD, NULL));
+        int bad = 0;
+        for (int k = 0; k < sc->n; k++) {
+            const zl_lora_layer *y = &sc->layers[k];
+            zl_unet_mod *m = zl_unet_find_mod(u, y->module);
+            float *W = base_weight(g_unet_w, "", y);
+            if (!m || !m->w.f32 || !W) {
+                bad++;
+                continue;
+            }
+            const int K = y->in_features * y->kh * y->kw, khw = y->kh * y->kw;
+            double *mm = merged(y, W), *nrm = col_norms(y, mm), md = 0, mx = 0;
+            for (size_t i = 0; i < (size_t)y->out_features * K; i++) {
+                const int ch = (int)(i % (size_t)K) / khw;
+                const double ref = mm[i] * y->dora[ch] / nrm[ch];
+                if (!(fabs(m->w.f32[i] - ref) <= md)) md = fabs(m->w.f32[i] - ref);
+                if (fabs(ref) > mx) mx = fabs(ref);
+            }
+            bad += !(md <= 1e-5 * fmax(1, mx));
+            free(W), free(mm), free(nrm);
+        }
+        CHECKM(bad == 0, "folded DoRA weights equal the formula in every module (%d off)", bad);
+        CHECK_OK(zl_unet_forward(u, &in, got));
+        const double d = zt_relerr(got, plain, (int64_t)n);
+        CHECKM(d > 1e-3, "scaled magnitudes change the output (relative difference to the plain LoRA %g)", d);
+        CHECK_OK(zl_unet_clear_loras(u));
+
+        int rc = zl_unet_add_lora(u, sc, 1.0f, ZL_UNET_LORA_RUNTIME, NULL);
+        CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), "DoRA"), "runtime branch refused: %d %s", rc, zl_errmsg());
+        CHECK_OK(zl_unet_forward(u, &in, got)); /* nothing was attached */
+        float *base = io_load(io, "out_base");
+        zt_close("after a refused DoRA branch the UNet is the base", got, base, (int64_t)n, TOL);
+        free(base);
+    }
+    zl_lora_free(ex), zl_lora_free(sc);
+    free(sample), free(ts), free(ctx), free(want), free(got), free(plain);
+    zl_st_close(io);
+    zl_unet_free(u);
+    zl_model_paths_free(&mp);
+}
+
+/* The text encoder: exact magnitudes reproduce text_io's LoRA references. */
+static void test_text(void) {
+    zl_model_paths mp;
+    CHECK_OK(zl_model_paths_resolve(zt_data("tiny-sd15"), &mp));
+    zl_text *tx = NULL;
+    CHECK_OK(zl_text_load(&mp, NULL, &tx));
+    zl_st_file *io = NULL;
+    CHECK_OK(zl_st_open(zt_data("tiny-sd15/text_io.safetensors"), &io));
+    zl_lora_load_opts o = {.expect_family = ZL_FAMILY_SD1, .allow_dora = 1};
+    zl_lora *l = NULL;
+    CHECK_OK(zl_lora_load(g_te_exact, &o, &l));
+    if (!tx || !io || !l) goto done;
+    CHECK(l->n_dora == l->n && l->n > 0);
+    CHECK_OK(zl_text_apply_lora(tx, l, 1.0f));
+    const zl_st_tensor *t = zl_st_find(io, "ids_clip_l");
+    CHECK(t && t->dtype == ZL_DT_I64 && t->ndim == 2);
+    if (!t) goto done;
+    const int B = (int)t->shape[0];
+    int32_t *ids = malloc(sizeof(int32_t) * (size_t)t->numel);
+    for (int64_t i = 0; i < t->numel; i++) {
+        int64_t v;
+        memcpy(&v, t->data + 8 * i, 8);
+        ids[i] = (int32_t)v;
+    }
+    const int D = zl_text_context_dim(tx);
+    zl_text_cond c = {.prompt_embeds = malloc(sizeof(float) * (size_t)B * ZL_CLIP_CTX * D)};
+    CHECK_OK(zl_text_encode_ids(tx, ids, NULL, B, &c));
+    float *want = io_load(io, "lora.prompt_embeds");
+    CHECK(want != NULL);
+    if (want) zt_close("text encoder DoRA with exact magnitudes = lora.prompt_embeds", c.prompt_embeds, want,
+                       (int64_t)B * ZL_CLIP_CTX * D, TOL);
+    free(want), free(ids), free(c.prompt_embeds);
+done:
+    zl_lora_free(l);
+    zl_st_close(io);
+    zl_text_free(tx);
+    zl_model_paths_free(&mp);
+}
+
+/* The CLI: generate applies a DoRA LoRA and names it in the PNG; merge refuses it. */
+static void test_cli(void) {
+    const char *png = zt_tmp("dora.png");
+    int rc = zt_cli("generate --model %s --lora %s:0.8 -p 'a cat' --steps 2 -W 64 -H 64 --seed 3 -o %s -q",
+                    zt_data("tiny-sd15"), g_scaled, png);
+    CHECKM(rc == 0 && zl_file_exists(png), "generate with a DoRA LoRA: rc %d, %s", rc, zt_err);
+    const char *merged_out = zt_tmp("merged.safetensors");
+    rc = zt_cli("merge --content %s --style %s -o %s", g_scaled, zt_data("tiny-sd15/loras/content.kohya.safetensors"), merged_out);
+    CHECKM(rc != 0 && strstr(zt_err, "DoRA") && !zl_file_exists(merged_out), "merge refuses DoRA: rc %d, %s", rc,
+           zt_err);
+}
+
+int main(void) {
+    setup();
+    test_load();
+    test_refusals();
+    test_fold_formula();
+    test_unet();
+    test_text();
+    test_cli();
+    zl_lora_free(g_plain);
+    zl_lora_free(g_te_plain);
+    dora_set_free(&g_sc);
+    zl_st_close(g_unet_w);
+    zl_st_close(g_te_w);
+    return zt_done();
+}
