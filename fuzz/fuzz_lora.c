@@ -196,7 +196,8 @@ static void check_lora(const zl_lora *l) {
         (void)zl_lora_scale(y);
         if (y->dora) {
             ndora++;
-            for (int c = 0; c < y->in_features; c++) check(isfinite(y->dora[c]), "non-finite DoRA magnitude accepted");
+            const int nm = y->dora_out ? y->out_features : y->in_features;
+            for (int c = 0; c < nm; c++) check(isfinite(y->dora[c]), "non-finite DoRA magnitude accepted");
         }
         /* fold small layers into a base weight (DoRA's path reads dora, down and up whole) */
         const size_t nw = (size_t)y->out_features * y->in_features * y->kh * y->kw;

@@ -251,6 +251,8 @@ def lora_seeds():
     put(H, "dora_locon", spec(["unet tiny-sdxl", "dora 1"], [(conv + ".lora_down.weight", "F16", [4, 32, 3, 3]),
                                                             (conv + ".lora_up.weight", "F16", [32, 4, 1, 1]),
                                                             (conv + ".dora_scale", "F16", [1, 32, 1, 1])]))
+    put(H, "dora_peft", spec(["unet tiny-sdxl", "dora 1"], lin("unet." + mod, ".lora_A.weight", ".lora_B.weight") +
+                             [("unet." + mod + ".lora_magnitude_vector", "F32", [64])]))
     put(H, "dora_loha", spec(["dora 1"], [(kmod + ".hada_w1_a", "F16", [64, 4]), (kmod + ".hada_w1_b", "F16", [4, 64]),
                                           (kmod + ".hada_w2_a", "F16", [64, 4]), (kmod + ".hada_w2_b", "F16", [4, 64]),
                                           (kmod + ".dora_scale", "F16", [1, 64])]))

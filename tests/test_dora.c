@@ -36,6 +36,17 @@ static double *merged(const zl_lora_layer *y, const float *W) {
     return m;
 }
 
+/* Row norms of the merged weight (one per output). */
+static double *row_norms(const zl_lora_layer *y, const double *m) {
+    const int K = y->in_features * y->kh * y->kw;
+    double *n = calloc((size_t)y->out_features, sizeof(double));
+    for (int o = 0; o < y->out_features; o++) {
+        for (int j = 0; j < K; j++) n[o] += m[(size_t)o * K + j] * m[(size_t)o * K + j];
+        n[o] = sqrt(n[o]);
+    }
+    return n;
+}
+
 /* Column norms of the merged weight per input channel (over outputs and kernel positions). */
 static double *col_norms(const zl_lora_layer *y, const double *m) {
     const int in = y->in_features, khw = y->kh * y->kw, K = in * khw;
@@ -74,10 +85,12 @@ typedef struct {
     int64_t (*shape)[4];
 } dora_set;
 
-/* Write src's tensors plus one dora_scale per layer of l (factor: 1 = exact norms, else
- * alternating 1.25 / 0.8). Also returns the values written (for the checks). */
+/* Write src's tensors plus one magnitude per layer of l (factor: 1 = exact norms, else
+ * alternating 1.25 / 0.8): kohya's dora_scale [1, in] per input channel, or with peft,
+ * PEFT's <prefix><module>.lora_magnitude_vector [out] per output row. Also returns the
+ * values written (for the checks). */
 static int write_dora(const char *src, const char *dst, const zl_lora *l, zl_st_file *unet_w, zl_st_file *te_w,
-                      int scaled, dora_set *ds) {
+                      int scaled, int peft, dora_set *ds) {
     zl_st_file *f = NULL;
     if (zl_st_open(src, &f)) return -1;
     const int ns = zl_st_count(f);
@@ -101,15 +114,19 @@ static int write_dora(const char *src, const char *dst, const zl_lora *l, zl_st_
         const int unet = y->part == ZL_PART_UNET;
         float *W = base_weight(unet ? unet_w : te_w, "", y);
         if (!W) return -1;
-        double *m = merged(y, W), *nrm = col_norms(y, m);
-        ds->vals[k] = malloc(sizeof(float) * (size_t)y->in_features);
-        for (int c = 0; c < y->in_features; c++)
-            ds->vals[k][c] = (float)(nrm[c] * (scaled ? (c % 2 ? 0.8 : 1.25) : 1.0));
+        double *m = merged(y, W), *nrm = peft ? row_norms(y, m) : col_norms(y, m);
+        const int nv = peft ? y->out_features : y->in_features;
+        ds->vals[k] = malloc(sizeof(float) * (size_t)nv);
+        for (int c = 0; c < nv; c++) ds->vals[k][c] = (float)(nrm[c] * (scaled ? (c % 2 ? 0.8 : 1.25) : 1.0));
         char key[512];
-        kohya_key(key, sizeof key, unet ? "lora_unet_" : "lora_te_", y->module, ".dora_scale");
+        if (peft)
+            snprintf(key, sizeof key, "%s%s.lora_magnitude_vector", unet ? "unet." : "text_encoder.", y->module);
+        else
+            kohya_key(key, sizeof key, unet ? "lora_unet_" : "lora_te_", y->module, ".dora_scale");
         ds->names[k] = strdup(key);
-        ds->ndim[k] = y->kind == ZL_LORA_CONV ? 4 : 2;
+        ds->ndim[k] = peft ? 1 : y->kind == ZL_LORA_CONV ? 4 : 2;
         int64_t sh[4] = {1, y->in_features, 1, 1};
+        if (peft) sh[0] = y->out_features;
         memcpy(ds->shape[k], sh, sizeof sh);
         zl_st_entry *d = &e[ns + k];
         d->name = ds->names[k];
@@ -144,10 +161,11 @@ static void setup(void) {
     snprintf(g_scaled, sizeof g_scaled, "%s", zt_tmp("style_dora.safetensors"));
     snprintf(g_te_exact, sizeof g_te_exact, "%s", zt_tmp("te_dora_exact.safetensors"));
     dora_set a, b;
-    CHECK(write_dora(zt_data("tiny-sd15/loras/style.kohya.safetensors"), g_exact, g_plain, g_unet_w, g_te_w, 0, &a) == 0);
-    CHECK(write_dora(zt_data("tiny-sd15/loras/style.kohya.safetensors"), g_scaled, g_plain, g_unet_w, g_te_w, 1, &g_sc) == 0);
+    CHECK(write_dora(zt_data("tiny-sd15/loras/style.kohya.safetensors"), g_exact, g_plain, g_unet_w, g_te_w, 0, 0, &a) == 0);
+    CHECK(write_dora(zt_data("tiny-sd15/loras/style.kohya.safetensors"), g_scaled, g_plain, g_unet_w, g_te_w, 1, 0, &g_sc) ==
+          0);
     CHECK(write_dora(zt_data("tiny-sd15/loras/text_encoders.kohya.safetensors"), g_te_exact, g_te_plain, g_unet_w, g_te_w,
-                     0, &b) == 0);
+                     0, 0, &b) == 0);
     dora_set_free(&a);
     dora_set_free(&b);
 }
@@ -237,6 +255,22 @@ static void test_refusals(void) {
         CHECK(l == NULL);
         zl_lora_free(l);
     }
+    /* PEFT's magnitude must have one value per output row */
+    char pa[512], pb[512], pm[512];
+    snprintf(pa, sizeof pa, "unet.%s.lora_A.weight", y->module);
+    snprintf(pb, sizeof pb, "unet.%s.lora_B.weight", y->module);
+    snprintf(pm, sizeof pm, "unet.%s.lora_magnitude_vector", y->module);
+    zl_st_entry pe[3] = {{.name = pa, .dtype = ZL_DT_F32, .ndim = 2, .shape = {r, in}, .data = y->down},
+                         {.name = pb, .dtype = ZL_DT_F32, .ndim = 2, .shape = {out, r}, .data = y->up},
+                         {.name = pm, .dtype = ZL_DT_F32, .ndim = 1, .shape = {out - 1}, .data = mag}};
+    const char *path = zt_tmp("peft_dora_short.safetensors");
+    CHECK_OK(zl_st_write(path, pe, 3, NULL, 0, NULL, 0));
+    zl_lora_load_opts o = {.expect_family = ZL_FAMILY_SD1, .allow_dora = 1};
+    zl_lora *l = NULL;
+    int rc = zl_lora_load(path, &o, &l);
+    CHECKM(rc == ZL_ESHAPE && strstr(zl_errmsg(), "lora_magnitude_vector") && strstr(zl_errmsg(), "per output"),
+           "PEFT magnitude of the wrong length: %d %s", rc, zl_errmsg());
+    zl_lora_free(l);
     free(mag);
 }
 
@@ -423,6 +457,99 @@ done:
     zl_model_paths_free(&mp);
 }
 
+/* PEFT's form (diffusers' --use_dora): lora_magnitude_vector per output row, the user
+ * weight inside. Exact magnitudes reproduce diffusers' out_content; scaled ones, folded
+ * at weight 1 into the UNet and at 0.5 by zl_lora_fold, equal the formula in double. */
+static void test_peft(void) {
+    char ac[1024], ex_path[1024], sc_path[1024];
+    snprintf(ac, sizeof ac, "%s", zt_data("tiny-sd15/loras/content.adapter_config.json"));
+    snprintf(ex_path, sizeof ex_path, "%s", zt_tmp("content_peft_dora_exact.safetensors"));
+    snprintf(sc_path, sizeof sc_path, "%s", zt_tmp("content_peft_dora.safetensors"));
+    zl_model_paths mp;
+    CHECK_OK(zl_model_paths_resolve(zt_data("tiny-sd15"), &mp));
+    zl_unet_load_opts uo = {.weights = ZL_UNET_WEIGHTS_STORED};
+    zl_unet *u = NULL;
+    CHECK_OK(zl_unet_load_model(&mp, &uo, &u));
+    zl_st_file *io = NULL;
+    CHECK_OK(zl_st_open(zt_data("tiny-sd15/unet_io.safetensors"), &io));
+    zl_lora_load_opts o = {.adapter_config = ac, .expect_family = ZL_FAMILY_SD1};
+    zl_lora *plain = NULL, *ex = NULL, *sc = NULL;
+    CHECK_OK(zl_lora_load(zt_data("tiny-sd15/loras/content.peft.safetensors"), &o, &plain));
+    dora_set a = {0}, b = {0};
+    if (!u || !io || !plain) goto done;
+    CHECK(write_dora(zt_data("tiny-sd15/loras/content.peft.safetensors"), ex_path, plain, g_unet_w, g_te_w, 0, 1, &a) == 0);
+    CHECK(write_dora(zt_data("tiny-sd15/loras/content.peft.safetensors"), sc_path, plain, g_unet_w, g_te_w, 1, 1, &b) == 0);
+    int rc = zl_lora_load(sc_path, &o, &sc);
+    CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), "lora_magnitude_vector") && strstr(zl_errmsg(), "generate"),
+           "PEFT DoRA refused without allow_dora: %d %s", rc, zl_errmsg());
+    o.allow_dora = 1;
+    CHECK_OK(zl_lora_load(ex_path, &o, &ex));
+    CHECK_OK(zl_lora_load(sc_path, &o, &sc));
+    if (!ex || !sc) goto done;
+    int all_out = ex->n_dora == ex->n && sc->n_dora == sc->n && ex->n == plain->n;
+    for (int k = 0; k < sc->n; k++)
+        all_out &= sc->layers[k].dora_out && !memcmp(sc->layers[k].dora, b.vals[k], sizeof(float) * (size_t)sc->layers[k].out_features);
+    CHECKM(all_out, "every PEFT magnitude read per output row, values exact");
+
+    const zl_st_tensor *s = zl_st_find(io, "sample"), *c = zl_st_find(io, "encoder_hidden_states");
+    float *sample = io_load(io, "sample"), *ts = io_load(io, "timestep"), *ctx = io_load(io, "encoder_hidden_states");
+    float *want = io_load(io, "out_content");
+    zl_unet_input in = {(int)s->shape[0], (int)s->shape[2], (int)s->shape[3], (int)c->shape[1], sample, ts, ctx, NULL, NULL};
+    const size_t n = (size_t)s->numel;
+    float *got = malloc(sizeof(float) * n);
+    CHECK_OK(zl_unet_add_lora(u, ex, 1.0f, ZL_UNET_LORA_FOLD, NULL));
+    CHECK_OK(zl_unet_forward(u, &in, got));
+    zt_close("PEFT DoRA with exact magnitudes = diffusers' out_content", got, want, (int64_t)n, TOL);
+    CHECK_OK(zl_unet_clear_loras(u));
+    CHECK_OK(zl_unet_add_lora(u, sc, 1.0f, ZL_UNET_LORA_FOLD, NULL));
+    int bad = 0;
+    for (int k = 0; k < sc->n; k++) {
+        const zl_lora_layer *y = &sc->layers[k];
+        const int K = y->in_features * y->kh * y->kw;
+        float *W = base_weight(g_unet_w, "", y);
+        zl_unet_mod *m = zl_unet_find_mod(u, y->module);
+        if (!W || !m || !m->w.f32) {
+            bad++;
+            free(W);
+            continue;
+        }
+        for (int wi = 0; wi < 2; wi++) {
+            /* wi 0: the UNet's folded weight (w = 1); wi 1: zl_lora_fold at w = 0.5 (inside the norm) */
+            const float w = wi ? 0.5f : 1.0f;
+            zl_lora_layer yw = *y;
+            yw.alpha = y->alpha * w; /* W + w s up down, in double, through merged() */
+            double *mm = merged(&yw, W), *nrm = row_norms(&yw, mm), md = 0, mx = 0;
+            float *got_w = m->w.f32;
+            float *tmp = NULL;
+            if (wi) {
+                tmp = malloc(sizeof(float) * (size_t)y->out_features * K);
+                memcpy(tmp, W, sizeof(float) * (size_t)y->out_features * K);
+                CHECK_OK(zl_lora_fold(y, w, tmp));
+                got_w = tmp;
+            }
+            for (size_t i = 0; i < (size_t)y->out_features * K; i++) {
+                const int row = (int)(i / (size_t)K);
+                const double ref = mm[i] * y->dora[row] / nrm[row];
+                if (!(fabs(got_w[i] - ref) <= md)) md = fabs(got_w[i] - ref);
+                if (fabs(ref) > mx) mx = fabs(ref);
+            }
+            bad += !(md <= 1e-5 * fmax(1, mx));
+            free(mm), free(nrm), free(tmp);
+        }
+        free(W);
+    }
+    CHECKM(bad == 0, "PEFT DoRA folds equal the formula (%d off)", bad);
+    CHECK_OK(zl_unet_clear_loras(u));
+    free(sample), free(ts), free(ctx), free(want), free(got);
+done:
+    dora_set_free(&a);
+    dora_set_free(&b);
+    zl_lora_free(plain), zl_lora_free(ex), zl_lora_free(sc);
+    zl_st_close(io);
+    zl_unet_free(u);
+    zl_model_paths_free(&mp);
+}
+
 /* The CLI: generate applies a DoRA LoRA and names it in the PNG; merge refuses it. */
 static void test_cli(void) {
     const char *png = zt_tmp("dora.png");
@@ -442,6 +569,7 @@ int main(void) {
     test_fold_formula();
     test_unet();
     test_text();
+    test_peft();
     test_cli();
     zl_lora_free(g_plain);
     zl_lora_free(g_te_plain);

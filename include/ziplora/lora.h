@@ -37,9 +37,10 @@ typedef struct {
     float alpha;        /* scale = alpha / rank (alpha = rank when the file has none) */
     float *down;        /* [rank, in_features * kh * kw] */
     float *up;          /* [out_features, rank] */
-    float *dora;        /* DoRA magnitude, one per input feature [in_features] (a LyCORIS `dora_scale`
-                           of shape [1, in(, 1, 1)]), or NULL. Only loaded with opts.allow_dora; such a
-                           layer is applied by zl_lora_fold alone (see there) */
+    float *dora;        /* DoRA magnitude, or NULL. Only loaded with opts.allow_dora; such a layer is
+                           applied by zl_lora_fold alone (see there). [in_features]: a LyCORIS
+                           `dora_scale` of shape [1, in(, 1, 1)]; [out_features] when dora_out: */
+    int dora_out;       /* 1: PEFT's `lora_magnitude_vector` (diffusers' --use_dora), per output row */
     zl_dtype dtype;     /* dtype in the file (for writing back) */
 } zl_lora_layer;
 
@@ -91,10 +92,11 @@ typedef struct {
  * product of the factor ranks for LoKr; or the dense update with an identity
  * on the smaller side when that rank is lower), their scale folded into up and
  * alpha = rank. Tucker cores (lora_mid, hada_t1/t2, lokr_t2) are contracted into
- * those factors. DoRA's dora_scale is read only with opts.allow_dora (input-axis
- * magnitudes, [1, in(, 1, 1)]; output-axis ones are refused). Unsupported kinds
- * (DoRA otherwise, PEFT lora_magnitude_vector, OFT, IA3) and keys that map to no
- * module are refused with a message naming the keys.
+ * those factors. DoRA magnitudes are read only with opts.allow_dora: LyCORIS
+ * dora_scale per input feature, [1, in(, 1, 1)] (its output-axis form is refused),
+ * and PEFT lora_magnitude_vector per output feature, [out] or [out, 1, 1, 1].
+ * Unsupported kinds (DoRA otherwise, OFT, IA3) and keys that map to no module are
+ * refused with a message naming the keys.
  *
  * Names are looked up in the name tables (src/models/names.h) of the model's
  * UNet config when opts->unet_config is given (then shapes must match it
@@ -128,11 +130,14 @@ const zl_lora_layer *zl_lora_find(const zl_lora *l, zl_part part, const char *mo
 /* Fold layer l with user weight w into the base weight W [out_features, in_features * kh * kw]
  * (row-major float32, as the module stores it):
  *  - plain LoRA: W += w * scale * up @ down;
- *  - DoRA (l->dora set), as ComfyUI's weight_decompose and A1111's apply_weight_decompose:
- *    Wc = W + scale * up @ down; n_c = the norm of Wc's input channel c (over every output and
- *    kernel position); W' = Wc * dora[c] / n_c (0 where n_c = 0); W += w * (W' - W), W = W' at
- *    w = 1. W is the weight as it stands (earlier LoRAs folded in), as ComfyUI applies patches
- *    in order. ZL_ENOMEM on allocation failure (W unchanged). */
+ *  - LyCORIS DoRA (dora per input feature), as ComfyUI's weight_decompose and A1111's
+ *    apply_weight_decompose: Wc = W + scale * up @ down; n_c = the norm of Wc's input channel c
+ *    (over every output and kernel position); W' = Wc * dora[c] / n_c (0 where n_c = 0);
+ *    W += w * (W' - W), W = W' at w = 1;
+ *  - PEFT DoRA (dora_out), as PEFT merges it: the weight goes inside, Wc = W + w * scale *
+ *    up @ down, and each output row is rescaled to its magnitude: W = Wc * dora[o] / |Wc[o]|.
+ * W is the weight as it stands (earlier LoRAs folded in), as ComfyUI applies patches in
+ * order. ZL_ENOMEM on allocation failure (W unchanged). */
 int zl_lora_fold(const zl_lora_layer *l, float w, float *W);
 
 

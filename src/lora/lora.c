@@ -140,6 +140,18 @@ int zl_lora_fold(const zl_lora_layer *l, float w, float *W) {
         return zl_set_error(ZL_ENOMEM, "out of memory applying the DoRA layer '%s'", l->module);
     }
     memcpy(wc, W, n * sizeof *wc);
+    if (l->dora_out) { /* PEFT: the weight inside, each output row to its magnitude */
+        zl_sgemm(0, 0, out, K, l->rank, w * zl_lora_scale(l), l->up, l->rank, l->down, K, 1.0f, wc, K);
+        for (int o = 0; o < out; o++) {
+            const float *r = wc + (size_t)o * K;
+            double s2 = 0;
+            for (int j = 0; j < K; j++) s2 += (double)r[j] * r[j];
+            const float fo = s2 > 0 ? (float)(l->dora[o] / sqrt(s2)) : 0.0f;
+            for (int j = 0; j < K; j++) W[(size_t)o * K + j] = r[j] * fo;
+        }
+        free(wc), free(f), free(ss);
+        return ZL_OK;
+    }
     zl_sgemm(0, 0, out, K, l->rank, zl_lora_scale(l), l->up, l->rank, l->down, K, 1.0f, wc, K);
     /* squared norm of each input channel: over every output row and kernel position */
     for (int o = 0; o < out; o++) {

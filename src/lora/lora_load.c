@@ -102,7 +102,10 @@ static const struct {
     /* first: read instead with opts.allow_dora (REFUSED_DORA) */
     {".dora_scale", "DoRA (dora_scale) in a LoRA to merge, convert, inspect or zip (generate applies it: a DoRA "
                     "update depends on the base weights, so it is no fixed low-rank update)"},
-    {"lora_magnitude_vector", "DoRA (PEFT lora_magnitude_vector)"},
+    /* second: read instead with opts.allow_dora (REFUSED_PEFT_DORA) */
+    {"lora_magnitude_vector", "DoRA (PEFT lora_magnitude_vector) in a LoRA to merge, convert, inspect or zip "
+                              "(generate applies it: a DoRA update depends on the base weights, so it is no fixed "
+                              "low-rank update)"},
     {".oft_", "OFT (oft_* tensors)"},
     {".boft_", "BOFT (boft_* tensors)"},
     {"lora_embedding_", "embedding LoRA (lora_embedding_A/B)"},
@@ -110,6 +113,7 @@ static const struct {
 };
 #define N_REFUSED ((int)(sizeof refused / sizeof refused[0]))
 #define REFUSED_DORA 0
+#define REFUSED_PEFT_DORA 1
 
 static int refused_kind(const char *key) {
     for (int i = 0; i < N_REFUSED; i++)
@@ -187,6 +191,8 @@ static int parse_key(const char *key, entry *e, int *plain_te) {
         {".lora_down.weight", ROLE_DOWN, ZL_LAYOUT_DIFFUSERS_OLD},
         {".lora_up.weight", ROLE_UP, ZL_LAYOUT_DIFFUSERS_OLD},
         {".alpha", ROLE_ALPHA, ZL_LAYOUT_UNKNOWN},
+        {".lora_magnitude_vector", ROLE_DORA, ZL_LAYOUT_PEFT},
+        {".lora_magnitude_vector.weight", ROLE_DORA, ZL_LAYOUT_PEFT},
     };
     for (size_t i = 0; i < sizeof sufs / sizeof sufs[0]; i++) {
         long n = base_len(r, sufs[i].suf);
@@ -555,7 +561,7 @@ static int parse_all(loader *L, int *plain_te) {
     for (int i = 0; i < n; i++) {
         const zl_st_tensor *t = zl_st_at(L->f, i);
         int k = refused_kind(t->name);
-        if (k == REFUSED_DORA && L->allow_dora) k = -1; /* parsed as ROLE_DORA (kohya names) */
+        if ((k == REFUSED_DORA || k == REFUSED_PEFT_DORA) && L->allow_dora) k = -1; /* parsed as ROLE_DORA */
         if (k >= 0) {
             if (kind < 0) kind = k;
             if (k == kind) bad[nbad++] = t->name;
@@ -1244,16 +1250,27 @@ static int build_factors(loader *L, group *g, int strict, zl_lora_layer *y) {
     return ZL_OK;
 }
 
-/* A DoRA magnitude must be LyCORIS's input-axis form, [1, in] or [1, in, 1, 1]
- * (wd_on_out off), the one ComfyUI and A1111 apply. The output-axis form
- * ([out, 1, ...], wd_on_out) is read differently by different tools, so it is
- * refused rather than guessed. */
-static int dora_check(loader *L, const group *g, const zl_lora_layer *y) {
+/* A kohya-named DoRA magnitude (dora_scale) must be LyCORIS's input-axis form,
+ * [1, in] or [1, in, 1, 1] (wd_on_out off), the one ComfyUI and A1111 apply. The
+ * output-axis form ([out, 1, ...], wd_on_out) is read differently by different
+ * tools, so it is refused rather than guessed. A PEFT one (lora_magnitude_vector,
+ * dotted names) is per output feature: [out], or [out, 1, 1, 1] for a conv. */
+static int dora_check(loader *L, const group *g, zl_lora_layer *y) {
     const zl_st_tensor *t = g->e[ROLE_DORA]->t;
     char ts[96];
     shape_str(ts, sizeof ts, t);
     int trailing_ones = 1;
     for (int i = 2; i < t->ndim; i++) trailing_ones &= t->shape[i] == 1;
+    if (!g->e[ROLE_DORA]->flat) {
+        int rest_ones = 1;
+        for (int i = 1; i < t->ndim; i++) rest_ones &= t->shape[i] == 1;
+        if (t->ndim >= 1 && t->shape[0] == y->out_features && rest_ones) {
+            y->dora_out = 1;
+            return ZL_OK;
+        }
+        return zl_set_error(ZL_ESHAPE, "%s: DoRA magnitude '%s' has shape %s; module '%s' wants [%d] (one per output "
+                                       "feature)", L->path, g->e[ROLE_DORA]->key, ts, y->module, y->out_features);
+    }
     if ((t->ndim == 2 || t->ndim == 4) && trailing_ones && t->shape[0] == 1 && t->shape[1] == y->in_features)
         return ZL_OK;
     if ((t->ndim == 2 || t->ndim == 4) && trailing_ones && t->shape[1] == 1 && t->shape[0] == y->out_features)
@@ -1265,6 +1282,7 @@ static int dora_check(loader *L, const group *g, const zl_lora_layer *y) {
 }
 
 static int build_layer(loader *L, group *g, int strict, zl_lora_layer *y) {
+    y->dora_out = 0;
     int rc = build_factors(L, g, strict, y);
     if (!rc && g->e[ROLE_DORA]) rc = dora_check(L, g, y);
     return rc;
