@@ -271,6 +271,16 @@ static void test_refusals(void) {
     CHECKM(rc == ZL_ESHAPE && strstr(zl_errmsg(), "lora_magnitude_vector") && strstr(zl_errmsg(), "per output"),
            "PEFT magnitude of the wrong length: %d %s", rc, zl_errmsg());
     zl_lora_free(l);
+    /* dora_scale under other than kohya names (no tool writes those): still refused as DoRA */
+    snprintf(pm, sizeof pm, "unet.%s.dora_scale", y->module);
+    pe[2] = (zl_st_entry){.name = pm, .dtype = ZL_DT_F32, .ndim = 2, .shape = {1, in}, .data = mag};
+    path = zt_tmp("dotted_dora_scale.safetensors");
+    CHECK_OK(zl_st_write(path, pe, 3, NULL, 0, NULL, 0));
+    l = NULL;
+    rc = zl_lora_load(path, &o, &l);
+    CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), "DoRA") && strstr(zl_errmsg(), ".dora_scale"),
+           "a dotted dora_scale: %d %s", rc, zl_errmsg());
+    zl_lora_free(l);
     free(mag);
 }
 

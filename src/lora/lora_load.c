@@ -561,7 +561,8 @@ static int parse_all(loader *L, int *plain_te) {
     for (int i = 0; i < n; i++) {
         const zl_st_tensor *t = zl_st_at(L->f, i);
         int k = refused_kind(t->name);
-        if ((k == REFUSED_DORA || k == REFUSED_PEFT_DORA) && L->allow_dora) k = -1; /* parsed as ROLE_DORA */
+        /* parsed as ROLE_DORA: dora_scale with kohya names (LyCORIS), lora_magnitude_vector with PEFT's */
+        if (L->allow_dora && (k == REFUSED_PEFT_DORA || (k == REFUSED_DORA && !strncmp(t->name, "lora_", 5)))) k = -1;
         if (k >= 0) {
             if (kind < 0) kind = k;
             if (k == kind) bad[nbad++] = t->name;
