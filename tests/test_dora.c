@@ -349,28 +349,53 @@ static float *io_load(zl_st_file *f, const char *name) {
     return zl_st_load_f32(f, name, &n);
 }
 
+/* tiny-sd15's UNet (stored weights) and its unet_io inputs. */
+typedef struct {
+    zl_model_paths mp;
+    zl_unet *u;
+    zl_st_file *io;
+    float *sample, *ts, *ctx;
+    zl_unet_input in;
+    size_t n;
+} unet_fx;
+
+static void fx_close(unet_fx *x) {
+    free(x->sample), free(x->ts), free(x->ctx);
+    zl_st_close(x->io);
+    zl_unet_free(x->u);
+    zl_model_paths_free(&x->mp);
+}
+
+static int fx_open(unet_fx *x) {
+    memset(x, 0, sizeof *x);
+    CHECK_OK(zl_model_paths_resolve(zt_data("tiny-sd15"), &x->mp));
+    zl_unet_load_opts uo = {.weights = ZL_UNET_WEIGHTS_STORED};
+    CHECK_OK(zl_unet_load_model(&x->mp, &uo, &x->u));
+    CHECK_OK(zl_st_open(zt_data("tiny-sd15/unet_io.safetensors"), &x->io));
+    if (!x->u || !x->io) {
+        fx_close(x);
+        return 0;
+    }
+    const zl_st_tensor *s = zl_st_find(x->io, "sample"), *c = zl_st_find(x->io, "encoder_hidden_states");
+    x->sample = io_load(x->io, "sample"), x->ts = io_load(x->io, "timestep");
+    x->ctx = io_load(x->io, "encoder_hidden_states");
+    x->in = (zl_unet_input){(int)s->shape[0], (int)s->shape[2], (int)s->shape[3], (int)c->shape[1], x->sample, x->ts,
+                            x->ctx, NULL, NULL};
+    x->n = (size_t)s->numel;
+    return 1;
+}
+
 /* The UNet: exact magnitudes reproduce diffusers' out_style; scaled ones fold to the
  * formula in every module (checked in the module weights) and change the output;
  * a DoRA layer is refused as a runtime branch. */
 static void test_unet(void) {
-    zl_model_paths mp;
-    CHECK_OK(zl_model_paths_resolve(zt_data("tiny-sd15"), &mp));
-    zl_unet_load_opts uo = {.weights = ZL_UNET_WEIGHTS_STORED};
-    zl_unet *u = NULL;
-    CHECK_OK(zl_unet_load_model(&mp, &uo, &u));
-    zl_st_file *io = NULL;
-    CHECK_OK(zl_st_open(zt_data("tiny-sd15/unet_io.safetensors"), &io));
-    if (!u || !io) {
-        zl_unet_free(u);
-        zl_st_close(io);
-        zl_model_paths_free(&mp);
-        return;
-    }
-    const zl_st_tensor *s = zl_st_find(io, "sample"), *c = zl_st_find(io, "encoder_hidden_states");
-    float *sample = io_load(io, "sample"), *ts = io_load(io, "timestep"), *ctx = io_load(io, "encoder_hidden_states");
+    unet_fx x;
+    if (!fx_open(&x)) return;
+    zl_unet *u = x.u;
+    zl_st_file *io = x.io;
+    const zl_unet_input in = x.in;
+    const size_t n = x.n;
     float *want = io_load(io, "out_style");
-    zl_unet_input in = {(int)s->shape[0], (int)s->shape[2], (int)s->shape[3], (int)c->shape[1], sample, ts, ctx, NULL, NULL};
-    const size_t n = (size_t)s->numel;
     float *got = malloc(sizeof(float) * n), *plain = malloc(sizeof(float) * n);
     zl_lora_load_opts o = {.unet_config = zl_unet_get_config(u), .expect_family = ZL_FAMILY_SD1, .allow_dora = 1};
 
@@ -422,10 +447,8 @@ static void test_unet(void) {
         free(base);
     }
     zl_lora_free(ex), zl_lora_free(sc);
-    free(sample), free(ts), free(ctx), free(want), free(got), free(plain);
-    zl_st_close(io);
-    zl_unet_free(u);
-    zl_model_paths_free(&mp);
+    free(want), free(got), free(plain);
+    fx_close(&x);
 }
 
 /* The text encoder: exact magnitudes reproduce text_io's LoRA references. */
@@ -475,18 +498,15 @@ static void test_peft(void) {
     snprintf(ac, sizeof ac, "%s", zt_data("tiny-sd15/loras/content.adapter_config.json"));
     snprintf(ex_path, sizeof ex_path, "%s", zt_tmp("content_peft_dora_exact.safetensors"));
     snprintf(sc_path, sizeof sc_path, "%s", zt_tmp("content_peft_dora.safetensors"));
-    zl_model_paths mp;
-    CHECK_OK(zl_model_paths_resolve(zt_data("tiny-sd15"), &mp));
-    zl_unet_load_opts uo = {.weights = ZL_UNET_WEIGHTS_STORED};
-    zl_unet *u = NULL;
-    CHECK_OK(zl_unet_load_model(&mp, &uo, &u));
-    zl_st_file *io = NULL;
-    CHECK_OK(zl_st_open(zt_data("tiny-sd15/unet_io.safetensors"), &io));
+    unet_fx x;
+    if (!fx_open(&x)) return;
+    zl_unet *u = x.u;
+    zl_st_file *io = x.io;
     zl_lora_load_opts o = {.adapter_config = ac, .expect_family = ZL_FAMILY_SD1};
     zl_lora *plain = NULL, *ex = NULL, *sc = NULL;
     CHECK_OK(zl_lora_load(zt_data("tiny-sd15/loras/content.peft.safetensors"), &o, &plain));
     dora_set a = {0}, b = {0};
-    if (!u || !io || !plain) goto done;
+    if (!plain) goto done;
     CHECK(write_dora(zt_data("tiny-sd15/loras/content.peft.safetensors"), ex_path, plain, g_unet_w, g_te_w, 0, 1, &a) == 0);
     CHECK(write_dora(zt_data("tiny-sd15/loras/content.peft.safetensors"), sc_path, plain, g_unet_w, g_te_w, 1, 1, &b) == 0);
     int rc = zl_lora_load(sc_path, &o, &sc);
@@ -501,11 +521,9 @@ static void test_peft(void) {
         all_out &= sc->layers[k].dora_out && !memcmp(sc->layers[k].dora, b.vals[k], sizeof(float) * (size_t)sc->layers[k].out_features);
     CHECKM(all_out, "every PEFT magnitude read per output row, values exact");
 
-    const zl_st_tensor *s = zl_st_find(io, "sample"), *c = zl_st_find(io, "encoder_hidden_states");
-    float *sample = io_load(io, "sample"), *ts = io_load(io, "timestep"), *ctx = io_load(io, "encoder_hidden_states");
     float *want = io_load(io, "out_content");
-    zl_unet_input in = {(int)s->shape[0], (int)s->shape[2], (int)s->shape[3], (int)c->shape[1], sample, ts, ctx, NULL, NULL};
-    const size_t n = (size_t)s->numel;
+    const zl_unet_input in = x.in;
+    const size_t n = x.n;
     float *got = malloc(sizeof(float) * n);
     CHECK_OK(zl_unet_add_lora(u, ex, 1.0f, ZL_UNET_LORA_FOLD, NULL));
     CHECK_OK(zl_unet_forward(u, &in, got));
@@ -550,14 +568,12 @@ static void test_peft(void) {
     }
     CHECKM(bad == 0, "PEFT DoRA folds equal the formula (%d off)", bad);
     CHECK_OK(zl_unet_clear_loras(u));
-    free(sample), free(ts), free(ctx), free(want), free(got);
+    free(want), free(got);
 done:
     dora_set_free(&a);
     dora_set_free(&b);
     zl_lora_free(plain), zl_lora_free(ex), zl_lora_free(sc);
-    zl_st_close(io);
-    zl_unet_free(u);
-    zl_model_paths_free(&mp);
+    fx_close(&x);
 }
 
 /* The CLI: generate applies a DoRA LoRA and names it in the PNG; merge refuses it. */
