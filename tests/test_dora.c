@@ -281,6 +281,32 @@ static void test_refusals(void) {
     CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), "DoRA") && strstr(zl_errmsg(), ".dora_scale"),
            "a dotted dora_scale: %d %s", rc, zl_errmsg());
     zl_lora_free(l);
+    /* a LyCORIS LoHa module with a dora_scale: its magnitude is read the same way */
+    {
+        char h[4][512], hs[512];
+        const char *suf[4] = {".hada_w1_a", ".hada_w1_b", ".hada_w2_a", ".hada_w2_b"};
+        float *fa = malloc(sizeof(float) * (size_t)out * 2), *fb = malloc(sizeof(float) * (size_t)2 * in);
+        for (int i = 0; i < out * 2; i++) fa[i] = 0.01f * (float)(i % 7 - 3);
+        for (int i = 0; i < 2 * in; i++) fb[i] = 0.02f * (float)(i % 5 - 2);
+        for (int c = 0; c < in; c++) mag[c] = 0.5f + 0.01f * (float)c;
+        zl_st_entry he[5];
+        for (int i = 0; i < 4; i++) {
+            kohya_key(h[i], sizeof h[i], "lora_unet_", y->module, suf[i]);
+            he[i] = (zl_st_entry){.name = h[i], .dtype = ZL_DT_F32, .ndim = 2, .shape = {i % 2 ? 2 : out, i % 2 ? in : 2},
+                                  .data = i % 2 ? (const void *)fb : (const void *)fa};
+        }
+        kohya_key(hs, sizeof hs, "lora_unet_", y->module, ".dora_scale");
+        he[4] = (zl_st_entry){.name = hs, .dtype = ZL_DT_F32, .ndim = 2, .shape = {1, in}, .data = mag};
+        path = zt_tmp("loha_dora.safetensors");
+        CHECK_OK(zl_st_write(path, he, 5, NULL, 0, NULL, 0));
+        l = NULL;
+        CHECK_OK(zl_lora_load(path, &o, &l));
+        CHECKM(l && l->n == 1 && l->n_loha == 1 && l->n_dora == 1 && l->layers[0].dora && !l->layers[0].dora_out &&
+                   !memcmp(l->layers[0].dora, mag, sizeof(float) * (size_t)in),
+               "a LoHa module's dora_scale is read: %s", l ? "" : zl_errmsg());
+        zl_lora_free(l);
+        free(fa), free(fb);
+    }
     free(mag);
 }
 
