@@ -80,8 +80,9 @@ typedef struct {
     zl_family expect_family;           /* if set, a LoRA for another family is an error */
     const zl_clip_config *te1_config;  /* the target's text encoders: when given, text-encoder */
     const zl_clip_config *te2_config;  /* layers must match their shapes (else names only) */
-    int allow_dora;                    /* 1: read DoRA magnitudes (LyCORIS `dora_scale`) into the layers'
-                                          dora instead of refusing them; for callers that fold LoRAs
+    int allow_dora;                    /* 1: read DoRA magnitudes (LyCORIS `dora_scale`, PEFT
+                                          `lora_magnitude_vector`) into the layers' dora instead of
+                                          refusing them; for callers that fold LoRAs
                                           into base weights with zl_lora_fold (generate). A DoRA update
                                           depends on the base weight, so it cannot be merged, converted
                                           or zipped; the lazy loaders never read it */

@@ -126,12 +126,27 @@ int zl_lora_top_tags(const zl_lora *l, int k, char ***tags, int *n) {
     return rc;
 }
 
-int zl_lora_fold(const zl_lora_layer *l, float w, float *W) {
-    const int out = l->out_features, in = l->in_features, khw = l->kh * l->kw, K = in * khw;
-    if (!l->dora) {
-        zl_sgemm(0, 0, out, K, l->rank, w * zl_lora_scale(l), l->up, l->rank, l->down, K, 1.0f, W, K);
-        return ZL_OK;
+/* PEFT's DoRA: Wc = W + w * scale * up @ down, each output row rescaled to its magnitude. */
+static int fold_dora_rows(const zl_lora_layer *l, float w, float *W, int out, int K) {
+    float *wc = malloc((size_t)out * (size_t)K * sizeof *wc);
+    if (!wc) return zl_set_error(ZL_ENOMEM, "out of memory applying the DoRA layer '%s'", l->module);
+    memcpy(wc, W, (size_t)out * (size_t)K * sizeof *wc);
+    zl_sgemm(0, 0, out, K, l->rank, w * zl_lora_scale(l), l->up, l->rank, l->down, K, 1.0f, wc, K);
+    for (int o = 0; o < out; o++) {
+        const float *r = wc + (size_t)o * K;
+        double s2 = 0;
+        for (int j = 0; j < K; j++) s2 += (double)r[j] * r[j];
+        const float fo = s2 > 0 ? (float)(l->dora[o] / sqrt(s2)) : 0.0f;
+        for (int j = 0; j < K; j++) W[(size_t)o * K + j] = r[j] * fo;
     }
+    free(wc);
+    return ZL_OK;
+}
+
+/* LyCORIS's DoRA (ComfyUI, A1111): Wc = W + scale * up @ down, each input channel rescaled
+ * to its magnitude, then W moves w of the way to that. */
+static int fold_dora_cols(const zl_lora_layer *l, float w, float *W, int out, int in, int khw) {
+    const int K = in * khw;
     const size_t n = (size_t)out * (size_t)K;
     float *wc = malloc(n * sizeof *wc), *f = malloc((size_t)in * sizeof *f);
     double *ss = calloc((size_t)in, sizeof *ss);
@@ -140,18 +155,6 @@ int zl_lora_fold(const zl_lora_layer *l, float w, float *W) {
         return zl_set_error(ZL_ENOMEM, "out of memory applying the DoRA layer '%s'", l->module);
     }
     memcpy(wc, W, n * sizeof *wc);
-    if (l->dora_out) { /* PEFT: the weight inside, each output row to its magnitude */
-        zl_sgemm(0, 0, out, K, l->rank, w * zl_lora_scale(l), l->up, l->rank, l->down, K, 1.0f, wc, K);
-        for (int o = 0; o < out; o++) {
-            const float *r = wc + (size_t)o * K;
-            double s2 = 0;
-            for (int j = 0; j < K; j++) s2 += (double)r[j] * r[j];
-            const float fo = s2 > 0 ? (float)(l->dora[o] / sqrt(s2)) : 0.0f;
-            for (int j = 0; j < K; j++) W[(size_t)o * K + j] = r[j] * fo;
-        }
-        free(wc), free(f), free(ss);
-        return ZL_OK;
-    }
     zl_sgemm(0, 0, out, K, l->rank, zl_lora_scale(l), l->up, l->rank, l->down, K, 1.0f, wc, K);
     /* squared norm of each input channel: over every output row and kernel position */
     for (int o = 0; o < out; o++) {
@@ -171,5 +174,12 @@ int zl_lora_fold(const zl_lora_layer *l, float w, float *W) {
             }
     }
     free(wc), free(f), free(ss);
+    return ZL_OK;
+}
+
+int zl_lora_fold(const zl_lora_layer *l, float w, float *W) {
+    const int out = l->out_features, in = l->in_features, khw = l->kh * l->kw, K = in * khw;
+    if (l->dora) return l->dora_out ? fold_dora_rows(l, w, W, out, K) : fold_dora_cols(l, w, W, out, in, khw);
+    zl_sgemm(0, 0, out, K, l->rank, w * zl_lora_scale(l), l->up, l->rank, l->down, K, 1.0f, W, K);
     return ZL_OK;
 }

@@ -95,17 +95,15 @@ static char *strndup_(const char *s, size_t n) {
 
 /* LyCORIS and PEFT variants whose math is not LoRA's up @ down: refuse them by
  * name rather than load something else. */
+#define DORA_WHY " in a LoRA to merge, convert, inspect or zip (generate applies it: a DoRA update depends on " \
+                 "the base weights, so it is no fixed low-rank update)"
 static const struct {
     const char *marker;
     const char *what;
 } refused[] = {
-    /* first: read instead with opts.allow_dora (REFUSED_DORA) */
-    {".dora_scale", "DoRA (dora_scale) in a LoRA to merge, convert, inspect or zip (generate applies it: a DoRA "
-                    "update depends on the base weights, so it is no fixed low-rank update)"},
-    /* second: read instead with opts.allow_dora (REFUSED_PEFT_DORA) */
-    {"lora_magnitude_vector", "DoRA (PEFT lora_magnitude_vector) in a LoRA to merge, convert, inspect or zip "
-                              "(generate applies it: a DoRA update depends on the base weights, so it is no fixed "
-                              "low-rank update)"},
+    /* the first two are read instead with opts.allow_dora (REFUSED_DORA, REFUSED_PEFT_DORA) */
+    {".dora_scale", "DoRA (dora_scale)" DORA_WHY},
+    {"lora_magnitude_vector", "DoRA (PEFT lora_magnitude_vector)" DORA_WHY},
     {".oft_", "OFT (oft_* tensors)"},
     {".boft_", "BOFT (boft_* tensors)"},
     {"lora_embedding_", "embedding LoRA (lora_embedding_A/B)"},
