@@ -142,6 +142,40 @@ static int write_dora(const char *src, const char *dst, const zl_lora *l, zl_st_
     return rc;
 }
 
+/* src's tensors under PEFT's names with the adapter name kept (as model.state_dict()
+ * saves them): .lora_A.weight -> .lora_A.<ad>.weight, likewise lora_B, and
+ * .lora_magnitude_vector -> .lora_magnitude_vector.<ad>.weight. */
+static int write_adapter_named(const char *src, const char *dst, const char *ad) {
+    zl_st_file *f = NULL;
+    if (zl_st_open(src, &f)) return -1;
+    const int ns = zl_st_count(f);
+    zl_st_entry *e = calloc((size_t)ns, sizeof *e);
+    char **names = calloc((size_t)ns, sizeof *names);
+    for (int i = 0; i < ns; i++) {
+        const zl_st_tensor *t = zl_st_at(f, i);
+        const size_t L = strlen(t->name);
+        names[i] = malloc(L + strlen(ad) + 16);
+        static const char *const sufs[3] = {".lora_A.weight", ".lora_B.weight", ".lora_magnitude_vector"};
+        strcpy(names[i], t->name);
+        for (int k = 0; k < 3; k++) {
+            const size_t sl = strlen(sufs[k]);
+            if (L <= sl || strcmp(t->name + L - sl, sufs[k])) continue;
+            const size_t stem = k < 2 ? L - 7 : L; /* up to ".lora_A" or the whole key */
+            sprintf(names[i] + stem, ".%s.weight", ad);
+        }
+        e[i].name = names[i];
+        e[i].dtype = t->dtype;
+        e[i].ndim = t->ndim;
+        memcpy(e[i].shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+        e[i].data = t->data;
+    }
+    int rc = zl_st_write(dst, e, ns, NULL, 0, NULL, 0);
+    for (int i = 0; i < ns; i++) free(names[i]);
+    free(names), free(e);
+    zl_st_close(f);
+    return rc;
+}
+
 static void dora_set_free(dora_set *ds) {
     for (int k = 0; k < ds->n; k++) free(ds->names[k]), free(ds->vals[k]);
     free(ds->names), free(ds->vals), free(ds->ndim), free(ds->shape);
@@ -546,6 +580,29 @@ static void test_peft(void) {
     for (int k = 0; k < sc->n; k++)
         all_out &= sc->layers[k].dora_out && !memcmp(sc->layers[k].dora, b.vals[k], sizeof(float) * (size_t)sc->layers[k].out_features);
     CHECKM(all_out, "every PEFT magnitude read per output row, values exact");
+    {
+        /* the same file with the adapter name kept in every key reads the same */
+        char an_path[1024];
+        snprintf(an_path, sizeof an_path, "%s", zt_tmp("content_peft_dora_named.safetensors"));
+        CHECK(write_adapter_named(sc_path, an_path, "default") == 0);
+        zl_lora *an = NULL;
+        CHECK_OK(zl_lora_load(an_path, &o, &an));
+        int same = an && an->n == sc->n && an->n_dora == sc->n_dora;
+        for (int k = 0; same && k < sc->n; k++) {
+            const zl_lora_layer *p = &sc->layers[k], *q = &an->layers[k];
+            same = !strcmp(p->module, q->module) && q->dora_out && p->rank == q->rank && p->alpha == q->alpha &&
+                   !memcmp(p->dora, q->dora, sizeof(float) * (size_t)p->out_features) &&
+                   !memcmp(p->up, q->up, sizeof(float) * (size_t)p->out_features * p->rank);
+        }
+        CHECKM(same, "PEFT DoRA with the adapter name in its keys (.lora_magnitude_vector.default.weight) reads "
+                     "as without: %s", an ? "" : zl_errmsg());
+        zl_lora_free(an);
+        zl_lora_load_opts no = o;
+        no.allow_dora = 0;
+        rc = zl_lora_load(an_path, &no, &an);
+        CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), "lora_magnitude_vector"),
+               "adapter-named DoRA refused without allow_dora: %d %s", rc, zl_errmsg());
+    }
 
     float *want = io_load(io, "out_content");
     const zl_unet_input in = x.in;

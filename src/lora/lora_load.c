@@ -201,15 +201,21 @@ static int parse_key(const char *key, entry *e, int *plain_te) {
         return e->name ? 0 : ZL_ENOMEM;
     }
     if (e->comfy) return 1; /* ComfyUI names a module by its path and nothing else */
-    /* PEFT with the adapter name kept: <module>.lora_A.<adapter>.weight */
-    for (int ab = 0; ab < 2; ab++) {
-        const char *tag = ab ? ".lora_B." : ".lora_A.";
+    /* PEFT with the adapter name kept: <module>.lora_A.<adapter>.weight (and the DoRA
+     * magnitude, <module>.lora_magnitude_vector.<adapter>[.weight]) */
+    static const struct {
+        const char *tag;
+        role_t role;
+        int bare; /* the key may end at the adapter name */
+    } tags[3] = {{".lora_A.", ROLE_DOWN, 0}, {".lora_B.", ROLE_UP, 0}, {".lora_magnitude_vector.", ROLE_DORA, 1}};
+    for (int ab = 0; ab < 3; ab++) {
+        const char *tag = tags[ab].tag;
         const char *p = NULL, *q = r;
         while ((q = strstr(q, tag))) p = q++;
         if (!p || p == r) continue;
-        const char *adapter = p + 8, *w = strchr(adapter, '.');
-        if (!w || w == adapter || strcmp(w, ".weight")) continue;
-        e->role = ab ? ROLE_UP : ROLE_DOWN;
+        const char *adapter = p + strlen(tag), *w = strchr(adapter, '.');
+        if (w == adapter || !*adapter || (w ? strcmp(w, ".weight") : !tags[ab].bare)) continue;
+        e->role = tags[ab].role;
         e->layout = ZL_LAYOUT_PEFT;
         e->name = strndup_(r, (size_t)(p - r));
         return e->name ? 0 : ZL_ENOMEM;
