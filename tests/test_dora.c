@@ -89,8 +89,8 @@ typedef struct {
  * alternating 1.25 / 0.8): kohya's dora_scale [1, in] per input channel, or with peft,
  * PEFT's <prefix><module>.lora_magnitude_vector [out] per output row. Also returns the
  * values written (for the checks). */
-static int write_dora(const char *src, const char *dst, const zl_lora *l, zl_st_file *unet_w, zl_st_file *te_w,
-                      int scaled, int peft, dora_set *ds) {
+static int write_dora2(const char *src, const char *dst, const zl_lora *l, zl_st_file *unet_w, zl_st_file *te_w,
+                       zl_st_file *te2_w, int sdxl, int scaled, int peft, dora_set *ds) {
     zl_st_file *f = NULL;
     if (zl_st_open(src, &f)) return -1;
     const int ns = zl_st_count(f);
@@ -112,7 +112,7 @@ static int write_dora(const char *src, const char *dst, const zl_lora *l, zl_st_
     for (int k = 0; k < l->n; k++) {
         const zl_lora_layer *y = &l->layers[k];
         const int unet = y->part == ZL_PART_UNET;
-        float *W = base_weight(unet ? unet_w : te_w, "", y);
+        float *W = base_weight(unet ? unet_w : y->part == ZL_PART_TE1 ? te_w : te2_w, "", y);
         if (!W) return -1;
         double *m = merged(y, W), *nrm = peft ? row_norms(y, m) : col_norms(y, m);
         const int nv = peft ? y->out_features : y->in_features;
@@ -120,9 +120,12 @@ static int write_dora(const char *src, const char *dst, const zl_lora *l, zl_st_
         for (int c = 0; c < nv; c++) ds->vals[k][c] = (float)(nrm[c] * (scaled ? (c % 2 ? 0.8 : 1.25) : 1.0));
         char key[512];
         if (peft)
-            snprintf(key, sizeof key, "%s%s.lora_magnitude_vector", unet ? "unet." : "text_encoder.", y->module);
+            snprintf(key, sizeof key, "%s%s.lora_magnitude_vector",
+                     unet ? "unet." : y->part == ZL_PART_TE1 ? "text_encoder." : "text_encoder_2.", y->module);
         else
-            kohya_key(key, sizeof key, unet ? "lora_unet_" : "lora_te_", y->module, ".dora_scale");
+            kohya_key(key, sizeof key,
+                      unet ? "lora_unet_" : y->part == ZL_PART_TE2 ? "lora_te2_" : sdxl ? "lora_te1_" : "lora_te_",
+                      y->module, ".dora_scale");
         ds->names[k] = strdup(key);
         ds->ndim[k] = peft ? 1 : y->kind == ZL_LORA_CONV ? 4 : 2;
         int64_t sh[4] = {1, y->in_features, 1, 1};
@@ -140,6 +143,12 @@ static int write_dora(const char *src, const char *dst, const zl_lora *l, zl_st_
     free(e);
     zl_st_close(f);
     return rc;
+}
+
+/* write_dora2 for SD 1.x (text encoder 1 only). */
+static int write_dora(const char *src, const char *dst, const zl_lora *l, zl_st_file *unet_w, zl_st_file *te_w,
+                      int scaled, int peft, dora_set *ds) {
+    return write_dora2(src, dst, l, unet_w, te_w, NULL, 0, scaled, peft, ds);
 }
 
 /* src's tensors under PEFT's names with the adapter name kept (as model.state_dict()
@@ -414,24 +423,27 @@ typedef struct {
     zl_model_paths mp;
     zl_unet *u;
     zl_st_file *io;
-    float *sample, *ts, *ctx;
+    float *sample, *ts, *ctx, *te, *tid;
     zl_unet_input in;
     size_t n;
 } unet_fx;
 
 static void fx_close(unet_fx *x) {
-    free(x->sample), free(x->ts), free(x->ctx);
+    free(x->sample), free(x->ts), free(x->ctx), free(x->te), free(x->tid);
     zl_st_close(x->io);
     zl_unet_free(x->u);
     zl_model_paths_free(&x->mp);
 }
 
-static int fx_open(unet_fx *x) {
+/* A fixture's UNet (stored weights) and its unet_io inputs (SDXL's added ones too). */
+static int fx_open_at(unet_fx *x, const char *fixture) {
+    char path[512];
     memset(x, 0, sizeof *x);
-    CHECK_OK(zl_model_paths_resolve(zt_data("tiny-sd15"), &x->mp));
+    CHECK_OK(zl_model_paths_resolve(zt_data(fixture), &x->mp));
     zl_unet_load_opts uo = {.weights = ZL_UNET_WEIGHTS_STORED};
     CHECK_OK(zl_unet_load_model(&x->mp, &uo, &x->u));
-    CHECK_OK(zl_st_open(zt_data("tiny-sd15/unet_io.safetensors"), &x->io));
+    snprintf(path, sizeof path, "%s/unet_io.safetensors", fixture);
+    CHECK_OK(zl_st_open(zt_data(path), &x->io));
     if (!x->u || !x->io) {
         fx_close(x);
         return 0;
@@ -439,11 +451,14 @@ static int fx_open(unet_fx *x) {
     const zl_st_tensor *s = zl_st_find(x->io, "sample"), *c = zl_st_find(x->io, "encoder_hidden_states");
     x->sample = io_load(x->io, "sample"), x->ts = io_load(x->io, "timestep");
     x->ctx = io_load(x->io, "encoder_hidden_states");
+    if (zl_st_find(x->io, "text_embeds")) x->te = io_load(x->io, "text_embeds"), x->tid = io_load(x->io, "time_ids");
     x->in = (zl_unet_input){(int)s->shape[0], (int)s->shape[2], (int)s->shape[3], (int)c->shape[1], x->sample, x->ts,
-                            x->ctx, NULL, NULL};
+                            x->ctx, x->te, x->tid};
     x->n = (size_t)s->numel;
     return 1;
 }
+
+static int fx_open(unet_fx *x) { return fx_open_at(x, "tiny-sd15"); }
 
 /* The UNet: exact magnitudes reproduce diffusers' out_style; scaled ones fold to the
  * formula in every module (checked in the module weights) and change the output;
@@ -659,6 +674,202 @@ done:
     fx_close(&x);
 }
 
+/* ||up @ down - D||_F / ||D||_F in double, D [out, K] given in double. */
+static double factor_err(const zl_lora_layer *y, const double *D) {
+    const int out = y->out_features, K = y->in_features * y->kh * y->kw;
+    const double s = (double)y->alpha / y->rank;
+    double e = 0, t = 0;
+    for (int o = 0; o < out; o++)
+        for (int j = 0; j < K; j++) {
+            double v = 0;
+            for (int r = 0; r < y->rank; r++) v += (double)y->up[(size_t)o * y->rank + r] * y->down[(size_t)r * K + j];
+            const double d = D[(size_t)o * K + j];
+            e += (s * v - d) * (s * v - d);
+            t += d * d;
+        }
+    return t > 0 ? sqrt(e / t) : sqrt(e);
+}
+
+/* Layers of `baked` (a DoRA LoRA with exact magnitudes, baked) that are not their plain
+ * layer's update s * up @ down within 1e-5 (relative, in double); base weights from the
+ * model files of each part. */
+static int bake_mismatches(const zl_lora *plain, const zl_lora *baked, zl_st_file *uw, zl_st_file *t1, zl_st_file *t2) {
+    int bad = baked->n != plain->n ? plain->n : 0;
+    for (int k = 0; !bad && k < baked->n; k++) {
+        const zl_lora_layer *p = &plain->layers[k];
+        float *W = base_weight(p->part == ZL_PART_UNET ? uw : p->part == ZL_PART_TE1 ? t1 : t2, "", p);
+        if (!W) {
+            bad++;
+            continue;
+        }
+        double *mm = merged(p, W);
+        const size_t nn = (size_t)p->out_features * p->in_features * p->kh * p->kw;
+        for (size_t i = 0; i < nn; i++) mm[i] -= W[i];
+        const double e = factor_err(&baked->layers[k], mm);
+        bad += strcmp(p->module, baked->layers[k].module) || p->part != baked->layers[k].part || !(e <= 1e-5);
+        free(W), free(mm);
+    }
+    return bad;
+}
+
+/* Baking DoRA into a plain LoRA (zl_lora_bake_dora, convert --model). The change D = W' - W
+ * is computed here in double from the DoRA formula (LyCORIS form, per input channel):
+ *  - at full rank the factors reproduce D;
+ *  - at the layer's rank the reported error is that of the factors, and no worse than the
+ *    layer's own up @ down as a rank-r candidate (the truncated SVD is the best one);
+ *  - with exact magnitudes D is the LoRA's own update (error ~0), so the baked file,
+ *    written by convert, reproduces diffusers' out_style as a plain LoRA;
+ *  - the text encoder's layers are baked from its weights the same way. */
+static void test_bake(void) {
+    zl_lora_load_opts o = {.expect_family = ZL_FAMILY_SD1, .allow_dora = 1};
+    zl_lora *sc = NULL, *full = NULL;
+    CHECK_OK(zl_lora_load(g_scaled, &o, &sc));
+    CHECK_OK(zl_lora_load(g_scaled, &o, &full));
+    if (!sc || !full) goto done;
+    int bad_full = 0, bad_err = 0, bad_opt = 0, n_lossy = 0;
+    for (int k = 0; k < sc->n; k++) {
+        zl_lora_layer *y = &sc->layers[k], *yf = &full->layers[k];
+        const int out = y->out_features, K = y->in_features * y->kh * y->kw, khw = y->kh * y->kw;
+        float *W = base_weight(g_unet_w, "", y);
+        if (!W) continue;
+        double *mm = merged(y, W), *nrm = col_norms(y, mm);
+        double *D = malloc(sizeof(double) * (size_t)out * K), *L = malloc(sizeof(double) * (size_t)out * K);
+        for (size_t i = 0; i < (size_t)out * K; i++) {
+            const int ch = (int)(i % (size_t)K) / khw;
+            D[i] = mm[i] * y->dora[ch] / nrm[ch] - W[i];
+            L[i] = mm[i] - W[i]; /* the layer's own update, a rank-r candidate */
+        }
+        double err = -1, norm = -1, ferr = -1;
+        const int r = y->rank;
+        CHECK_OK(zl_lora_bake_dora(yf, W, out < K ? out : K, &ferr, NULL));
+        bad_full += !(factor_err(yf, D) <= 1e-5 && ferr <= 1e-5 && !yf->dora);
+        CHECK_OK(zl_lora_bake_dora(y, W, 0, &err, &norm));
+        const double got = factor_err(y, D);
+        double cand = 0, dn = 0;
+        for (size_t i = 0; i < (size_t)out * K; i++) cand += (L[i] - D[i]) * (L[i] - D[i]), dn += D[i] * D[i];
+        cand = sqrt(cand / dn);
+        bad_err += !(y->rank == r && !y->dora && fabs(got - err) <= 1e-5 + 1e-3 * err && fabs(norm - sqrt(dn)) <= 1e-5 * sqrt(dn));
+        bad_opt += !(got <= cand + 1e-6);
+        n_lossy += err > 1e-3;
+        free(W), free(mm), free(nrm), free(D), free(L);
+    }
+    CHECKM(bad_full == 0, "baked at full rank, every layer's factors reproduce W' - W (%d off)", bad_full);
+    CHECKM(bad_err == 0, "baked at the layer's rank: reported error and norm are the factors' (%d off)", bad_err);
+    CHECKM(bad_opt == 0, "baked at the layer's rank: no worse than the layer's own update (%d worse)", bad_opt);
+    CHECKM(n_lossy > 0, "scaled magnitudes make some layers lossy at their rank (%d)", n_lossy);
+
+    /* The CLI on exact magnitudes: the baked file is a plain LoRA reproducing out_style. */
+    char baked[1024];
+    snprintf(baked, sizeof baked, "%s", zt_tmp("style_baked.safetensors"));
+    int rc = zt_cli("convert %s -o %s", g_exact, baked);
+    CHECKM(rc != 0 && strstr(zt_err, "DoRA") && strstr(zt_err, "--model") && !zl_file_exists(baked),
+           "convert without --model refuses DoRA and names --model: rc %d, %s", rc, zt_err);
+    /* F32 out: the fixture is BF16, whose rounding of the new factors (2.5e-3 relative) is
+     * above what the comparison with out_style allows */
+    rc = zt_cli("convert %s --model %s --dtype f32 -o %s", g_exact, zt_data("tiny-sd15"), baked);
+    CHECKM(rc == 0 && strstr(zt_out, "overall relative Frobenius error"), "convert --model bakes: rc %d, %s", rc, zt_err);
+    unet_fx x;
+    zl_lora *b = NULL;
+    if (rc == 0 && fx_open(&x)) {
+        zl_lora_load_opts po = {.unet_config = zl_unet_get_config(x.u), .expect_family = ZL_FAMILY_SD1};
+        CHECK_OK(zl_lora_load(baked, &po, &b)); /* no allow_dora: nothing DoRA is left */
+        if (b) {
+            CHECK(b->n == g_plain->n && b->n_dora == 0);
+            float *want = io_load(x.io, "out_style"), *got = malloc(sizeof(float) * x.n);
+            CHECK_OK(zl_unet_add_lora(x.u, b, 1.0f, ZL_UNET_LORA_RUNTIME, NULL));
+            CHECK_OK(zl_unet_forward(x.u, &x.in, got));
+            zt_close("baked exact-magnitude DoRA (runtime branch) = diffusers' out_style", got, want, (int64_t)x.n, TOL);
+            free(want), free(got);
+        }
+        fx_close(&x);
+    }
+    char wrong[1024];
+    snprintf(wrong, sizeof wrong, "%s", zt_tmp("wrong_family.safetensors"));
+    rc = zt_cli("convert %s --model %s -o %s", g_exact, zt_data("mini-sdxl"), wrong);
+    CHECKM(rc != 0 && !zl_file_exists(wrong), "an SD 1.x DoRA against an SDXL --model is refused: rc %d, %s", rc, zt_err);
+    char merged_out[1024];
+    snprintf(merged_out, sizeof merged_out, "%s", zt_tmp("baked_merged.safetensors"));
+    rc = zt_cli("merge --content %s --style %s -o %s", zt_data("tiny-sd15/loras/content.kohya.safetensors"), baked,
+                merged_out);
+    CHECKM(rc == 0 && zl_file_exists(merged_out), "merge takes the baked LoRA: rc %d, %s", rc, zt_err);
+
+    /* Text encoder: exact magnitudes, so each baked layer is the plain layer's update. */
+    char te_baked[1024];
+    snprintf(te_baked, sizeof te_baked, "%s", zt_tmp("te_baked.safetensors"));
+    rc = zt_cli("convert %s --model %s --format peft --dtype f32 -o %s", g_te_exact, zt_data("tiny-sd15"), te_baked);
+    CHECKM(rc == 0, "convert --model bakes text-encoder DoRA: rc %d, %s", rc, zt_err);
+    zl_lora *tb = NULL;
+    zl_lora_load_opts to = {.expect_family = ZL_FAMILY_SD1};
+    if (rc == 0) CHECK_OK(zl_lora_load(te_baked, &to, &tb));
+    if (tb) CHECKM(bake_mismatches(g_te_plain, tb, NULL, g_te_w, NULL) == 0, "baked text-encoder layers equal the plain LoRA's updates");
+    zl_lora_free(b), zl_lora_free(tb);
+done:
+    zl_lora_free(sc), zl_lora_free(full);
+}
+
+/* Baking on SDXL (mini-sdxl), exact magnitudes: the kohya style LoRA against the diffusers
+ * folder's UNet reproduces out_style; both text encoders' layers, against the folder and
+ * against the single file (bigG's fused in_proj), are the plain layers' updates. */
+static void test_bake_sdxl(void) {
+    zl_st_file *uw = NULL, *t1 = NULL, *t2 = NULL;
+    zl_lora *style = NULL, *te = NULL, *b = NULL;
+    CHECK_OK(zl_st_open(zt_data("mini-sdxl/unet/diffusion_pytorch_model.safetensors"), &uw));
+    CHECK_OK(zl_st_open(zt_data("mini-sdxl/text_encoder/model.safetensors"), &t1));
+    CHECK_OK(zl_st_open(zt_data("mini-sdxl/text_encoder_2/model.safetensors"), &t2));
+    zl_lora_load_opts o = {.expect_family = ZL_FAMILY_SDXL};
+    CHECK_OK(zl_lora_load(zt_data("mini-sdxl/loras/style.kohya.safetensors"), &o, &style));
+    CHECK_OK(zl_lora_load(zt_data("mini-sdxl/loras/text_encoders.kohya.safetensors"), &o, &te));
+    if (!uw || !t1 || !t2 || !style || !te) goto done;
+    int n_te2 = 0;
+    for (int k = 0; k < te->n; k++) n_te2 += te->layers[k].part == ZL_PART_TE2;
+    CHECK(n_te2 > 0 && n_te2 < te->n);
+    char sx[1024], tx[1024];
+    snprintf(sx, sizeof sx, "%s", zt_tmp("sdxl_style_dora.safetensors"));
+    snprintf(tx, sizeof tx, "%s", zt_tmp("sdxl_te_dora.safetensors"));
+    dora_set a = {0}, c = {0};
+    CHECK(write_dora2(zt_data("mini-sdxl/loras/style.kohya.safetensors"), sx, style, uw, t1, t2, 1, 0, 0, &a) == 0);
+    CHECK(write_dora2(zt_data("mini-sdxl/loras/text_encoders.kohya.safetensors"), tx, te, uw, t1, t2, 1, 0, 0, &c) == 0);
+    dora_set_free(&a), dora_set_free(&c);
+
+    char baked[1024];
+    snprintf(baked, sizeof baked, "%s", zt_tmp("sdxl_style_baked.safetensors"));
+    int rc = zt_cli("convert %s --model %s --dtype f32 -o %s", sx, zt_data("mini-sdxl"), baked);
+    CHECKM(rc == 0, "convert --model bakes an SDXL DoRA: rc %d, %s", rc, zt_err);
+    if (rc == 0) CHECK_OK(zl_lora_load(baked, &o, &b));
+    if (b) {
+        CHECKM(bake_mismatches(style, b, uw, t1, t2) == 0, "baked SDXL UNet layers equal the plain LoRA's updates");
+        unet_fx x;
+        if (fx_open_at(&x, "mini-sdxl")) {
+            float *want = io_load(x.io, "out_style"), *got = malloc(sizeof(float) * x.n);
+            CHECK_OK(zl_unet_add_lora(x.u, b, 1.0f, ZL_UNET_LORA_RUNTIME, NULL));
+            CHECK_OK(zl_unet_forward(x.u, &x.in, got));
+            zt_close("baked SDXL DoRA (exact magnitudes) = diffusers' out_style", got, want, (int64_t)x.n, TOL);
+            free(want), free(got);
+            fx_close(&x);
+        }
+    }
+    static const char *const models[2] = {"mini-sdxl", "mini-sdxl/single_file.safetensors"};
+    for (int m = 0; m < 2; m++) {
+        char tb_path[1024];
+        snprintf(tb_path, sizeof tb_path, "%s", zt_tmp("sdxl_te_baked.safetensors"));
+        char cfgs[2048] = "";
+        if (m) /* the fixture's widths are too small for a single file's head counts to be inferred */
+            snprintf(cfgs, sizeof cfgs, "--te1-config %s --te2-config %s", zt_data("mini-sdxl/text_encoder/config.json"),
+                     zt_data("mini-sdxl/text_encoder_2/config.json"));
+        rc = zt_cli("convert %s --model %s %s --dtype f32 -o %s", tx, zt_data(models[m]), cfgs, tb_path);
+        CHECKM(rc == 0, "convert --model %s bakes SDXL text-encoder DoRA: rc %d, %s", models[m], rc, zt_err);
+        zl_lora *tb = NULL;
+        if (rc == 0) CHECK_OK(zl_lora_load(tb_path, &o, &tb));
+        if (tb)
+            CHECKM(bake_mismatches(te, tb, uw, t1, t2) == 0,
+                   "baked against %s, both text encoders' layers equal the plain LoRA's updates", models[m]);
+        zl_lora_free(tb);
+    }
+done:
+    zl_lora_free(style), zl_lora_free(te), zl_lora_free(b);
+    zl_st_close(uw), zl_st_close(t1), zl_st_close(t2);
+}
+
 /* The CLI: generate applies a DoRA LoRA and names it in the PNG; merge refuses it. */
 static void test_cli(void) {
     const char *png = zt_tmp("dora.png");
@@ -679,6 +890,8 @@ int main(void) {
     test_unet();
     test_text();
     test_peft();
+    test_bake();
+    test_bake_sdxl();
     test_cli();
     zl_lora_free(g_plain);
     zl_lora_free(g_te_plain);

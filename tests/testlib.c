@@ -40,7 +40,7 @@ static void cleanup(void) {
     if (g_tmpdir[0]) {
         char cmd[512];
         snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmpdir);
-        if (system(cmd) != 0) { /* ignore */ }
+        if (!getenv("ZT_KEEP_TMP") && system(cmd) != 0) { /* ignore */ }
     }
 }
 

@@ -261,6 +261,14 @@ int zl_lora_merge_write(const char *path, const zl_lora *content, const zl_lora 
  * *rel_err = ||UD - new_up new_down||_F / ||UD||_F, *norm = ||UD||_F (either may be NULL). */
 int zl_lowrank_truncate(const float *up, const float *down, int out, int r, int n, int k,
                         float *new_up, float *new_down, double *rel_err, double *norm);
+/* Bake a DoRA layer into a plain LoRA layer: D = W' - W, where W [out, in*kh*kw] is the base
+ * weight the layer applies to and W' is W with the layer folded in at weight 1 (zl_lora_fold);
+ * the layer becomes the best rank-k approximation of D (dense SVD in double; k <= 0: the layer's
+ * own rank), with alpha = k (scale 1) and no magnitude. A DoRA update is not low-rank in
+ * general, so *rel_err (||D - new||_F / ||D||_F) says what the rank kept; *norm = ||D||_F. The
+ * result holds for weight 1 only: a DoRA layer's effect is not linear in its weight. On error
+ * the layer is unchanged. */
+int zl_lora_bake_dora(zl_lora_layer *y, const float *W, int k, double *rel_err, double *norm);
 
 /* Numbers `inspect` shows for one layer; dW = scale * up @ down. */
 typedef struct {

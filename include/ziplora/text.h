@@ -114,6 +114,9 @@ const zl_clip_config *zl_clip_get_config(const zl_clip *c);
  * of other parts are ignored; an unknown module or a shape mismatch is an
  * error (nothing is changed then). */
 int zl_clip_apply_lora(zl_clip *c, const zl_lora *lora, float weight);
+/* The weight of a LoRA-able linear (HF module name, as zl_clip_apply_lora takes it) as it
+ * stands, widened to f32 into dst [out * in] (n must be that size). */
+int zl_clip_module_weight(const zl_clip *c, const char *module, float *dst, size_t n);
 
 /* Outputs of a forward pass; every pointer may be NULL (not computed). */
 typedef struct {

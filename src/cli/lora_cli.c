@@ -51,6 +51,7 @@ int zl_lora_cli_load(const char *path, const zl_lora_cli_flags *f, zl_lora **out
     memset(&o, 0, sizeof o);
     o.adapter_config = f->adapter_config;
     o.unet_config = f->have_cfg ? &f->cfg : NULL;
+    o.allow_dora = f->allow_dora;
     return zl_lora_load(path, &o, out);
 }
 

@@ -11,6 +11,7 @@ typedef struct {
     const char *adapter_config; /* --adapter-config FILE */
     zl_unet_config cfg;
     int have_cfg;
+    int allow_dora; /* read DoRA magnitudes (convert bakes them with --model) */
 } zl_lora_cli_flags;
 
 /* Consume --model / --adapter-config at argv[*i]: 1 consumed, 0 not ours, -1 usage error (printed). */

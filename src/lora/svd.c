@@ -128,3 +128,76 @@ done:
     free(work);
     return rc;
 }
+
+/* Best rank-k factors of a dense D [out, n] (row-major), through dgesdd in double:
+ * new_up [out, k] = U S, new_down [k, n] = V^T (columns past the rank are zero). */
+static int dense_truncate(const float *D, int out, int n, int k, float *new_up, float *new_down, double *rel_err,
+                          double *norm) {
+    const int m = out < n ? out : n;
+    int rc = ZL_OK, info = 0, lwork = -1;
+    double *a = malloc(sizeof(double) * (size_t)out * n), *s = malloc(sizeof(double) * (size_t)m);
+    double *u = malloc(sizeof(double) * (size_t)out * m), *vt = malloc(sizeof(double) * (size_t)m * n);
+    int *iwork = malloc(sizeof(int) * 8 * (size_t)m);
+    double *work = NULL, wq;
+    if (!a || !s || !u || !vt || !iwork) {
+        rc = zl_set_error(ZL_ENOMEM, "out of memory (SVD of a %d x %d update)", out, n);
+        goto done;
+    }
+    for (int o = 0; o < out; o++) /* column-major copy */
+        for (int c = 0; c < n; c++) a[o + (size_t)out * c] = D[(size_t)o * n + c];
+    dgesdd_("S", &out, &n, a, &out, s, u, &out, vt, &m, &wq, &lwork, iwork, &info);
+    lwork = (int)wq + 1;
+    if (!(work = malloc(sizeof(double) * (size_t)lwork))) {
+        rc = zl_set_error(ZL_ENOMEM, "out of memory (SVD of a %d x %d update)", out, n);
+        goto done;
+    }
+    dgesdd_("S", &out, &n, a, &out, s, u, &out, vt, &m, work, &lwork, iwork, &info);
+    if (info) {
+        rc = zl_set_error(ZL_ENUMERIC, "dgesdd failed (info %d)", info);
+        goto done;
+    }
+    const int kk = k < m ? k : m;
+    double total = 0, dropped = 0;
+    for (int t = 0; t < m; t++) {
+        total += s[t] * s[t];
+        if (t >= kk) dropped += s[t] * s[t];
+    }
+    if (rel_err) *rel_err = total > 0 ? sqrt(dropped / total) : 0.0;
+    if (norm) *norm = sqrt(total);
+    for (int o = 0; o < out; o++)
+        for (int t = 0; t < k; t++) new_up[(size_t)o * k + t] = t < kk ? (float)(u[o + (size_t)out * t] * s[t]) : 0.0f;
+    for (int t = 0; t < k; t++)
+        for (int c = 0; c < n; c++) new_down[(size_t)t * n + c] = t < kk ? (float)vt[t + (size_t)m * c] : 0.0f;
+done:
+    free(a), free(s), free(u), free(vt), free(iwork), free(work);
+    return rc;
+}
+
+int zl_lora_bake_dora(zl_lora_layer *y, const float *W, int k, double *rel_err, double *norm) {
+    if (!y->dora) return zl_set_error(ZL_EINVAL, "layer '%s' has no DoRA magnitude to bake", y->module);
+    const int out = y->out_features, n = y->in_features * y->kh * y->kw;
+    if (k <= 0) k = y->rank;
+    const size_t nw = (size_t)out * n;
+    float *d = malloc(sizeof(float) * nw), *nu = malloc(sizeof(float) * (size_t)out * k),
+          *nd = malloc(sizeof(float) * (size_t)k * n);
+    int rc = d && nu && nd ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory baking DoRA layer '%s'", y->module);
+    if (!rc) {
+        /* D = W' - W, W' the weight with the DoRA layer folded in at weight 1 */
+        memcpy(d, W, sizeof(float) * nw);
+        rc = zl_lora_fold(y, 1.0f, d);
+    }
+    if (!rc) {
+        for (size_t i = 0; i < nw; i++) d[i] -= W[i];
+        rc = dense_truncate(d, out, n, k, nu, nd, rel_err, norm);
+    }
+    free(d);
+    if (rc) {
+        free(nu), free(nd);
+        return zl_error_prefix(rc, "DoRA layer '%s'", y->module);
+    }
+    free(y->up), free(y->down), free(y->dora);
+    y->up = nu, y->down = nd, y->dora = NULL, y->dora_out = 0;
+    y->rank = k;
+    y->alpha = (float)k; /* scale 1: up @ down is the update itself */
+    return ZL_OK;
+}

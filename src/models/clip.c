@@ -363,6 +363,18 @@ int zl_clip_apply_lora(zl_clip *c, const zl_lora *lora, float weight) {
     return ZL_OK;
 }
 
+int zl_clip_module_weight(const zl_clip *c, const char *module, float *dst, size_t n) {
+    const zl_weight *w = lora_target((zl_clip *)c, module);
+    if (!w)
+        return zl_set_error(ZL_ENOTFOUND, "'%s' is not a linear layer of the %s text encoder", module,
+                            c->part == ZL_PART_TE1 ? "first" : "second");
+    const size_t want = (size_t)w->numel;
+    if (n != want) return zl_set_error(ZL_ESHAPE, "module '%s' has %zu weights, not %zu", module, want, n);
+    const float *p = zl_weight_f32(w, dst);
+    if (p != dst) memcpy(dst, p, n * sizeof(float));
+    return ZL_OK;
+}
+
 /* ---- forward --------------------------------------------------------------------- */
 
 static void embed_row(const zl_weight *w, int64_t row, float *dst, int64_t C) {

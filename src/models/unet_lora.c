@@ -115,3 +115,15 @@ int zl_unet_clear_loras(zl_unet *u) {
     u->n_slots = 0;
     return ZL_OK;
 }
+
+int zl_unet_module_weight(const zl_unet *u, const char *module, float *dst, size_t n) {
+    const zl_unet_mod *m = zl_unet_find_mod(u, module);
+    if (!m || m->kind == ZL_MOD_NORM)
+        return zl_set_error(ZL_ENOTFOUND, "'%s' names no Linear or conv module of this UNet", module);
+    const size_t want = (size_t)m->out * m->in * m->kh * m->kw;
+    if (n != want)
+        return zl_set_error(ZL_ESHAPE, "module '%s' has %zu weights, not %zu", module, want, n);
+    const float *w = zl_weight_f32(&m->w, dst);
+    if (w != dst) memcpy(dst, w, n * sizeof(float));
+    return ZL_OK;
+}
