@@ -253,6 +253,10 @@ def lora_seeds():
                                                             (conv + ".dora_scale", "F16", [1, 32, 1, 1])]))
     put(H, "dora_peft", spec(["unet tiny-sdxl", "dora 1"], lin("unet." + mod, ".lora_A.weight", ".lora_B.weight") +
                              [("unet." + mod + ".lora_magnitude_vector", "F32", [64])]))
+    # PEFT with the adapter name kept in every key (model.state_dict()), the magnitude too
+    put(H, "dora_peft_named", spec(["unet tiny-sdxl", "dora 1"],
+                                   lin("unet." + mod, ".lora_A.default.weight", ".lora_B.default.weight") +
+                                   [("unet." + mod + ".lora_magnitude_vector.default.weight", "F32", [64])]))
     put(H, "dora_loha", spec(["dora 1"], [(kmod + ".hada_w1_a", "F16", [64, 4]), (kmod + ".hada_w1_b", "F16", [4, 64]),
                                           (kmod + ".hada_w2_a", "F16", [64, 4]), (kmod + ".hada_w2_b", "F16", [4, 64]),
                                           (kmod + ".dora_scale", "F16", [1, 64])]))

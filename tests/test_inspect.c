@@ -310,6 +310,34 @@ static void test_training_meta(void) {
 static void test_top_level(void) {
     CHECK(zt_cli("%s", "") == 2 && strstr(zt_err, "usage: ziplora COMMAND"));
     CHECK(zt_cli("--version") == 0 && strstr(zt_out, ZIPLORA_VERSION));
+    {
+        /* The tool runs with OpenMP's passive wait policy unless the caller chose one: as the
+         * runtime itself reports it (OMP_DISPLAY_ENV=verbose, at each start), the last start
+         * spins 0 times at a barrier; a policy the caller set is kept, with one start. */
+        const char *keep_wp = getenv("OMP_WAIT_POLICY"), *keep_sc = getenv("GOMP_SPINCOUNT");
+        char *wp = keep_wp ? strdup(keep_wp) : NULL, *sc = keep_sc ? strdup(keep_sc) : NULL;
+        unsetenv("OMP_WAIT_POLICY");
+        unsetenv("GOMP_SPINCOUNT");
+        setenv("OMP_DISPLAY_ENV", "verbose", 1);
+        int rc = zt_cli("--version");
+        const char *last = NULL;
+        for (const char *p = zt_err; (p = strstr(p, "GOMP_SPINCOUNT = '")); p++) last = p;
+        CHECKM(rc == 0 && last && !strncmp(last, "GOMP_SPINCOUNT = '0'", 20) && strstr(zt_out, "OpenMP wait policy: passive"),
+               "the runtime's last report says no spinning: %s", last ? last : zt_err);
+        setenv("OMP_WAIT_POLICY", "active", 1);
+        rc = zt_cli("--version");
+        int starts = 0;
+        last = NULL;
+        for (const char *p = zt_err; (p = strstr(p, "GOMP_SPINCOUNT = '")); p++) last = p, starts++;
+        CHECKM(rc == 0 && starts == 1 && last && strncmp(last, "GOMP_SPINCOUNT = '0'", 20) &&
+                   strstr(zt_out, "OpenMP wait policy: active"),
+               "a policy the caller set is kept (%d starts): %s", starts, zt_err);
+        unsetenv("OMP_DISPLAY_ENV");
+        if (wp) setenv("OMP_WAIT_POLICY", wp, 1);
+        else unsetenv("OMP_WAIT_POLICY");
+        if (sc) setenv("GOMP_SPINCOUNT", sc, 1);
+        free(wp), free(sc);
+    }
     CHECK(zt_cli("help") == 0 && strstr(zt_out, "commands:"));
     CHECK(zt_cli("help generate") == 0 && strstr(zt_out, "usage: ziplora generate"));
     CHECK(zt_cli("help no-such-command") == 2 && strstr(zt_err, "no-such-command"));

@@ -2,7 +2,9 @@
  * Subcommands live in src/cli/cmd_*.c; a subcommand whose file is not part of
  * this build is reported as unavailable (weak symbols). */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "cli.h"
 
@@ -48,7 +50,20 @@ static void usage(FILE *f) {
     fprintf(f, "\ncommon options: -q (quiet), -v (verbose), --threads N\n");
 }
 
+/* OpenMP's default wait policy spins at every barrier. When another process shares the
+ * cores, a spinning thread holds the core its descheduled partner needs, and work can take
+ * 1.2-2x as long (bench/RESULTS.md, "contention"); sleeping instead costs under 1 % on a
+ * quiet machine at SDXL sizes. libgomp reads the policy once, before main, so the first
+ * start sets OMP_WAIT_POLICY=passive and executes itself again. A policy (or spin count)
+ * the user set is kept; if the re-execution fails, the run goes on as it is. */
+static void passive_wait_policy(char **argv) {
+    if (getenv("OMP_WAIT_POLICY") || getenv("GOMP_SPINCOUNT")) return;
+    if (setenv("OMP_WAIT_POLICY", "passive", 1)) return;
+    execv("/proc/self/exe", argv);
+}
+
 int main(int argc, char **argv) {
+    passive_wait_policy(argv);
     if (argc < 2) {
         usage(stderr);
         return ZL_EXIT_USAGE;
@@ -69,7 +84,9 @@ int main(int argc, char **argv) {
         return ZL_EXIT_OK;
     }
     if (!strcmp(c, "--version")) {
-        printf("ziplora %s\n", ZIPLORA_VERSION);
+        const char *wp = getenv("OMP_WAIT_POLICY"), *sc = getenv("GOMP_SPINCOUNT");
+        printf("ziplora %s\nOpenMP wait policy: %s%s%s\n", ZIPLORA_VERSION, wp ? wp : "the runtime's default",
+               sc ? ", GOMP_SPINCOUNT=" : "", sc ? sc : "");
         return ZL_EXIT_OK;
     }
     zl_cmd_fn fn = lookup(c);
