@@ -848,6 +848,14 @@ static void test_bake_sdxl(void) {
             fx_close(&x);
         }
     }
+    {
+        /* text encoders only, against an SD 1.x model: refused by family, nothing written */
+        char wrong[1024];
+        snprintf(wrong, sizeof wrong, "%s", zt_tmp("sdxl_te_on_sd15.safetensors"));
+        rc = zt_cli("convert %s --model %s -o %s", tx, zt_data("tiny-sd15"), wrong);
+        CHECKM(rc != 0 && strstr(zt_err, "sdxl LoRA") && strstr(zt_err, "is sd1") && !zl_file_exists(wrong),
+               "SDXL text-encoder DoRA against an SD 1.x --model refused: rc %d, %s", rc, zt_err);
+    }
     static const char *const models[2] = {"mini-sdxl", "mini-sdxl/single_file.safetensors"};
     for (int m = 0; m < 2; m++) {
         char tb_path[1024];

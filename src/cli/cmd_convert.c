@@ -50,51 +50,75 @@ static int bake_dora(zl_lora *l, const char *model, int rank, const zl_text_load
     zl_text *t = NULL;
     if (need_unet && (rc = zl_unet_load_model(&mp, NULL, &u))) rc = zl_error_prefix(rc, "--model %s", model);
     if (!rc && need_te && (rc = zl_text_load(&mp, to, &t))) rc = zl_error_prefix(rc, "--model %s", model);
-    if (!rc && u && l->family != ZL_FAMILY_UNKNOWN && l->family != zl_unet_get_config(u)->family)
+    const zl_family mf = u ? zl_unet_get_config(u)->family : t ? zl_text_family(t) : ZL_FAMILY_UNKNOWN;
+    if (!rc && l->family != ZL_FAMILY_UNKNOWN && mf != ZL_FAMILY_UNKNOWN && l->family != mf)
         rc = zl_set_error(ZL_EINVAL, "%s: this LoRA is for %s but --model %s is %s", l->path, zl_family_name(l->family),
-                          model, zl_family_name(zl_unet_get_config(u)->family));
+                          model, zl_family_name(mf));
     zl_progress pb;
     const int began = !rc;
     if (began) {
         zl_info("baking %d DoRA layer%s with the weights of %s", need_unet + need_te, need_unet + need_te == 1 ? "" : "s",
                 model);
-        printf("%-5s %-70s %6s %6s %12s\n", "part", "DoRA layer", "rank", "->", "rel. error");
         zl_progress_begin(&pb, "bake DoRA", need_unet + need_te);
     }
-    double dropped = 0, total = 0;
-    int done = 0;
-    for (int i = 0; i < l->n && !rc; i++) {
-        zl_lora_layer *y = &l->layers[i];
-        if (!y->dora) continue;
+    /* Layers are baked in parallel, one per thread (each SVD runs single-threaded); the table
+     * is printed in layer order afterwards. */
+    const int nd = need_unet + need_te;
+    int *idx = malloc(sizeof(int) * (size_t)(nd ? nd : 1)), *r0 = malloc(sizeof(int) * (size_t)(nd ? nd : 1));
+    double *errs = malloc(sizeof(double) * (size_t)(nd ? nd : 1)), *norms = malloc(sizeof(double) * (size_t)(nd ? nd : 1));
+    if (!rc && (!idx || !r0 || !errs || !norms)) rc = zl_set_error(ZL_ENOMEM, "out of memory");
+    for (int i = 0, j = 0; !rc && i < l->n; i++)
+        if (l->layers[i].dora) idx[j++] = i;
+    int done = 0, failed = rc, first_bad = nd;
+    char msg[2048] = "";
+    #pragma omp parallel for schedule(dynamic, 1) if (!rc)
+    for (int j = 0; j < nd; j++) {
+        int stop;
+        #pragma omp atomic read
+        stop = failed;
+        if (stop) continue;
+        zl_lora_layer *y = &l->layers[idx[j]];
         const size_t n = (size_t)y->out_features * y->in_features * y->kh * y->kw;
         float *W = malloc(n * sizeof(float));
-        if (!W) {
-            rc = zl_set_error(ZL_ENOMEM, "out of memory");
-            break;
+        int lrc = W ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory");
+        if (!lrc) {
+            if (y->part == ZL_PART_UNET) lrc = zl_unet_module_weight(u, y->module, W, n);
+            else {
+                const zl_clip *c = zl_text_encoder(t, y->part);
+                lrc = c ? zl_clip_module_weight(c, y->module, W, n)
+                        : zl_set_error(ZL_ENOTFOUND, "--model %s has no second text encoder", model);
+            }
+            if (lrc) lrc = zl_error_prefix(lrc, "%s: DoRA layer '%s' against --model %s", l->path, y->module, model);
         }
-        if (y->part == ZL_PART_UNET) rc = zl_unet_module_weight(u, y->module, W, n);
-        else {
-            const zl_clip *c = zl_text_encoder(t, y->part);
-            rc = c ? zl_clip_module_weight(c, y->module, W, n)
-                   : zl_set_error(ZL_ENOTFOUND, "--model %s has no second text encoder", model);
-        }
-        if (rc) rc = zl_error_prefix(rc, "%s: DoRA layer '%s' against --model %s", l->path, y->module, model);
-        const int r0 = y->rank;
-        double err = 0, norm = 0;
-        if (!rc) rc = zl_lora_bake_dora(y, W, rank, &err, &norm);
+        r0[j] = y->rank;
+        if (!lrc) lrc = zl_lora_bake_dora(y, W, rank, &errs[j], &norms[j]);
         free(W);
-        if (rc) break;
-        zl_progress_update(&pb, ++done, NULL);
-        printf("%-5s %-70s %6d %6d %12.3e\n", y->part == ZL_PART_UNET ? "unet" : y->part == ZL_PART_TE1 ? "te1" : "te2",
-               y->module, r0, y->rank, err);
-        dropped += err * err * norm * norm;
-        total += norm * norm;
+        #pragma omp critical(zl_bake)
+        {
+            if (lrc && j < first_bad) { /* the first failing layer's message (errors are per thread) */
+                first_bad = j;
+                snprintf(msg, sizeof msg, "%s", zl_errmsg());
+                failed = lrc;
+            }
+            if (!lrc) zl_progress_update(&pb, ++done, NULL);
+        }
     }
     if (began) zl_progress_end(&pb, NULL);
+    if (!rc && failed) rc = zl_set_error(failed, "%s", msg);
     if (!rc) {
+        double dropped = 0, total = 0;
+        printf("%-5s %-70s %6s %6s %12s\n", "part", "DoRA layer", "rank", "->", "rel. error");
+        for (int j = 0; j < nd; j++) {
+            const zl_lora_layer *y = &l->layers[idx[j]];
+            printf("%-5s %-70s %6d %6d %12.3e\n", y->part == ZL_PART_UNET ? "unet" : y->part == ZL_PART_TE1 ? "te1" : "te2",
+                   y->module, r0[j], y->rank, errs[j]);
+            dropped += errs[j] * errs[j] * norms[j] * norms[j];
+            total += norms[j] * norms[j];
+        }
         l->n_dora = 0;
         printf("overall relative Frobenius error of the baked DoRA layers: %.6e\n", total > 0 ? sqrt(dropped / total) : 0.0);
     }
+    free(idx), free(r0), free(errs), free(norms);
     zl_unet_free(u);
     zl_text_free(t);
     zl_model_paths_free(&mp);

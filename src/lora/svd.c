@@ -8,6 +8,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <cblas.h>
+#include <omp.h>
+
 #include "ziplora/lora.h"
 
 /* LAPACK (Fortran) prototypes: OpenBLAS exports them; no lapacke header needed. */
@@ -15,6 +18,10 @@ extern void dgeqrf_(const int *m, const int *n, double *a, const int *lda, doubl
                     const int *lwork, int *info);
 extern void dorgqr_(const int *m, const int *n, const int *k, double *a, const int *lda, const double *tau,
                     double *work, const int *lwork, int *info);
+extern void dsyevr_(const char *jobz, const char *range, const char *uplo, const int *n, double *a, const int *lda,
+                    const double *vl, const double *vu, const int *il, const int *iu, const double *abstol, int *m,
+                    double *w, double *z, const int *ldz, int *isuppz, double *work, const int *lwork, int *iwork,
+                    const int *liwork, int *info);
 extern void dgesdd_(const char *jobz, const int *m, const int *n, double *a, const int *lda, double *s, double *u,
                     const int *ldu, double *vt, const int *ldvt, double *work, const int *lwork, int *iwork,
                     int *info);
@@ -129,47 +136,83 @@ done:
     return rc;
 }
 
-/* Best rank-k factors of a dense D [out, n] (row-major), through dgesdd in double:
- * new_up [out, k] = U S, new_down [k, n] = V^T (columns past the rank are zero). */
+/* Best rank-k factors of a dense D [out, n] (row-major), in double, from the eigenvectors of
+ * its Gram matrix on the smaller side (G = D^T D or D D^T, s x s, s = min(out, n)): the top k
+ * eigenvectors span D's top k singular subspace, and D projected onto it is the best rank-k
+ * approximation (Eckart-Young). Only the k wanted eigenpairs are computed (dsyevr), which is
+ * several times faster than a full SVD at these shapes (bench/RESULTS.md). Returns
+ * new_up [out, k] = U S, new_down [k, n] = V^T (columns past the rank zero). */
 static int dense_truncate(const float *D, int out, int n, int k, float *new_up, float *new_down, double *rel_err,
                           double *norm) {
-    const int m = out < n ? out : n;
-    int rc = ZL_OK, info = 0, lwork = -1;
-    double *a = malloc(sizeof(double) * (size_t)out * n), *s = malloc(sizeof(double) * (size_t)m);
-    double *u = malloc(sizeof(double) * (size_t)out * m), *vt = malloc(sizeof(double) * (size_t)m * n);
-    int *iwork = malloc(sizeof(int) * 8 * (size_t)m);
+    const int gram_rows = out <= n, s = gram_rows ? out : n, kk = k < s ? k : s;
+    const int nthr = omp_in_parallel() ? 1 : omp_get_max_threads();
+    int rc = ZL_OK, info = 0, m_found = 0, lwork = -1, liwork = -1, iwq = 0;
+    double *d = malloc(sizeof(double) * (size_t)out * n), *g = malloc(sizeof(double) * (size_t)s * s);
+    double *w = malloc(sizeof(double) * (size_t)s), *z = malloc(sizeof(double) * (size_t)s * kk);
+    double *f = malloc(sizeof(double) * (size_t)kk * (gram_rows ? n : out)); /* the other factor */
+    int *isuppz = malloc(sizeof(int) * 2 * (size_t)kk);
     double *work = NULL, wq;
-    if (!a || !s || !u || !vt || !iwork) {
+    int *iwork = NULL;
+    if (!d || !g || !w || !z || !f || !isuppz) {
         rc = zl_set_error(ZL_ENOMEM, "out of memory (SVD of a %d x %d update)", out, n);
         goto done;
     }
-    for (int o = 0; o < out; o++) /* column-major copy */
-        for (int c = 0; c < n; c++) a[o + (size_t)out * c] = D[(size_t)o * n + c];
-    dgesdd_("S", &out, &n, a, &out, s, u, &out, vt, &m, &wq, &lwork, iwork, &info);
-    lwork = (int)wq + 1;
-    if (!(work = malloc(sizeof(double) * (size_t)lwork))) {
+    for (size_t i = 0; i < (size_t)out * n; i++) d[i] = D[i];
+    /* OpenBLAS's OpenMP build threads each BLAS call the LAPACK routines make by OpenMP's
+     * thread count: thousands of tiny parallel regions inside dsyevr. One thread here (the
+     * caller may run layers in parallel). */
+    if (nthr > 1) omp_set_num_threads(1);
+    /* row-major upper triangle = column-major lower */
+    cblas_dsyrk(CblasRowMajor, CblasUpper, gram_rows ? CblasNoTrans : CblasTrans, s, gram_rows ? n : out, 1.0, d, n,
+                0.0, g, s);
+    double total = 0;
+    for (int i = 0; i < s; i++) total += g[(size_t)i * s + i];
+    const int il = s - kk + 1, iu = s;
+    const double vl = 0, vu = 0, abstol = 0;
+    dsyevr_("V", "I", "L", &s, g, &s, &vl, &vu, &il, &iu, &abstol, &m_found, w, z, &s, isuppz, &wq, &lwork, &iwq,
+            &liwork, &info);
+    lwork = (int)wq + 1, liwork = iwq + 1;
+    work = malloc(sizeof(double) * (size_t)lwork), iwork = malloc(sizeof(int) * (size_t)liwork);
+    if (!work || !iwork) {
         rc = zl_set_error(ZL_ENOMEM, "out of memory (SVD of a %d x %d update)", out, n);
         goto done;
     }
-    dgesdd_("S", &out, &n, a, &out, s, u, &out, vt, &m, work, &lwork, iwork, &info);
-    if (info) {
-        rc = zl_set_error(ZL_ENUMERIC, "dgesdd failed (info %d)", info);
+    dsyevr_("V", "I", "L", &s, g, &s, &vl, &vu, &il, &iu, &abstol, &m_found, w, z, &s, isuppz, work, &lwork, iwork,
+            &liwork, &info);
+    if (info || m_found != kk) {
+        rc = zl_set_error(ZL_ENUMERIC, "dsyevr failed (info %d, %d of %d eigenpairs)", info, m_found, kk);
         goto done;
     }
-    const int kk = k < m ? k : m;
-    double total = 0, dropped = 0;
-    for (int t = 0; t < m; t++) {
-        total += s[t] * s[t];
-        if (t >= kk) dropped += s[t] * s[t];
-    }
-    if (rel_err) *rel_err = total > 0 ? sqrt(dropped / total) : 0.0;
+    double kept = 0;
+    for (int t = 0; t < kk; t++) kept += w[t] > 0 ? w[t] : 0;
+    const double tail = total - kept > 0 ? total - kept : 0;
+    if (rel_err) *rel_err = total > 0 ? sqrt(tail / total) : 0.0;
     if (norm) *norm = sqrt(total);
-    for (int o = 0; o < out; o++)
-        for (int t = 0; t < k; t++) new_up[(size_t)o * k + t] = t < kk ? (float)(u[o + (size_t)out * t] * s[t]) : 0.0f;
-    for (int t = 0; t < k; t++)
-        for (int c = 0; c < n; c++) new_down[(size_t)t * n + c] = t < kk ? (float)vt[t + (size_t)m * c] : 0.0f;
+    /* z [s, kk] column-major: the eigenvectors, ascending. d read column-major is D^T [n, out].
+     * The other side's factor f, column-major, column j for eigenpair j:
+     * gram_rows: f [n, kk] = D^T Z (rows of Z^T D); else f [out, kk] = D Z. */
+    if (gram_rows)
+        cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, kk, out, 1.0, d, n, z, s, 0.0, f, n);
+    else
+        cblas_dgemm(CblasColMajor, CblasTrans, CblasNoTrans, out, kk, n, 1.0, d, n, z, s, 0.0, f, out);
+    const int fl = gram_rows ? n : out;
+    for (int t = 0; t < k; t++) {
+        const int j = kk - 1 - t; /* largest first */
+        const double sig = t < kk && w[j] > 0 ? sqrt(w[j]) : 0;
+        for (int o = 0; o < out; o++) {
+            double v = 0;
+            if (t < kk) v = gram_rows ? z[o + (size_t)s * j] * sig : f[o + (size_t)fl * j];
+            new_up[(size_t)o * k + t] = (float)v;
+        }
+        for (int c = 0; c < n; c++) {
+            double v = 0;
+            if (t < kk) v = gram_rows ? (sig > 0 ? f[c + (size_t)fl * j] / sig : 0) : z[c + (size_t)s * j];
+            new_down[(size_t)t * n + c] = (float)v;
+        }
+    }
 done:
-    free(a), free(s), free(u), free(vt), free(iwork), free(work);
+    if (nthr > 1) omp_set_num_threads(nthr); /* (a no-op when the failure came first) */
+    free(d), free(g), free(w), free(z), free(f), free(isuppz), free(work), free(iwork);
     return rc;
 }
 
