@@ -61,6 +61,9 @@ int zl_lowrank_truncate(const float *up, const float *down, int out, int r, int 
         return zl_set_error(ZL_EINVAL, "low-rank truncation: invalid sizes out %d, rank %d, in %d, k %d", out, r, n, k);
     int k1 = out < r ? out : r, k2 = n < r ? n : r, m = k1 < k2 ? k1 : k2;
     int rc = ZL_OK;
+    /* LAPACK on one OpenMP thread (see dense_truncate); restored at the end */
+    const int nthr = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (nthr > 1) omp_set_num_threads(1);
     double *q1 = malloc(sizeof(double) * (size_t)out * r);  /* [out, r] col-major -> Q1 [out, k1] */
     double *q2 = malloc(sizeof(double) * (size_t)n * r);    /* [n, r] col-major -> Q2 [n, k2] */
     double *r1 = malloc(sizeof(double) * (size_t)k1 * r);   /* [k1, r] */
@@ -123,6 +126,7 @@ int zl_lowrank_truncate(const float *up, const float *down, int out, int r, int 
             }
     }
 done:
+    if (nthr > 1) omp_set_num_threads(nthr);
     free(q1);
     free(q2);
     free(r1);
