@@ -690,6 +690,16 @@ static double factor_err(const zl_lora_layer *y, const double *D) {
     return t > 0 ? sqrt(e / t) : sqrt(e);
 }
 
+/* The fixture's out_style from its UNet with `b` as a runtime branch at weight 1. */
+static void style_out_check(unet_fx *x, const zl_lora *b, const char *what) {
+    float *want = io_load(x->io, "out_style"), *got = malloc(sizeof(float) * x->n);
+    CHECK_OK(zl_unet_add_lora(x->u, b, 1.0f, ZL_UNET_LORA_RUNTIME, NULL));
+    CHECK_OK(zl_unet_forward(x->u, &x->in, got));
+    zt_close(what, got, want, (int64_t)x->n, TOL);
+    CHECK_OK(zl_unet_clear_loras(x->u));
+    free(want), free(got);
+}
+
 /* Layers of `baked` (a DoRA LoRA with exact magnitudes, baked) that are not their plain
  * layer's update s * up @ down within 1e-5 (relative, in double); base weights from the
  * model files of each part. */
@@ -775,11 +785,7 @@ static void test_bake(void) {
         CHECK_OK(zl_lora_load(baked, &po, &b)); /* no allow_dora: nothing DoRA is left */
         if (b) {
             CHECK(b->n == g_plain->n && b->n_dora == 0);
-            float *want = io_load(x.io, "out_style"), *got = malloc(sizeof(float) * x.n);
-            CHECK_OK(zl_unet_add_lora(x.u, b, 1.0f, ZL_UNET_LORA_RUNTIME, NULL));
-            CHECK_OK(zl_unet_forward(x.u, &x.in, got));
-            zt_close("baked exact-magnitude DoRA (runtime branch) = diffusers' out_style", got, want, (int64_t)x.n, TOL);
-            free(want), free(got);
+            style_out_check(&x, b, "baked exact-magnitude DoRA (runtime branch) = diffusers' out_style");
         }
         fx_close(&x);
     }
@@ -840,11 +846,7 @@ static void test_bake_sdxl(void) {
         CHECKM(bake_mismatches(style, b, uw, t1, t2) == 0, "baked SDXL UNet layers equal the plain LoRA's updates");
         unet_fx x;
         if (fx_open_at(&x, "mini-sdxl")) {
-            float *want = io_load(x.io, "out_style"), *got = malloc(sizeof(float) * x.n);
-            CHECK_OK(zl_unet_add_lora(x.u, b, 1.0f, ZL_UNET_LORA_RUNTIME, NULL));
-            CHECK_OK(zl_unet_forward(x.u, &x.in, got));
-            zt_close("baked SDXL DoRA (exact magnitudes) = diffusers' out_style", got, want, (int64_t)x.n, TOL);
-            free(want), free(got);
+            style_out_check(&x, b, "baked SDXL DoRA (exact magnitudes) = diffusers' out_style");
             fx_close(&x);
         }
     }
