@@ -886,6 +886,32 @@ static void test_cli(void) {
     int rc = zt_cli("generate --model %s --lora %s:0.8 -p 'a cat' --steps 2 -W 64 -H 64 --seed 3 -o %s -q",
                     zt_data("tiny-sd15"), g_scaled, png);
     CHECKM(rc == 0 && zl_file_exists(png), "generate with a DoRA LoRA: rc %d, %s", rc, zt_err);
+    {
+        /* generate with the DoRA file (scaled magnitudes, weight 1) and with it baked at full rank
+         * (--rank above every layer's size: D itself) in F32: the same final latents */
+        char full[1024], lat[2][1024], img[1024];
+        snprintf(full, sizeof full, "%s", zt_tmp("style_dora_full.safetensors"));
+        snprintf(img, sizeof img, "%s", zt_tmp("dora_cmp.png"));
+        rc = zt_cli("convert %s --model %s --rank 4096 --dtype f32 -o %s", g_scaled, zt_data("tiny-sd15"), full);
+        CHECKM(rc == 0, "full-rank bake: rc %d, %s", rc, zt_err);
+        float *l2[2] = {NULL, NULL};
+        int64_t nl[2] = {0, 0};
+        for (int v = 0; v < 2 && rc == 0; v++) {
+            snprintf(lat[v], sizeof lat[v], "%s", zt_tmp(v ? "lat_baked.safetensors" : "lat_dora.safetensors"));
+            rc = zt_cli("generate --model %s --lora %s -p 'a cat' --steps 3 -W 64 -H 64 --seed 5 --save-latent %s -o %s -q",
+                        zt_data("tiny-sd15"), v ? full : g_scaled, lat[v], img);
+            CHECKM(rc == 0, "generate (%s): rc %d, %s", v ? "baked" : "DoRA", rc, zt_err);
+            zl_st_file *f = NULL;
+            if (rc == 0 && zl_st_open(lat[v], &f) == 0) {
+                l2[v] = zl_st_load_f32(f, "latent", &nl[v]);
+                zl_st_close(f);
+            }
+        }
+        CHECK(l2[0] && l2[1] && nl[0] == nl[1] && nl[0] > 0);
+        if (l2[0] && l2[1] && nl[0] == nl[1])
+            zt_close("generate: DoRA LoRA = the same baked at full rank (final latents)", l2[1], l2[0], nl[0], TOL);
+        free(l2[0]), free(l2[1]);
+    }
     const char *merged_out = zt_tmp("merged.safetensors");
     rc = zt_cli("merge --content %s --style %s -o %s", g_scaled, zt_data("tiny-sd15/loras/content.kohya.safetensors"), merged_out);
     CHECKM(rc != 0 && strstr(zt_err, "DoRA") && !zl_file_exists(merged_out), "merge refuses DoRA: rc %d, %s", rc,

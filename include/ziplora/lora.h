@@ -264,7 +264,8 @@ int zl_lowrank_truncate(const float *up, const float *down, int out, int r, int 
 /* Bake a DoRA layer into a plain LoRA layer: D = W' - W, where W [out, in*kh*kw] is the base
  * weight the layer applies to and W' is W with the layer folded in at weight 1 (zl_lora_fold);
  * the layer becomes the best rank-k approximation of D (dense SVD in double; k <= 0: the layer's
- * own rank), with alpha = k (scale 1) and no magnitude. A DoRA update is not low-rank in
+ * own rank; at most min(out, in*kh*kw), where it is D itself), with alpha = k (scale 1) and no
+ * magnitude. A DoRA update is not low-rank in
  * general, so *rel_err (||D - new||_F / ||D||_F) says what the rank kept; *norm = ||D||_F. The
  * result holds for weight 1 only: a DoRA layer's effect is not linear in its weight. On error
  * the layer is unchanged. */

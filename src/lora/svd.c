@@ -224,6 +224,7 @@ int zl_lora_bake_dora(zl_lora_layer *y, const float *W, int k, double *rel_err, 
     if (!y->dora) return zl_set_error(ZL_EINVAL, "layer '%s' has no DoRA magnitude to bake", y->module);
     const int out = y->out_features, n = y->in_features * y->kh * y->kw;
     if (k <= 0) k = y->rank;
+    if (k > (out < n ? out : n)) k = out < n ? out : n; /* D's rank cannot exceed that */
     const size_t nw = (size_t)out * n;
     float *d = malloc(sizeof(float) * nw), *nu = malloc(sizeof(float) * (size_t)out * k),
           *nd = malloc(sizeof(float) * (size_t)k * n);
