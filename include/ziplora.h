@@ -5,6 +5,7 @@
 #define ZIPLORA_VERSION "0.1.0"
 
 #include "ziplora/core.h"
+#include "ziplora/dora.h"
 #include "ziplora/fileio.h"
 #include "ziplora/flops.h"
 #include "ziplora/image.h"

@@ -13,6 +13,7 @@
  * Loading is checked too: refused unless the caller folds (allow_dora), the output-axis
  * form and misshapen magnitudes refused by name, a DoRA layer refused as a runtime
  * branch, and the CLI (generate applies it; merge refuses it and writes nothing). */
+#include <jansson.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -880,6 +881,96 @@ done:
     zl_st_close(uw), zl_st_close(t1), zl_st_close(t2);
 }
 
+/* zip takes a DoRA LoRA: baked against the model first. With exact magnitudes the PEFT DoRA
+ * content LoRA is the plain one, so the 10-step run on zip_io's fixed inputs follows the
+ * fixture's Adam trajectory (torch autograd) within FIXTURES.md's 1e-3. */
+static void test_zip(void) {
+    char ac[1024], sac[1024], dora[1024], out[1024], rep[1024];
+    snprintf(ac, sizeof ac, "%s", zt_data("tiny-sd15/loras/content.adapter_config.json"));
+    snprintf(sac, sizeof sac, "%s", zt_data("tiny-sd15/loras/style.adapter_config.json"));
+    snprintf(dora, sizeof dora, "%s", zt_tmp("content_zip_dora.safetensors"));
+    snprintf(out, sizeof out, "%s", zt_tmp("zip_dora_out.safetensors"));
+    snprintf(rep, sizeof rep, "%s", zt_tmp("zip_dora_report.json"));
+    zl_lora_load_opts o = {.adapter_config = ac, .expect_family = ZL_FAMILY_SD1};
+    zl_lora *plain = NULL;
+    CHECK_OK(zl_lora_load(zt_data("tiny-sd15/loras/content.peft.safetensors"), &o, &plain));
+    if (!plain) return;
+    dora_set a = {0};
+    CHECK(write_dora(zt_data("tiny-sd15/loras/content.peft.safetensors"), dora, plain, g_unet_w, g_te_w, 0, 1, &a) == 0);
+    dora_set_free(&a);
+    zl_lora_free(plain);
+    int rc = zt_cli("zip --model %s --content %s --content-adapter-config %s --style %s --style-adapter-config %s "
+                    "--fixed-inputs %s --steps 10 --lr 0.01 -o %s --report %s",
+                    zt_data("tiny-sd15"), dora, ac, zt_data("tiny-sd15/loras/style.peft.safetensors"), sac,
+                    zt_data("tiny-sd15/zip_io.safetensors"), out, rep);
+    CHECKM(rc == 0 && strstr(zt_err, "DoRA layers baked"), "zip with a DoRA content LoRA: rc %d, %s", rc, zt_err);
+    if (rc) return;
+    zl_st_file *f = NULL;
+    CHECK_OK(zl_st_open(zt_data("tiny-sd15/zip_io.safetensors"), &f));
+    int64_t nt = 0;
+    float *traj = f ? zl_st_load_f32(f, "adam.trajectory", &nt) : NULL;
+    json_error_t je;
+    json_t *j = json_load_file(rep, 0, &je);
+    json_t *curve = j ? json_object_get(j, "loss_curve") : NULL;
+    CHECK(traj && nt == 44 && json_array_size(curve) == 11);
+    if (traj && nt == 44 && json_array_size(curve) == 11) {
+        float got[44];
+        for (int r = 0; r < 11; r++)
+            for (int c = 0; c < 4; c++)
+                got[r * 4 + c] = (float)json_real_value(json_array_get(json_array_get(curve, (size_t)r), (size_t)c));
+        const double e = zt_relerr(got, traj, 44);
+        CHECKM(e <= 1e-3, "zip on the baked DoRA follows the fixture's Adam trajectory (relative error %.3g)", e);
+    }
+    json_decref(j);
+    free(traj);
+    zl_st_close(f);
+
+    /* Scaled magnitudes: zip bakes as convert --model does (same loss curve as zip on the file
+     * convert wrote), and the magnitudes matter (the curve moves away from the plain LoRA's). */
+    char sc[1024], baked[1024];
+    snprintf(sc, sizeof sc, "%s", zt_tmp("content_zip_dora_scaled.safetensors"));
+    snprintf(baked, sizeof baked, "%s", zt_tmp("content_zip_dora_baked.safetensors"));
+    CHECK_OK(zl_lora_load(zt_data("tiny-sd15/loras/content.peft.safetensors"), &o, &plain));
+    if (!plain) return;
+    CHECK(write_dora(zt_data("tiny-sd15/loras/content.peft.safetensors"), sc, plain, g_unet_w, g_te_w, 1, 1, &a) == 0);
+    dora_set_free(&a);
+    zl_lora_free(plain);
+    rc = zt_cli("convert %s --model %s --adapter-config %s --dtype f32 -o %s", sc, zt_data("tiny-sd15"), ac, baked);
+    CHECKM(rc == 0, "convert --model on the scaled PEFT DoRA: rc %d, %s", rc, zt_err);
+    char plain_path[1024];
+    snprintf(plain_path, sizeof plain_path, "%s", zt_data("tiny-sd15/loras/content.peft.safetensors"));
+    const char *const contents[3] = {sc, baked, plain_path};
+    float curves[3][44];
+    int ok = rc == 0;
+    for (int v = 0; v < 3 && ok; v++) {
+        /* the baked file is F32 with alpha = rank: no adapter config; the others are PEFT's */
+        char acf[1100] = "";
+        if (v != 1) snprintf(acf, sizeof acf, "--content-adapter-config %s", ac);
+        rc = zt_cli("zip --model %s --content %s %s --style %s --style-adapter-config %s --fixed-inputs %s --steps 10 "
+                    "--lr 0.01 -o %s --report %s -q",
+                    zt_data("tiny-sd15"), contents[v], acf, zt_data("tiny-sd15/loras/style.peft.safetensors"), sac,
+                    zt_data("tiny-sd15/zip_io.safetensors"), out, rep);
+        json_t *jj = rc == 0 ? json_load_file(rep, 0, &je) : NULL;
+        json_t *cv = jj ? json_object_get(jj, "loss_curve") : NULL;
+        ok = rc == 0 && json_array_size(cv) == 11;
+        CHECKM(ok, "zip run %d: rc %d, %s", v, rc, zt_err);
+        for (int r = 0; ok && r < 11; r++)
+            for (int c = 0; c < 4; c++)
+                curves[v][r * 4 + c] = (float)json_real_value(json_array_get(json_array_get(cv, (size_t)r), (size_t)c));
+        json_decref(jj);
+    }
+    if (ok) {
+        /* columns: loss, content loss, style loss, similarity (which dominates the others' size) */
+        float lc[3][11];
+        for (int v = 0; v < 3; v++)
+            for (int r = 0; r < 11; r++) lc[v][r] = curves[v][r * 4 + 1];
+        const double same = zt_relerr(curves[0], curves[1], 44), moved = zt_relerr(lc[0], lc[2], 11);
+        CHECKM(same <= 1e-6, "zip on a DoRA LoRA = zip on it baked by convert (relative difference %.3g)", same);
+        CHECKM(moved > 1e-2, "the magnitudes change zip's content loss (relative difference to the plain LoRA's %.3g)",
+               moved);
+    }
+}
+
 /* The CLI: generate applies a DoRA LoRA and names it in the PNG; merge refuses it. */
 static void test_cli(void) {
     const char *png = zt_tmp("dora.png");
@@ -928,6 +1019,7 @@ int main(void) {
     test_peft();
     test_bake();
     test_bake_sdxl();
+    test_zip();
     test_cli();
     zl_lora_free(g_plain);
     zl_lora_free(g_te_plain);

@@ -36,93 +36,24 @@ static void usage(FILE *f) {
             "  -q, -v, --threads N   quiet, verbose, threads\n");
 }
 
-/* Every DoRA layer of l becomes a plain LoRA layer: the best rank-k approximation (k = rank,
- * else the layer's) of what it changes in the model's weight at weight 1. The UNet and the
- * text encoders are loaded only when some DoRA layer is theirs (weights stay mapped). */
+/* Bake l's DoRA layers against --model (zl_lora_bake_dora_model) and print each layer's error. */
 static int bake_dora(zl_lora *l, const char *model, int rank, const zl_text_load_opts *to) {
-    int need_unet = 0, need_te = 0;
-    for (int i = 0; i < l->n; i++)
-        if (l->layers[i].dora) l->layers[i].part == ZL_PART_UNET ? need_unet++ : need_te++;
     zl_model_paths mp;
     int rc = zl_model_paths_resolve(model, &mp);
     if (rc) return rc;
-    zl_unet *u = NULL;
-    zl_text *t = NULL;
-    if (need_unet && (rc = zl_unet_load_model(&mp, NULL, &u))) rc = zl_error_prefix(rc, "--model %s", model);
-    if (!rc && need_te && (rc = zl_text_load(&mp, to, &t))) rc = zl_error_prefix(rc, "--model %s", model);
-    const zl_family mf = u ? zl_unet_get_config(u)->family : t ? zl_text_family(t) : ZL_FAMILY_UNKNOWN;
-    if (!rc && l->family != ZL_FAMILY_UNKNOWN && mf != ZL_FAMILY_UNKNOWN && l->family != mf)
-        rc = zl_set_error(ZL_EINVAL, "%s: this LoRA is for %s but --model %s is %s", l->path, zl_family_name(l->family),
-                          model, zl_family_name(mf));
-    zl_progress pb;
-    const int began = !rc;
-    if (began) {
-        zl_info("baking %d DoRA layer%s with the weights of %s", need_unet + need_te, need_unet + need_te == 1 ? "" : "s",
-                model);
-        zl_progress_begin(&pb, "bake DoRA", need_unet + need_te);
-    }
-    /* Layers are baked in parallel, one per thread (each SVD runs single-threaded); the table
-     * is printed in layer order afterwards. */
-    const int nd = need_unet + need_te;
-    int *idx = malloc(sizeof(int) * (size_t)(nd ? nd : 1)), *r0 = malloc(sizeof(int) * (size_t)(nd ? nd : 1));
-    double *errs = malloc(sizeof(double) * (size_t)(nd ? nd : 1)), *norms = malloc(sizeof(double) * (size_t)(nd ? nd : 1));
-    if (!rc && (!idx || !r0 || !errs || !norms)) rc = zl_set_error(ZL_ENOMEM, "out of memory");
-    for (int i = 0, j = 0; !rc && i < l->n; i++)
-        if (l->layers[i].dora) idx[j++] = i;
-    int done = 0, failed = rc, first_bad = nd;
-    char msg[2048] = "";
-    #pragma omp parallel for schedule(dynamic, 1) if (!rc)
-    for (int j = 0; j < nd; j++) {
-        int stop;
-        #pragma omp atomic read
-        stop = failed;
-        if (stop) continue;
-        zl_lora_layer *y = &l->layers[idx[j]];
-        const size_t n = (size_t)y->out_features * y->in_features * y->kh * y->kw;
-        float *W = malloc(n * sizeof(float));
-        int lrc = W ? ZL_OK : zl_set_error(ZL_ENOMEM, "out of memory");
-        if (!lrc) {
-            if (y->part == ZL_PART_UNET) lrc = zl_unet_module_weight(u, y->module, W, n);
-            else {
-                const zl_clip *c = zl_text_encoder(t, y->part);
-                lrc = c ? zl_clip_module_weight(c, y->module, W, n)
-                        : zl_set_error(ZL_ENOTFOUND, "--model %s has no second text encoder", model);
-            }
-            if (lrc) lrc = zl_error_prefix(lrc, "%s: DoRA layer '%s' against --model %s", l->path, y->module, model);
-        }
-        r0[j] = y->rank;
-        if (!lrc) lrc = zl_lora_bake_dora(y, W, rank, &errs[j], &norms[j]);
-        free(W);
-        #pragma omp critical(zl_bake)
-        {
-            if (lrc && j < first_bad) { /* the first failing layer's message (errors are per thread) */
-                first_bad = j;
-                snprintf(msg, sizeof msg, "%s", zl_errmsg());
-                failed = lrc;
-            }
-            if (!lrc) zl_progress_update(&pb, ++done, NULL);
-        }
-    }
-    if (began) zl_progress_end(&pb, NULL);
-    if (!rc && failed) rc = zl_set_error(failed, "%s", msg);
-    if (!rc) {
-        double dropped = 0, total = 0;
-        printf("%-5s %-70s %6s %6s %12s\n", "part", "DoRA layer", "rank", "->", "rel. error");
-        for (int j = 0; j < nd; j++) {
-            const zl_lora_layer *y = &l->layers[idx[j]];
-            printf("%-5s %-70s %6d %6d %12.3e\n", y->part == ZL_PART_UNET ? "unet" : y->part == ZL_PART_TE1 ? "te1" : "te2",
-                   y->module, r0[j], y->rank, errs[j]);
-            dropped += errs[j] * errs[j] * norms[j] * norms[j];
-            total += norms[j] * norms[j];
-        }
-        l->n_dora = 0;
-        printf("overall relative Frobenius error of the baked DoRA layers: %.6e\n", total > 0 ? sqrt(dropped / total) : 0.0);
-    }
-    free(idx), free(r0), free(errs), free(norms);
-    zl_unet_free(u);
-    zl_text_free(t);
+    zl_dora_bake_report rep;
+    rc = zl_lora_bake_dora_model(l, &mp, to, rank, &rep);
     zl_model_paths_free(&mp);
-    return rc;
+    if (rc) return rc;
+    printf("%-5s %-70s %6s %6s %12s\n", "part", "DoRA layer", "rank", "->", "rel. error");
+    for (int j = 0; j < rep.n; j++) {
+        const zl_lora_layer *y = &l->layers[rep.layer[j]];
+        printf("%-5s %-70s %6d %6d %12.3e\n", y->part == ZL_PART_UNET ? "unet" : y->part == ZL_PART_TE1 ? "te1" : "te2",
+               y->module, rep.rank_before[j], y->rank, rep.rel_err[j]);
+    }
+    printf("overall relative Frobenius error of the baked DoRA layers: %.6e\n", rep.overall);
+    zl_dora_bake_report_free(&rep);
+    return ZL_OK;
 }
 
 int zl_cmd_convert(int argc, char **argv) {

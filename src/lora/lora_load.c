@@ -95,8 +95,9 @@ static char *strndup_(const char *s, size_t n) {
 
 /* LyCORIS and PEFT variants whose math is not LoRA's up @ down: refuse them by
  * name rather than load something else. */
-#define DORA_WHY " in a LoRA to merge, convert, inspect or zip (generate applies it; convert --model M bakes it " \
-                 "into a plain LoRA: a DoRA update depends on the base weights, so it is no fixed low-rank update)"
+#define DORA_WHY " without a model (a DoRA update depends on the base weights, so it is no fixed low-rank " \
+                 "update): generate applies it, zip and eval-merge bake it against their --model, and " \
+                 "convert --model M bakes it into a plain LoRA for merge and inspect"
 static const struct {
     const char *marker;
     const char *what;

@@ -14,6 +14,7 @@
 
 #include "ziplora/fileio.h"
 #include "nn/ops.h"
+#include "ziplora/dora.h"
 #include "ziplora/flops.h"
 #include "ziplora/pipeline.h"
 #include "ziplora/progress.h"
@@ -115,7 +116,7 @@ static int fx_read(zl_ziprun *r, const char *name, int64_t numel, int required, 
 static int load_one(zl_ziprun *r, const char *path, const char *adapter, const char *role, const zl_clip_config *te1,
                     const zl_clip_config *te2, zl_lora **out) {
     zl_lora_load_opts o = {.adapter_config = adapter, .unet_config = &r->ucfg, .expect_family = r->ucfg.family,
-                           .te1_config = te1, .te2_config = te2};
+                           .te1_config = te1, .te2_config = te2, .allow_dora = 1};
     int rc = zl_lora_load(path, &o, out);
     if (rc && rc != ZL_ENOMEM && rc != ZL_EIO) {
         char why[2048];
@@ -136,6 +137,16 @@ static int load_one(zl_ziprun *r, const char *path, const char *adapter, const c
     if ((*out)->family != ZL_FAMILY_UNKNOWN && (*out)->family != r->ucfg.family)
         return zl_set_error(ZL_EUNSUPPORTED, "%s LoRA %s is for %s, but the model %s is %s", role, path,
                             zl_family_name((*out)->family), r->p->model, zl_family_name(r->ucfg.family));
+    const int nd = (*out)->n_dora;
+    if (nd) {
+        /* DoRA: baked into a plain LoRA against the model, as `convert --model` does */
+        zl_dora_bake_report rep;
+        rc = zl_lora_bake_dora_model(*out, r->have_paths ? &r->paths : zl_pipeline_paths(r->pipe), NULL, 0, &rep);
+        if (rc) return zl_error_prefix(rc, "%s LoRA", role);
+        zl_info("%s LoRA %s: %d DoRA layer%s baked into plain ones at their ranks, relative error %.3g overall "
+                "('ziplora convert --model' lists each layer's)", role, path, nd, nd == 1 ? "" : "s", rep.overall);
+        zl_dora_bake_report_free(&rep);
+    }
     return ZL_OK;
 }
 
