@@ -168,6 +168,11 @@ int zl_txt2img_sample(zl_unet *unet, int scale, const zl_cond *c, const zl_gen_p
 /* The same with the pipeline's UNet (width/height 0 = native). */
 int zl_pipeline_sample(zl_pipeline *p, const zl_cond *c, const zl_gen_params *g, float *latent);
 
+/* Hires fix's "Latent" upscaler (AUTOMATIC1111): x [C, h, w] -> y [C, h2, w2] by bilinear
+ * interpolation as torch's F.interpolate(mode="bilinear", align_corners=False, no antialias)
+ * with an output size: source coordinate (i + 0.5) h / h2 - 0.5, clamped to the edges. */
+int zl_latent_resize_bilinear(const float *x, int C, int h, int w, float *y, int h2, int w2);
+
 /* latent [4, h, w] (as sampled, before 1/scaling_factor) -> image [3, h*s, w*s]
  * in [-1, 1] (may be NULL) and/or an 8-bit RGB image (may be NULL; free with
  * zl_image_free). */

@@ -79,7 +79,12 @@ static void usage(FILE *f) {
             "  --init-image FILE      img2img: start from this image (PNG/JPEG), scaled to cover the size and\n"
             "                         centre-cropped; the size defaults to the image's, rounded down to 8\n"
             "  --strength S           img2img: how much of the schedule runs, in (0, 1] (default 0.75, A1111's\n"
-            "                         denoising strength): the last int(steps x S) steps, as diffusers\n"
+            "                         denoising strength): the last int(steps x S) steps, as diffusers; with\n"
+            "                         --hires-scale, the second pass's (default 0.7, A1111's)\n"
+            "  --hires-scale F        A1111's hires fix: sample at the size, upscale the latents F times\n"
+            "                         (in (1, 4]; A1111's 'Latent' upscaler: bilinear), then run img2img on them\n"
+            "                         at int(size x F) rounded down to 8 with --strength, and decode that\n"
+            "  --hires-steps N        steps of that second pass (default: --steps; it runs int(N x strength))\n"
             "  --cfg-rescale PHI      guidance rescale in [0, 1] (diffusers' guidance_rescale; 0.7 is the\n"
             "                         usual value for zero-terminal-SNR models; default 0: none)\n"
             "  --unet-config JSON     diffusers config.json of the UNet, VAE or text encoders, for a\n"
@@ -232,7 +237,9 @@ typedef struct {
     const char *noise_spec;
     zl_sched_config sched;
     float cfg_rescale;
-    double strength; /* img2img's; 0: txt2img */
+    double strength; /* img2img's or the hires pass's; 0: txt2img */
+    double hires_scale; /* 0: no hires fix */
+    int hires_steps;    /* given for the hires pass; 0: --steps */
     int chunks;      /* --long-prompt: chunks per prompt; 0: not asked */
     int no_emphasis; /* --long-prompt --no-emphasis */
 } infotext;
@@ -255,6 +262,9 @@ static int make_parameters(const infotext *it, uint64_t seed, long noise_index, 
         rc = sb_printf(&b, ", Timestep spacing: %s", zl_spacing_name(it->sched.spacing));
     if (!rc && it->cfg_rescale > 0) rc = sb_printf(&b, ", CFG rescale: %g", (double)it->cfg_rescale);
     if (!rc && it->strength > 0) rc = sb_printf(&b, ", Denoising strength: %g", it->strength);
+    if (!rc && it->hires_scale > 0) rc = sb_printf(&b, ", Hires upscale: %g", it->hires_scale);
+    if (!rc && it->hires_scale > 0 && it->hires_steps) rc = sb_printf(&b, ", Hires steps: %d", it->hires_steps);
+    if (!rc && it->hires_scale > 0) rc = sb_printf(&b, ", Hires upscaler: Latent");
     if (!rc && it->chunks) rc = sb_printf(&b, ", Prompt chunks: %d", it->chunks);
     if (!rc && it->chunks && it->no_emphasis) rc = sb_printf(&b, ", Emphasis: None");
     if (!rc && it->vae_name) rc = sb_printf(&b, ", VAE hash: %s, VAE: ", it->vae_hash);
@@ -368,6 +378,8 @@ typedef struct {
     int steps_given, clip_given, rescale_given; /* given on the command line (they win over --from-png) */
     long steps, width, height, batch, clip_skip;
     double cfg, cfg_rescale, strength;
+    double hires_scale; /* NAN: no hires fix */
+    long hires_steps;   /* 0: --steps */
     uint64_t seed;
     zl_sched_override sched;
     char sampler_buf[80]; /* --from-png's sampler name */
@@ -437,7 +449,22 @@ static int apply_png(const char *path, const zl_png_params *pp, gen_args *c) {
     if (c->sched.spacing && zl_spacing_from_name(c->sched.spacing) < 0)
         return zl_cli_usage(CMD, "--from-png %s: Timestep spacing '%s' is not leading, trailing or linspace", path,
                             c->sched.spacing);
-    if (c->init_path && isnan(c->strength) && (v = zl_png_params_get(pp, "Denoising strength"))) {
+    if (!c->init_path && isnan(c->hires_scale) && (v = zl_png_params_get(pp, "Hires upscale"))) {
+        snprintf(what, sizeof what, "--from-png %s: Hires upscale", path);
+        if (zl_cli_float(CMD, what, v, &c->hires_scale)) return ZL_EXIT_USAGE;
+        if (!(c->hires_scale > 1 && c->hires_scale <= 4))
+            return zl_cli_usage(CMD, "--from-png %s: Hires upscale %s is outside (1, 4]", path, v);
+        const char *u = zl_png_params_get(pp, "Hires upscaler");
+        if (u && strcmp(u, "Latent"))
+            zl_warn("%s: its hires fix used the upscaler '%s'; this tool has only 'Latent' (bilinear), used instead",
+                    path, u);
+    }
+    if (!c->hires_steps && !isnan(c->hires_scale) && (v = zl_png_params_get(pp, "Hires steps"))) {
+        snprintf(what, sizeof what, "--from-png %s: Hires steps", path);
+        if (zl_cli_int(CMD, what, v, 1, 1000, &c->hires_steps)) return ZL_EXIT_USAGE;
+    }
+    if ((c->init_path || !isnan(c->hires_scale)) && isnan(c->strength) &&
+        (v = zl_png_params_get(pp, "Denoising strength"))) {
         snprintf(what, sizeof what, "--from-png %s: Denoising strength", path);
         if (zl_cli_float(CMD, what, v, &c->strength)) return ZL_EXIT_USAGE;
     }
@@ -485,16 +512,25 @@ static int generate_run(gen_args *A) {
     if (prompt_arg && check_utf8("-p", prompt_arg, strlen(prompt_arg))) return zl_cli_usage(CMD, "%s", zl_errmsg());
     if (negative && check_utf8("-n", negative, strlen(negative))) return zl_cli_usage(CMD, "%s", zl_errmsg());
     if (!have_seed) seed = random_seed();
-    if (!isnan(strength) && !init_path) return zl_cli_usage(CMD, "--strength is for img2img: give --init-image FILE");
-    if (isnan(strength)) strength = 0.75;
+    const int hires = !isnan(A->hires_scale);
+    const double hires_scale = A->hires_scale;
+    const long hires_steps = A->hires_steps ? A->hires_steps : steps;
+    if (hires && init_path) return zl_cli_usage(CMD, "--hires-scale is for txt2img, not with --init-image");
+    if (A->hires_steps && !hires) return zl_cli_usage(CMD, "--hires-steps needs --hires-scale");
+    if (!isnan(strength) && !init_path && !hires)
+        return zl_cli_usage(CMD, "--strength is for img2img (--init-image FILE) or the hires fix (--hires-scale F)");
+    if (isnan(strength)) strength = hires ? 0.7 : 0.75;
     if (init_path && (long)(steps * strength) < 1)
         return zl_cli_usage(CMD, "--strength %g of %ld steps runs no step (int(%ld x %g) = 0); raise --steps or --strength",
                             strength, steps, steps, strength);
+    if (hires && (long)(hires_steps * strength) < 1)
+        return zl_cli_usage(CMD, "--strength %g of %ld hires steps runs no step (int(%ld x %g) = 0); raise --hires-steps "
+                                 "or --strength", strength, hires_steps, hires_steps, strength);
 
     int rc = ZL_OK;
     zl_pipeline *p = NULL;
     char *prompt_buf = NULL, *noise_file = NULL;
-    float *noise = NULL, *latents = NULL;
+    float *noise = NULL, *latents = NULL, *lo = NULL;
     char *lpaths[MAX_LORAS] = {0};
     zl_image *imgs = NULL;
     zl_image init_img = {0};
@@ -570,6 +606,21 @@ static int generate_run(gen_args *A) {
         if (!height) height = dh;
     }
     if ((rc = zl_pipeline_check_size(p, (int)width, (int)height))) goto done;
+    /* the hires pass's size: int(size x F) in whole latent cells, as A1111's latent upscale */
+    long width2 = width, height2 = height;
+    if (hires) {
+        width2 = (long)(width * hires_scale) / s * s;
+        height2 = (long)(height * hires_scale) / s * s;
+        if (width2 > ZL_IMAGE_MAX_SIDE || height2 > ZL_IMAGE_MAX_SIDE) {
+            rc = zl_set_error(ZL_EINVAL, "--hires-scale %g makes %ldx%ld pixels, over the %d-pixel limit", hires_scale,
+                              width2, height2, ZL_IMAGE_MAX_SIDE);
+            goto done;
+        }
+        if ((rc = zl_pipeline_check_size(p, (int)width2, (int)height2))) {
+            zl_error_prefix(rc, "--hires-scale %g (%ldx%ld)", hires_scale, width2, height2);
+            goto done;
+        }
+    }
     if (isnan(cfg)) cfg = zl_pipeline_family(p) == ZL_FAMILY_SDXL ? 5.0 : 7.5;
     if (mp->unet_weights) inputs[n_inputs++] = mp->unet_weights;
     if (mp->te1_weights) inputs[n_inputs++] = mp->te1_weights;
@@ -654,8 +705,13 @@ static int generate_run(gen_args *A) {
                 init_img.w, init_img.h, width, height, zl_now() - t_enc, strength, (int)(steps * strength), steps);
     }
     if (C != 4 && noise) { rc = zl_set_error(ZL_ESHAPE, "the UNet takes %d latent channels, --initial-noise has 4", C); goto done; }
-    latents = malloc(sizeof(float) * n * (size_t)batch); // [batch, C, h, w]
-    if (!latents) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
+    const int h2 = (int)height2 / s, w2 = (int)width2 / s;
+    const size_t n2 = (size_t)C * h2 * w2;
+    latents = malloc(sizeof(float) * n2 * (size_t)batch); // [batch, C, h2, w2]: the final latents
+    if (!latents || (hires && !(lo = malloc(sizeof(float) * n)))) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
+    if (hires)
+        zl_info("hires fix: %ldx%ld -> %ldx%ld (Latent, bilinear), %ld steps at strength %g (runs %d)", width, height,
+                width2, height2, hires_steps, strength, (int)(hires_steps * strength));
     for (long b = 0; b < batch; b++) {
         char label[64];
         if (batch > 1) snprintf(label, sizeof label, "image %ld/%ld", b + 1, batch);
@@ -665,7 +721,23 @@ static int generate_run(gen_args *A) {
                            .sigmas = karras ? ZL_SIGMAS_KARRAS : ZL_SIGMAS_DEFAULT,
                            .initial_noise = noise ? noise + (size_t)b * n : NULL, .progress = 1, .progress_label = label,
                            .cfg_rescale = (float)cfg_rescale, .init_latent = init_lat, .strength = strength};
-        if ((rc = zl_pipeline_sample(p, &cond, &g, latents + (size_t)b * n))) goto done;
+        float *dst = latents + (size_t)b * n2;
+        if ((rc = zl_pipeline_sample(p, &cond, &g, hires ? lo : dst))) goto done;
+        if (hires) {
+            /* A1111's hires fix: the latents upscaled, then img2img on them at the new size (its noise
+             * from the same seed, drawn at that size) */
+            if ((rc = zl_latent_resize_bilinear(lo, C, h, w, dst, h2, w2))) goto done;
+            float *up = malloc(sizeof(float) * n2);
+            if (!up) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
+            memcpy(up, dst, sizeof(float) * n2);
+            char hl[80];
+            snprintf(hl, sizeof hl, "%s hires", label);
+            g.width = (int)width2, g.height = (int)height2, g.steps = (int)hires_steps, g.initial_noise = NULL;
+            g.init_latent = up, g.strength = strength, g.progress_label = hl;
+            rc = zl_pipeline_sample(p, &cond, &g, dst);
+            free(up);
+            if (rc) goto done;
+        }
     }
     zl_pipeline_release(p, ZL_PIPE_UNET);
 
@@ -674,7 +746,7 @@ static int generate_run(gen_args *A) {
     if (!imgs) { rc = zl_set_error(ZL_ENOMEM, "out of memory"); goto done; }
     double t_dec = zl_now();
     for (long b = 0; b < batch; b++)
-        if ((rc = zl_pipeline_decode(p, latents + (size_t)b * n, h, w, NULL, &imgs[b]))) goto done;
+        if ((rc = zl_pipeline_decode(p, latents + (size_t)b * n2, h2, w2, NULL, &imgs[b]))) goto done;
     zl_info("VAE decode: %.2f s", zl_now() - t_dec);
 
     /* 4. hashes and the parameters chunk */
@@ -709,13 +781,15 @@ static int generate_run(gen_args *A) {
     it.noise_spec = noise_spec;
     it.sched = *zl_pipeline_sched(p);
     it.cfg_rescale = (float)cfg_rescale;
-    it.strength = init_path ? strength : 0;
+    it.strength = init_path || hires ? strength : 0;
+    it.hires_scale = hires ? hires_scale : 0;
+    it.hires_steps = (int)A->hires_steps;
     it.chunks = long_prompt ? (cond.T > 0 ? cond.T : ZL_CLIP_CTX) / ZL_CLIP_CTX : 0;
     it.no_emphasis = no_emphasis;
 
     const char *tmp;
     if (latent_path) {
-        zl_st_entry e = {.name = "latent", .dtype = ZL_DT_F32, .ndim = 4, .shape = {batch, C, h, w}, .data = latents};
+        zl_st_entry e = {.name = "latent", .dtype = ZL_DT_F32, .ndim = 4, .shape = {batch, C, h2, w2}, .data = latents};
         if ((rc = zl_outset_add(&outs, latent_path, &tmp)) || (rc = zl_st_write(tmp, &e, 1, NULL, 0, inputs, n_inputs)))
             goto done;
     }
@@ -763,6 +837,7 @@ done:
     free(noise_file);
     free(noise);
     free(latents);
+    free(lo);
     free(init_lat);
     zl_image_free(&init_img);
     if (!rc) return ZL_EXIT_OK;
@@ -770,7 +845,8 @@ done:
 }
 
 int zl_cmd_generate(int argc, char **argv) {
-    gen_args A = {.sampler_name = "euler", .steps = 50, .batch = 1, .clip_skip = 1, .cfg = NAN, .strength = NAN};
+    gen_args A = {.sampler_name = "euler", .steps = 50, .batch = 1, .clip_skip = 1, .cfg = NAN, .strength = NAN,
+                  .hires_scale = NAN};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = zl_cli_common(CMD, argc, argv, &i);
@@ -804,12 +880,13 @@ int zl_cmd_generate(int argc, char **argv) {
                     : (!strcmp(a, "-W") || !strcmp(a, "--width")) ? &A.width
                     : (!strcmp(a, "-H") || !strcmp(a, "--height")) ? &A.height
                     : !strcmp(a, "--batch") ? &A.batch
+                    : !strcmp(a, "--hires-steps") ? &A.hires_steps
                     : NULL;
         int is_lora = !strcmp(a, "--lora"), is_emb = !strcmp(a, "--embedding"),
             is_cfg = !strcmp(a, "--cfg") || !strcmp(a, "--cfg-scale"),
             is_seed = !strcmp(a, "--seed"), is_resc = !strcmp(a, "--cfg-rescale") || !strcmp(a, "--guidance-rescale"),
-            is_str = !strcmp(a, "--strength") || !strcmp(a, "--denoising-strength");
-        if (!dst && !num && !is_lora && !is_emb && !is_cfg && !is_seed && !is_resc && !is_str)
+            is_str = !strcmp(a, "--strength") || !strcmp(a, "--denoising-strength"), is_hs = !strcmp(a, "--hires-scale");
+        if (!dst && !num && !is_lora && !is_emb && !is_cfg && !is_seed && !is_resc && !is_str && !is_hs)
             return zl_cli_usage(CMD, "unknown option '%s'", a);
         if (i + 1 >= argc) return zl_cli_usage(CMD, "%s needs a value", a);
         const char *v = argv[++i];
@@ -827,6 +904,9 @@ int zl_cmd_generate(int argc, char **argv) {
         } else if (is_str) {
             if (zl_cli_float(CMD, a, v, &A.strength)) return ZL_EXIT_USAGE;
             if (!(A.strength > 0 && A.strength <= 1)) return zl_cli_usage(CMD, "%s %s is outside (0, 1]", a, v);
+        } else if (is_hs) {
+            if (zl_cli_float(CMD, a, v, &A.hires_scale)) return ZL_EXIT_USAGE;
+            if (!(A.hires_scale > 1 && A.hires_scale <= 4)) return zl_cli_usage(CMD, "%s %s is outside (1, 4]", a, v);
         } else if (is_resc) {
             if (zl_cli_float(CMD, a, v, &A.cfg_rescale)) return ZL_EXIT_USAGE;
             A.rescale_given = 1;
@@ -842,6 +922,8 @@ int zl_cmd_generate(int argc, char **argv) {
         } else if (num == &A.steps) {
             if (zl_cli_int(CMD, a, v, 1, 1000, num)) return ZL_EXIT_USAGE;
             A.steps_given = 1;
+        } else if (num == &A.hires_steps) {
+            if (zl_cli_int(CMD, a, v, 1, 1000, num)) return ZL_EXIT_USAGE;
         } else if (num == &A.batch) {
             if (zl_cli_int(CMD, a, v, 1, MAX_BATCH, num)) return ZL_EXIT_USAGE;
         } else if (num == &A.clip_skip) {

@@ -647,6 +647,50 @@ int zl_pipeline_sample(zl_pipeline *p, const zl_cond *c, const zl_gen_params *g,
     return zl_txt2img_sample(p->unet, p->vae_scale, c, &gg, latent);
 }
 
+/* One axis of the bilinear resize: for each output index, the two source indices and the
+ * weight of the second. */
+static void bilinear_axis(int n, int n2, int *i0, int *i1, float *t) {
+    const double sc = (double)n / n2;
+    for (int i = 0; i < n2; i++) {
+        double src = (i + 0.5) * sc - 0.5;
+        if (src < 0) src = 0;
+        int a = (int)src;
+        if (a > n - 1) a = n - 1;
+        i0[i] = a;
+        i1[i] = a + 1 < n ? a + 1 : n - 1;
+        t[i] = (float)(src - a);
+    }
+}
+
+int zl_latent_resize_bilinear(const float *x, int C, int h, int w, float *y, int h2, int w2) {
+    if (C < 1 || h < 1 || w < 1 || h2 < 1 || w2 < 1)
+        return zl_set_error(ZL_EINVAL, "resize of a %d x %d x %d latent to %d x %d", C, h, w, h2, w2);
+    int *r0 = malloc(sizeof(int) * (size_t)(h2 + w2) * 2);
+    float *rt = malloc(sizeof(float) * (size_t)(h2 + w2));
+    if (!r0 || !rt) {
+        free(r0), free(rt);
+        return zl_set_error(ZL_ENOMEM, "out of memory");
+    }
+    int *ri0 = r0, *ri1 = r0 + h2, *ci0 = r0 + 2 * h2, *ci1 = r0 + 2 * h2 + w2;
+    float *rtt = rt, *ctt = rt + h2;
+    bilinear_axis(h, h2, ri0, ri1, rtt);
+    bilinear_axis(w, w2, ci0, ci1, ctt);
+    for (int c = 0; c < C; c++) {
+        const float *xc = x + (size_t)c * h * w;
+        for (int i = 0; i < h2; i++) {
+            const float *ra = xc + (size_t)ri0[i] * w, *rb = xc + (size_t)ri1[i] * w;
+            float *yr = y + ((size_t)c * h2 + i) * w2;
+            for (int j = 0; j < w2; j++) {
+                const float top = ra[ci0[j]] + ctt[j] * (ra[ci1[j]] - ra[ci0[j]]);
+                const float bot = rb[ci0[j]] + ctt[j] * (rb[ci1[j]] - rb[ci0[j]]);
+                yr[j] = top + rtt[i] * (bot - top);
+            }
+        }
+    }
+    free(r0), free(rt);
+    return ZL_OK;
+}
+
 int zl_pipeline_encode_image(zl_pipeline *p, const zl_image *image, int width, int height, float *latent) {
     int rc = zl_pipeline_check_size(p, width, height);
     if (rc) return rc;
