@@ -971,6 +971,93 @@ static void test_zip(void) {
     }
 }
 
+/* merge --model bakes a DoRA input first: with exact magnitudes the merged LoRA's update in
+ * every layer is the merge of the plain LoRAs' (1e-5 relative, in double); without --model
+ * the DoRA file is refused and nothing is written. */
+static void test_merge(void) {
+    char a[1024], b[1024], none[1024], model[1024], content[1024];
+    snprintf(a, sizeof a, "%s", zt_tmp("merge_dora.safetensors"));
+    snprintf(b, sizeof b, "%s", zt_tmp("merge_plain.safetensors"));
+    snprintf(none, sizeof none, "%s", zt_tmp("merge_none.safetensors"));
+    snprintf(model, sizeof model, "%s", zt_data("tiny-sd15"));
+    snprintf(content, sizeof content, "%s", zt_data("tiny-sd15/loras/content.kohya.safetensors"));
+    int rc = zt_cli("merge --content %s --style %s -o %s", content, g_exact, none);
+    CHECKM(rc != 0 && strstr(zt_err, "DoRA") && !zl_file_exists(none), "merge without --model refuses DoRA: rc %d, %s",
+           rc, zt_err);
+    rc = zt_cli("merge --model %s --content %s --style %s --dtype f32 -o %s", model, content, g_exact, a);
+    CHECKM(rc == 0 && strstr(zt_err, "DoRA layers baked"), "merge --model with a DoRA style: rc %d, %s", rc, zt_err);
+    int rc2 = zt_cli("merge --model %s --content %s --style %s --dtype f32 -o %s -q", model, content,
+                     zt_data("tiny-sd15/loras/style.kohya.safetensors"), b);
+    CHECKM(rc2 == 0, "merge of the plain LoRAs: rc %d, %s", rc2, zt_err);
+    zl_lora *la = NULL, *lb = NULL;
+    zl_lora_load_opts o = {.expect_family = ZL_FAMILY_SD1};
+    if (!rc && !rc2) {
+        CHECK_OK(zl_lora_load(a, &o, &la));
+        CHECK_OK(zl_lora_load(b, &o, &lb));
+    }
+    if (la && lb) {
+        int bad = la->n != lb->n;
+        for (int k = 0; !bad && k < la->n; k++) {
+            const zl_lora_layer *x = &lb->layers[k];
+            const int K = x->in_features * x->kh * x->kw;
+            double *d = calloc((size_t)x->out_features * K, sizeof(double));
+            const double sx = (double)x->alpha / x->rank;
+            for (int o2 = 0; o2 < x->out_features; o2++)
+                for (int j = 0; j < K; j++) {
+                    double v = 0;
+                    for (int r = 0; r < x->rank; r++) v += (double)x->up[(size_t)o2 * x->rank + r] * x->down[(size_t)r * K + j];
+                    d[(size_t)o2 * K + j] = sx * v;
+                }
+            bad += strcmp(x->module, la->layers[k].module) || !(factor_err(&la->layers[k], d) <= 1e-5);
+            free(d);
+        }
+        CHECKM(bad == 0, "merge --model of a DoRA (exact magnitudes) = merge of the plain LoRA, every layer (%d off)", bad);
+    }
+    zl_lora_free(la), zl_lora_free(lb);
+    la = lb = NULL;
+
+    /* scaled magnitudes: merge --model = merge of the file convert --model bakes (the same factors) */
+    char baked[1024];
+    snprintf(baked, sizeof baked, "%s", zt_tmp("merge_scaled_baked.safetensors"));
+    rc = zt_cli("convert %s --model %s --dtype f32 -o %s -q", g_scaled, model, baked);
+    if (!rc) rc = zt_cli("merge --model %s --content %s --style %s --dtype f32 -o %s -q", model, content, g_scaled, a);
+    if (!rc) rc = zt_cli("merge --model %s --content %s --style %s --dtype f32 -o %s -q", model, content, baked, b);
+    CHECKM(rc == 0, "scaled DoRA: convert and both merges: rc %d, %s", rc, zt_err);
+    if (!rc) {
+        CHECK_OK(zl_lora_load(a, &o, &la));
+        CHECK_OK(zl_lora_load(b, &o, &lb));
+    }
+    if (la && lb) {
+        int same = la->n == lb->n;
+        for (int k = 0; same && k < la->n; k++) {
+            const zl_lora_layer *x = &la->layers[k], *y = &lb->layers[k];
+            const int K = x->in_features * x->kh * x->kw;
+            same = x->rank == y->rank && x->alpha == y->alpha && !strcmp(x->module, y->module) &&
+                   !memcmp(x->up, y->up, sizeof(float) * (size_t)x->out_features * x->rank) &&
+                   !memcmp(x->down, y->down, sizeof(float) * (size_t)x->rank * K);
+        }
+        CHECKM(same, "merge --model of a scaled DoRA = merge of its convert --model bake, bit for bit");
+    }
+    zl_lora_free(la), zl_lora_free(lb);
+
+    /* the library refuses an unbaked DoRA LoRA where its magnitudes would be lost */
+    zl_lora_load_opts ao = {.expect_family = ZL_FAMILY_SD1, .allow_dora = 1};
+    zl_lora *d = NULL, *m = NULL;
+    CHECK_OK(zl_lora_load(g_scaled, &ao, &d));
+    if (d) {
+        char w[1024];
+        snprintf(w, sizeof w, "%s", zt_tmp("unbaked.safetensors"));
+        rc = zl_lora_write(w, d, NULL);
+        CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), "DoRA") && !zl_file_exists(w),
+               "zl_lora_write refuses DoRA layers: %d %s", rc, zl_errmsg());
+        rc = zl_lora_merge(g_plain, d, NULL, &m, NULL);
+        CHECKM(rc == ZL_EUNSUPPORTED && strstr(zl_errmsg(), "DoRA") && !m, "zl_lora_merge refuses DoRA layers: %d %s",
+               rc, zl_errmsg());
+        zl_lora_free(m);
+    }
+    zl_lora_free(d);
+}
+
 /* The CLI: generate applies a DoRA LoRA and names it in the PNG; merge refuses it. */
 static void test_cli(void) {
     const char *png = zt_tmp("dora.png");
@@ -1020,6 +1107,7 @@ int main(void) {
     test_bake();
     test_bake_sdxl();
     test_zip();
+    test_merge();
     test_cli();
     zl_lora_free(g_plain);
     zl_lora_free(g_te_plain);

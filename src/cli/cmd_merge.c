@@ -28,7 +28,8 @@ static void usage(FILE *f) {
             "  --format kohya|peft   output layout (default kohya)\n"
             "  --dtype f32|f16|bf16  output dtype (default: the inputs' common dtype, else f32)\n"
             "  --title TEXT          modelspec.title (default: the output file name)\n"
-            "  --model M             name layers with this model's UNet config (diffusers folder or single file)\n"
+            "  --model M             name layers with this model's UNet config (diffusers folder or single file);\n"
+            "                        a DoRA LoRA is baked against its weights first (as convert --model)\n"
             "  -q, -v, --threads N   quiet, verbose, threads\n");
 }
 
@@ -85,6 +86,25 @@ static int parse_weights(const char *s, float *wc, float *ws) {
     *wc = (float)x;
     *ws = (float)y;
     return 0;
+}
+
+/* Bake the DoRA layers of c and s against --model (zl_lora_bake_dora_model). */
+static int bake_both(zl_lora *c, zl_lora *s, const char *model) {
+    zl_model_paths mp;
+    int rc = zl_model_paths_resolve(model, &mp);
+    const int resolved = !rc;
+    for (int k = 0; k < 2 && !rc; k++) {
+        zl_lora *l = k ? s : c;
+        const int nd = l->n_dora;
+        if (!nd) continue;
+        zl_dora_bake_report rep;
+        if ((rc = zl_lora_bake_dora_model(l, &mp, NULL, 0, &rep))) break;
+        zl_info("%s: %d DoRA layer%s baked into plain ones at their ranks against %s, relative error %.3g overall "
+                "('ziplora convert --model' lists each layer's)", l->path, nd, nd == 1 ? "" : "s", model, rep.overall);
+        zl_dora_bake_report_free(&rep);
+    }
+    if (resolved) zl_model_paths_free(&mp);
+    return rc;
 }
 
 int zl_cmd_merge(int argc, char **argv) {
@@ -164,6 +184,20 @@ int zl_cmd_merge(int argc, char **argv) {
     lo.unet_config = lf.have_cfg ? &lf.cfg : NULL;
     rc = zl_lora_load_lazy(cpath, &lo, &c, &zc);
     if (!rc) rc = zl_lora_load_lazy(spath, &lo, &s, &zs);
+    if (rc && lf.model && rc != ZL_ENOMEM && rc != ZL_EIO) {
+        /* a DoRA LoRA (which the lazy loader does not read) is baked against --model, from an
+         * eager load; anything else keeps the first error */
+        char why[2048];
+        snprintf(why, sizeof why, "%s", zl_errmsg());
+        zl_lora_free(c), zl_lora_free(s);
+        zl_lora_lazy_free(zc), zl_lora_lazy_free(zs);
+        c = s = NULL, zc = zs = NULL;
+        lo.allow_dora = 1;
+        int erc = zl_lora_load(cpath, &lo, &c);
+        if (!erc) erc = zl_lora_load(spath, &lo, &s);
+        if (erc || (!c->n_dora && !s->n_dora)) rc = erc ? erc : zl_set_error(rc, "%s", why);
+        else rc = bake_both(c, s, lf.model);
+    }
     if (!rc && mpath) rc = zl_mergers_load(mpath, &mg);
     /* LoRAs of two families are a problem of the inputs (exit 1, as inspect, zip
      * and generate say it), not of the command line */

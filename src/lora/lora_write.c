@@ -314,6 +314,9 @@ static int sha_fix(void *ctx, char *header, size_t len) {
 }
 
 int zl_lora_write_stream(const char *path, const zl_lora *lay, const zl_lora_source *src, const zl_lora_write_opts *o) {
+    if (lay->n_dora) /* the writer has no DoRA form: its magnitudes would be dropped */
+        return zl_set_error(ZL_EUNSUPPORTED, "%s: %d DoRA layer%s cannot be written as a LoRA; bake them first "
+                                             "(convert --model)", path, lay->n_dora, lay->n_dora == 1 ? "" : "s");
     zl_lora_write_opts def;
     if (!o) {
         memset(&def, 0, sizeof def);

@@ -601,9 +601,24 @@ static void zl_lora_free_owned(zl_lora *l) {
     free(l);
 }
 
+/* A DoRA layer's update depends on the base weights: it has to be baked before a merge
+ * (zl_lora_bake_dora_model); its up @ down alone is not its update. */
+static int refuse_dora(const zl_lora *c, const zl_lora *s) {
+    for (int k = 0; k < 2; k++) {
+        const zl_lora *l = k ? s : c;
+        if (l && l->n_dora)
+            return zl_set_error(ZL_EUNSUPPORTED, "%s: %d DoRA layer%s: bake them against a model before merging "
+                                                 "(convert --model, or merge --model)",
+                                l->path ? l->path : "LoRA", l->n_dora, l->n_dora == 1 ? "" : "s");
+    }
+    return ZL_OK;
+}
+
 int zl_lora_merge(const zl_lora *c, const zl_lora *s, const zl_merge_opts *o, zl_lora **out, zl_merge_report *rep) {
     *out = NULL;
     if (rep) memset(rep, 0, sizeof *rep);
+    int drc = refuse_dora(c, s);
+    if (drc) return drc;
     if (o && o->rank < 0) return zl_set_error(ZL_EINVAL, "merge: rank must be positive (got %d)", o->rank);
     plan p;
     int rc = plan_build(c, s, o, &p);
@@ -673,6 +688,8 @@ int zl_lora_merge_write(const char *path, const zl_lora *c, const zl_lora *s, co
                         const zl_lora_write_opts *wo, zl_merge_report *rep) {
     if (rep) memset(rep, 0, sizeof *rep);
     if (o && o->rank < 0) return zl_set_error(ZL_EINVAL, "merge: rank must be positive (got %d)", o->rank);
+    int drc = refuse_dora(c, s);
+    if (drc) return drc;
     if (o && o->rank > 0) {
         /* re-ranked layers are no larger than the inputs: build them, then write */
         zl_lora *m = NULL;
