@@ -1040,6 +1040,29 @@ static void test_merge(void) {
     }
     zl_lora_free(la), zl_lora_free(lb);
 
+    /* inspect --model shows a DoRA LoRA as baked: the layers' numbers of the convert-baked file */
+    {
+        json_t *j[2] = {NULL, NULL};
+        for (int v = 0; v < 2; v++) {
+            rc = zt_cli("inspect %s --model %s --json", v ? baked : g_scaled, model);
+            json_error_t je;
+            j[v] = rc ? NULL : json_loads(zt_out, 0, &je);
+            CHECKM(j[v] != NULL, "inspect --model --json of the %s file: rc %d, %s", v ? "baked" : "DoRA", rc, zt_err);
+        }
+        json_t *la2 = j[0] ? json_object_get(j[0], "layers") : NULL, *lb2 = j[1] ? json_object_get(j[1], "layers") : NULL;
+        size_t nl = json_array_size(la2);
+        int same = nl > 0 && nl == json_array_size(lb2);
+        for (size_t k = 0; same && k < nl; k++) {
+            json_t *x = json_object_get(json_array_get(la2, k), "a"), *y = json_object_get(json_array_get(lb2, k), "a");
+            static const char *const keys[4] = {"rank", "scale", "norm", "prune80"};
+            for (int q = 0; q < 4 && same; q++)
+                same = json_number_value(json_object_get(x, keys[q])) == json_number_value(json_object_get(y, keys[q])) &&
+                       json_object_get(x, keys[q]);
+        }
+        CHECKM(same, "inspect --model of a DoRA LoRA = inspect of its bake (%zu layers)", nl);
+        json_decref(j[0]), json_decref(j[1]);
+    }
+
     /* the library refuses an unbaked DoRA LoRA where its magnitudes would be lost */
     zl_lora_load_opts ao = {.expect_family = ZL_FAMILY_SD1, .allow_dora = 1};
     zl_lora *d = NULL, *m = NULL;

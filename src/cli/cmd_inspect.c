@@ -19,7 +19,8 @@ static void usage(FILE *f) {
             "options:\n"
             "  --json                machine-readable output on stdout\n"
             "  --plot FILE.svg|png   draw per-layer similarity and sparsity (SVG, or a PNG of it)\n"
-            "  --model M             name layers with this model's UNet config\n"
+            "  --model M             name layers with this model's UNet config; a DoRA LoRA is shown as baked\n"
+            "                        against its weights (as convert --model writes it)\n"
             "  --adapter-config F    PEFT adapter_config.json for the inputs' alpha\n"
             "  -q, -v, --threads N   quiet, verbose, threads\n");
 }
@@ -263,6 +264,7 @@ int zl_cmd_inspect(int argc, char **argv) {
     if (rc) return zl_cli_fail(rc, NULL);
     rc = zl_lora_cli_prepare(&lf);
     if (rc) return zl_cli_fail(rc, NULL);
+    lf.bake_dora = 1; /* with --model, a DoRA LoRA is shown as baked against it */
     zl_lora *a = NULL, *b = NULL;
     rc = zl_lora_cli_load(pa, &lf, &a);
     if (!rc && pb) rc = zl_lora_cli_load(pb, &lf, &b);

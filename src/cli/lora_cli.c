@@ -51,8 +51,24 @@ int zl_lora_cli_load(const char *path, const zl_lora_cli_flags *f, zl_lora **out
     memset(&o, 0, sizeof o);
     o.adapter_config = f->adapter_config;
     o.unet_config = f->have_cfg ? &f->cfg : NULL;
-    o.allow_dora = f->allow_dora;
-    return zl_lora_load(path, &o, out);
+    o.allow_dora = f->allow_dora || (f->bake_dora && f->model);
+    int rc = zl_lora_load(path, &o, out);
+    if (rc || !f->bake_dora || !f->model || !(*out)->n_dora) return rc;
+    zl_model_paths mp;
+    if ((rc = zl_model_paths_resolve(f->model, &mp))) return rc;
+    const int nd = (*out)->n_dora;
+    zl_dora_bake_report rep;
+    rc = zl_lora_bake_dora_model(*out, &mp, NULL, 0, &rep);
+    zl_model_paths_free(&mp);
+    if (!rc) {
+        zl_info("%s: %d DoRA layer%s baked into plain ones at their ranks against %s, relative error %.3g overall", path,
+                nd, nd == 1 ? "" : "s", f->model, rep.overall);
+        zl_dora_bake_report_free(&rep);
+    } else {
+        zl_lora_free(*out);
+        *out = NULL;
+    }
+    return rc;
 }
 
 int zl_lora_cli_dtype(const char *cmd, const char *s, zl_dtype *out) {

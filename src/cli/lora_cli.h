@@ -12,6 +12,7 @@ typedef struct {
     zl_unet_config cfg;
     int have_cfg;
     int allow_dora; /* read DoRA magnitudes (convert bakes them with --model) */
+    int bake_dora;  /* with --model: zl_lora_cli_load reads DoRA and bakes it against the model */
 } zl_lora_cli_flags;
 
 /* Consume --model / --adapter-config at argv[*i]: 1 consumed, 0 not ours, -1 usage error (printed). */

@@ -96,8 +96,8 @@ static char *strndup_(const char *s, size_t n) {
 /* LyCORIS and PEFT variants whose math is not LoRA's up @ down: refuse them by
  * name rather than load something else. */
 #define DORA_WHY " without a model (a DoRA update depends on the base weights, so it is no fixed low-rank " \
-                 "update): generate applies it, zip, eval-merge and merge --model M bake it against the " \
-                 "model, and convert --model M writes it as a plain LoRA"
+                 "update): generate applies it; zip, eval-merge, and merge or inspect with --model M bake it " \
+                 "against the model; convert --model M writes it as a plain LoRA"
 static const struct {
     const char *marker;
     const char *what;
