@@ -169,6 +169,47 @@ static void test_sgemm(void) {
     free(A), free(B), free(C);
 }
 
+/* The block grid of zl_sgemm follows the thread count (fewer, larger blocks on fewer
+ * threads), but no element's arithmetic may: every product, plain and with a stored F16
+ * weight, every transpose, at SDXL's shapes and at ones that are no multiple of anything,
+ * gives the same bytes on 1, 2, 3, 4 and 8 threads. */
+static void test_sgemm_grid_threads(void) {
+    const int shapes[][3] = {{256, 1280, 1280}, {77, 1280, 2048}, {1000, 1000, 300}, {4096, 320, 320},
+                             {512, 10240, 640}, {333, 517, 129}};
+    const int threads[] = {1, 2, 3, 4, 8};
+    const int saved = zl_get_threads();
+    int bad = 0, runs = 0;
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        float *A = frnd((size_t)M * K, 1), *B = frnd((size_t)N * K, 1);
+        uint16_t *W = malloc(sizeof(uint16_t) * (size_t)N * K);
+        for (size_t i = 0; i < (size_t)N * K; i++) W[i] = zl_f32_to_f16(B[i]);
+        float *ref[3] = {NULL, NULL, NULL};
+        for (size_t ti = 0; ti < sizeof threads / sizeof threads[0]; ti++) {
+            zl_set_threads(threads[ti]);
+            for (int v = 0; v < 3; v++) {
+                float *C = ffill((size_t)M * N, NAN);
+                if (v == 0) zl_sgemm(0, 1, M, N, K, 1.0f, A, K, B, K, 0.0f, C, N);
+                else if (v == 1) zl_sgemm(1, 0, M, N, K, 1.0f, A, M, B, N, 0.0f, C, N); /* A^T [K,M], B [K,N] */
+                else CHECK_OK(zl_sgemm_nt_stored(M, N, K, A, K, ZL_DT_F16, W, 0.0f, C, N));
+                if (!ref[v]) ref[v] = C;
+                else {
+                    runs++;
+                    if (memcmp(C, ref[v], sizeof(float) * (size_t)M * N)) {
+                        bad++;
+                        printf("grid: %dx%dx%d variant %d differs on %d threads\n", M, N, K, v, threads[ti]);
+                    }
+                    free(C);
+                }
+            }
+        }
+        for (int v = 0; v < 3; v++) free(ref[v]);
+        free(A), free(B), free(W);
+    }
+    zl_set_threads(saved);
+    CHECKM(bad == 0, "zl_sgemm on 1-8 threads: the same bytes (%d of %d runs differ)", bad, runs);
+}
+
 /* zl_tile_gemm (attention's register-blocked product) against a double loop:
  * every transpose / accumulate combination, sizes around the kernels' row and
  * panel blocks (6 x 16 with AVX2, 12 x 32 with AVX-512), K past the stack
@@ -1007,6 +1048,7 @@ static void test_threads(void) {
 
 int main(void) {
     test_sgemm();
+    test_sgemm_grid_threads();
     test_tile_gemm();
     test_vexp();
     test_sgemm_stored();

@@ -5,8 +5,8 @@
  * - It makes results independent of the thread count: OpenBLAS splits work
  *   differently for 1 and 2 threads (its edge kernels round differently), so
  *   OpenBLAS runs single-threaded (zl_set_threads) and we split C into a grid
- *   of blocks, computed in parallel with OpenMP. The grid depends only on the
- *   shapes, never on the thread count (see grid()). */
+ *   of blocks, computed in parallel with OpenMP, with edges that keep every
+ *   element's arithmetic the same for any grid (see grid()). */
 #include <omp.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,15 +63,19 @@ static int edge(int dim, int n) {
 /* Time of n equal blocks on p workers, relative to a perfect split. */
 static double imbalance(int n, int p) { return (double)ceil_div(n, p) * p / n; }
 
-/* The block grid of C [M, N]: bm x bn blocks, chosen from the shape alone.
- * Each block is one single-threaded OpenBLAS call that packs its slices of
- * op(A) and op(B) again, a cost relative to the block's arithmetic of about
- * 8 (1/bm + 1/bn) (measured on 1024x2048x1280 with 128..1024 edges). Against
- * that stands load balance: 5 blocks on 2 cores run as 3 (SDXL's 1280-wide
- * layers under a fixed 256 split lost 17% that way). The cost below weighs both,
- * with balance judged for 2 and 4 workers; the runtime thread count never
- * enters, so results do not depend on it. */
-static void grid(int M, int N, int *bm, int *bn) {
+/* The block grid of C [M, N] for P workers: bm x bn blocks. Each block is one
+ * single-threaded OpenBLAS call that packs its slices of op(A) and op(B) again,
+ * a cost relative to the block's arithmetic of about 8 (1/bm + 1/bn) (measured
+ * on 1024x2048x1280 with 128..1024 edges). Against that stands load balance: 5
+ * blocks on 2 cores run as 3 (SDXL's 1280-wide layers under a fixed 256 split
+ * lost 17% that way). The cost below weighs both for the P threads that will
+ * run it (2 blocks of 640 columns instead of 4 of 320 for SDXL's 256-token
+ * linears on 2 threads: 8 % faster forwards, bench/RESULTS.md session 9).
+ * The grid may depend on P, but the results cannot: a block edge is the whole
+ * dimension or a multiple of 16 (OpenBLAS's register blocks), and each element
+ * of C is one kernel's sum over K in OpenBLAS's K blocks, whatever the block
+ * around it (test_ops checks 1-8 threads bit for bit). */
+static void grid(int M, int N, int P, int *bm, int *bn) {
     double best = 1e30;
     *bm = M, *bn = N;
     const int mm = M / ZL_GEMM_MIN_EDGE > ZL_GEMM_MAX_SPLIT ? ZL_GEMM_MAX_SPLIT : M / ZL_GEMM_MIN_EDGE;
@@ -80,10 +84,14 @@ static void grid(int M, int N, int *bm, int *bn) {
         for (int j = 1; j <= (mn > 1 ? mn : 1); j++) {
             const int em = edge(M, i), en = edge(N, j), n = ceil_div(M, em) * ceil_div(N, en);
             if (n == 1) continue;
-            const double c = 0.5 * (imbalance(n, 2) + imbalance(n, 4)) * (1.0 + 8.0 / em + 8.0 / en);
+            const double c = imbalance(n, P) * (1.0 + 8.0 / em + 8.0 / en);
             if (c < best - 1e-9) best = c, *bm = em, *bn = en;
         }
 }
+
+/* The workers a product's blocks are spread over: OpenMP's thread count, or one
+ * inside someone else's parallel region (the blocks then run in order). */
+static int workers(void) { return omp_in_parallel() ? 1 : omp_get_max_threads(); }
 
 /* What every entry does first: C = 0 when beta == 0 (some OpenBLAS paths
  * compute beta*C even then, and 0 * NaN = NaN), and with K <= 0 the whole
@@ -112,7 +120,7 @@ void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, 
         return;
     }
     int bm, bn;
-    grid(M, N, &bm, &bn);
+    grid(M, N, workers(), &bm, &bn);
     const int nbm = ceil_div(M, bm), nbn = ceil_div(N, bn), nblk = nbm * nbn;
     /* Inside someone else's parallel region: the same blocks, in order. */
     #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel())
@@ -159,7 +167,7 @@ static int gemm_stored(int mode, int M, int N, int K, const float *F, int ldf, z
     const float b = beta == 0.0f ? 1.0f : beta;
     const size_t esz = (size_t)zl_dtype_bits(wdt) / 8;
     int bm = M, bn = N;
-    if (2.0 * M * N * K >= ZL_GEMM_PAR_FLOPS) grid(M, N, &bm, &bn);
+    if (2.0 * M * N * K >= ZL_GEMM_PAR_FLOPS) grid(M, N, workers(), &bm, &bn);
     const int nbm = ceil_div(M, bm), nbn = ceil_div(N, bn), nblk = nbm * nbn;
     int fail = 0;
     #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel() && nblk > 1) reduction(| : fail)
