@@ -167,11 +167,41 @@ static void test_bad(void) {
     }
 }
 
+/* An A1111 image made with another upscaler: its hires settings are taken, the upscaler is
+ * said to be replaced by Latent, and the image is the upscaled size. */
+static void test_from_a1111(void) {
+    char src[1024], out[1024];
+    snprintf(src, sizeof src, "%s", zt_tmp("a1111_hires.png"));
+    snprintf(out, sizeof out, "%s", zt_tmp("a1111_again.png"));
+    zl_image im = {.w = 8, .h = 8, .c = 3, .px = calloc(8 * 8 * 3, 1)};
+    zl_png_text tx = {.key = "parameters",
+                      .value = "a cat\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x48, Model hash: 0123456789, "
+                               "Model: x, Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2, Hires upscaler: "
+                               "R-ESRGAN 4x+, Version: v1.10.1"};
+    CHECK_OK(zl_png_write(src, &im, &tx, 1, NULL, 0));
+    zl_image_free(&im);
+    int rc = zt_cli("generate --model %s --from-png %s -o %s", zt_data("tiny-sd15"), src, out);
+    CHECKM(rc == 0 && strstr(zt_err, "R-ESRGAN 4x+") && strstr(zt_err, "Latent"),
+           "--from-png of an A1111 hires image with another upscaler: rc %d, %s", rc, zt_err);
+    zl_image g = {0};
+    if (rc == 0) CHECK_OK(zl_image_read(out, &g));
+    CHECKM(g.w == 96 && g.h == 72, "its size is the upscaled one: %dx%d", g.w, g.h);
+    zl_image_free(&g);
+    zl_png_params pp = {0};
+    if (rc == 0) CHECK_OK(zl_png_params_read(out, &pp));
+    const char *v = zl_png_params_get(&pp, "Hires steps");
+    CHECKM(v && !strcmp(v, "2"), "Hires steps taken from the image: %s", v ? v : "-");
+    v = zl_png_params_get(&pp, "Denoising strength");
+    CHECKM(v && !strcmp(v, "0.5"), "Denoising strength taken from the image: %s", v ? v : "-");
+    zl_png_params_free(&pp);
+}
+
 int main(void) {
     test_resize_known();
     test_resize_ramp();
     test_cli_equals_parts("tiny-sd15", 64, 64, 2.0, 4, 4, 0.5);
     test_cli_equals_parts("mini-sdxl", 64, 64, 1.5, 3, 4, 0.75);
     test_bad();
+    test_from_a1111();
     return zt_done();
 }
