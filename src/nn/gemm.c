@@ -8,6 +8,7 @@
  *   of blocks, computed in parallel with OpenMP, with edges that keep every
  *   element's arithmetic the same for any grid (see grid()). */
 #include <omp.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -134,9 +135,16 @@ void zl_sgemm(int tA, int tB, int M, int N, int K, float alpha, const float *A, 
 
 /* Per-thread buffer for the widened rows of a stored-dtype operand; OpenMP's
  * worker threads persist, and so do these (reused call after call, since
- * fresh pages cost a fault and a zeroing each). */
+ * fresh pages cost a fault and a zeroing each). A thread that ends (libgomp
+ * ends workers when the thread count goes down) frees its own through a
+ * pthread key's destructor. */
 static _Thread_local float *tl_wide;
 static _Thread_local size_t tl_wide_n;
+static pthread_key_t wide_key;
+static pthread_once_t wide_once = PTHREAD_ONCE_INIT;
+static int wide_key_ok;
+
+static void wide_key_init(void) { wide_key_ok = pthread_key_create(&wide_key, free) == 0; }
 
 void zl_sgemm_release_buffers(void) {
     #pragma omp parallel
@@ -144,6 +152,7 @@ void zl_sgemm_release_buffers(void) {
         free(tl_wide);
         tl_wide = NULL;
         tl_wide_n = 0;
+        if (wide_key_ok) pthread_setspecific(wide_key, NULL);
     }
 }
 
@@ -152,6 +161,8 @@ static float *wide_buf(size_t n) {
         free(tl_wide);
         tl_wide = malloc(n * sizeof(float));
         tl_wide_n = tl_wide ? n : 0;
+        pthread_once(&wide_once, wide_key_init);
+        if (wide_key_ok) pthread_setspecific(wide_key, tl_wide);
     }
     return tl_wide;
 }
