@@ -25,7 +25,8 @@ typedef struct {
  * each layer's own; see zl_lora_bake_dora) of the change it makes at weight 1 to the weight of
  * the model's module. The UNet and the text encoders are loaded (mapped, stored dtype) only
  * when some DoRA layer is theirs; to may be NULL. Layers are baked in parallel with a progress
- * bar. rep may be NULL; free it with zl_dora_bake_report_free. On error some layers may be
+ * bar, and the overall error is said (zl_info). rep may be NULL; free it with
+ * zl_dora_bake_report_free. On error some layers may be
  * baked already and l->n_dora is unchanged: free l. */
 int zl_lora_bake_dora_model(zl_lora *l, const zl_model_paths *mp, const zl_text_load_opts *to, int rank,
                             zl_dora_bake_report *rep);

@@ -95,13 +95,8 @@ static int bake_both(zl_lora *c, zl_lora *s, const char *model) {
     const int resolved = !rc;
     for (int k = 0; k < 2 && !rc; k++) {
         zl_lora *l = k ? s : c;
-        const int nd = l->n_dora;
-        if (!nd) continue;
-        zl_dora_bake_report rep;
-        if ((rc = zl_lora_bake_dora_model(l, &mp, NULL, 0, &rep))) break;
-        zl_info("%s: %d DoRA layer%s baked into plain ones at their ranks against %s, relative error %.3g overall "
-                "('ziplora convert --model' lists each layer's)", l->path, nd, nd == 1 ? "" : "s", model, rep.overall);
-        zl_dora_bake_report_free(&rep);
+        if (!l->n_dora) continue;
+        if ((rc = zl_lora_bake_dora_model(l, &mp, NULL, 0, NULL))) break;
     }
     if (resolved) zl_model_paths_free(&mp);
     return rc;

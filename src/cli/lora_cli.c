@@ -56,15 +56,9 @@ int zl_lora_cli_load(const char *path, const zl_lora_cli_flags *f, zl_lora **out
     if (rc || !f->bake_dora || !f->model || !(*out)->n_dora) return rc;
     zl_model_paths mp;
     if ((rc = zl_model_paths_resolve(f->model, &mp))) return rc;
-    const int nd = (*out)->n_dora;
-    zl_dora_bake_report rep;
-    rc = zl_lora_bake_dora_model(*out, &mp, NULL, 0, &rep);
+    rc = zl_lora_bake_dora_model(*out, &mp, NULL, 0, NULL);
     zl_model_paths_free(&mp);
-    if (!rc) {
-        zl_info("%s: %d DoRA layer%s baked into plain ones at their ranks against %s, relative error %.3g overall", path,
-                nd, nd == 1 ? "" : "s", f->model, rep.overall);
-        zl_dora_bake_report_free(&rep);
-    } else {
+    if (rc) {
         zl_lora_free(*out);
         *out = NULL;
     }

@@ -109,6 +109,8 @@ int zl_lora_bake_dora_model(zl_lora *l, const zl_model_paths *mp, const zl_text_
     }
     r.overall = total > 0 ? sqrt(dropped / total) : 0.0;
     l->n_dora = 0;
+    zl_info("%s: %d DoRA layer%s baked into plain ones (rank %s), relative error %.3g overall", path, nd,
+            nd == 1 ? "" : "s", rank > 0 ? "as asked" : "each its own", r.overall);
     if (rep) *rep = r;
     else zl_dora_bake_report_free(&r);
     return ZL_OK;

@@ -137,16 +137,10 @@ static int load_one(zl_ziprun *r, const char *path, const char *adapter, const c
     if ((*out)->family != ZL_FAMILY_UNKNOWN && (*out)->family != r->ucfg.family)
         return zl_set_error(ZL_EUNSUPPORTED, "%s LoRA %s is for %s, but the model %s is %s", role, path,
                             zl_family_name((*out)->family), r->p->model, zl_family_name(r->ucfg.family));
-    const int nd = (*out)->n_dora;
-    if (nd) {
-        /* DoRA: baked into a plain LoRA against the model, as `convert --model` does */
-        zl_dora_bake_report rep;
-        rc = zl_lora_bake_dora_model(*out, r->have_paths ? &r->paths : zl_pipeline_paths(r->pipe), NULL, 0, &rep);
-        if (rc) return zl_error_prefix(rc, "%s LoRA", role);
-        zl_info("%s LoRA %s: %d DoRA layer%s baked into plain ones at their ranks, relative error %.3g overall "
-                "('ziplora convert --model' lists each layer's)", role, path, nd, nd == 1 ? "" : "s", rep.overall);
-        zl_dora_bake_report_free(&rep);
-    }
+    /* DoRA: baked into a plain LoRA against the model, as `convert --model` does */
+    if ((*out)->n_dora &&
+        (rc = zl_lora_bake_dora_model(*out, r->have_paths ? &r->paths : zl_pipeline_paths(r->pipe), NULL, 0, NULL)))
+        return zl_error_prefix(rc, "%s LoRA", role);
     return ZL_OK;
 }
 
