@@ -52,8 +52,8 @@ static void usage(FILE *f) {
 
 /* OpenMP's default wait policy spins at every barrier. When another process shares the
  * cores, a spinning thread holds the core its descheduled partner needs, and work can take
- * 1.2-2x as long (bench/RESULTS.md, "contention"); sleeping instead costs under 1 % on a
- * quiet machine at SDXL sizes. libgomp reads the policy once, before main, so the first
+ * 1.2-2x as long (bench/RESULTS.md, "contention"); sleeping instead costs 1-4 % on a quiet
+ * machine at SDXL sizes. libgomp reads the policy once, before main, so the first
  * start sets OMP_WAIT_POLICY=passive and executes itself again. A policy (or spin count)
  * the user set is kept; if the re-execution fails, the run goes on as it is. */
 static void passive_wait_policy(char **argv) {
