@@ -925,6 +925,31 @@ static void test_zip(void) {
     free(traj);
     zl_st_close(f);
 
+    /* eval-merge bakes its DoRA content LoRA too: with exact magnitudes it measures the merged
+     * LoRA as it does against the plain content LoRA (x0 draws from zip_io, 2 samples) */
+    {
+        double loss[2][2] = {{0}};
+        char plain_c[1024];
+        snprintf(plain_c, sizeof plain_c, "%s", zt_data("tiny-sd15/loras/content.peft.safetensors"));
+        for (int v = 0; v < 2; v++) {
+            rc = zt_cli("eval-merge --model %s --content %s --content-adapter-config %s --style %s "
+                        "--style-adapter-config %s --fixed-inputs %s --merged %s --samples 2 --seed 3 --json",
+                        zt_data("tiny-sd15"), v ? plain_c : dora, ac, zt_data("tiny-sd15/loras/style.peft.safetensors"),
+                        sac, zt_data("tiny-sd15/zip_io.safetensors"), out);
+            json_t *jj = rc ? NULL : json_loads(zt_out, 0, &je);
+            json_t *row = jj ? json_array_get(json_object_get(jj, "rows"), 0) : NULL;
+            CHECKM(row != NULL && (v || strstr(zt_err, "DoRA layers baked")), "eval-merge with the %s content LoRA: rc %d, %s",
+                   v ? "plain" : "DoRA", rc, zt_err);
+            loss[v][0] = json_number_value(json_object_get(row, "loss_content"));
+            loss[v][1] = json_number_value(json_object_get(row, "loss_style"));
+            json_decref(jj);
+        }
+        CHECKM(loss[1][0] > 0 && fabs(loss[0][0] - loss[1][0]) <= 1e-4 * loss[1][0] &&
+                   fabs(loss[0][1] - loss[1][1]) <= 1e-4 * loss[1][1],
+               "eval-merge: the baked DoRA content LoRA measures as the plain one (%.9g %.9g vs %.9g %.9g)", loss[0][0],
+               loss[0][1], loss[1][0], loss[1][1]);
+    }
+
     /* Scaled magnitudes: zip bakes as convert --model does (same loss curve as zip on the file
      * convert wrote), and the magnitudes matter (the curve moves away from the plain LoRA's). */
     char sc[1024], baked[1024];
