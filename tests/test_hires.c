@@ -194,6 +194,22 @@ static void test_from_a1111(void) {
     v = zl_png_params_get(&pp, "Denoising strength");
     CHECKM(v && !strcmp(v, "0.5"), "Denoising strength taken from the image: %s", v ? v : "-");
     zl_png_params_free(&pp);
+
+    /* A1111's other hires form, a target size: said, not silently dropped */
+    zl_image im2 = {.w = 8, .h = 8, .c = 3, .px = calloc(8 * 8 * 3, 1)};
+    zl_png_text tx2 = {.key = "parameters",
+                       .value = "a cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Model hash: 0123456789, "
+                                "Model: x, Denoising strength: 0.5, Hires resize: 128x96, Hires upscaler: Latent, "
+                                "Version: v1.10.1"};
+    CHECK_OK(zl_png_write(src, &im2, &tx2, 1, NULL, 0));
+    zl_image_free(&im2);
+    rc = zt_cli("generate --model %s --from-png %s -o %s", zt_data("tiny-sd15"), src, out);
+    zl_image g2 = {0};
+    if (rc == 0) CHECK_OK(zl_image_read(out, &g2));
+    CHECKM(rc == 0 && strstr(zt_err, "resized to 128x96") && g2.w == 64 && g2.h == 64,
+           "--from-png of an A1111 'Hires resize' image says its hires pass is not run (%dx%d): rc %d, %s", g2.w, g2.h, rc,
+           zt_err);
+    zl_image_free(&g2);
 }
 
 int main(void) {

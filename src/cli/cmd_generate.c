@@ -460,6 +460,9 @@ static int apply_png(const char *path, const zl_png_params *pp, gen_args *c) {
             zl_warn("%s: its hires fix used the upscaler '%s'; this tool has only 'Latent' (bilinear), used instead",
                     path, u);
     }
+    if (!c->init_path && isnan(c->hires_scale) && (v = zl_png_params_get(pp, "Hires resize")))
+        zl_warn("%s: its hires fix resized to %s, which this tool does not do (only --hires-scale F): this run has "
+                "no hires pass", path, v);
     if (!c->hires_steps && !isnan(c->hires_scale) && (v = zl_png_params_get(pp, "Hires steps"))) {
         snprintf(what, sizeof what, "--from-png %s: Hires steps", path);
         if (zl_cli_int(CMD, what, v, 1, 1000, &c->hires_steps)) return ZL_EXIT_USAGE;
