@@ -167,19 +167,23 @@ static void test_bad(void) {
     }
 }
 
+/* A small black PNG carrying an AUTOMATIC1111 parameters text. */
+static void write_a1111_png(const char *path, const char *params) {
+    zl_image im = {.w = 8, .h = 8, .c = 3, .px = calloc(8 * 8 * 3, 1)};
+    zl_png_text tx = {.key = "parameters", .value = (char *)params};
+    CHECK_OK(zl_png_write(path, &im, &tx, 1, NULL, 0));
+    zl_image_free(&im);
+}
+
 /* An A1111 image made with another upscaler: its hires settings are taken, the upscaler is
  * said to be replaced by Latent, and the image is the upscaled size. */
 static void test_from_a1111(void) {
     char src[1024], out[1024];
     snprintf(src, sizeof src, "%s", zt_tmp("a1111_hires.png"));
     snprintf(out, sizeof out, "%s", zt_tmp("a1111_again.png"));
-    zl_image im = {.w = 8, .h = 8, .c = 3, .px = calloc(8 * 8 * 3, 1)};
-    zl_png_text tx = {.key = "parameters",
-                      .value = "a cat\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x48, Model hash: 0123456789, "
-                               "Model: x, Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2, Hires upscaler: "
-                               "R-ESRGAN 4x+, Version: v1.10.1"};
-    CHECK_OK(zl_png_write(src, &im, &tx, 1, NULL, 0));
-    zl_image_free(&im);
+    write_a1111_png(src, "a cat\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x48, Model hash: 0123456789, "
+                         "Model: x, Denoising strength: 0.5, Hires upscale: 1.5, Hires steps: 2, Hires upscaler: "
+                         "R-ESRGAN 4x+, Version: v1.10.1");
     int rc = zt_cli("generate --model %s --from-png %s -o %s", zt_data("tiny-sd15"), src, out);
     CHECKM(rc == 0 && strstr(zt_err, "R-ESRGAN 4x+") && strstr(zt_err, "Latent"),
            "--from-png of an A1111 hires image with another upscaler: rc %d, %s", rc, zt_err);
@@ -196,13 +200,9 @@ static void test_from_a1111(void) {
     zl_png_params_free(&pp);
 
     /* A1111's other hires form, a target size: said, not silently dropped */
-    zl_image im2 = {.w = 8, .h = 8, .c = 3, .px = calloc(8 * 8 * 3, 1)};
-    zl_png_text tx2 = {.key = "parameters",
-                       .value = "a cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Model hash: 0123456789, "
-                                "Model: x, Denoising strength: 0.5, Hires resize: 128x96, Hires upscaler: Latent, "
-                                "Version: v1.10.1"};
-    CHECK_OK(zl_png_write(src, &im2, &tx2, 1, NULL, 0));
-    zl_image_free(&im2);
+    write_a1111_png(src, "a cat\nSteps: 2, Sampler: Euler, CFG scale: 7, Seed: 5, Size: 64x64, Model hash: 0123456789, "
+                         "Model: x, Denoising strength: 0.5, Hires resize: 128x96, Hires upscaler: Latent, "
+                         "Version: v1.10.1");
     rc = zt_cli("generate --model %s --from-png %s -o %s", zt_data("tiny-sd15"), src, out);
     zl_image g2 = {0};
     if (rc == 0) CHECK_OK(zl_image_read(out, &g2));
