@@ -26,6 +26,20 @@ extern void dgesdd_(const char *jobz, const int *m, const int *n, double *a, con
                     const int *ldu, double *vt, const int *ldvt, double *work, const int *lwork, int *iwork,
                     int *info);
 
+/* LAPACK runs on one OpenMP thread: OpenBLAS's OpenMP build threads each BLAS call the
+ * LAPACK routines make by OpenMP's thread count, thousands of tiny parallel regions in a
+ * factorisation (the callers may run layers in parallel instead). Returns the count to
+ * give back to lapack_threads_restore. */
+static int lapack_one_thread(void) {
+    const int n = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (n > 1) omp_set_num_threads(1);
+    return n;
+}
+
+static void lapack_threads_restore(int n) {
+    if (n > 1) omp_set_num_threads(n);
+}
+
 /* Thin QR of a column-major m x r matrix `a` (overwritten by Q, m x k, k = min(m, r));
  * R (k x r, column-major) goes to `rr`. */
 static int thin_qr(double *a, int m, int r, double *rr) {
@@ -61,9 +75,7 @@ int zl_lowrank_truncate(const float *up, const float *down, int out, int r, int 
         return zl_set_error(ZL_EINVAL, "low-rank truncation: invalid sizes out %d, rank %d, in %d, k %d", out, r, n, k);
     int k1 = out < r ? out : r, k2 = n < r ? n : r, m = k1 < k2 ? k1 : k2;
     int rc = ZL_OK;
-    /* LAPACK on one OpenMP thread (see dense_truncate); restored at the end */
-    const int nthr = omp_in_parallel() ? 1 : omp_get_max_threads();
-    if (nthr > 1) omp_set_num_threads(1);
+    const int nthr = lapack_one_thread();
     double *q1 = malloc(sizeof(double) * (size_t)out * r);  /* [out, r] col-major -> Q1 [out, k1] */
     double *q2 = malloc(sizeof(double) * (size_t)n * r);    /* [n, r] col-major -> Q2 [n, k2] */
     double *r1 = malloc(sizeof(double) * (size_t)k1 * r);   /* [k1, r] */
@@ -126,7 +138,7 @@ int zl_lowrank_truncate(const float *up, const float *down, int out, int r, int 
             }
     }
 done:
-    if (nthr > 1) omp_set_num_threads(nthr);
+    lapack_threads_restore(nthr);
     free(q1);
     free(q2);
     free(r1);
@@ -149,7 +161,7 @@ done:
 static int dense_truncate(const float *D, int out, int n, int k, float *new_up, float *new_down, double *rel_err,
                           double *norm) {
     const int gram_rows = out <= n, s = gram_rows ? out : n, kk = k < s ? k : s;
-    const int nthr = omp_in_parallel() ? 1 : omp_get_max_threads();
+    const int nthr = lapack_one_thread();
     int rc = ZL_OK, info = 0, m_found = 0, lwork = -1, liwork = -1, iwq = 0;
     double *d = malloc(sizeof(double) * (size_t)out * n), *g = malloc(sizeof(double) * (size_t)s * s);
     double *w = malloc(sizeof(double) * (size_t)s), *z = malloc(sizeof(double) * (size_t)s * kk);
@@ -162,10 +174,6 @@ static int dense_truncate(const float *D, int out, int n, int k, float *new_up, 
         goto done;
     }
     for (size_t i = 0; i < (size_t)out * n; i++) d[i] = D[i];
-    /* OpenBLAS's OpenMP build threads each BLAS call the LAPACK routines make by OpenMP's
-     * thread count: thousands of tiny parallel regions inside dsyevr. One thread here (the
-     * caller may run layers in parallel). */
-    if (nthr > 1) omp_set_num_threads(1);
     /* row-major upper triangle = column-major lower */
     cblas_dsyrk(CblasRowMajor, CblasUpper, gram_rows ? CblasNoTrans : CblasTrans, s, gram_rows ? n : out, 1.0, d, n,
                 0.0, g, s);
@@ -215,7 +223,7 @@ static int dense_truncate(const float *D, int out, int n, int k, float *new_up, 
         }
     }
 done:
-    if (nthr > 1) omp_set_num_threads(nthr); /* (a no-op when the failure came first) */
+    lapack_threads_restore(nthr);
     free(d), free(g), free(w), free(z), free(f), free(isuppz), free(work), free(iwork);
     return rc;
 }
