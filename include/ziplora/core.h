@@ -65,6 +65,18 @@ int zl_convert_from_f32(zl_dtype dt, const float *src, void *dst, size_t n);
 void zl_set_threads(int n);
 int zl_get_threads(void);
 
+/* Precision of the products with model weights (linears, convolutions).
+ * F32 (the default) is exact float32. BF16 rounds both factors to bfloat16
+ * and sums in float32 on Intel AMX tile units, where the CPU has them (several
+ * times faster; relative error about 2^-8 per product, as PyTorch's bfloat16
+ * autocast). Elsewhere BF16 is a permission only and products stay F32. */
+typedef enum { ZL_MATMUL_F32 = 0, ZL_MATMUL_BF16 = 1 } zl_matmul_precision;
+void zl_set_matmul_precision(zl_matmul_precision p);
+zl_matmul_precision zl_get_matmul_precision(void);
+/* 1 if this CPU and OS give this process AMX-BF16 tiles (ZL_NO_AMX=1 in the
+ * environment says no). */
+int zl_bf16_units(void);
+
 /* SHA-256 of a file, as 64 lowercase hex chars + NUL. */
 int zl_sha256_file(const char *path, char out_hex[65]);
 void zl_sha256(const void *data, size_t len, uint8_t out[32]);

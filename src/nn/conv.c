@@ -132,7 +132,13 @@ static void fill_bias(float *y, const float *b, int Cout, size_t HW) {
     }
 }
 
+static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, const void *Wst, const float *b,
+                    const zl_conv_shape *s, int rows);
+
 void zl_conv2d_fwd(float *y, const float *x, const float *Wt, const float *b, const zl_conv_shape *s) {
+    /* bfloat16 products: direct (im2col) on the tile unit, never Winograd, whose
+     * transforms would magnify bfloat16's rounding. */
+    if (zl_bf16_active() && conv_fwd(y, x, NULL, ZL_DT_F32, Wt, b, s, 0) == ZL_OK) return;
     if (zl_conv2d_winograd_ok(s)) {
         zl_conv2d_fwd_winograd(y, x, ZL_DT_F32, Wt, b, s);
         return;
@@ -197,7 +203,7 @@ void zl_conv2d_fwd_rows(float *y, const float *x, const float *Wt, const float *
 }
 
 int zl_conv2d_fwd_stored(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b, const zl_conv_shape *s) {
-    if (zl_conv2d_winograd_ok(s)) {
+    if (!zl_bf16_active() && zl_conv2d_winograd_ok(s)) {
         zl_conv2d_fwd_winograd(y, x, wdt, Wt, b, s);
         return 0;
     }

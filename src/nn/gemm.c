@@ -153,6 +153,7 @@ void zl_sgemm_release_buffers(void) {
         tl_wide = NULL;
         tl_wide_n = 0;
         if (wide_key_ok) pthread_setspecific(wide_key, NULL);
+        zl_bf16_release_buffers();
     }
 }
 
@@ -180,11 +181,19 @@ static int gemm_stored(int mode, int M, int N, int K, const float *F, int ldf, z
     int bm = M, bn = N;
     if (2.0 * M * N * K >= ZL_GEMM_PAR_FLOPS) grid(M, N, workers(), &bm, &bn);
     const int nbm = ceil_div(M, bm), nbn = ceil_div(N, bn), nblk = nbm * nbn;
+    const int bf16 = mode != 2 && zl_bf16_active();
     int fail = 0;
     #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel() && nblk > 1) reduction(| : fail)
     for (int t = 0; t < nblk; t++) {
         const int i = (t / nbn) * bm, j = (t % nbn) * bn;
         const int m = M - i < bm ? M - i : bm, n = N - j < bn ? N - j : bn;
+        if (bf16) {
+            if (b != 1.0f)
+                for (int r = 0; r < m; r++)
+                    for (int c = 0; c < n; c++) C[(size_t)(i + r) * ldc + j + c] *= b;
+            if (zl_bf16_block(mode, m, n, K, F, ldf, wdt, W, K, i, j, C, ldc)) fail = 1;
+            continue;
+        }
         float *w = wide_buf((size_t)(mode == 1 ? m : n) * K);
         if (!w) {
             fail = 1;

@@ -5,6 +5,8 @@
 
 void zl_linear_fwd(float *y, const float *x, const float *W, const float *b, int N, int in, int out) {
     if (N <= 0 || out <= 0) return;
+    /* bfloat16 products take the stored-weight route (F32 is a stored dtype). */
+    if (zl_bf16_active() && zl_linear_fwd_stored(y, x, ZL_DT_F32, W, b, N, in, out) == ZL_OK) return;
     if (b) {
         /* Seed y with the bias so sgemm adds onto it in one pass. */
         #pragma omp parallel for schedule(static) if ((size_t)N * out > 65536)

@@ -51,6 +51,19 @@ int zl_sgemm_stored_nn(int M, int N, int K, zl_dtype wdt, const void *W, const f
 int zl_sgemm_nn_stored(int M, int N, int K, const float *A, int lda, zl_dtype wdt, const void *W, float beta, float *C,
                        int ldc);
 
+/* The bfloat16 products (src/nn/gemm_bf16.c). Active when the precision is
+ * ZL_MATMUL_BF16 and AMX-BF16 is there (or emulated). The stored-weight
+ * products above (forward modes: nt_stored and stored_nn) then run through
+ * zl_bf16_block, one block of their grid each: mode 0, C[i.., j..] += F W^T
+ * (W [N, K] rows); mode 1, C[i.., j..] += W F (W [M, K] rows, F [K, N]). */
+int zl_bf16_active(void);
+int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw, int i,
+                  int j, float *C, int ldc);
+void zl_bf16_release_buffers(void);
+/* Tests: run the packing and a scalar model of the tile product instead of
+ * the tile unit (so the logic is checked on CPUs without AMX). */
+void zl_bf16_emulate(int on);
+
 /* OpenBLAS's own sgemm rate at n x n x n with `threads` threads (its native
  * threading), median of `reps` runs: the baseline benchmarks report against. */
 double zl_sgemm_reference_gflops(int n, int reps, int threads);

@@ -1,0 +1,373 @@
+/* Products with a stored weight in bfloat16 on Intel AMX (the opt-in
+ * "bf16" matmul precision, zl_set_matmul_precision).
+ *
+ * Both operands are rounded to bfloat16 (nearest even) and their products are
+ * summed in float32 by the tile unit's TDPBF16PS, 16x16 outputs at a time.
+ * That is the precision of PyTorch's bfloat16 autocast on CPU; each product
+ * carries a relative error of about 2^-8 (bench/RESULTS.md measures what it
+ * does to a whole UNet). On a CPU without AMX-BF16 the precision setting is
+ * a permission only: zl_bf16_active() is 0 and products stay float32.
+ *
+ * Layout. The tile unit multiplies A tiles (16 rows x 32 bfloat16 of K) by B
+ * tiles in "VNNI" order (16 pairs of K x 16 columns, each pair adjacent).
+ * Operands are packed per block of zl_sgemm's grid into thread-local buffers
+ * of whole tiles: A as [row group][K block][16][32], B as [column group][K
+ * block][16][16][2], zero-padded to 32 rows or columns and to a multiple of 32
+ * in K (zero products change no sum). The kernel then computes 32x32 blocks
+ * of C from two A and two B tiles per K block, accumulating onto C as it was
+ * (the caller has zeroed it or written the bias).
+ *
+ * Determinism: every element of C is one accumulator's sum over the K blocks
+ * in order, whatever the block of the grid around it, so results do not
+ * depend on the thread count (test_bf16 checks 1-4 threads bit for bit).
+ *
+ * For machines without AMX, tests can run the same packing and a scalar
+ * model of the tile product (zl_bf16_emulate), so the packing and edge logic
+ * are checked everywhere. */
+#include <cpuid.h>
+#include <immintrin.h>
+#include <omp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#include "nn/ops.h"
+#include "ziplora/core.h"
+
+#define AMX_TARGET __attribute__((target("amx-tile,amx-bf16,avx512f,avx512bw,avx512vl,avx512bf16,f16c")))
+
+static zl_matmul_precision g_prec = ZL_MATMUL_F32;
+static int g_emulate;
+static int g_amx = -1;
+static pthread_once_t amx_once = PTHREAD_ONCE_INIT;
+
+/* AMX-BF16 is usable when the CPU has it, the OS saves the tile state
+ * (XCR0 bits 17-18) and Linux grants this process the tile data
+ * (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA). ZL_NO_AMX=1 in the
+ * environment turns it off (to compare, or to test the fallback). */
+static void amx_detect(void) {
+    g_amx = 0;
+    const char *off = getenv("ZL_NO_AMX");
+    if (off && *off && strcmp(off, "0") != 0) return;
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(1, 0, &a, &b, &c, &d)) return;
+    if (!(c & (1u << 27)) || !(c & (1u << 29))) return; /* OSXSAVE, F16C */
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return;
+    const int tile = (d >> 24) & 1, tbf16 = (d >> 22) & 1;
+    const int avx512 = ((b >> 16) & 1) && ((b >> 30) & 1) && ((b >> 31) & 1); /* F, BW, VL */
+    if (!tile || !tbf16 || !avx512) return;
+    if (!__get_cpuid_count(7, 1, &a, &b, &c, &d) || !((a >> 5) & 1)) return; /* AVX512_BF16 */
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    const unsigned long long xcr0 = ((unsigned long long)hi << 32) | lo;
+    if ((xcr0 & 0xE6) != 0xE6 || (xcr0 & (3ull << 17)) != (3ull << 17)) return;
+#ifdef SYS_arch_prctl
+    if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) != 0) return;
+    g_amx = 1;
+#endif
+}
+
+int zl_bf16_units(void) {
+    pthread_once(&amx_once, amx_detect);
+    return g_amx;
+}
+
+void zl_set_matmul_precision(zl_matmul_precision p) { g_prec = p; }
+zl_matmul_precision zl_get_matmul_precision(void) { return g_prec; }
+void zl_bf16_emulate(int on) { g_emulate = on; }
+int zl_bf16_active(void) { return g_prec == ZL_MATMUL_BF16 && (g_emulate || zl_bf16_units()); }
+
+/* ---- packing -------------------------------------------------------------
+ * A source is a row-major matrix of `dt` values with leading dimension ld:
+ * element (r, c) at src + (r * ld + c) * size. */
+typedef struct {
+    zl_dtype dt;
+    const void *p;
+    size_t ld;
+} msrc;
+
+static inline float src_at(const msrc *s, size_t r, size_t c) {
+    const size_t i = r * s->ld + c;
+    switch (s->dt) {
+    case ZL_DT_F32: { float f; memcpy(&f, (const char *)s->p + 4 * i, 4); return f; }
+    case ZL_DT_F16: { uint16_t h; memcpy(&h, (const char *)s->p + 2 * i, 2); return zl_f16_to_f32(h); }
+    case ZL_DT_BF16: { uint16_t h; memcpy(&h, (const char *)s->p + 2 * i, 2); return zl_bf16_to_f32(h); }
+    default: return 0.0f; /* not reached: gemm_stored takes float dtypes its loader accepted */
+    }
+}
+
+static int ceil_to(int a, int b) { return (a + b - 1) / b * b; }
+
+/* A tiles of rows [r0, r0+m) x K of the logical matrix op(s) = s (rows of s),
+ * into dst [ceil(m,32)/16][K32/32][16][32]. Scalar. */
+static void pack_a_scalar(uint16_t *dst, const msrc *s, int r0, int m, int K) {
+    const int mg = ceil_to(m, 32) / 16, nkb = ceil_to(K, 32) / 32;
+    for (int g = 0; g < mg; g++)
+        for (int kb = 0; kb < nkb; kb++) {
+            uint16_t *t = dst + ((size_t)g * nkb + kb) * 512;
+            for (int r = 0; r < 16; r++)
+                for (int c = 0; c < 32; c++) {
+                    const int row = g * 16 + r, k = kb * 32 + c;
+                    t[r * 32 + c] = row < m && k < K ? zl_f32_to_bf16(src_at(s, (size_t)(r0 + row), (size_t)k)) : 0;
+                }
+        }
+}
+
+/* B tiles of columns [c0, c0+n) of op(B) [K, N]: with nt, op(B) = s^T (s is
+ * [N, K], a linear's weight); else op(B) = s ([K, N], im2col columns).
+ * dst [ceil(n,32)/16][K32/32][16 pairs][16 columns][2]. Scalar. */
+static void pack_b_scalar(uint16_t *dst, const msrc *s, int nt, int c0, int n, int K) {
+    const int ng = ceil_to(n, 32) / 16, nkb = ceil_to(K, 32) / 32;
+    for (int g = 0; g < ng; g++)
+        for (int kb = 0; kb < nkb; kb++) {
+            uint16_t *t = dst + ((size_t)g * nkb + kb) * 512;
+            for (int p = 0; p < 16; p++)
+                for (int c = 0; c < 16; c++)
+                    for (int h = 0; h < 2; h++) {
+                        const int col = g * 16 + c, k = kb * 32 + 2 * p + h;
+                        float v = 0.0f;
+                        if (col < n && k < K)
+                            v = nt ? src_at(s, (size_t)(c0 + col), (size_t)k) : src_at(s, (size_t)k, (size_t)(c0 + col));
+                        t[(p * 16 + c) * 2 + h] = zl_f32_to_bf16(v);
+                    }
+        }
+}
+
+/* 16 values of a row from element (r, c), the first `len` of them (the rest 0). */
+AMX_TARGET static inline __m512 load16(const msrc *s, size_t r, size_t c, int len) {
+    if (len <= 0) return _mm512_setzero_ps();
+    const __mmask16 mk = len >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << len) - 1);
+    const size_t i = r * s->ld + c;
+    switch (s->dt) {
+    case ZL_DT_F32: return _mm512_maskz_loadu_ps(mk, (const float *)s->p + i);
+    case ZL_DT_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)s->p + i));
+    default: /* BF16: widening is a shift */
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)s->p + i)), 16));
+    }
+}
+
+/* 32 values of a row as bfloat16, rounded to nearest even (VCVTNE2PS2BF16). */
+AMX_TARGET static inline __m512i row32(const msrc *s, size_t r, size_t c, int len) {
+    const __m512 lo = load16(s, r, c, len), hi = load16(s, r, c + 16, len - 16);
+    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+}
+
+AMX_TARGET static void pack_a_avx(uint16_t *dst, const msrc *s, int r0, int m, int K) {
+    const int mg = ceil_to(m, 32) / 16, nkb = ceil_to(K, 32) / 32;
+    for (int g = 0; g < mg; g++)
+        for (int r = 0; r < 16; r++) {
+            const int row = g * 16 + r;
+            for (int kb = 0; kb < nkb; kb++) {
+                uint16_t *t = dst + ((size_t)g * nkb + kb) * 512 + r * 32;
+                if (row >= m)
+                    _mm512_storeu_si512(t, _mm512_setzero_si512());
+                else
+                    _mm512_storeu_si512(t, row32(s, (size_t)(r0 + row), (size_t)kb * 32, K - kb * 32));
+            }
+        }
+}
+
+/* Transpose a 16x16 matrix of 32-bit elements held in 16 registers. */
+AMX_TARGET static inline void transpose16(__m512i r[16]) {
+    __m512i t[16];
+    for (int i = 0; i < 16; i += 2) {
+        t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+        t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+    }
+    for (int i = 0; i < 16; i += 4) {
+        r[i] = _mm512_unpacklo_epi64(t[i], t[i + 2]);
+        r[i + 1] = _mm512_unpackhi_epi64(t[i], t[i + 2]);
+        r[i + 2] = _mm512_unpacklo_epi64(t[i + 1], t[i + 3]);
+        r[i + 3] = _mm512_unpackhi_epi64(t[i + 1], t[i + 3]);
+    }
+    /* Now lane L of r[4q + c] holds rows 4q..4q+3 of column 4L + c; output
+     * row 4L + c is lane L of r[c], r[4 + c], r[8 + c], r[12 + c]. */
+    for (int j = 0; j < 4; j++) {
+        const __m512i a = r[j], b = r[4 + j], c = r[8 + j], d = r[12 + j];
+        const __m512i ab_lo = _mm512_shuffle_i32x4(a, b, 0x88), ab_hi = _mm512_shuffle_i32x4(a, b, 0xDD);
+        const __m512i cd_lo = _mm512_shuffle_i32x4(c, d, 0x88), cd_hi = _mm512_shuffle_i32x4(c, d, 0xDD);
+        t[j] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0x88);
+        t[8 + j] = _mm512_shuffle_i32x4(ab_lo, cd_lo, 0xDD);
+        t[4 + j] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0x88);
+        t[12 + j] = _mm512_shuffle_i32x4(ab_hi, cd_hi, 0xDD);
+    }
+    for (int i = 0; i < 16; i++) r[i] = t[i];
+}
+
+AMX_TARGET static void pack_b_avx(uint16_t *dst, const msrc *s, int nt, int c0, int n, int K) {
+    const int ng = ceil_to(n, 32) / 16, nkb = ceil_to(K, 32) / 32;
+    if (nt) {
+        /* Rows of s are columns of op(B): 16 rows of 32 K values make 16 x 16
+         * dwords (K pairs); the tile wants them transposed. */
+        for (int g = 0; g < ng; g++)
+            for (int kb = 0; kb < nkb; kb++) {
+                __m512i r[16];
+                for (int c = 0; c < 16; c++) {
+                    const int col = g * 16 + c;
+                    r[c] = col < n ? row32(s, (size_t)(c0 + col), (size_t)kb * 32, K - kb * 32) : _mm512_setzero_si512();
+                }
+                transpose16(r);
+                uint16_t *t = dst + ((size_t)g * nkb + kb) * 512;
+                for (int p = 0; p < 16; p++) _mm512_storeu_si512(t + p * 32, r[p]);
+            }
+        return;
+    }
+    /* op(B) = s [K, N]: tile row p interleaves rows 2p and 2p+1 of s. */
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int g = 0; g < ng; g++) {
+        const int len = n - g * 16;
+        for (int kb = 0; kb < nkb; kb++) {
+            uint16_t *t = dst + ((size_t)g * nkb + kb) * 512;
+            for (int p = 0; p < 16; p++) {
+                const int k = kb * 32 + 2 * p;
+                const __m512 e = k < K ? load16(s, (size_t)k, (size_t)(c0 + g * 16), len) : _mm512_setzero_ps();
+                const __m512 o = k + 1 < K ? load16(s, (size_t)k + 1, (size_t)(c0 + g * 16), len) : _mm512_setzero_ps();
+                const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(o, e); /* e in 0..15, o in 16..31 */
+                _mm512_storeu_si512(t + p * 32, _mm512_permutexvar_epi16(idx, v));
+            }
+        }
+    }
+}
+
+/* ---- tile products -------------------------------------------------------
+ * C block [m, n] (ldc) += A tiles (ceil(m,32)/16 groups) x B tiles. */
+typedef struct {
+    uint8_t palette, start;
+    uint8_t reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+} tilecfg;
+
+static _Thread_local int tl_cfg;
+
+AMX_TARGET static void tiles_config(void) {
+    if (tl_cfg) return;
+    tilecfg c;
+    memset(&c, 0, sizeof c);
+    c.palette = 1;
+    for (int i = 0; i < 8; i++) c.rows[i] = 16, c.colsb[i] = 64;
+    _tile_loadconfig(&c);
+    tl_cfg = 1;
+}
+
+/* Copy a 16x16 tile of C at (i, j), clipped to m x n, to/from a scratch tile. */
+static void tile_in(float *sc, const float *C, int ldc, int i, int j, int m, int n) {
+    memset(sc, 0, 256 * sizeof(float));
+    for (int r = 0; r < 16 && i + r < m; r++)
+        for (int c = 0; c < 16 && j + c < n; c++) sc[r * 16 + c] = C[(size_t)(i + r) * ldc + j + c];
+}
+static void tile_out(const float *sc, float *C, int ldc, int i, int j, int m, int n) {
+    for (int r = 0; r < 16 && i + r < m; r++)
+        for (int c = 0; c < 16 && j + c < n; c++) C[(size_t)(i + r) * ldc + j + c] = sc[r * 16 + c];
+}
+
+#define TILE_FULL(i, j) ((i) + 16 <= m && (j) + 16 <= n)
+
+AMX_TARGET static void kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int m, int n, int K, float *C, int ldc) {
+    tiles_config();
+    const int nkb = ceil_to(K, 32) / 32;
+    const size_t gs = (size_t)nkb * 512, ld = (size_t)ldc * sizeof(float);
+    float sc[4][256] __attribute__((aligned(64)));
+    for (int j = 0; j < n; j += 32)
+        for (int i = 0; i < m; i += 32) {
+            float *c00 = C + (size_t)i * ldc + j, *c01 = c00 + 16, *c10 = c00 + (size_t)16 * ldc, *c11 = c10 + 16;
+            const int f00 = TILE_FULL(i, j), f01 = TILE_FULL(i, j + 16), f10 = TILE_FULL(i + 16, j),
+                      f11 = TILE_FULL(i + 16, j + 16);
+            if (f00) _tile_loadd(0, c00, ld); else { tile_in(sc[0], C, ldc, i, j, m, n); _tile_loadd(0, sc[0], 64); }
+            if (f01) _tile_loadd(1, c01, ld); else { tile_in(sc[1], C, ldc, i, j + 16, m, n); _tile_loadd(1, sc[1], 64); }
+            if (f10) _tile_loadd(2, c10, ld); else { tile_in(sc[2], C, ldc, i + 16, j, m, n); _tile_loadd(2, sc[2], 64); }
+            if (f11) _tile_loadd(3, c11, ld); else { tile_in(sc[3], C, ldc, i + 16, j + 16, m, n); _tile_loadd(3, sc[3], 64); }
+            const uint16_t *a0 = Ap + (size_t)(i / 16) * gs, *a1 = a0 + gs;
+            const uint16_t *b0 = Bp + (size_t)(j / 16) * gs, *b1 = b0 + gs;
+            for (int kb = 0; kb < nkb; kb++) {
+                _tile_loadd(4, a0 + (size_t)kb * 512, 64);
+                _tile_loadd(6, b0 + (size_t)kb * 512, 64);
+                _tile_loadd(5, a1 + (size_t)kb * 512, 64);
+                _tile_loadd(7, b1 + (size_t)kb * 512, 64);
+                _tile_dpbf16ps(0, 4, 6);
+                _tile_dpbf16ps(1, 4, 7);
+                _tile_dpbf16ps(2, 5, 6);
+                _tile_dpbf16ps(3, 5, 7);
+            }
+            if (f00) _tile_stored(0, c00, ld); else { _tile_stored(0, sc[0], 64); tile_out(sc[0], C, ldc, i, j, m, n); }
+            if (f01) _tile_stored(1, c01, ld); else { _tile_stored(1, sc[1], 64); tile_out(sc[1], C, ldc, i, j + 16, m, n); }
+            if (f10) _tile_stored(2, c10, ld); else { _tile_stored(2, sc[2], 64); tile_out(sc[2], C, ldc, i + 16, j, m, n); }
+            if (f11) _tile_stored(3, c11, ld); else { _tile_stored(3, sc[3], 64); tile_out(sc[3], C, ldc, i + 16, j + 16, m, n); }
+        }
+}
+
+/* The scalar model of the same kernel: per element, per K block, per pair,
+ * the two products added to the float32 accumulator in order. */
+static void kernel_emulated(const uint16_t *Ap, const uint16_t *Bp, int m, int n, int K, float *C, int ldc) {
+    const int nkb = ceil_to(K, 32) / 32;
+    const size_t gs = (size_t)nkb * 512;
+    for (int i = 0; i < m; i++)
+        for (int j = 0; j < n; j++) {
+            const uint16_t *a = Ap + (size_t)(i / 16) * gs + (size_t)(i % 16) * 32;
+            const uint16_t *b = Bp + (size_t)(j / 16) * gs + (size_t)(j % 16) * 2;
+            float acc = C[(size_t)i * ldc + j];
+            for (int kb = 0; kb < nkb; kb++)
+                for (int p = 0; p < 16; p++) {
+                    acc += zl_bf16_to_f32(a[(size_t)kb * 512 + 2 * p]) * zl_bf16_to_f32(b[(size_t)kb * 512 + p * 32]);
+                    acc += zl_bf16_to_f32(a[(size_t)kb * 512 + 2 * p + 1]) *
+                           zl_bf16_to_f32(b[(size_t)kb * 512 + p * 32 + 1]);
+                }
+            C[(size_t)i * ldc + j] = acc;
+        }
+}
+
+/* Thread-local packing buffers, kept between calls (freed with the thread
+ * through a pthread key, or by zl_sgemm_release_buffers). */
+static _Thread_local uint16_t *tl_pack;
+static _Thread_local size_t tl_pack_n;
+static pthread_key_t pack_key;
+static pthread_once_t pack_once = PTHREAD_ONCE_INIT;
+static int pack_key_ok;
+
+static void pack_key_init(void) { pack_key_ok = pthread_key_create(&pack_key, free) == 0; }
+
+static uint16_t *pack_buf(size_t n) {
+    if (tl_pack_n < n) {
+        free(tl_pack);
+        tl_pack = aligned_alloc(64, (n * sizeof(uint16_t) + 63) / 64 * 64);
+        tl_pack_n = tl_pack ? n : 0;
+        pthread_once(&pack_once, pack_key_init);
+        if (pack_key_ok) pthread_setspecific(pack_key, tl_pack);
+    }
+    return tl_pack;
+}
+
+void zl_bf16_release_buffers(void) {
+    free(tl_pack);
+    tl_pack = NULL;
+    tl_pack_n = 0;
+    if (pack_key_ok) pthread_setspecific(pack_key, NULL);
+}
+
+int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw, int i,
+                  int j, float *C, int ldc) {
+    const size_t K32 = (size_t)ceil_to(K, 32), asz = (size_t)ceil_to(m, 32) * K32, bsz = (size_t)ceil_to(n, 32) * K32;
+    uint16_t *buf = pack_buf(asz + bsz);
+    if (!buf) return ZL_ENOMEM;
+    uint16_t *Ap = buf, *Bp = buf + asz;
+    const int fast = !g_emulate && zl_bf16_units() == 1;
+    /* mode 0: C = F W^T (W [N, K] rows); mode 1: C = W F (W [M, K] rows, F [K, N]). */
+    const msrc f = {ZL_DT_F32, F, (size_t)ldf}, w = {wdt, W, (size_t)ldw};
+    if (mode == 0) {
+        if (fast) pack_a_avx(Ap, &f, i, m, K), pack_b_avx(Bp, &w, 1, j, n, K);
+        else pack_a_scalar(Ap, &f, i, m, K), pack_b_scalar(Bp, &w, 1, j, n, K);
+    } else {
+        if (fast) pack_a_avx(Ap, &w, i, m, K), pack_b_avx(Bp, &f, 0, j, n, K);
+        else pack_a_scalar(Ap, &w, i, m, K), pack_b_scalar(Bp, &f, 0, j, n, K);
+    }
+    float *c = C + (size_t)i * ldc + j;
+    if (fast)
+        kernel_amx(Ap, Bp, m, n, K, c, ldc);
+    else
+        kernel_emulated(Ap, Bp, m, n, K, c, ldc);
+    return 0;
+}

@@ -1,0 +1,190 @@
+/* The bfloat16 matmul precision (src/nn/gemm_bf16.c): products with stored
+ * weights whose factors are rounded to bfloat16 and summed in float32.
+ *
+ * Every result is held against a float64 computation of the same products
+ * from the bfloat16-rounded factors, within the a priori bound of float32
+ * summation, (K + 2) 2^-24 sum |a b|; and against the exact float32 product,
+ * from which it must differ by bfloat16's rounding (so the mode really ran).
+ * Both the scalar model of the tile product (any CPU) and, where the CPU
+ * has them, the AMX tiles are checked; the tiles also bit for bit across
+ * thread counts. */
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "nn/ops.h"
+#include "testlib.h"
+
+static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
+static float frand(void) {
+    rng_state = rng_state * 6364136223846793005ull + 1442695040888963407ull;
+    return (float)((rng_state >> 40) & 0xFFFFFF) / 16777216.0f * 2.0f - 1.0f;
+}
+static double bf(float x) { return (double)zl_bf16_to_f32(zl_f32_to_bf16(x)); }
+
+/* Fill n values of dtype dt at W; vals gets the exact values stored. */
+static void make_weight(zl_dtype dt, void *W, float *vals, size_t n) {
+    for (size_t i = 0; i < n; i++) vals[i] = frand() * 0.5f;
+    zl_convert_from_f32(dt, vals, W, n);
+    zl_convert_to_f32(dt, W, vals, n);
+}
+
+typedef struct {
+    double maxratio; /* max |C - ref| / bound */
+    double rel32;    /* ||C - exact f32 product|| / ||exact|| */
+} outcome;
+
+/* mode 0: C[M,N] = beta C + F[M,K] W[N,K]^T ; mode 1: C = beta C + W[M,K] F[K,N]. */
+static outcome run_case(int mode, int M, int N, int K, zl_dtype wdt, float beta, float *Cout) {
+    const size_t wn = mode == 0 ? (size_t)N * K : (size_t)M * K, fn = mode == 0 ? (size_t)M * K : (size_t)K * N;
+    float *F = malloc(fn * sizeof(float)), *Wv = malloc(wn * sizeof(float)), *C0 = malloc((size_t)M * N * sizeof(float));
+    void *W = malloc(wn * 4);
+    float *C = Cout;
+    for (size_t i = 0; i < fn; i++) F[i] = frand();
+    make_weight(wdt, W, Wv, wn);
+    for (size_t i = 0; i < (size_t)M * N; i++) C0[i] = beta == 0.0f ? NAN : frand();
+    memcpy(C, C0, (size_t)M * N * sizeof(float));
+    int rc = mode == 0 ? zl_sgemm_nt_stored(M, N, K, F, K, wdt, W, beta, C, N)
+                       : zl_sgemm_stored_nn(M, N, K, wdt, W, F, N, beta, C, N);
+    CHECKM(rc == ZL_OK, "bf16 product mode %d returned %d", mode, rc);
+    outcome o = {0, 0};
+    double d2 = 0, r2 = 0;
+    for (int i = 0; i < M; i++)
+        for (int j = 0; j < N; j++) {
+            double ref = beta == 0.0f ? 0.0 : (double)beta * C0[(size_t)i * N + j], bound = fabs(ref), exact = ref;
+            for (int k = 0; k < K; k++) {
+                const float a = mode == 0 ? F[(size_t)i * K + k] : Wv[(size_t)i * K + k];
+                const float b = mode == 0 ? Wv[(size_t)j * K + k] : F[(size_t)k * N + j];
+                ref += bf(a) * bf(b);
+                bound += fabs(bf(a) * bf(b));
+                exact += (double)a * b;
+            }
+            const double got = C[(size_t)i * N + j];
+            const double lim = (K + 2) * ldexp(1.0, -24) * bound + 1e-30;
+            const double r = fabs(got - ref) / lim;
+            if (!(r <= o.maxratio)) o.maxratio = r; /* NaN sticks */
+            d2 += (got - exact) * (got - exact);
+            r2 += exact * exact;
+        }
+    o.rel32 = sqrt(d2 / r2);
+    free(F), free(Wv), free(C0), free(W);
+    return o;
+}
+
+static const char *dtname(zl_dtype d) { return zl_dtype_name(d); }
+
+static void check_cases(const char *path) {
+    static const int shapes[][3] = {{37, 45, 70}, {16, 16, 32}, {100, 96, 64}, {33, 17, 5}, {300, 200, 1000}};
+    const zl_dtype dts[] = {ZL_DT_F16, ZL_DT_BF16, ZL_DT_F32};
+    const float betas[] = {0.0f, 1.0f, 0.5f};
+    for (int mode = 0; mode < 2; mode++)
+        for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+            for (int d = 0; d < 3; d++)
+                for (int bi = 0; bi < 3; bi++) {
+                    const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+                    if (s == 4 && (d != 0 || bi == 2)) continue; /* the large shape: F16 weights, beta 0 and 1 */
+                    float *C = malloc((size_t)M * N * sizeof(float));
+                    const outcome o = run_case(mode, M, N, K, dts[d], betas[bi], C);
+                    CHECKM(o.maxratio <= 1.0, "%s mode %d %dx%dx%d %s beta %g: error %.3g of the float32-sum bound",
+                           path, mode, M, N, K, dtname(dts[d]), betas[bi], o.maxratio);
+                    /* bfloat16 rounding of random factors: about 2^-9 relative per
+                     * product; the sum's relative error is of that order. */
+                    CHECKM(o.rel32 > 2e-4 && o.rel32 < 1e-2, "%s mode %d %dx%dx%d %s: relative error %.3g to the "
+                           "float32 product is not bfloat16's", path, mode, M, N, K, dtname(dts[d]), o.rel32);
+                    free(C);
+                }
+}
+
+/* A 3x3 convolution (shape Winograd would take in float32) and a linear with
+ * float32 weights, through the ops' own entries. */
+static void check_ops(const char *path) {
+    zl_conv_shape s = {.B = 2, .Cin = 24, .H = 20, .W = 18, .Cout = 40, .kh = 3, .kw = 3, .stride = 1,
+                       .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1};
+    CHECK(zl_conv2d_winograd_ok(&s)); /* float32 would take Winograd here; bf16 must not */
+    const size_t xn = (size_t)s.B * s.Cin * s.H * s.W, wn = (size_t)s.Cout * s.Cin * 9, yn = (size_t)s.B * s.Cout * s.H * s.W;
+    float *x = malloc(xn * 4), *wv = malloc(wn * 4), *bias = malloc(s.Cout * 4), *y = malloc(yn * 4), *y2 = malloc(yn * 4);
+    uint16_t *w16 = malloc(wn * 2);
+    for (size_t i = 0; i < xn; i++) x[i] = frand();
+    make_weight(ZL_DT_F16, w16, wv, wn);
+    for (int o = 0; o < s.Cout; o++) bias[o] = frand();
+    CHECK_OK(zl_conv2d_fwd_stored(y, x, ZL_DT_F16, w16, bias, &s));
+    zl_conv2d_fwd(y2, x, wv, bias, &s);
+    double worst = 0, d2 = 0, r2 = 0;
+    for (int b = 0; b < s.B; b++)
+        for (int o = 0; o < s.Cout; o++)
+            for (int i = 0; i < s.H; i++)
+                for (int j = 0; j < s.W; j++) {
+                    double ref = bias[o], bound = fabs(bias[o]), exact = bias[o];
+                    for (int c = 0; c < s.Cin; c++)
+                        for (int u = 0; u < 3; u++)
+                            for (int v = 0; v < 3; v++) {
+                                const int yi = i + u - 1, xj = j + v - 1;
+                                if (yi < 0 || yi >= s.H || xj < 0 || xj >= s.W) continue;
+                                const float a = wv[((size_t)o * s.Cin + c) * 9 + u * 3 + v];
+                                const float xv = x[(((size_t)b * s.Cin + c) * s.H + yi) * s.W + xj];
+                                ref += bf(a) * bf(xv), bound += fabs(bf(a) * bf(xv)), exact += (double)a * xv;
+                            }
+                    const size_t at = (((size_t)b * s.Cout + o) * s.H + i) * s.W + j;
+                    const double r = fabs(y[at] - ref) / ((s.Cin * 9 + 2) * ldexp(1.0, -24) * bound);
+                    if (!(r <= worst)) worst = r;
+                    CHECKM(y[at] == y2[at], "%s conv: float32-weight and F16-stored entries differ at %zu", path, at);
+                    d2 += (y[at] - exact) * (y[at] - exact), r2 += exact * exact;
+                }
+    CHECKM(worst <= 1.0, "%s conv 3x3: error %.3g of the bound", path, worst);
+    CHECKM(sqrt(d2 / r2) > 2e-4, "%s conv 3x3: no bfloat16 rounding (%.3g)", path, sqrt(d2 / r2));
+
+    /* linear, float32 weights */
+    const int N = 50, in = 70, out = 33;
+    float *lx = malloc((size_t)N * in * 4), *lw = malloc((size_t)out * in * 4), *ly = malloc((size_t)N * out * 4);
+    for (int i = 0; i < N * in; i++) lx[i] = frand();
+    for (int i = 0; i < out * in; i++) lw[i] = frand();
+    zl_linear_fwd(ly, lx, lw, bias, N, in, out);
+    worst = 0;
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < out; o++) {
+            double ref = bias[o], bound = fabs(bias[o]);
+            for (int k = 0; k < in; k++) ref += bf(lx[n * in + k]) * bf(lw[o * in + k]), bound += fabs(bf(lx[n * in + k]) * bf(lw[o * in + k]));
+            const double r = fabs(ly[n * out + o] - ref) / ((in + 2) * ldexp(1.0, -24) * bound);
+            if (!(r <= worst)) worst = r;
+        }
+    CHECKM(worst <= 1.0, "%s linear (float32 weights): error %.3g of the bound", path, worst);
+    free(x), free(wv), free(bias), free(y), free(y2), free(w16), free(lx), free(lw), free(ly);
+}
+
+/* The tile path: the same bytes on 1-4 threads (a shape zl_sgemm splits). */
+static void check_threads(void) {
+    const int M = 300, N = 200, K = 1000;
+    float *ref = malloc((size_t)M * N * 4), *C = malloc((size_t)M * N * 4);
+    const int t0 = omp_get_max_threads();
+    for (int t = 1; t <= 4; t++) {
+        omp_set_num_threads(t);
+        rng_state = 12345;
+        run_case(0, M, N, K, ZL_DT_F16, 1.0f, t == 1 ? ref : C);
+        if (t > 1) CHECKM(memcmp(ref, C, (size_t)M * N * 4) == 0, "AMX bf16 product differs on %d threads", t);
+    }
+    omp_set_num_threads(t0);
+    free(ref), free(C);
+}
+
+int main(void) {
+    zl_set_matmul_precision(ZL_MATMUL_BF16);
+    zl_bf16_emulate(1);
+    CHECK(zl_bf16_active());
+    check_cases("emulated");
+    check_ops("emulated");
+    zl_bf16_emulate(0);
+    if (zl_bf16_units()) {
+        CHECK(zl_bf16_active());
+        check_cases("AMX");
+        check_ops("AMX");
+        check_threads();
+    } else {
+        /* No tiles: the precision is a permission only. */
+        CHECK(!zl_bf16_active());
+        printf("note: this CPU has no AMX-BF16; the tile path was checked through its scalar model only\n");
+    }
+    zl_set_matmul_precision(ZL_MATMUL_F32);
+    CHECK(!zl_bf16_active());
+    return zt_done();
+}
