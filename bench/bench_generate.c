@@ -198,6 +198,7 @@ int main(int argc, char **argv) {
         if (!strcmp(a, "--dir") && v) dir = argv[++i];
         else if (!strcmp(a, "--threads") && v) threads = atoi(argv[++i]);
         else if (!strcmp(a, "--steps") && v) steps = atoi(argv[++i]);
+        else if (!strcmp(a, "--bf16")) zl_set_matmul_precision(ZL_MATMUL_BF16);
         else if (!strcmp(a, "--sizes") && v) {
             n_sizes = 0;
             for (const char *s = argv[++i]; *s && n_sizes < 4;) {
@@ -207,7 +208,7 @@ int main(int argc, char **argv) {
                 s = c + 1;
             }
         } else {
-            fprintf(stderr, "usage: %s [--dir D] [--threads N] [--sizes 512,1024] [--steps N]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--dir D] [--threads N] [--sizes 512,1024] [--steps N] [--bf16]\n", argv[0]);
             return 2;
         }
     }
@@ -248,6 +249,8 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("model: %s (SDXL base shapes, random F16 weights%s)\n", model, written ? "" : ", reused");
+    if (zl_get_matmul_precision() == ZL_MATMUL_BF16)
+        printf("matmul precision: bf16 (%s)\n", zl_bf16_units() ? "AMX-BF16 tiles" : "no AMX-BF16 here: float32");
     if (written) printf("synthesized in %.1f s\n", zl_now() - t0);
     zl_model_paths mp;
     if (!zl_model_paths_resolve(model, &mp)) {

@@ -167,6 +167,93 @@ static void check_threads(void) {
     free(ref), free(C);
 }
 
+/* A tensor of a safetensors file as float32 (malloc'd), or NULL. */
+static float *load_tensor(const char *path, const char *name, int64_t *n) {
+    zl_st_file *f = NULL;
+    if (zl_st_open(path, &f)) return NULL;
+    const zl_st_tensor *t = zl_st_find(f, name);
+    float *v = t ? malloc((size_t)t->numel * sizeof(float)) : NULL;
+    if (v) zl_st_read_f32(t, v), *n = t->numel;
+    zl_st_close(f);
+    return v;
+}
+
+/* The CLI: run unet --precision bf16 against diffusers' output and our float32
+ * output; the fallback without tiles; generate's parameters and --from-png. */
+static void check_cli(void) {
+    char model[1024], io[1024], o32[1024], o16[1024], png[1024], png2[1024], lat[1024], lat2[1024];
+    snprintf(model, sizeof model, "%s", zt_data("tiny-sd15"));
+    snprintf(io, sizeof io, "%s", zt_data("tiny-sd15/unet_io.safetensors"));
+    snprintf(o32, sizeof o32, "%s", zt_tmp("o32.safetensors"));
+    snprintf(o16, sizeof o16, "%s", zt_tmp("o16.safetensors"));
+    int rc = zt_cli("run unet --model %s --in %s -o %s --precision f32 -q", model, io, o32);
+    CHECKM(rc == 0, "run unet --precision f32: rc %d %s", rc, zt_err);
+    rc = zt_cli("run unet --model %s --in %s -o %s --precision bf16 -q", model, io, o16);
+    CHECKM(rc == 0, "run unet --precision bf16: rc %d %s", rc, zt_err);
+    int64_t n32 = 0, n16 = 0, nref = 0;
+    float *a = load_tensor(o32, "out", &n32), *b = load_tensor(o16, "out", &n16), *ref = load_tensor(io, "out_base", &nref);
+    CHECK(a && b && ref && n32 == nref && n16 == nref);
+    if (a && b && ref && n32 == nref && n16 == nref) {
+        zt_close("run unet --precision f32 = diffusers", a, ref, nref, 1e-4);
+        const double e = zt_relerr(b, ref, nref);
+        if (zl_bf16_units())
+            /* bfloat16 keeps 8 bits: a few of its rounding steps (2^-8 each) through the network */
+            CHECKM(e > ldexp(1.0, -12) && e < ldexp(1.0, -6), "run unet --precision bf16: relative error %.3g to "
+                   "diffusers is not bfloat16's (2^-12 .. 2^-6)", e);
+        else
+            CHECKM(memcmp(a, b, (size_t)nref * sizeof(float)) == 0, "no AMX: --precision bf16 must be float32");
+    }
+    free(a), free(b), free(ref);
+
+    /* Without tiles (ZL_NO_AMX=1) bf16 is float32, bit for bit, and says so. */
+    setenv("ZL_NO_AMX", "1", 1);
+    rc = zt_cli("run unet --model %s --in %s -o %s --precision bf16", model, io, o16);
+    unsetenv("ZL_NO_AMX");
+    CHECKM(rc == 0 && strstr(zt_err, "no AMX-BF16") != NULL, "ZL_NO_AMX=1 run unet --precision bf16: rc %d, %s", rc,
+           zt_err);
+    a = load_tensor(o32, "out", &n32), b = load_tensor(o16, "out", &n16);
+    CHECKM(a && b && n32 == n16 && memcmp(a, b, (size_t)n32 * sizeof(float)) == 0,
+           "ZL_NO_AMX=1: --precision bf16 gives the float32 output bit for bit");
+    free(a), free(b);
+
+    rc = zt_cli("run unet --model %s --in %s -o %s --precision fp8", model, io, o16);
+    CHECKM(rc == 2 && strstr(zt_err, "--precision 'fp8'"), "--precision fp8: rc %d, %s", rc, zt_err);
+    rc = zt_cli("generate --model %s -p x --precision", model);
+    CHECKM(rc == 2 && strstr(zt_err, "--precision needs a value"), "--precision without value: rc %d, %s", rc, zt_err);
+
+    /* generate: the parameters say bf16 when the tiles ran; --from-png repeats it */
+    snprintf(png, sizeof png, "%s", zt_tmp("b.png"));
+    snprintf(png2, sizeof png2, "%s", zt_tmp("b2.png"));
+    snprintf(lat, sizeof lat, "%s", zt_tmp("b.safetensors"));
+    snprintf(lat2, sizeof lat2, "%s", zt_tmp("b2.safetensors"));
+    rc = zt_cli("generate --model %s -p 'a cat' -W 64 -H 64 --steps 3 --seed 5 --precision bf16 --save-latent %s -o %s -q",
+                model, lat, png);
+    CHECKM(rc == 0, "generate --precision bf16: rc %d %s", rc, zt_err);
+    zl_png_params pp = {0};
+    if (!rc && !zl_png_params_read(png, &pp)) {
+        const char *v = zl_png_params_get(&pp, "Precision");
+        if (zl_bf16_units())
+            CHECKM(v && !strcmp(v, "bf16"), "generate --precision bf16: parameters say 'Precision: %s'", v ? v : "-");
+        else
+            CHECKM(!v, "no AMX: the parameters must not claim bf16");
+        zl_png_params_free(&pp);
+    }
+    rc = zt_cli("generate --model %s --from-png %s --save-latent %s -o %s -q", model, png, lat2, png2);
+    CHECKM(rc == 0, "--from-png of a bf16 image: rc %d %s", rc, zt_err);
+    a = load_tensor(lat, "latent", &n32), b = load_tensor(lat2, "latent", &n16);
+    CHECKM(a && b && n32 == n16 && memcmp(a, b, (size_t)n32 * sizeof(float)) == 0,
+           "--from-png repeats a bf16 generation bit for bit");
+    free(a), free(b);
+    if (zl_bf16_units()) {
+        /* and it did differ from float32 */
+        rc = zt_cli("generate --model %s --from-png %s --precision f32 --save-latent %s -o %s -q", model, png, lat2, png2);
+        a = load_tensor(lat, "latent", &n32), b = load_tensor(lat2, "latent", &n16);
+        CHECKM(rc == 0 && a && b && n32 == n16 && memcmp(a, b, (size_t)n32 * sizeof(float)) != 0,
+               "--precision f32 overrides the image's bf16");
+        free(a), free(b);
+    }
+}
+
 int main(void) {
     zl_set_matmul_precision(ZL_MATMUL_BF16);
     zl_bf16_emulate(1);
@@ -186,5 +273,6 @@ int main(void) {
     }
     zl_set_matmul_precision(ZL_MATMUL_F32);
     CHECK(!zl_bf16_active());
+    check_cli();
     return zt_done();
 }

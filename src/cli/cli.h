@@ -24,6 +24,18 @@ int zl_cli_float(const char *cmd, const char *flag, const char *s, double *out);
  * argv[*i] was consumed (advancing *i over a value), 0 if not, -1 on error. */
 int zl_cli_common(const char *cmd, int argc, char **argv, int *i);
 
+/* --precision f32|bf16 (generate and the run stages): the precision of the
+ * products with model weights (zl_set_matmul_precision). Same return
+ * convention as zl_cli_common; *prec is set. */
+int zl_cli_precision_flag(const char *cmd, int argc, char **argv, int *i, int *prec);
+/* Set it, and say so when bf16 has no AMX-BF16 tiles to run on here. */
+void zl_cli_set_precision(const char *cmd, int prec);
+#define ZL_CLI_PRECISION_HELP                                                                                           \
+    "  --precision P          f32 (default) or bf16: products with the model's weights in bfloat16, summed\n"         \
+    "                         in float32, on Intel AMX tile units (about 2x faster whole steps; error about\n"        \
+    "                         1e-3..1e-2 of the output, as PyTorch's bfloat16 autocast). CPUs without\n"           \
+    "                         AMX-BF16 compute float32 either way\n"
+
 /* The noise-schedule flags of generate, zip and eval-merge: --prediction P,
  * --spacing S, --zero-snr, --no-zero-snr. Same return convention as
  * zl_cli_common; names are checked here (usage error naming the flag). */

@@ -93,6 +93,30 @@ int zl_cli_common(const char *cmd, int argc, char **argv, int *i) {
     return 0;
 }
 
+int zl_cli_precision_flag(const char *cmd, int argc, char **argv, int *i, int *prec) {
+    if (strcmp(argv[*i], "--precision")) return 0;
+    if (*i + 1 >= argc) {
+        zl_cli_usage(cmd, "--precision needs a value: f32 or bf16");
+        return -1;
+    }
+    const char *v = argv[++*i];
+    if (!strcmp(v, "f32") || !strcmp(v, "fp32") || !strcmp(v, "float32"))
+        *prec = ZL_MATMUL_F32;
+    else if (!strcmp(v, "bf16") || !strcmp(v, "bfloat16"))
+        *prec = ZL_MATMUL_BF16;
+    else {
+        zl_cli_usage(cmd, "--precision '%s': expected f32 or bf16", v);
+        return -1;
+    }
+    return 1;
+}
+
+void zl_cli_set_precision(const char *cmd, int prec) {
+    zl_set_matmul_precision(prec == ZL_MATMUL_BF16 ? ZL_MATMUL_BF16 : ZL_MATMUL_F32);
+    if (prec == ZL_MATMUL_BF16 && !zl_bf16_units())
+        zl_warn("%s --precision bf16: this CPU has no AMX-BF16 tile units; the products are float32", cmd);
+}
+
 /* "FILE:W" -> FILE (allocated), W. A trailing ":<number>" is a weight; a path
  * with ':' elsewhere stays whole. The caller frees *path, also on error. */
 int zl_cli_lora_arg(const char *arg, char **path, float *w) {

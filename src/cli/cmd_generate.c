@@ -92,6 +92,7 @@ static void usage(FILE *f) {
             "  --vae-config JSON      single-file checkpoint whose sizes its shapes cannot tell\n"
             "  --te1-config JSON\n"
             "  --te2-config JSON\n"
+            ZL_CLI_PRECISION_HELP
             "  --f32-weights          widen the UNet weights to float32 once (faster steps, more memory)\n"
             "  --no-tile              decode without VAE tiles (exact at large sizes, more memory)\n"
             "  --from-png FILE        take every setting the PNG's parameters text holds (prompt, negative,\n"
@@ -241,6 +242,7 @@ typedef struct {
     double strength; /* img2img's or the hires pass's; 0: txt2img */
     double hires_scale; /* 0: no hires fix */
     int hires_steps;    /* given for the hires pass; 0: --steps */
+    int bf16;           /* the products ran in bfloat16 (on AMX tiles) */
     int chunks;      /* --long-prompt: chunks per prompt; 0: not asked */
     int no_emphasis; /* --long-prompt --no-emphasis */
 } infotext;
@@ -267,6 +269,7 @@ static int make_parameters(const infotext *it, uint64_t seed, long noise_index, 
     if (!rc && it->hires_scale > 0 && it->hires_steps) rc = sb_printf(&b, ", Hires steps: %d", it->hires_steps);
     if (!rc && it->hires_scale > 0) rc = sb_printf(&b, ", Hires upscaler: Latent");
     if (!rc && it->chunks) rc = sb_printf(&b, ", Prompt chunks: %d", it->chunks);
+    if (!rc && it->bf16) rc = sb_printf(&b, ", Precision: bf16");
     if (!rc && it->chunks && it->no_emphasis) rc = sb_printf(&b, ", Emphasis: None");
     if (!rc && it->vae_name) rc = sb_printf(&b, ", VAE hash: %s, VAE: ", it->vae_hash);
     if (!rc && it->vae_name) rc = sb_quoted(&b, it->vae_name);
@@ -381,6 +384,7 @@ typedef struct {
     double cfg, cfg_rescale, strength;
     double hires_scale; /* NAN: no hires fix */
     long hires_steps;   /* 0: --steps */
+    int precision;      /* zl_matmul_precision; -1: not given */
     uint64_t seed;
     zl_sched_override sched;
     char sampler_buf[80]; /* --from-png's sampler name */
@@ -476,6 +480,12 @@ static int apply_png(const char *path, const zl_png_params *pp, gen_args *c) {
     if (!c->n_lora && ((v = zl_png_params_get(pp, "Lora weights")) || (v = zl_png_params_get(pp, "Lora hashes"))))
         zl_warn("%s was made with the LoRAs %s: the file names are not in the image; give them with --lora FILE:W", path,
                 v);
+    if (c->precision < 0 && (v = zl_png_params_get(pp, "Precision"))) {
+        if (!strcmp(v, "bf16"))
+            c->precision = ZL_MATMUL_BF16;
+        else
+            zl_warn("%s: Precision '%s' is not one of this tool's (f32, bf16); using f32", path, v);
+    }
     if (!c->n_emb && (v = zl_png_params_get(pp, "TI hashes")))
         zl_warn("%s was made with the embeddings %s: give their files with --embedding FILE", path, v);
     if ((v = zl_png_params_get(pp, "Model"))) zl_info("%s was made with the model '%s'", path, v);
@@ -788,6 +798,7 @@ static int generate_run(gen_args *A) {
     it.strength = init_path || hires ? strength : 0;
     it.hires_scale = hires ? hires_scale : 0;
     it.hires_steps = (int)A->hires_steps;
+    it.bf16 = zl_get_matmul_precision() == ZL_MATMUL_BF16 && zl_bf16_units();
     it.chunks = long_prompt ? (cond.T > 0 ? cond.T : ZL_CLIP_CTX) / ZL_CLIP_CTX : 0;
     it.no_emphasis = no_emphasis;
 
@@ -850,11 +861,12 @@ done:
 
 int zl_cmd_generate(int argc, char **argv) {
     gen_args A = {.sampler_name = "euler", .steps = 50, .batch = 1, .clip_skip = 1, .cfg = NAN, .strength = NAN,
-                  .hires_scale = NAN};
+                  .hires_scale = NAN, .precision = -1};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = zl_cli_common(CMD, argc, argv, &i);
         if (!c) c = zl_cli_sched_flag(CMD, argc, argv, &i, &A.sched);
+        if (!c) c = zl_cli_precision_flag(CMD, argc, argv, &i, &A.precision);
         if (c < 0) return ZL_EXIT_USAGE;
         if (c) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return ZL_EXIT_OK; }
@@ -950,6 +962,7 @@ int zl_cmd_generate(int argc, char **argv) {
             return code;
         }
     }
+    zl_cli_set_precision(CMD, A.precision);
     int code = generate_run(&A); /* its strings may point into pp */
     zl_png_params_free(&pp);
     return code;

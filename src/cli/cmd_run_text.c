@@ -26,6 +26,7 @@ static void usage(FILE *f) {
             "  --te2-config JSON    heads are not 64 wide); likewise for the second\n"
             "  --clip-skip N        prompt_embeds from the N-th layer from the end (A1111's Clip skip, as\n"
             "                       generate); the per-encoder tensors are unchanged\n"
+            "  --precision P        f32 (default) or bf16: bfloat16 products on AMX tiles\n"
             "  --in FILE, -o FILE   input ids and output tensors\n"
             "  -q, -v, --threads N  quiet, verbose, thread count\n");
 }
@@ -63,9 +64,11 @@ int zl_run_text(int argc, char **argv) {
     const char *lora_args[MAX_LORAS];
     int n_lora = 0;
     long clip_skip = 1;
+    int prec = ZL_MATMUL_F32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = zl_cli_common("run text", argc, argv, &i);
+        if (!c) c = zl_cli_precision_flag("run text", argc, argv, &i, &prec);
         if (c < 0) return ZL_EXIT_USAGE;
         if (c) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return ZL_EXIT_OK; }
@@ -90,6 +93,7 @@ int zl_run_text(int argc, char **argv) {
     if (!model) return zl_cli_usage("run text", "--model is required");
     if (!in_path) return zl_cli_usage("run text", "--in is required");
     if (!out_path) return zl_cli_usage("run text", "-o is required");
+    zl_cli_set_precision("run text", prec);
 
     int rc;
     zl_model_paths mp;

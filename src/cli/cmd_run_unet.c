@@ -24,6 +24,7 @@ static void usage(FILE *f) {
             "  --runtime            apply LoRAs as runtime branches\n"
             "  --unet-config JSON   diffusers unet config.json (for a non-standard single file)\n"
             "  --f32-weights        widen all weights to float32 once (more memory)\n"
+            "  --precision P        f32 (default) or bf16: bfloat16 products on AMX tiles\n"
             "  --in FILE, -o FILE   input and output tensors\n"
             "  -q, -v, --threads N  quiet, verbose, thread count\n");
 }
@@ -50,9 +51,11 @@ int zl_run_unet(int argc, char **argv) {
     const char *model = NULL, *in_path = NULL, *out_path = NULL, *cfg_path = NULL;
     const char *lora_args[MAX_LORAS];
     int n_lora = 0, runtime = 0, f32 = 0;
+    int prec = ZL_MATMUL_F32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = zl_cli_common("run unet", argc, argv, &i);
+        if (!c) c = zl_cli_precision_flag("run unet", argc, argv, &i, &prec);
         if (c < 0) return ZL_EXIT_USAGE;
         if (c) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout); return ZL_EXIT_OK; }
@@ -77,6 +80,7 @@ int zl_run_unet(int argc, char **argv) {
     if (!model) return zl_cli_usage("run unet", "--model is required");
     if (!in_path) return zl_cli_usage("run unet", "--in is required");
     if (!out_path) return zl_cli_usage("run unet", "-o is required");
+    zl_cli_set_precision("run unet", prec);
 
     int rc = ZL_OK;
     zl_model_paths mp;

@@ -18,6 +18,7 @@ static void usage(FILE *f, int enc) {
             "  --model M            diffusers model folder, single-file checkpoint or standalone VAE file\n"
             "  --vae-config JSON    diffusers vae/config.json (for a non-standard single file)\n"
             "%s"
+            "  --precision P        f32 (default) or bf16: bfloat16 products on AMX tiles\n"
             "  --in FILE, -o FILE   input and output tensors\n"
             "  -q, -v, --threads N  quiet, verbose, thread count\n",
             enc ? "vae-encode" : "vae-decode",
@@ -34,9 +35,11 @@ static int run_vae(int argc, char **argv, int enc) {
     const char *model = NULL, *in_path = NULL, *out_path = NULL, *cfg_path = NULL;
     long tile = 80, overlap = 16;
     zl_vae_tile_mode mode = ZL_VAE_TILE_AUTO;
+    int prec = ZL_MATMUL_F32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = zl_cli_common(cmd, argc, argv, &i);
+        if (!c) c = zl_cli_precision_flag(cmd, argc, argv, &i, &prec);
         if (c < 0) return ZL_EXIT_USAGE;
         if (c) continue;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { usage(stdout, enc); return ZL_EXIT_OK; }
@@ -60,6 +63,7 @@ static int run_vae(int argc, char **argv, int enc) {
     if (!model) return zl_cli_usage(cmd, "--model is required");
     if (!in_path) return zl_cli_usage(cmd, "--in is required");
     if (!out_path) return zl_cli_usage(cmd, "-o is required");
+    zl_cli_set_precision(cmd, prec);
     if (overlap >= tile) return zl_cli_usage(cmd, "--tile-overlap %ld must be smaller than --tile %ld", overlap, tile);
 
     int rc = ZL_OK;
