@@ -167,6 +167,91 @@ static void check_threads(void) {
     free(ref), free(C);
 }
 
+/* The weight packed once (zl_bf16_pack_weight) gives the bytes of per-call
+ * packing, on grids whose blocks start at odd 16-row groups (1-4 threads). */
+static void check_packed(void) {
+    const int M = 300, N = 208, K = 1000; /* N: 13 groups of 16 */
+    float *A = malloc((size_t)M * K * 4), *Wv = malloc((size_t)N * K * 4), *c1 = malloc((size_t)M * N * 4),
+          *c2 = malloc((size_t)M * N * 4), *Bm = malloc((size_t)K * M * 4);
+    uint16_t *W = malloc((size_t)N * K * 2);
+    for (int i = 0; i < M * K; i++) A[i] = frand(), Bm[i] = frand();
+    make_weight(ZL_DT_F16, W, Wv, (size_t)N * K);
+    uint16_t *p0 = zl_bf16_pack_weight(ZL_DT_F16, W, N, K, 0), *p1 = zl_bf16_pack_weight(ZL_DT_F16, W, N, K, 1);
+    CHECK(p0 && p1);
+    const int t0 = omp_get_max_threads();
+    for (int t = 1; t <= 4 && p0 && p1; t++) {
+        omp_set_num_threads(t);
+        for (int i = 0; i < M * N; i++) c1[i] = c2[i] = (float)(i % 7);
+        CHECK_OK(zl_sgemm_nt_stored(M, N, K, A, K, ZL_DT_F16, W, 1.0f, c1, N));
+        CHECK_OK(zl_sgemm_nt_bf16p(M, N, K, A, K, p0, 1.0f, c2, N));
+        CHECKM(!memcmp(c1, c2, (size_t)M * N * 4), "packed linear weight = per-call packing (%d threads)", t);
+        /* mode 1: W [N rows as output channels, K] times B [K, M] */
+        CHECK_OK(zl_sgemm_stored_nn(N, M, K, ZL_DT_F16, W, Bm, M, 0.0f, c1, M));
+        CHECK_OK(zl_sgemm_bf16p_nn(N, M, K, p1, Bm, M, 0.0f, c2, M));
+        CHECKM(!memcmp(c1, c2, (size_t)M * N * 4), "packed conv weight = per-call packing (%d threads)", t);
+    }
+    omp_set_num_threads(t0);
+    free(A), free(Wv), free(c1), free(c2), free(Bm), free(W), free(p0), free(p1);
+}
+
+/* A whole UNet (mini-sdxl, mapped F32): its first bf16 forward packs per
+ * product, later ones use the packed weights: the same bytes. Folding a LoRA
+ * and clearing it repack; float32 afterwards reads the dropped pages again. */
+static void check_unet(void) {
+    char cfgp[1024], wp[1024], lp[1024], io[1024];
+    snprintf(cfgp, sizeof cfgp, "%s", zt_data("mini-sdxl/unet/config.json"));
+    snprintf(wp, sizeof wp, "%s", zt_data("mini-sdxl/unet/diffusion_pytorch_model.safetensors"));
+    snprintf(lp, sizeof lp, "%s", zt_data("mini-sdxl/loras/content.kohya.safetensors"));
+    snprintf(io, sizeof io, "%s", zt_data("mini-sdxl/unet_io.safetensors"));
+    zl_unet_load_opts o = {.config_path = cfgp, .weights = ZL_UNET_WEIGHTS_STORED};
+    zl_unet *u = NULL, *u2 = NULL;
+    zl_lora *l = NULL;
+    zl_st_file *f = NULL;
+    CHECK_OK(zl_unet_load(wp, &o, &u));
+    CHECK_OK(zl_unet_load(wp, &o, &u2));
+    CHECK_OK(zl_st_open(io, &f));
+    if (!u || !u2 || !f) return;
+    zl_lora_load_opts lo = {.unet_config = zl_unet_get_config(u), .expect_family = zl_unet_get_config(u)->family};
+    CHECK_OK(zl_lora_load(lp, &lo, &l));
+    const zl_st_tensor *ts = zl_st_find(f, "sample"), *tc = zl_st_find(f, "encoder_hidden_states");
+    const size_t n = (size_t)ts->numel;
+    float *x[5] = {0}, *out[6];
+    const char *names[5] = {"sample", "timestep", "encoder_hidden_states", "text_embeds", "time_ids"};
+    for (int i = 0; i < 5; i++) {
+        const zl_st_tensor *t = zl_st_find(f, names[i]);
+        x[i] = malloc((size_t)t->numel * 4);
+        zl_st_read_f32(t, x[i]);
+    }
+    for (int i = 0; i < 6; i++) out[i] = malloc(n * 4);
+    zl_unet_input in = {(int)ts->shape[0], (int)ts->shape[2], (int)ts->shape[3], (int)tc->shape[1], x[0], x[1], x[2], x[3], x[4]};
+    zl_set_matmul_precision(ZL_MATMUL_BF16);
+    CHECK_OK(zl_unet_forward(u, &in, out[0]));  /* per product */
+    CHECK_OK(zl_unet_forward(u, &in, out[1]));  /* packs */
+    CHECK_OK(zl_unet_forward(u, &in, out[2]));  /* packed */
+    CHECKM(!memcmp(out[0], out[1], n * 4) && !memcmp(out[0], out[2], n * 4), "UNet bf16: packed weights = per product");
+    CHECK_OK(zl_unet_add_lora(u, l, 1.0f, ZL_UNET_LORA_FOLD, NULL));
+    CHECK_OK(zl_unet_forward(u, &in, out[3]));  /* folded: repacked from the folded float32 */
+    CHECK_OK(zl_unet_add_lora(u2, l, 1.0f, ZL_UNET_LORA_FOLD, NULL));
+    CHECK_OK(zl_unet_forward(u2, &in, out[4])); /* a fresh model's first forward with the LoRA */
+    CHECKM(!memcmp(out[3], out[4], n * 4), "UNet bf16: folding a LoRA repacks the weights");
+    CHECKM(memcmp(out[3], out[2], n * 4) != 0, "the LoRA changes the output");
+    CHECK_OK(zl_unet_clear_loras(u));
+    CHECK_OK(zl_unet_forward(u, &in, out[5]));
+    CHECKM(!memcmp(out[5], out[0], n * 4), "UNet bf16: clearing the LoRA repacks the stored weights");
+    zl_set_matmul_precision(ZL_MATMUL_F32);
+    CHECK_OK(zl_unet_forward(u, &in, out[5]));  /* float32 from the (dropped, re-read) mapped pages */
+    const zl_st_tensor *tr = zl_st_find(f, "out_base");
+    float *ref = malloc(n * 4);
+    zl_st_read_f32(tr, ref);
+    zt_close("UNet float32 after bf16 = diffusers out_base", out[5], ref, (int64_t)n, 1e-4);
+    free(ref);
+    for (int i = 0; i < 5; i++) free(x[i]);
+    for (int i = 0; i < 6; i++) free(out[i]);
+    zl_lora_free(l);
+    zl_unet_free(u), zl_unet_free(u2);
+    zl_st_close(f);
+}
+
 /* A tensor of a safetensors file as float32 (malloc'd), or NULL. */
 static float *load_tensor(const char *path, const char *name, int64_t *n) {
     zl_st_file *f = NULL;
@@ -260,12 +345,15 @@ int main(void) {
     CHECK(zl_bf16_active());
     check_cases("emulated");
     check_ops("emulated");
+    check_packed(); /* emulated */
     zl_bf16_emulate(0);
     if (zl_bf16_units()) {
         CHECK(zl_bf16_active());
         check_cases("AMX");
         check_ops("AMX");
         check_threads();
+        check_packed();
+        check_unet();
     } else {
         /* No tiles: the precision is a permission only. */
         CHECK(!zl_bf16_active());

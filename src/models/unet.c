@@ -5,6 +5,8 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #include <string.h>
 
 #include "models/unet_internal.h"
@@ -353,13 +355,42 @@ static const float *weight_f32(zl_unet *u, const zl_weight *w) {
 
 const float *zl_unet_weight_f32(zl_unet *u, const zl_unet_mod *m) { return weight_f32(u, &m->w); }
 
+/* With bfloat16 products: the module's weight packed for the tile unit once,
+ * at its second use (fold and unfold drop it). The first use packs slices per
+ * product, as a one-off forward should: the packed copy is fresh memory, and
+ * first touching SDXL's 5 GB of it costs about as much as 3 forwards' worth
+ * of slice packing saves (bench/RESULTS.md). Packed from mapped file data,
+ * those pages are then dropped from this process (read again if the float32
+ * path ever needs them), so resident memory holds one copy. NULL: pack per
+ * product (also when out of memory). Same results either way, bit for bit. */
+static const uint16_t *packed_bf16(zl_unet *u, const zl_unet_mod *cm) {
+    if (!zl_bf16_active()) return NULL;
+    zl_unet_mod *m = (zl_unet_mod *)cm; /* the packing is a cache the module owns */
+    if (m->w.bf16) return m->w.bf16;
+    if (++m->bf16_uses < 2) return NULL;
+    const int K = m->in * m->kh * m->kw, conv = m->kind == ZL_MOD_CONV;
+    const int from_f32 = m->w.f32 != NULL;
+    m->w.bf16 = zl_bf16_pack_weight(from_f32 ? ZL_DT_F32 : m->w.dtype, from_f32 ? (const void *)m->w.f32 : m->w.data,
+                                    m->out, K, conv);
+    if (m->w.bf16 && !from_f32 && zl_st_is_mapped(u->file)) {
+        const long ps = sysconf(_SC_PAGESIZE);
+        const uintptr_t a = ((uintptr_t)m->w.data + (uintptr_t)ps - 1) & ~(uintptr_t)(ps - 1);
+        const uintptr_t b = ((uintptr_t)m->w.data + (uintptr_t)m->w.numel * (uintptr_t)(zl_dtype_bits(m->w.dtype) / 8)) &
+                            ~(uintptr_t)(ps - 1);
+        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+    }
+    return m->w.bf16;
+}
+
 void zl_unet_linear(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, int N) {
     if (u->mod_hook.fn) u->mod_hook.fn(u->mod_hook.ctx, m, x, N, 1, 1, 1);
+    const uint16_t *wp = packed_bf16(u, m);
     /* stored F16/BF16: widened block by block inside the product (in cache);
      * the whole-weight widening is the fallback if that runs out of memory */
-    if (!zl_weight_needs_scratch(&m->w) ||
-        zl_linear_fwd_stored(y, x, m->w.dtype, m->w.data, bias_of(m), N, m->in, m->out) != ZL_OK)
-        zl_linear_fwd(y, x, weight_f32(u, &m->w), bias_of(m), N, m->in, m->out);
+    if (!wp || zl_linear_fwd_bf16p(y, x, wp, bias_of(m), N, m->in, m->out) != ZL_OK)
+        if (!zl_weight_needs_scratch(&m->w) ||
+            zl_linear_fwd_stored(y, x, m->w.dtype, m->w.data, bias_of(m), N, m->in, m->out) != ZL_OK)
+            zl_linear_fwd(y, x, weight_f32(u, &m->w), bias_of(m), N, m->in, m->out);
     for (int k = 0; k < m->n_br; k++) {
         const zl_unet_branch *br = &m->br[k];
         const float *down = br->down; // [r, in]
@@ -381,8 +412,11 @@ void zl_unet_conv(zl_unet *u, const zl_unet_mod *m, const float *x, float *y, in
     zl_conv_shape s = {B, m->in, H, W, m->out, m->kh, m->kw, stride, pad, pad, pad, pad};
     /* stored F16/BF16: Winograd transforms them directly, im2col widens them block by block in the product;
      * the whole-weight widening is the fallback if that runs out of memory */
-    if (!zl_weight_needs_scratch(&m->w) || zl_conv2d_fwd_stored(y, x, m->w.dtype, m->w.data, bias_of(m), &s) != ZL_OK)
-        zl_conv2d_fwd(y, x, weight_f32(u, &m->w), bias_of(m), &s);
+    const uint16_t *wp = packed_bf16(u, m);
+    if (!wp || zl_conv2d_fwd_bf16p(y, x, wp, bias_of(m), &s) != ZL_OK)
+        if (!zl_weight_needs_scratch(&m->w) ||
+            zl_conv2d_fwd_stored(y, x, m->w.dtype, m->w.data, bias_of(m), &s) != ZL_OK)
+            zl_conv2d_fwd(y, x, weight_f32(u, &m->w), bias_of(m), &s);
     if (!m->n_br) return;
     int Ho = zl_conv_out_h(&s), Wo = zl_conv_out_w(&s), HWo = Ho * Wo;
     for (int k = 0; k < m->n_br; k++) {

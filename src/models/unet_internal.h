@@ -35,6 +35,7 @@ typedef struct {
     zl_weight w;       /* Linear [out, in], conv [out, in, kh, kw], norm gamma [C] */
     zl_weight b;       /* bias / beta [out] (always resident f32), numel 0 if none */
     int folded;        /* w.f32 holds W + folded LoRA deltas */
+    int bf16_uses;     /* forwards with bfloat16 products so far: the second packs w (see packed_bf16) */
     int n_br;
     zl_unet_branch *br;
 } zl_unet_mod;

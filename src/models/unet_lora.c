@@ -53,6 +53,7 @@ int zl_unet_add_lora(zl_unet *u, const zl_lora *l, float w, zl_unet_lora_mode mo
         if (mode == ZL_UNET_LORA_FOLD) {
             /* The first fold of a stored-dtype weight makes a private f32 copy; the mapping is never written. */
             if ((rc = zl_weight_make_resident(&m->w))) return rc;
+            zl_weight_drop_packed(&m->w);
             if ((rc = zl_lora_fold(ly, w, m->w.f32))) return zl_error_prefix(rc, "%s", path);
             m->folded = 1;
         } else {
@@ -104,6 +105,7 @@ int zl_unet_clear_loras(zl_unet *u) {
         m->br = NULL;
         m->n_br = 0;
         if (!m->folded) continue;
+        zl_weight_drop_packed(&m->w);
         if (u->mode == ZL_UNET_WEIGHTS_F32) {
             zl_convert_to_f32(m->w.dtype, m->w.data, m->w.f32, (size_t)m->w.numel);
         } else {

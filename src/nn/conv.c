@@ -132,13 +132,13 @@ static void fill_bias(float *y, const float *b, int Cout, size_t HW) {
     }
 }
 
-static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, const void *Wst, const float *b,
-                    const zl_conv_shape *s, int rows);
+static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, const void *Wst, const uint16_t *Wp,
+                    const float *b, const zl_conv_shape *s, int rows);
 
 void zl_conv2d_fwd(float *y, const float *x, const float *Wt, const float *b, const zl_conv_shape *s) {
     /* bfloat16 products: direct (im2col) on the tile unit, never Winograd, whose
      * transforms would magnify bfloat16's rounding. */
-    if (zl_bf16_active() && conv_fwd(y, x, NULL, ZL_DT_F32, Wt, b, s, 0) == ZL_OK) return;
+    if (zl_bf16_active() && conv_fwd(y, x, NULL, ZL_DT_F32, Wt, NULL, b, s, 0) == ZL_OK) return;
     if (zl_conv2d_winograd_ok(s)) {
         zl_conv2d_fwd_winograd(y, x, ZL_DT_F32, Wt, b, s);
         return;
@@ -155,9 +155,10 @@ void zl_conv2d_bwd(float *dx, float *dW, float *db, const float *dy, const float
     zl_conv2d_bwd_rows(dx, dW, db, dy, x, Wt, s, 0);
 }
 
-/* The forward, with the weights as float32 (F != NULL) or in a stored dtype. */
-static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, const void *Wst, const float *b,
-                    const zl_conv_shape *s, int rows) {
+/* The forward, with the weights as float32 (F != NULL), packed for the
+ * bfloat16 tile products (Wp != NULL) or in a stored dtype. */
+static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, const void *Wst, const uint16_t *Wp,
+                    const float *b, const zl_conv_shape *s, int rows) {
     const int Ho = zl_conv_out_h(s), Wo = zl_conv_out_w(s);
     const size_t HWo = (size_t)Ho * Wo, HWi = (size_t)s->H * s->W;
     const int K = s->Cin * s->kh * s->kw;
@@ -168,7 +169,9 @@ static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, cons
             float *yb = y + (size_t)n * s->Cout * HWo;
             const float *xb = x + (size_t)n * s->Cin * HWi;
             if (b) fill_bias(yb, b, s->Cout, HWo);
-            if (F)
+            if (Wp)
+                rc = zl_sgemm_bf16p_nn(s->Cout, (int)HWo, s->Cin, Wp, xb, (int)HWo, b ? 1.0f : 0.0f, yb, (int)HWo);
+            else if (F)
                 zl_sgemm(0, 0, s->Cout, (int)HWo, s->Cin, 1.0f, F, s->Cin, xb, (int)HWo, b ? 1.0f : 0.0f, yb, (int)HWo);
             else
                 rc = zl_sgemm_stored_nn(s->Cout, (int)HWo, s->Cin, wdt, Wst, xb, (int)HWo, b ? 1.0f : 0.0f, yb, (int)HWo);
@@ -188,7 +191,9 @@ static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, cons
         for (int r0 = 0; r0 < Ho && !rc; r0 += R) {
             const int r1 = r0 + R < Ho ? r0 + R : Ho, N = (r1 - r0) * Wo;
             im2col(col, xb, s, Wo, r0, r1);
-            if (F)
+            if (Wp)
+                rc = zl_sgemm_bf16p_nn(s->Cout, N, K, Wp, col, N, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo, (int)HWo);
+            else if (F)
                 zl_sgemm(0, 0, s->Cout, N, K, 1.0f, F, K, col, N, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo, (int)HWo);
             else
                 rc = zl_sgemm_stored_nn(s->Cout, N, K, wdt, Wst, col, N, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo, (int)HWo);
@@ -199,7 +204,11 @@ static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, cons
 }
 
 void zl_conv2d_fwd_rows(float *y, const float *x, const float *Wt, const float *b, const zl_conv_shape *s, int rows) {
-    conv_fwd(y, x, Wt, ZL_DT_F32, NULL, b, s, rows);
+    conv_fwd(y, x, Wt, ZL_DT_F32, NULL, NULL, b, s, rows);
+}
+
+int zl_conv2d_fwd_bf16p(float *y, const float *x, const uint16_t *Wp, const float *b, const zl_conv_shape *s) {
+    return conv_fwd(y, x, NULL, ZL_DT_BF16, NULL, Wp, b, s, 0);
 }
 
 int zl_conv2d_fwd_stored(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b, const zl_conv_shape *s) {
@@ -207,7 +216,7 @@ int zl_conv2d_fwd_stored(float *y, const float *x, zl_dtype wdt, const void *Wt,
         zl_conv2d_fwd_winograd(y, x, wdt, Wt, b, s);
         return 0;
     }
-    return conv_fwd(y, x, NULL, wdt, Wt, b, s, 0);
+    return conv_fwd(y, x, NULL, wdt, Wt, NULL, b, s, 0);
 }
 
 void zl_conv2d_bwd_rows(float *dx, float *dW, float *db, const float *dy, const float *x, const float *Wt,

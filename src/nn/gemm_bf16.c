@@ -348,26 +348,63 @@ void zl_bf16_release_buffers(void) {
     if (pack_key_ok) pthread_setspecific(pack_key, NULL);
 }
 
-int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw, int i,
-                  int j, float *C, int ldc) {
-    const size_t K32 = (size_t)ceil_to(K, 32), asz = (size_t)ceil_to(m, 32) * K32, bsz = (size_t)ceil_to(n, 32) * K32;
-    uint16_t *buf = pack_buf(asz + bsz);
+int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw,
+                  const uint16_t *Wp, int i, int j, float *C, int ldc) {
+    const size_t K32 = (size_t)ceil_to(K, 32), gs = K32 * 16;
+    /* the weight's side comes packed (Wp) or is packed here: all of A, and B a
+     * panel of 32 columns at a time, just before its products (the panel then
+     * stays in cache for all of A's rows) */
+    const int packA = mode == 1 ? !Wp : 1, packB = mode == 0 ? !Wp : 1;
+    const size_t asz = packA ? (size_t)ceil_to(m, 32) * K32 : 0, bsz = packB ? 32 * K32 : 0;
+    uint16_t *buf = pack_buf(asz + bsz > 0 ? asz + bsz : 1);
     if (!buf) return ZL_ENOMEM;
-    uint16_t *Ap = buf, *Bp = buf + asz;
     const int fast = !g_emulate && zl_bf16_units() == 1;
     /* mode 0: C = F W^T (W [N, K] rows); mode 1: C = W F (W [M, K] rows, F [K, N]). */
     const msrc f = {ZL_DT_F32, F, (size_t)ldf}, w = {wdt, W, (size_t)ldw};
-    if (mode == 0) {
-        if (fast) pack_a_avx(Ap, &f, i, m, K), pack_b_avx(Bp, &w, 1, j, n, K);
-        else pack_a_scalar(Ap, &f, i, m, K), pack_b_scalar(Bp, &w, 1, j, n, K);
-    } else {
-        if (fast) pack_a_avx(Ap, &w, i, m, K), pack_b_avx(Bp, &f, 0, j, n, K);
-        else pack_a_scalar(Ap, &w, i, m, K), pack_b_scalar(Bp, &f, 0, j, n, K);
+    const msrc *a = mode == 0 ? &f : &w, *b = mode == 0 ? &w : &f;
+    const uint16_t *Ap = packA ? buf : Wp + (size_t)(i / 16) * gs;
+    if (packA) {
+        if (fast) pack_a_avx(buf, a, i, m, K);
+        else pack_a_scalar(buf, a, i, m, K);
     }
-    float *c = C + (size_t)i * ldc + j;
-    if (fast)
-        kernel_amx(Ap, Bp, m, n, K, c, ldc);
-    else
-        kernel_emulated(Ap, Bp, m, n, K, c, ldc);
+    for (int jp = 0; jp < n; jp += 32) {
+        const int np = n - jp < 32 ? n - jp : 32;
+        const uint16_t *Bp = Wp && mode == 0 ? Wp + (size_t)((j + jp) / 16) * gs : buf + asz;
+        if (packB) {
+            if (fast) pack_b_avx(buf + asz, b, mode == 0, j + jp, np, K);
+            else pack_b_scalar(buf + asz, b, mode == 0, j + jp, np, K);
+        }
+        float *c = C + (size_t)i * ldc + j + jp;
+        if (fast)
+            kernel_amx(Ap, Bp, m, np, K, c, ldc);
+        else
+            kernel_emulated(Ap, Bp, m, np, K, c, ldc);
+    }
     return 0;
+}
+
+uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int conv) {
+    const size_t K32 = (size_t)ceil_to(K, 32), R32 = (size_t)ceil_to(rows, 32), gs = K32 * 16;
+    /* one more zero group: a block of the grid may start at an odd group, and
+     * its last pair then reaches one group past the padded rows */
+    uint16_t *p = aligned_alloc(64, (R32 + 16) * K32 * sizeof(uint16_t));
+    if (!p) return NULL;
+    memset(p + R32 * K32, 0, 16 * K32 * sizeof(uint16_t));
+    const msrc w = {dt, W, (size_t)K};
+    const int fast = !g_emulate && zl_bf16_units() == 1;
+    const long np = (long)(R32 / 32);
+    /* a pair of 16-row groups per task: the packers pad to 32 rows */
+    #pragma omp parallel for schedule(dynamic, 4) if (np > 1 && !omp_in_parallel())
+    for (long q = 0; q < np; q++) {
+        const int r0 = (int)q * 32, nr = rows - r0 < 32 ? rows - r0 : 32;
+        uint16_t *dst = p + (size_t)q * 2 * gs;
+        if (conv) {
+            if (fast) pack_a_avx(dst, &w, r0, nr, K);
+            else pack_a_scalar(dst, &w, r0, nr, K);
+        } else {
+            if (fast) pack_b_avx(dst, &w, 1, r0, nr, K);
+            else pack_b_scalar(dst, &w, 1, r0, nr, K);
+        }
+    }
+    return p;
 }

@@ -45,3 +45,12 @@ void zl_linear_bwd(float *dx, float *dW, float *db, const float *dy, const float
         }
     }
 }
+
+int zl_linear_fwd_bf16p(float *y, const float *x, const uint16_t *Wp, const float *b, int N, int in, int out) {
+    if (N <= 0 || out <= 0) return 0;
+    if (b) {
+        #pragma omp parallel for schedule(static) if ((size_t)N * out > 65536)
+        for (int n = 0; n < N; n++) memcpy(y + (size_t)n * out, b, (size_t)out * sizeof(float));
+    }
+    return zl_sgemm_nt_bf16p(N, out, in, x, in, Wp, b ? 1.0f : 0.0f, y, out);
+}

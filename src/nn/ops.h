@@ -57,8 +57,20 @@ int zl_sgemm_nn_stored(int M, int N, int K, const float *A, int lda, zl_dtype wd
  * zl_bf16_block, one block of their grid each: mode 0, C[i.., j..] += F W^T
  * (W [N, K] rows); mode 1, C[i.., j..] += W F (W [M, K] rows, F [K, N]). */
 int zl_bf16_active(void);
-int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw, int i,
-                  int j, float *C, int ldc);
+/* Wp: the whole weight packed by zl_bf16_pack_weight (conv = mode), or NULL
+ * to pack W's slice here. i and j (block offsets) are multiples of 16. */
+int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw,
+                  const uint16_t *Wp, int i, int j, float *C, int ldc);
+/* A weight [rows, K] packed once for the tile unit (aligned_alloc'd; free()):
+ * conv = 0 for mode 0 (a linear's W, the B operand), 1 for mode 1 (a conv's
+ * W [Cout, Cin kh kw], the A operand). Rows are padded to 32, K to 32, with
+ * zeros. The products through it equal those that pack W per call, bit for
+ * bit. NULL when out of memory. */
+uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int conv);
+/* Products with such a packed weight (bf16 only: call while zl_bf16_active()):
+ * C[M,N] = A[M,K] Wp^T (+ beta C), and C[M,N] = Wp B[K,N] (+ beta C). */
+int zl_sgemm_nt_bf16p(int M, int N, int K, const float *A, int lda, const uint16_t *Wp, float beta, float *C, int ldc);
+int zl_sgemm_bf16p_nn(int M, int N, int K, const uint16_t *Wp, const float *B, int ldb, float beta, float *C, int ldc);
 void zl_bf16_release_buffers(void);
 /* Tests: run the packing and a scalar model of the tile product instead of
  * the tile unit (so the logic is checked on CPUs without AMX). */
@@ -73,6 +85,8 @@ double zl_sgemm_reference_gflops(int n, int reps, int threads);
 void zl_linear_fwd(float *y, const float *x, const float *W, const float *b, int N, int in, int out);
 /* The same with W [out, in] in its stored dtype (zl_sgemm_nt_stored). */
 int zl_linear_fwd_stored(float *y, const float *x, zl_dtype wdt, const void *W, const float *b, int N, int in, int out);
+/* The same with W packed by zl_bf16_pack_weight(.., out, in, 0) (bf16 only). */
+int zl_linear_fwd_bf16p(float *y, const float *x, const uint16_t *Wp, const float *b, int N, int in, int out);
 /* dx [N,in] += dy W ; dW [out,in] += dy^T x ; db [out] += sum_n dy */
 void zl_linear_bwd(float *dx, float *dW, float *db, const float *dy, const float *x, const float *W, int N, int in,
                    int out);
@@ -109,6 +123,8 @@ void zl_conv2d_winograd_release(void);
  * (identical results), each block widening its own rows. ZL_ENOMEM if a
  * buffer cannot be had (y then incomplete). */
 int zl_conv2d_fwd_stored(float *y, const float *x, zl_dtype wdt, const void *Wt, const float *b, const zl_conv_shape *s);
+/* The same with W packed by zl_bf16_pack_weight(.., Cout, Cin kh kw, 1) (bf16 only; direct, never Winograd). */
+int zl_conv2d_fwd_bf16p(float *y, const float *x, const uint16_t *Wp, const float *b, const zl_conv_shape *s);
 
 /* ---- Normalisation ----------------------------------------------------------
  * GroupNorm over x [B, C, HW] with G groups (C % G == 0), affine gamma/beta [C].

@@ -36,6 +36,7 @@ int zl_weight_make_resident(zl_weight *w) {
 
 void zl_weight_set_f32(zl_weight *w, float *f, int ndim, const int64_t *shape) {
     free(w->f32);
+    free(w->bf16);
     memset(w, 0, sizeof *w);
     w->dtype = ZL_DT_F32;
     w->f32 = f;
@@ -47,7 +48,13 @@ void zl_weight_set_f32(zl_weight *w, float *f, int ndim, const int64_t *shape) {
     }
 }
 
+void zl_weight_drop_packed(zl_weight *w) {
+    free(w->bf16);
+    w->bf16 = NULL;
+}
+
 void zl_weight_free(zl_weight *w) {
     free(w->f32);
+    free(w->bf16);
     memset(w, 0, sizeof *w);
 }

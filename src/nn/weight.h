@@ -15,6 +15,7 @@ typedef struct {
     int64_t shape[4];
     int64_t numel;
     float *f32;         /* owned float32 copy when resident (or when built in memory) */
+    uint16_t *bf16;     /* owned, packed for the bfloat16 tile products (zl_bf16_pack_weight), or NULL */
 } zl_weight;
 
 /* Point w at a safetensors tensor (no copy). */
@@ -27,6 +28,8 @@ int zl_weight_make_resident(zl_weight *w);
 /* Replace the contents by an owned float32 buffer (takes ownership of f). */
 void zl_weight_set_f32(zl_weight *w, float *f, int ndim, const int64_t *shape);
 void zl_weight_free(zl_weight *w);
+/* Forget the bfloat16 packing (whenever the weight's values change). */
+void zl_weight_drop_packed(zl_weight *w);
 /* True if zl_weight_f32 needs a scratch buffer. */
 int zl_weight_needs_scratch(const zl_weight *w);
 
