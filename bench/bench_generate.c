@@ -12,7 +12,9 @@
  * "bracketed": against sgemm rates measured in the child just before and just
  * after the steps), and the peak RSS.
  *
- * usage: bench_generate [--dir D] [--threads N] [--sizes 512,1024] [--steps N] */
+ * usage: bench_generate [--dir D] [--threads N] [--sizes 512,1024] [--steps N] [--warmup-steps N] [--bf16]
+ *   --warmup-steps N: sample N steps first, untimed (with --bf16 the UNet packs its weights at their
+ *   second use, so the timed steps are then the steady state); --bf16: bfloat16 products (AMX) */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +101,8 @@ static void sgemm_rates_forked(int threads, double *wall, double *cpu) {
     *cpu = r[1];
 }
 
+static int g_warmup_steps;
+
 static void child(const char *model, int size, int steps, report *r) {
     zl_pipeline *p = NULL;
     zl_cond c = {0};
@@ -119,6 +123,12 @@ static void child(const char *model, int size, int steps, report *r) {
     lat = malloc(sizeof(float) * 4 * (size_t)h * w); // [4, h, w]
     zl_gen_params g = {.width = size, .height = size, .steps = steps, .cfg = 5.0f, .sampler = ZL_SAMPLER_EULER,
                        .seed = 1};
+    if (g_warmup_steps > 0) { /* e.g. bf16: the UNet packs its weights at their second use */
+        zl_gen_params gw = g;
+        gw.steps = g_warmup_steps;
+        zl_set_threads(g_threads);
+        if (!lat || zl_pipeline_sample(p, &c, &gw, lat)) goto fail;
+    }
     double ref_cpu;
     sgemm_rates(g_threads, &r->ref_before, &ref_cpu);
     zl_set_threads(g_threads); /* OpenBLAS's thread setting also resets OpenMP's */
@@ -199,6 +209,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--threads") && v) threads = atoi(argv[++i]);
         else if (!strcmp(a, "--steps") && v) steps = atoi(argv[++i]);
         else if (!strcmp(a, "--bf16")) zl_set_matmul_precision(ZL_MATMUL_BF16);
+        else if (!strcmp(a, "--warmup-steps") && v) g_warmup_steps = atoi(argv[++i]);
         else if (!strcmp(a, "--sizes") && v) {
             n_sizes = 0;
             for (const char *s = argv[++i]; *s && n_sizes < 4;) {
@@ -208,7 +219,7 @@ int main(int argc, char **argv) {
                 s = c + 1;
             }
         } else {
-            fprintf(stderr, "usage: %s [--dir D] [--threads N] [--sizes 512,1024] [--steps N] [--bf16]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--dir D] [--threads N] [--sizes 512,1024] [--steps N] [--warmup-steps N] [--bf16]\n", argv[0]);
             return 2;
         }
     }
