@@ -14,9 +14,11 @@
  * next to the issue's targets and context figures. The model is synthesized
  * into --dir on first use (about 5.1 GB) and reused afterwards.
  *
- * usage: bench_unet [--dir D] [--threads N] [--quick] [--sizes 64,128] [--batches 1,2]
+ * usage: bench_unet [--dir D] [--threads N] [--quick] [--sizes 64,128] [--batches 1,2] [--bf16]
  *                   [--reps N] [--warmup N] [--no-backward] [--backward-only]
- *                   [--grad-mode keep|recompute] [--rank R] [--f32-weights] */
+ *                   [--grad-mode keep|recompute] [--rank R] [--f32-weights]
+ *   --bf16: bfloat16 products on AMX tiles (zl_set_matmul_precision); use --warmup 2, since the UNet
+ *   packs its weights for the tiles at their second use */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
