@@ -291,9 +291,13 @@ static void check_cli(void) {
     free(a), free(b), free(ref);
 
     /* Without tiles (ZL_NO_AMX=1) bf16 is float32, bit for bit, and says so. */
+    const char *had = getenv("ZL_NO_AMX");
+    char *saved = had ? strdup(had) : NULL;
     setenv("ZL_NO_AMX", "1", 1);
     rc = zt_cli("run unet --model %s --in %s -o %s --precision bf16", model, io, o16);
-    unsetenv("ZL_NO_AMX");
+    if (saved) setenv("ZL_NO_AMX", saved, 1);
+    else unsetenv("ZL_NO_AMX");
+    free(saved);
     CHECKM(rc == 0 && strstr(zt_err, "no AMX-BF16") != NULL, "ZL_NO_AMX=1 run unet --precision bf16: rc %d, %s", rc,
            zt_err);
     a = load_tensor(o32, "out", &n32), b = load_tensor(o16, "out", &n16);
