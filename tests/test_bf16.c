@@ -252,6 +252,73 @@ static void check_unet(void) {
     zl_st_close(f);
 }
 
+/* Attention with bfloat16 products (self-attention over more than one key
+ * tile). Against float64 attention of the unrounded inputs, within what the
+ * roundings allow: q scale and k rounded (u = 2^-8 each) move each logit by
+ * at most D = 2.01 u sum_k |q_k scale k_jk|, which moves each probability by
+ * a factor within e^(+-2 max D); P and v rounded add u each. So per output
+ * |o - o64| <= sum_j p_j |v_j| (e^(2 max D) (1 + u)^2 (1 + 1e-5) - 1). */
+static void check_attention(const char *path) {
+    static const int cases[][6] = {/* B, Tq, Tk, H, d, causal */ {2, 300, 600, 3, 40, 0}, {1, 520, 520, 2, 64, 1}};
+    for (int c = 0; c < 2; c++) {
+        const int B = cases[c][0], Tq = cases[c][1], Tk = cases[c][2], H = cases[c][3], d = cases[c][4], causal = cases[c][5];
+        const int HD = H * d;
+        float *q = malloc((size_t)B * Tq * HD * 4), *k = malloc((size_t)B * Tk * HD * 4), *v = malloc((size_t)B * Tk * HD * 4);
+        float *o = malloc((size_t)B * Tq * HD * 4), *o2 = malloc((size_t)B * Tq * HD * 4), *lse = malloc((size_t)B * H * Tq * 4);
+        double *p = malloc((size_t)Tk * sizeof(double));
+        for (size_t i = 0; i < (size_t)B * Tq * HD; i++) q[i] = 2.0f * frand();
+        for (size_t i = 0; i < (size_t)B * Tk * HD; i++) k[i] = 2.0f * frand(), v[i] = frand();
+        zl_attention_fwd(o, lse, q, HD, k, HD, v, HD, B, Tq, Tk, H, d, causal);
+        const double u = ldexp(1.0, -8), scale = 1.0 / sqrt((double)d);
+        double worst = 0, d2 = 0, r2 = 0, lworst = 0;
+        for (int b = 0; b < B; b++)
+            for (int h = 0; h < H; h++)
+                for (int i = 0; i < Tq; i++) {
+                    const float *qi = q + ((size_t)b * Tq + i) * HD + (size_t)h * d;
+                    const int nk = causal ? i + 1 : Tk;
+                    double mx = -1e300, D = 0, sum = 0;
+                    for (int j = 0; j < nk; j++) {
+                        const float *kj = k + ((size_t)b * Tk + j) * HD + (size_t)h * d;
+                        double sj = 0, aj = 0;
+                        for (int t = 0; t < d; t++) sj += (double)qi[t] * kj[t], aj += fabs((double)qi[t] * scale * kj[t]);
+                        p[j] = sj * scale;
+                        if (p[j] > mx) mx = p[j];
+                        if (2.01 * u * aj > D) D = 2.01 * u * aj;
+                    }
+                    for (int j = 0; j < nk; j++) sum += (p[j] = exp(p[j] - mx));
+                    const double lse64 = mx + log(sum);
+                    const double lf = lse[((size_t)b * H + h) * Tq + i];
+                    if (fabs(lf - lse64) > lworst) lworst = fabs(lf - lse64);
+                    const double grow = exp(2 * D) * (1 + u) * (1 + u) * (1 + 1e-5) - 1;
+                    for (int t = 0; t < d; t++) {
+                        double ref = 0, mag = 0;
+                        for (int j = 0; j < nk; j++) {
+                            const double vj = v[((size_t)b * Tk + j) * HD + (size_t)h * d + t];
+                            ref += p[j] / sum * vj, mag += p[j] / sum * fabs(vj);
+                        }
+                        const double got = o[((size_t)b * Tq + i) * HD + (size_t)h * d + t];
+                        const double r = fabs(got - ref) / (grow * mag + 1e-30);
+                        if (!(r <= worst)) worst = r;
+                        d2 += (got - ref) * (got - ref), r2 += ref * ref;
+                    }
+                }
+        CHECKM(worst <= 1.0, "%s attention %d (Tq %d Tk %d d %d%s): error %.3g of the bound", path, c, Tq, Tk, d,
+               causal ? " causal" : "", worst);
+        CHECKM(sqrt(d2 / r2) > ldexp(1.0, -14), "%s attention %d: no bfloat16 rounding (%.3g)", path, c, sqrt(d2 / r2));
+        /* the log-sum-exp (for a backward) follows the logits: within 2 max D (+ float32) */
+        CHECKM(lworst < 0.1, "%s attention %d: log-sum-exp off by %.3g", path, c, lworst);
+        /* the same bytes on 1-3 threads */
+        const int t0 = omp_get_max_threads();
+        for (int t = 1; t <= 3; t++) {
+            omp_set_num_threads(t);
+            zl_attention_fwd(o2, NULL, q, HD, k, HD, v, HD, B, Tq, Tk, H, d, causal);
+            CHECKM(!memcmp(o, o2, (size_t)B * Tq * HD * 4), "%s attention %d: differs on %d threads", path, c, t);
+        }
+        omp_set_num_threads(t0);
+        free(q), free(k), free(v), free(o), free(o2), free(lse), free(p);
+    }
+}
+
 /* A tensor of a safetensors file as float32 (malloc'd), or NULL. */
 static float *load_tensor(const char *path, const char *name, int64_t *n) {
     zl_st_file *f = NULL;
@@ -350,6 +417,7 @@ int main(void) {
     check_cases("emulated");
     check_ops("emulated");
     check_packed(); /* emulated */
+    check_attention("emulated");
     zl_bf16_emulate(0);
     if (zl_bf16_units()) {
         CHECK(zl_bf16_active());
@@ -357,6 +425,7 @@ int main(void) {
         check_ops("AMX");
         check_threads();
         check_packed();
+        check_attention("AMX");
         check_unet();
     } else {
         /* No tiles: the precision is a permission only. */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "nn/bf16_tiles.h"
 #include "nn/ops.h"
 #include "nn/tile_gemm.h"
 #include "nn/vexp.h"
@@ -86,8 +87,113 @@ static void softmax_rows(float *S, float *lse_rows, int mq, int n, int causal, i
     }
 }
 
+static int ceil32(int x) { return (x + 31) / 32 * 32; }
+
+/* The forward with bfloat16 products (zl_bf16_active): the same tiles and
+ * online softmax, with q scale k^T and P v on the tile unit (q scale, k, P
+ * and v rounded to bfloat16, sums in float32), as PyTorch's bfloat16
+ * attention. k and v are packed once per (batch, head) for all query tiles.
+ * Returns nonzero (nothing written) when its buffers cannot be had. */
+static int attention_fwd_bf16(float *o, float *lse, const float *q, int ldq, const float *k, int ldk, const float *v,
+                              int ldv, int B, int Tq, int Tk, int H, int d, int causal) {
+    const int HD = H * d, nqt = (Tq + ZL_ATT_BQ - 1) / ZL_ATT_BQ, d32 = ceil32(d), T32 = ceil32(Tk);
+    const float scale = 1.0f / sqrtf((float)d);
+    /* k: B operand of q k^T (columns = keys, K = d); v: B operand of P v
+     * (columns = d, K = keys). One more zero group each: a pair of column
+     * groups may reach one past the last. */
+    const size_t gsk = (size_t)d32 * 16, kbh = ((size_t)T32 + 16) * d32;
+    const size_t gsv = (size_t)T32 * 16, vbh = ((size_t)d32 + 16) * T32;
+    const long nbh = (long)B * H, ntask = nbh * nqt;
+    uint16_t *Kp = malloc(nbh * kbh * sizeof(uint16_t)), *Vp = malloc(nbh * vbh * sizeof(uint16_t));
+    if (!Kp || !Vp) {
+        free(Kp), free(Vp);
+        return 1;
+    }
+    #pragma omp parallel for schedule(static)
+    for (long bh = 0; bh < nbh; bh++) {
+        const int b = (int)(bh / H), h = (int)(bh % H);
+        uint16_t *kd = Kp + bh * kbh, *vd = Vp + bh * vbh;
+        zl_bf16_pack_b_f32(kd, k + (size_t)b * Tk * ldk + (size_t)h * d, ldk, 1, Tk, d);
+        memset(kd + (size_t)T32 * d32, 0, (size_t)16 * d32 * sizeof(uint16_t));
+        zl_bf16_pack_b_f32(vd, v + (size_t)b * Tk * ldv + (size_t)h * d, ldv, 0, d, Tk);
+        memset(vd + (size_t)d32 * T32, 0, (size_t)16 * T32 * sizeof(uint16_t));
+    }
+    int oom = 0;
+    #pragma omp parallel
+    {
+        att_scratch w;
+        const size_t qa = (size_t)ceil32(ZL_ATT_BQ) * d32, pa = (size_t)ceil32(ZL_ATT_BQ) * ceil32(ZL_ATT_BK);
+        uint16_t *Qa = malloc((qa + pa) * sizeof(uint16_t)), *Pa = Qa ? Qa + qa : NULL;
+        const int ok = scratch_alloc(&w, d) && Qa;
+        if (!ok) {
+            #pragma omp atomic write
+            oom = 1;
+        }
+        float *S = w.S, *acc = w.T, *m = w.m, *l = w.m + ZL_ATT_BQ;
+        #pragma omp for schedule(dynamic, 1)
+        for (long t = 0; t < ntask; t++) {
+            if (!ok) continue;
+            const int qt = (int)(t % nqt), h = (int)((t / nqt) % H), b = (int)(t / ((long)nqt * H));
+            const long bh = (long)b * H + h;
+            const int i0 = qt * ZL_ATT_BQ, mq = Tq - i0 < ZL_ATT_BQ ? Tq - i0 : ZL_ATT_BQ;
+            const float *qp = q + ((size_t)b * Tq + i0) * ldq + (size_t)h * d;
+            float *op = o + ((size_t)b * Tq + i0) * HD + (size_t)h * d;
+            float *lrow = lse ? lse + ((size_t)b * H + h) * Tq + i0 : NULL;
+            zl_bf16_pack_a_f32(Qa, qp, ldq, mq, d, scale);
+            memset(acc, 0, sizeof(float) * mq * d);
+            for (int r = 0; r < mq; r++) {
+                m[r] = -INFINITY;
+                l[r] = 0.0f;
+            }
+            const int kend = causal ? (i0 + mq < Tk ? i0 + mq : Tk) : Tk;
+            for (int j0 = 0; j0 < kend; j0 += ZL_ATT_BK) {
+                const int n = kend - j0 < ZL_ATT_BK ? kend - j0 : ZL_ATT_BK;
+                memset(S, 0, sizeof(float) * mq * n);
+                zl_bf16_tiles(Qa, gsk, Kp + bh * kbh + (size_t)(j0 / 16) * gsk, gsk, mq, n, d, S, n);
+                for (int r = 0; r < mq; r++) {
+                    float *sr = S + (size_t)r * n;
+                    const int nv = visible(causal, i0 + r, j0, n);
+                    if (nv == 0) {
+                        memset(sr, 0, sizeof(float) * n);
+                        continue;
+                    }
+                    const float mx = row_max(sr, nv, m[r]);
+                    if (m[r] != -INFINITY && mx != m[r]) {
+                        const float corr = expf(m[r] - mx);
+                        l[r] *= corr;
+                        scale_row(acc + (size_t)r * d, corr, d);
+                    }
+                    l[r] += zl_exp_sub_sum(sr, nv, mx);
+                    for (int c = nv; c < n; c++) sr[c] = 0.0f;
+                    m[r] = mx;
+                }
+                zl_bf16_pack_a_f32(Pa, S, n, mq, n, 0.0f);
+                zl_bf16_tiles(Pa, (size_t)ceil32(n) * 16, Vp + bh * vbh + (size_t)(j0 / 32) * 512, gsv, mq, d, n, acc, d);
+            }
+            for (int r = 0; r < mq; r++) {
+                const float inv = 1.0f / l[r];
+                float *orow = op + (size_t)r * HD;
+                const float *ar = acc + (size_t)r * d;
+                #pragma omp simd
+                for (int j = 0; j < d; j++) orow[j] = ar[j] * inv;
+                if (lrow) lrow[r] = m[r] + logf(l[r]);
+            }
+        }
+        free(w.S);
+        free(Qa);
+    }
+    free(Kp), free(Vp);
+    if (oom)
+        for (size_t i = 0; i < (size_t)B * Tq * HD; i++) o[i] = NAN;
+    return 0;
+}
+
 void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float *k, int ldk, const float *v, int ldv,
                       int B, int Tq, int Tk, int H, int d, int causal) {
+    /* bfloat16 for self-attention over many keys; with one key tile (77 text
+     * tokens) float32's direct path is faster (measured: 2x at 4096 queries) */
+    if (Tk > ZL_ATT_BK && zl_bf16_active() && !attention_fwd_bf16(o, lse, q, ldq, k, ldk, v, ldv, B, Tq, Tk, H, d, causal))
+        return;
     const int HD = H * d, nqt = (Tq + ZL_ATT_BQ - 1) / ZL_ATT_BQ;
     const float scale = 1.0f / sqrtf((float)d);
     const long ntask = (long)B * H * nqt;

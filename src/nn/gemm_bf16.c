@@ -33,6 +33,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+#include "nn/bf16_tiles.h"
 #include "nn/ops.h"
 #include "ziplora/core.h"
 
@@ -86,12 +87,13 @@ typedef struct {
     zl_dtype dt;
     const void *p;
     size_t ld;
+    float mul; /* F32 sources: values multiplied by this before rounding (0: not) */
 } msrc;
 
 static inline float src_at(const msrc *s, size_t r, size_t c) {
     const size_t i = r * s->ld + c;
     switch (s->dt) {
-    case ZL_DT_F32: { float f; memcpy(&f, (const char *)s->p + 4 * i, 4); return f; }
+    case ZL_DT_F32: { float f; memcpy(&f, (const char *)s->p + 4 * i, 4); return s->mul != 0.0f ? f * s->mul : f; }
     case ZL_DT_F16: { uint16_t h; memcpy(&h, (const char *)s->p + 2 * i, 2); return zl_f16_to_f32(h); }
     case ZL_DT_BF16: { uint16_t h; memcpy(&h, (const char *)s->p + 2 * i, 2); return zl_bf16_to_f32(h); }
     default: return 0.0f; /* not reached: gemm_stored takes float dtypes its loader accepted */
@@ -141,7 +143,10 @@ AMX_TARGET static inline __m512 load16(const msrc *s, size_t r, size_t c, int le
     const __mmask16 mk = len >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << len) - 1);
     const size_t i = r * s->ld + c;
     switch (s->dt) {
-    case ZL_DT_F32: return _mm512_maskz_loadu_ps(mk, (const float *)s->p + i);
+    case ZL_DT_F32: {
+        const __m512 v = _mm512_maskz_loadu_ps(mk, (const float *)s->p + i);
+        return s->mul != 0.0f ? _mm512_mul_ps(v, _mm512_set1_ps(s->mul)) : v;
+    }
     case ZL_DT_F16: return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mk, (const uint16_t *)s->p + i));
     default: /* BF16: widening is a shift */
         return _mm512_castsi512_ps(
@@ -267,10 +272,13 @@ static void tile_out(const float *sc, float *C, int ldc, int i, int j, int m, in
 
 #define TILE_FULL(i, j) ((i) + 16 <= m && (j) + 16 <= n)
 
-AMX_TARGET static void kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int m, int n, int K, float *C, int ldc) {
+/* Group strides: gsa, gsb elements from one 16-row (column) group's tiles to
+ * the next (nkb * 512 when the packing holds exactly K). */
+AMX_TARGET static void kernel_amx(const uint16_t *Ap, size_t gsa, const uint16_t *Bp, size_t gsb, int m, int n, int K,
+                                  float *C, int ldc) {
     tiles_config();
     const int nkb = ceil_to(K, 32) / 32;
-    const size_t gs = (size_t)nkb * 512, ld = (size_t)ldc * sizeof(float);
+    const size_t ld = (size_t)ldc * sizeof(float);
     float sc[4][256] __attribute__((aligned(64)));
     for (int j = 0; j < n; j += 32)
         for (int i = 0; i < m; i += 32) {
@@ -281,8 +289,8 @@ AMX_TARGET static void kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int m,
             if (f01) _tile_loadd(1, c01, ld); else { tile_in(sc[1], C, ldc, i, j + 16, m, n); _tile_loadd(1, sc[1], 64); }
             if (f10) _tile_loadd(2, c10, ld); else { tile_in(sc[2], C, ldc, i + 16, j, m, n); _tile_loadd(2, sc[2], 64); }
             if (f11) _tile_loadd(3, c11, ld); else { tile_in(sc[3], C, ldc, i + 16, j + 16, m, n); _tile_loadd(3, sc[3], 64); }
-            const uint16_t *a0 = Ap + (size_t)(i / 16) * gs, *a1 = a0 + gs;
-            const uint16_t *b0 = Bp + (size_t)(j / 16) * gs, *b1 = b0 + gs;
+            const uint16_t *a0 = Ap + (size_t)(i / 16) * gsa, *a1 = a0 + gsa;
+            const uint16_t *b0 = Bp + (size_t)(j / 16) * gsb, *b1 = b0 + gsb;
             for (int kb = 0; kb < nkb; kb++) {
                 _tile_loadd(4, a0 + (size_t)kb * 512, 64);
                 _tile_loadd(6, b0 + (size_t)kb * 512, 64);
@@ -302,13 +310,13 @@ AMX_TARGET static void kernel_amx(const uint16_t *Ap, const uint16_t *Bp, int m,
 
 /* The scalar model of the same kernel: per element, per K block, per pair,
  * the two products added to the float32 accumulator in order. */
-static void kernel_emulated(const uint16_t *Ap, const uint16_t *Bp, int m, int n, int K, float *C, int ldc) {
+static void kernel_emulated(const uint16_t *Ap, size_t gsa, const uint16_t *Bp, size_t gsb, int m, int n, int K,
+                            float *C, int ldc) {
     const int nkb = ceil_to(K, 32) / 32;
-    const size_t gs = (size_t)nkb * 512;
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
-            const uint16_t *a = Ap + (size_t)(i / 16) * gs + (size_t)(i % 16) * 32;
-            const uint16_t *b = Bp + (size_t)(j / 16) * gs + (size_t)(j % 16) * 2;
+            const uint16_t *a = Ap + (size_t)(i / 16) * gsa + (size_t)(i % 16) * 32;
+            const uint16_t *b = Bp + (size_t)(j / 16) * gsb + (size_t)(j % 16) * 2;
             float acc = C[(size_t)i * ldc + j];
             for (int kb = 0; kb < nkb; kb++)
                 for (int p = 0; p < 16; p++) {
@@ -360,7 +368,7 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
     if (!buf) return ZL_ENOMEM;
     const int fast = !g_emulate && zl_bf16_units() == 1;
     /* mode 0: C = F W^T (W [N, K] rows); mode 1: C = W F (W [M, K] rows, F [K, N]). */
-    const msrc f = {ZL_DT_F32, F, (size_t)ldf}, w = {wdt, W, (size_t)ldw};
+    const msrc f = {ZL_DT_F32, F, (size_t)ldf, 0.0f}, w = {wdt, W, (size_t)ldw, 0.0f};
     const msrc *a = mode == 0 ? &f : &w, *b = mode == 0 ? &w : &f;
     const uint16_t *Ap = packA ? buf : Wp + (size_t)(i / 16) * gs;
     if (packA) {
@@ -376,9 +384,9 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
         }
         float *c = C + (size_t)i * ldc + j + jp;
         if (fast)
-            kernel_amx(Ap, Bp, m, np, K, c, ldc);
+            kernel_amx(Ap, gs, Bp, gs, m, np, K, c, ldc);
         else
-            kernel_emulated(Ap, Bp, m, np, K, c, ldc);
+            kernel_emulated(Ap, gs, Bp, gs, m, np, K, c, ldc);
     }
     return 0;
 }
@@ -390,7 +398,7 @@ uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int c
     uint16_t *p = aligned_alloc(64, (R32 + 16) * K32 * sizeof(uint16_t));
     if (!p) return NULL;
     memset(p + R32 * K32, 0, 16 * K32 * sizeof(uint16_t));
-    const msrc w = {dt, W, (size_t)K};
+    const msrc w = {dt, W, (size_t)K, 0.0f};
     const int fast = !g_emulate && zl_bf16_units() == 1;
     const long np = (long)(R32 / 32);
     /* a pair of 16-row groups per task: the packers pad to 32 rows */
@@ -407,4 +415,27 @@ uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int c
         }
     }
     return p;
+}
+
+/* ---- for other ops (attention) ------------------------------------------ */
+int zl_bf16_fast(void) { return !g_emulate && zl_bf16_units() == 1; }
+
+void zl_bf16_pack_a_f32(uint16_t *dst, const float *src, int ld, int m, int K, float mul) {
+    const msrc s = {ZL_DT_F32, src, (size_t)ld, mul};
+    if (zl_bf16_fast()) pack_a_avx(dst, &s, 0, m, K);
+    else pack_a_scalar(dst, &s, 0, m, K);
+}
+
+void zl_bf16_pack_b_f32(uint16_t *dst, const float *src, int ld, int nt, int n, int K) {
+    const msrc s = {ZL_DT_F32, src, (size_t)ld, 0.0f};
+    if (zl_bf16_fast()) pack_b_avx(dst, &s, nt, 0, n, K);
+    else pack_b_scalar(dst, &s, nt, 0, n, K);
+}
+
+void zl_bf16_tiles(const uint16_t *Ap, size_t gsa, const uint16_t *Bp, size_t gsb, int m, int n, int K, float *C,
+                   int ldc) {
+    if (zl_bf16_fast())
+        kernel_amx(Ap, gsa, Bp, gsb, m, n, K, C, ldc);
+    else
+        kernel_emulated(Ap, gsa, Bp, gsb, m, n, K, C, ldc);
 }
