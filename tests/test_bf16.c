@@ -410,6 +410,54 @@ static void check_cli(void) {
     }
 }
 
+/* 1 when two safetensors files hold the same tensors, byte for byte (metadata aside). */
+static int same_tensors(const char *a, const char *b) {
+    zl_st_file *fa = NULL, *fb = NULL;
+    int same = !zl_st_open(a, &fa) && !zl_st_open(b, &fb) && zl_st_count(fa) == zl_st_count(fb);
+    for (int i = 0; same && i < zl_st_count(fa); i++) {
+        const zl_st_tensor *x = zl_st_at(fa, i), *y = zl_st_at(fb, i);
+        same = !strcmp(x->name, y->name) && x->nbytes == y->nbytes && !memcmp(x->data, y->data, (size_t)x->nbytes);
+    }
+    zl_st_close(fa);
+    zl_st_close(fb);
+    return same;
+}
+
+/* zip --precision bf16: references in bfloat16 (they move the result), the
+ * report says so; without tiles, float32 bit for bit. */
+static void check_zip(void) {
+    char m[1024], c[1024], st[1024], o1[1024], o2[1024], r1[1024], r2[1024];
+    snprintf(m, sizeof m, "%s", zt_data("tiny-sd15"));
+    snprintf(c, sizeof c, "%s", zt_data("tiny-sd15/loras/content.kohya.safetensors"));
+    snprintf(st, sizeof st, "%s", zt_data("tiny-sd15/loras/style.kohya.safetensors"));
+    snprintf(o1, sizeof o1, "%s", zt_tmp("z32.safetensors"));
+    snprintf(o2, sizeof o2, "%s", zt_tmp("z16.safetensors"));
+    snprintf(r1, sizeof r1, "%s", zt_tmp("z32.json"));
+    snprintf(r2, sizeof r2, "%s", zt_tmp("z16.json"));
+    const char *fmt = "zip --model %s --content %s --style %s --content-prompt 'a sks dog' --style-prompt watercolor "
+                      "--ref-count 1 --ref-steps 3 --steps 2 --mode full -o %s --report %s --precision %s -q";
+    int rc = zt_cli(fmt, m, c, st, o1, r1, "f32");
+    CHECKM(rc == 0, "zip --precision f32: rc %d %s", rc, zt_err);
+    rc = zt_cli(fmt, m, c, st, o2, r2, "bf16");
+    CHECKM(rc == 0, "zip --precision bf16: rc %d %s", rc, zt_err);
+    char *j1 = NULL, *j2 = NULL;
+    size_t n1 = 0, n2 = 0;
+    if (rc == 0 && !zl_read_file(r1, &j1, &n1) && !zl_read_file(r2, &j2, &n2)) {
+        CHECK(strstr(j1, "\"inference_precision\": \"f32\"") != NULL);
+        const int same = same_tensors(o1, o2);
+        if (zl_bf16_units()) {
+            CHECK(strstr(j2, "\"inference_precision\": \"bf16\"") != NULL);
+            CHECKM(!same, "zip --precision bf16: the references (so the merged LoRA) differ from float32's");
+        } else {
+            CHECK(strstr(j2, "\"inference_precision\": \"f32\"") != NULL);
+            CHECKM(same, "zip --precision bf16 without AMX: float32's result bit for bit");
+        }
+    } else {
+        CHECKM(0, "zip outputs missing");
+    }
+    free(j1), free(j2);
+}
+
 int main(void) {
     zl_set_matmul_precision(ZL_MATMUL_BF16);
     zl_bf16_emulate(1);
@@ -435,5 +483,6 @@ int main(void) {
     zl_set_matmul_precision(ZL_MATMUL_F32);
     CHECK(!zl_bf16_active());
     check_cli();
+    check_zip();
     return zt_done();
 }

@@ -95,6 +95,9 @@ int zl_unet_add_lora(zl_unet *u, const zl_lora *lora, float w, zl_unet_lora_mode
 int zl_unet_set_merger(zl_unet *u, int slot, const char *module, const float *m, int n);
 /* Remove every LoRA (folded weights are restored from the stored ones). */
 int zl_unet_clear_loras(zl_unet *u);
+/* Free the weights packed for bfloat16 products (ZL_MATMUL_BF16 packs them at
+ * their second use); a later bfloat16 forward packs again. */
+void zl_unet_release_packed(zl_unet *u);
 /* The weight of a Linear or conv module (diffusers name) as it stands, widened to f32 into
  * dst [out * in * kh * kw] (n must be that size). */
 int zl_unet_module_weight(const zl_unet *u, const char *module, float *dst, size_t n);

@@ -329,6 +329,8 @@ static int refs_generated(zl_ziprun *r, int s) {
     zl_unet *u = rc ? NULL : zl_pipeline_unet(r->pipe);
     if (!rc && !u) rc = ZL_EIO;
     if (!rc) rc = zl_unet_add_lora(u, l, 1.0f, ZL_UNET_LORA_FOLD, NULL);
+    const zl_matmul_precision prec = zl_get_matmul_precision();
+    if (p->infer_bf16) zl_set_matmul_precision(ZL_MATMUL_BF16);
     for (int i = 0; i < p->ref_count && !rc; i++) {
         char label[64];
         snprintf(label, sizeof label, "%s reference %d/%d", s ? "style" : "content", i + 1, p->ref_count);
@@ -337,7 +339,9 @@ static int refs_generated(zl_ziprun *r, int s) {
                            .progress = p->progress, .progress_label = label, .sched = zl_pipeline_sched(r->pipe)};
         rc = zl_txt2img_sample(u, r->scale, &c, &g, r->ref[s] + L * i);
     }
+    zl_set_matmul_precision(prec);
     if (u) zl_unet_clear_loras(u);
+    zl_unet_release_packed(u);
     cond_free(&c);
     if (!rc) r->n_ref[s] = p->ref_count;
     return rc;

@@ -140,6 +140,8 @@ static int write_preview(zl_ziprun *r, const zl_lora *merged, const char *path, 
     memset(ims, 0, sizeof ims);
     int rc = lat ? preview_prompts(r, N, prompts) : zl_set_error(ZL_ENOMEM, "out of memory");
     const float ws = p->style_scale;
+    const zl_matmul_precision prec = zl_get_matmul_precision();
+    if (p->infer_bf16) zl_set_matmul_precision(ZL_MATMUL_BF16);
     for (int v = 0; v < V && !rc; v++) {
         const zl_lora *ls[2];
         float w[2] = {1, 1};
@@ -164,10 +166,12 @@ static int write_preview(zl_ziprun *r, const zl_lora *merged, const char *path, 
             rc = zl_txt2img_sample(u, r->scale, &conds[i], &g, lat + L * (size_t)(i * V + v));
         }
         if (u) zl_unet_clear_loras(u);
+        zl_unet_release_packed(u);
         for (int i = 0; i < N; i++) zl_cond_free(&conds[i]);
     }
     if (!rc) zl_pipeline_release(r->pipe, ZL_PIPE_UNET | ZL_PIPE_TEXT);
     for (int i = 0; i < N * V && !rc; i++) rc = zl_pipeline_decode(r->pipe, lat + L * i, r->h, r->w, NULL, &ims[i]);
+    zl_set_matmul_precision(prec);
     zl_image tiles = {0}, grid = {0};
     if (!rc) rc = zl_image_grid(ims, N * V, V, &tiles);
     if (!rc) rc = zl_image_caption_columns(&tiles, V, col, &grid);
@@ -391,6 +395,8 @@ static json_t *params_json(const zl_ziprun *r) {
     json_object_set_new(o, "style_scale", json_real(p->style_scale));
     json_object_set_new(o, "preview", json_integer(p->preview));
     json_object_set_new(o, "threads", json_integer(zl_get_threads()));
+    json_object_set_new(o, "inference_precision",
+                        json_string(p->infer_bf16 && zl_bf16_units() ? "bf16" : "f32"));
     return o;
 }
 

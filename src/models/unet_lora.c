@@ -94,6 +94,14 @@ int zl_unet_set_merger(zl_unet *u, int slot, const char *module, const float *mv
     return zl_set_error(ZL_ENOTFOUND, "set merger: module '%s' has no runtime LoRA branch in slot %d", module, slot);
 }
 
+void zl_unet_release_packed(zl_unet *u) {
+    if (!u) return;
+    for (int i = 0; i < u->n_mods; i++) {
+        zl_weight_drop_packed(&u->mods[i]->w);
+        u->mods[i]->bf16_uses = 0;
+    }
+}
+
 int zl_unet_clear_loras(zl_unet *u) {
     for (int i = 0; i < u->n_mods; i++) {
         zl_unet_mod *m = u->mods[i];
