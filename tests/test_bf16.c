@@ -35,9 +35,11 @@ typedef struct {
     double rel32;    /* ||C - exact f32 product|| / ||exact|| */
 } outcome;
 
-/* mode 0: C[M,N] = beta C + F[M,K] W[N,K]^T ; mode 1: C = beta C + W[M,K] F[K,N]. */
+/* mode 0: C[M,N] = beta C + F[M,K] W[N,K]^T ; mode 1: C = beta C + W[M,K] F[K,N];
+ * mode 2: C = beta C + F[M,K] W[K,N]. */
 static outcome run_case(int mode, int M, int N, int K, zl_dtype wdt, float beta, float *Cout) {
-    const size_t wn = mode == 0 ? (size_t)N * K : (size_t)M * K, fn = mode == 0 ? (size_t)M * K : (size_t)K * N;
+    const size_t wn = mode == 0 ? (size_t)N * K : mode == 1 ? (size_t)M * K : (size_t)K * N;
+    const size_t fn = mode == 1 ? (size_t)K * N : (size_t)M * K;
     float *F = malloc(fn * sizeof(float)), *Wv = malloc(wn * sizeof(float)), *C0 = malloc((size_t)M * N * sizeof(float));
     void *W = malloc(wn * 4);
     float *C = Cout;
@@ -45,8 +47,9 @@ static outcome run_case(int mode, int M, int N, int K, zl_dtype wdt, float beta,
     make_weight(wdt, W, Wv, wn);
     for (size_t i = 0; i < (size_t)M * N; i++) C0[i] = beta == 0.0f ? NAN : frand();
     memcpy(C, C0, (size_t)M * N * sizeof(float));
-    int rc = mode == 0 ? zl_sgemm_nt_stored(M, N, K, F, K, wdt, W, beta, C, N)
-                       : zl_sgemm_stored_nn(M, N, K, wdt, W, F, N, beta, C, N);
+    int rc = mode == 0   ? zl_sgemm_nt_stored(M, N, K, F, K, wdt, W, beta, C, N)
+             : mode == 1 ? zl_sgemm_stored_nn(M, N, K, wdt, W, F, N, beta, C, N)
+                         : zl_sgemm_nn_stored(M, N, K, F, K, wdt, W, beta, C, N);
     CHECKM(rc == ZL_OK, "bf16 product mode %d returned %d", mode, rc);
     outcome o = {0, 0};
     double d2 = 0, r2 = 0;
@@ -54,8 +57,8 @@ static outcome run_case(int mode, int M, int N, int K, zl_dtype wdt, float beta,
         for (int j = 0; j < N; j++) {
             double ref = beta == 0.0f ? 0.0 : (double)beta * C0[(size_t)i * N + j], bound = fabs(ref), exact = ref;
             for (int k = 0; k < K; k++) {
-                const float a = mode == 0 ? F[(size_t)i * K + k] : Wv[(size_t)i * K + k];
-                const float b = mode == 0 ? Wv[(size_t)j * K + k] : F[(size_t)k * N + j];
+                const float a = mode == 1 ? Wv[(size_t)i * K + k] : F[(size_t)i * K + k];
+                const float b = mode == 0 ? Wv[(size_t)j * K + k] : mode == 1 ? F[(size_t)k * N + j] : Wv[(size_t)k * N + j];
                 ref += bf(a) * bf(b);
                 bound += fabs(bf(a) * bf(b));
                 exact += (double)a * b;
@@ -78,7 +81,7 @@ static void check_cases(const char *path) {
     static const int shapes[][3] = {{37, 45, 70}, {16, 16, 32}, {100, 96, 64}, {33, 17, 5}, {300, 200, 1000}};
     const zl_dtype dts[] = {ZL_DT_F16, ZL_DT_BF16, ZL_DT_F32};
     const float betas[] = {0.0f, 1.0f, 0.5f};
-    for (int mode = 0; mode < 2; mode++)
+    for (int mode = 0; mode < 3; mode++)
         for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
             for (int d = 0; d < 3; d++)
                 for (int bi = 0; bi < 3; bi++) {

@@ -65,7 +65,8 @@ int zl_convert_from_f32(zl_dtype dt, const float *src, void *dst, size_t n);
 void zl_set_threads(int n);
 int zl_get_threads(void);
 
-/* Precision of the products with model weights (linears, convolutions).
+/* Precision of the products with model weights (linears and convolutions
+ * forward, the linears' input gradients, self-attention's q k^T and P v).
  * F32 (the default) is exact float32. BF16 rounds both factors to bfloat16
  * and sums in float32 on Intel AMX tile units, where the CPU has them (several
  * times faster; relative error about 2^-8 per product, as PyTorch's bfloat16

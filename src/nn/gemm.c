@@ -181,7 +181,7 @@ static int gemm_stored(int mode, int M, int N, int K, const float *F, int ldf, z
     int bm = M, bn = N;
     if (2.0 * M * N * K >= ZL_GEMM_PAR_FLOPS) grid(M, N, workers(), &bm, &bn);
     const int nbm = ceil_div(M, bm), nbn = ceil_div(N, bn), nblk = nbm * nbn;
-    const int bf16 = Wp || (mode != 2 && zl_bf16_active());
+    const int bf16 = Wp || zl_bf16_active();
     int fail = 0;
     #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel() && nblk > 1) reduction(| : fail)
     for (int t = 0; t < nblk; t++) {
@@ -191,7 +191,7 @@ static int gemm_stored(int mode, int M, int N, int K, const float *F, int ldf, z
             if (b != 1.0f)
                 for (int r = 0; r < m; r++)
                     for (int c = 0; c < n; c++) C[(size_t)(i + r) * ldc + j + c] *= b;
-            if (zl_bf16_block(mode, m, n, K, F, ldf, wdt, W, K, Wp, i, j, C, ldc)) fail = 1;
+            if (zl_bf16_block(mode, m, n, K, F, ldf, wdt, W, mode == 2 ? N : K, Wp, i, j, C, ldc)) fail = 1;
             continue;
         }
         float *w = wide_buf((size_t)(mode == 1 ? m : n) * K);

@@ -362,14 +362,15 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
     /* the weight's side comes packed (Wp) or is packed here: all of A, and B a
      * panel of 32 columns at a time, just before its products (the panel then
      * stays in cache for all of A's rows) */
-    const int packA = mode == 1 ? !Wp : 1, packB = mode == 0 ? !Wp : 1;
+    const int packA = mode == 1 ? !Wp : 1, packB = mode == 0 ? !Wp : 1; /* mode 2: no Wp */
     const size_t asz = packA ? (size_t)ceil_to(m, 32) * K32 : 0, bsz = packB ? 32 * K32 : 0;
     uint16_t *buf = pack_buf(asz + bsz > 0 ? asz + bsz : 1);
     if (!buf) return ZL_ENOMEM;
     const int fast = !g_emulate && zl_bf16_units() == 1;
-    /* mode 0: C = F W^T (W [N, K] rows); mode 1: C = W F (W [M, K] rows, F [K, N]). */
+    /* mode 0: C = F W^T (W [N, K] rows); mode 1: C = W F (W [M, K] rows, F [K, N]);
+     * mode 2: C = F W (W [K, N] rows). */
     const msrc f = {ZL_DT_F32, F, (size_t)ldf, 0.0f}, w = {wdt, W, (size_t)ldw, 0.0f};
-    const msrc *a = mode == 0 ? &f : &w, *b = mode == 0 ? &w : &f;
+    const msrc *a = mode == 1 ? &w : &f, *b = mode == 1 ? &f : &w;
     const uint16_t *Ap = packA ? buf : Wp + (size_t)(i / 16) * gs;
     if (packA) {
         if (fast) pack_a_avx(buf, a, i, m, K);

@@ -53,9 +53,10 @@ int zl_sgemm_nn_stored(int M, int N, int K, const float *A, int lda, zl_dtype wd
 
 /* The bfloat16 products (src/nn/gemm_bf16.c). Active when the precision is
  * ZL_MATMUL_BF16 and AMX-BF16 is there (or emulated). The stored-weight
- * products above (forward modes: nt_stored and stored_nn) then run through
- * zl_bf16_block, one block of their grid each: mode 0, C[i.., j..] += F W^T
- * (W [N, K] rows); mode 1, C[i.., j..] += W F (W [M, K] rows, F [K, N]). */
+ * products above then run through zl_bf16_block, one block of their grid
+ * each: mode 0 (nt_stored), C[i.., j..] += F W^T (W [N, K] rows, ldw K);
+ * mode 1 (stored_nn), C[i.., j..] += W F (W [M, K] rows, F [K, N]); mode 2
+ * (nn_stored, a linear's input gradient), C[i.., j..] += F W (W [K, N], ldw N). */
 int zl_bf16_active(void);
 /* Wp: the whole weight packed by zl_bf16_pack_weight (conv = mode), or NULL
  * to pack W's slice here. i and j (block offsets) are multiples of 16. */
