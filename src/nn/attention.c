@@ -87,6 +87,51 @@ static void softmax_rows(float *S, float *lse_rows, int mq, int n, int causal, i
     }
 }
 
+/* Online softmax, the start of a query tile: running max -inf, sum 0, acc 0. */
+static void online_start(float *m, float *l, float *acc, int mq, int d) {
+    memset(acc, 0, sizeof(float) * mq * d);
+    for (int r = 0; r < mq; r++) {
+        m[r] = -INFINITY;
+        l[r] = 0.0f;
+    }
+}
+
+/* One key tile: the scores S [mq, n] become exp(S - running max), masked
+ * entries 0; the running max and sum move on and acc is rescaled to match. */
+static void online_tile(float *S, float *m, float *l, float *acc, int mq, int n, int d, int causal, int i0, int j0) {
+    for (int r = 0; r < mq; r++) {
+        float *sr = S + (size_t)r * n;
+        const int nv = visible(causal, i0 + r, j0, n);
+        if (nv == 0) {
+            memset(sr, 0, sizeof(float) * n);
+            continue;
+        }
+        const float mx = row_max(sr, nv, m[r]);
+        /* The accumulator is still zero before a row's first visible key. */
+        if (m[r] != -INFINITY && mx != m[r]) {
+            const float corr = expf(m[r] - mx);
+            l[r] *= corr;
+            scale_row(acc + (size_t)r * d, corr, d);
+        }
+        l[r] += zl_exp_sub_sum(sr, nv, mx);
+        for (int c = nv; c < n; c++) sr[c] = 0.0f;
+        m[r] = mx;
+    }
+}
+
+/* The end of a query tile: o rows (stride HD) = acc / sum, and the rows' log-sum-exp. */
+static void online_finish(float *op, int HD, float *lrow, const float *m, const float *l, const float *acc, int mq,
+                          int d) {
+    for (int r = 0; r < mq; r++) {
+        const float inv = 1.0f / l[r];
+        float *orow = op + (size_t)r * HD;
+        const float *ar = acc + (size_t)r * d;
+        #pragma omp simd
+        for (int j = 0; j < d; j++) orow[j] = ar[j] * inv;
+        if (lrow) lrow[r] = m[r] + logf(l[r]);
+    }
+}
+
 static int ceil32(int x) { return (x + 31) / 32 * 32; }
 
 /* The forward with bfloat16 products (zl_bf16_active): the same tiles and
@@ -140,44 +185,17 @@ static int attention_fwd_bf16(float *o, float *lse, const float *q, int ldq, con
             float *op = o + ((size_t)b * Tq + i0) * HD + (size_t)h * d;
             float *lrow = lse ? lse + ((size_t)b * H + h) * Tq + i0 : NULL;
             zl_bf16_pack_a_f32(Qa, qp, ldq, mq, d, scale);
-            memset(acc, 0, sizeof(float) * mq * d);
-            for (int r = 0; r < mq; r++) {
-                m[r] = -INFINITY;
-                l[r] = 0.0f;
-            }
+            online_start(m, l, acc, mq, d);
             const int kend = causal ? (i0 + mq < Tk ? i0 + mq : Tk) : Tk;
             for (int j0 = 0; j0 < kend; j0 += ZL_ATT_BK) {
                 const int n = kend - j0 < ZL_ATT_BK ? kend - j0 : ZL_ATT_BK;
                 memset(S, 0, sizeof(float) * mq * n);
                 zl_bf16_tiles(Qa, gsk, Kp + bh * kbh + (size_t)(j0 / 16) * gsk, gsk, mq, n, d, S, n);
-                for (int r = 0; r < mq; r++) {
-                    float *sr = S + (size_t)r * n;
-                    const int nv = visible(causal, i0 + r, j0, n);
-                    if (nv == 0) {
-                        memset(sr, 0, sizeof(float) * n);
-                        continue;
-                    }
-                    const float mx = row_max(sr, nv, m[r]);
-                    if (m[r] != -INFINITY && mx != m[r]) {
-                        const float corr = expf(m[r] - mx);
-                        l[r] *= corr;
-                        scale_row(acc + (size_t)r * d, corr, d);
-                    }
-                    l[r] += zl_exp_sub_sum(sr, nv, mx);
-                    for (int c = nv; c < n; c++) sr[c] = 0.0f;
-                    m[r] = mx;
-                }
+                online_tile(S, m, l, acc, mq, n, d, causal, i0, j0);
                 zl_bf16_pack_a_f32(Pa, S, n, mq, n, 0.0f);
                 zl_bf16_tiles(Pa, (size_t)ceil32(n) * 16, Vp + bh * vbh + (size_t)(j0 / 32) * 512, gsv, mq, d, n, acc, d);
             }
-            for (int r = 0; r < mq; r++) {
-                const float inv = 1.0f / l[r];
-                float *orow = op + (size_t)r * HD;
-                const float *ar = acc + (size_t)r * d;
-                #pragma omp simd
-                for (int j = 0; j < d; j++) orow[j] = ar[j] * inv;
-                if (lrow) lrow[r] = m[r] + logf(l[r]);
-            }
+            online_finish(op, HD, lrow, m, l, acc, mq, d);
         }
         free(w.S);
         free(Qa);
@@ -226,11 +244,7 @@ void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float
                 zl_tile_gemm(0, 0, mq, d, Tk, 1.0f, S, Tk, vp, ldv, 0, op, HD);
                 continue;
             }
-            memset(acc, 0, sizeof(float) * mq * d);
-            for (int r = 0; r < mq; r++) {
-                m[r] = -INFINITY;
-                l[r] = 0.0f;
-            }
+            online_start(m, l, acc, mq, d);
             /* Causal: key tiles starting after the tile's last query are fully masked. */
             const int kend = causal ? (i0 + mq < Tk ? i0 + mq : Tk) : Tk;
             for (int j0 = 0; j0 < kend; j0 += ZL_ATT_BK) {
@@ -238,34 +252,10 @@ void zl_attention_fwd(float *o, float *lse, const float *q, int ldq, const float
                 const float *kp = k + ((size_t)b * Tk + j0) * ldk + (size_t)h * d;
                 const float *vp = v + ((size_t)b * Tk + j0) * ldv + (size_t)h * d;
                 zl_tile_gemm(0, 1, mq, n, d, scale, qp, ldq, kp, ldk, 0, S, n);
-                for (int r = 0; r < mq; r++) {
-                    float *sr = S + (size_t)r * n;
-                    const int nv = visible(causal, i0 + r, j0, n);
-                    if (nv == 0) {
-                        memset(sr, 0, sizeof(float) * n);
-                        continue;
-                    }
-                    const float mx = row_max(sr, nv, m[r]);
-                    /* The accumulator is still zero before a row's first visible key. */
-                    if (m[r] != -INFINITY && mx != m[r]) {
-                        const float corr = expf(m[r] - mx);
-                        l[r] *= corr;
-                        scale_row(acc + (size_t)r * d, corr, d);
-                    }
-                    l[r] += zl_exp_sub_sum(sr, nv, mx);
-                    for (int c = nv; c < n; c++) sr[c] = 0.0f;
-                    m[r] = mx;
-                }
+                online_tile(S, m, l, acc, mq, n, d, causal, i0, j0);
                 zl_tile_gemm(0, 0, mq, d, n, 1.0f, S, n, vp, ldv, 1, acc, d);
             }
-            for (int r = 0; r < mq; r++) {
-                const float inv = 1.0f / l[r];
-                float *orow = op + (size_t)r * HD;
-                const float *ar = acc + (size_t)r * d;
-                #pragma omp simd
-                for (int j = 0; j < d; j++) orow[j] = ar[j] * inv;
-                if (lrow) lrow[r] = m[r] + logf(l[r]);
-            }
+            online_finish(op, HD, lrow, m, l, acc, mq, d);
         }
         free(w.S);
     }
