@@ -37,6 +37,12 @@ void zl_st_close(zl_st_file *f);
 /* 1 when the tensors' data is a mapping of the file (zl_st_open): its pages can
  * be dropped and are read again from the file; 0 for a copied buffer. */
 int zl_st_is_mapped(const zl_st_file *f);
+/* Drop the pages of [p, p + n) from this process when the range lies in a
+ * mapping of f's file (they stay in the page cache and are read again on the
+ * next access); only whole pages inside the range. A range elsewhere (a
+ * PyTorch checkpoint's copied strided tensor, a parsed buffer) is left alone:
+ * dropping anonymous memory would zero it. Returns 1 if it was a mapping. */
+int zl_st_drop_pages(const zl_st_file *f, const void *p, size_t n);
 
 const char *zl_st_path(const zl_st_file *f);
 /* Tensors sorted by name. */

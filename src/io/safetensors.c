@@ -403,6 +403,19 @@ int zl_st_parse(const void *buf, size_t len, const char *label, zl_st_file **out
 const char *zl_st_path(const zl_st_file *f) { return f->path; }
 int zl_st_count(const zl_st_file *f) { return f->n; }
 int zl_st_is_mapped(const zl_st_file *f) { return f && f->mapped; }
+
+int zl_st_drop_pages(const zl_st_file *f, const void *p, size_t n) {
+    if (!f || !p || !n) return 0;
+    for (int i = 0; i < f->n_shards; i++)
+        if (zl_st_drop_pages(f->shards[i], p, n)) return 1;
+    const uint8_t *q = p;
+    if (!f->mapped || !f->map || q < f->map || n > f->size || q > f->map + (f->size - n)) return 0;
+    /* whole pages inside the range only: a partial page may hold a neighbour's bytes */
+    const uintptr_t ps = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t a = ((uintptr_t)q + ps - 1) & ~(ps - 1), b = ((uintptr_t)q + n) & ~(ps - 1);
+    if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
+    return 1;
+}
 const zl_st_tensor *zl_st_at(const zl_st_file *f, int i) { return (i >= 0 && i < f->n) ? &f->t[i] : NULL; }
 
 const zl_st_tensor *zl_st_find(const zl_st_file *f, const char *name) {

@@ -31,8 +31,9 @@ struct zl_lora_lazy {
 /* Every value of t finite? Else ZL_ENUMERIC naming the file, the tensor, the
  * element and NaN/Inf (the eager loader's message). No copy for F16/BF16/F32. */
 int zl_lora_check_values(const char *path, const zl_st_tensor *t);
-/* Drop a tensor's pages from this process when `mapped` (they stay in the page
- * cache and are read again on use); a copied buffer must keep its pages. */
-void zl_lora_drop_pages(const zl_st_tensor *t, int mapped);
+/* Drop a tensor's pages from this process when they lie in the file's mapping
+ * (zl_st_drop_pages: they stay in the page cache and are read again on use); a
+ * copied buffer (a PyTorch file's strided tensor) keeps its pages. */
+void zl_lora_drop_pages(const zl_lora_lazy *z, const zl_st_tensor *t);
 
 #endif

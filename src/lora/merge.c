@@ -461,7 +461,7 @@ static int stream_raw(void *ctx, int i, int which, zl_dtype dt, float scale, voi
             if (t[k]) {
                 memcpy(d, t[k]->data, t[k]->nbytes);
                 d += t[k]->nbytes;
-                zl_lora_drop_pages(t[k], (k ? p->zs : p->zc)->mapped);
+                zl_lora_drop_pages(k ? p->zs : p->zc, t[k]);
             }
         *done = 1;
         p->n_raw++;
@@ -483,7 +483,7 @@ static int stream_raw(void *ctx, int i, int which, zl_dtype dt, float scale, voi
         col += r;
     }
     for (int k = 0; k < 2; k++)
-        if (t[k]) zl_lora_drop_pages(t[k], (k ? p->zs : p->zc)->mapped);
+        if (t[k]) zl_lora_drop_pages(k ? p->zs : p->zc, t[k]);
     *done = ok;
     p->n_raw += ok;
     return ZL_OK;
@@ -502,11 +502,8 @@ void zl_lora_lazy_free(zl_lora_lazy *z) {
 
 /* Drop a mapped tensor's pages from this process (they stay in the page cache), so
  * reading two large inputs does not add up in resident memory. */
-void zl_lora_drop_pages(const zl_st_tensor *t, int mapped) {
-    if (!mapped || !t || !t->nbytes) return;
-    long ps = sysconf(_SC_PAGESIZE);
-    uintptr_t a = (uintptr_t)t->data & ~(uintptr_t)(ps - 1), b = (uintptr_t)t->data + t->nbytes;
-    madvise((void *)a, b - a, MADV_DONTNEED);
+void zl_lora_drop_pages(const zl_lora_lazy *z, const zl_st_tensor *t) {
+    if (z && t && t->nbytes) zl_st_drop_pages(z->f, t->data, t->nbytes);
 }
 
 int zl_lora_lazy_read(const zl_lora_lazy *z, const zl_lora *l, int i, float *down, float *up) {
@@ -521,7 +518,7 @@ int zl_lora_lazy_read(const zl_lora_lazy *z, const zl_lora *l, int i, float *dow
         } else if (t) {
             int rc = zl_lora_check_values(z->path, t);
             if (!rc) zl_st_read_f32(t, dst);
-            zl_lora_drop_pages(t, z->mapped);
+            zl_lora_drop_pages(z, t);
             if (rc) return rc;
         } else {
             return zl_set_error(ZL_EINVAL, "layer '%s' has no values", y->module);

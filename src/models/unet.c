@@ -5,8 +5,6 @@
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <sys/mman.h>
-#include <unistd.h>
 #include <string.h>
 
 #include "models/unet_internal.h"
@@ -372,13 +370,8 @@ static const uint16_t *packed_bf16(zl_unet *u, const zl_unet_mod *cm) {
     const int from_f32 = m->w.f32 != NULL;
     m->w.bf16 = zl_bf16_pack_weight(from_f32 ? ZL_DT_F32 : m->w.dtype, from_f32 ? (const void *)m->w.f32 : m->w.data,
                                     m->out, K, conv);
-    if (m->w.bf16 && !from_f32 && zl_st_is_mapped(u->file)) {
-        const long ps = sysconf(_SC_PAGESIZE);
-        const uintptr_t a = ((uintptr_t)m->w.data + (uintptr_t)ps - 1) & ~(uintptr_t)(ps - 1);
-        const uintptr_t b = ((uintptr_t)m->w.data + (uintptr_t)m->w.numel * (uintptr_t)(zl_dtype_bits(m->w.dtype) / 8)) &
-                            ~(uintptr_t)(ps - 1);
-        if (b > a) madvise((void *)a, b - a, MADV_DONTNEED);
-    }
+    if (m->w.bf16 && !from_f32)
+        zl_st_drop_pages(u->file, m->w.data, (size_t)m->w.numel * (size_t)(zl_dtype_bits(m->w.dtype) / 8));
     return m->w.bf16;
 }
 
