@@ -365,7 +365,7 @@ static const uint16_t *packed_bf16(zl_unet *u, const zl_unet_mod *cm) {
     if (!zl_bf16_active()) return NULL;
     zl_unet_mod *m = (zl_unet_mod *)cm; /* the packing is a cache the module owns */
     if (m->w.bf16) return m->w.bf16;
-    if (++m->bf16_uses < 2) return NULL;
+    if (m->bf16_uses < 2 && ++m->bf16_uses < 2) return NULL;
     const int K = m->in * m->kh * m->kw, conv = m->kind == ZL_MOD_CONV;
     const int from_f32 = m->w.f32 != NULL;
     m->w.bf16 = zl_bf16_pack_weight(from_f32 ? ZL_DT_F32 : m->w.dtype, from_f32 ? (const void *)m->w.f32 : m->w.data,
