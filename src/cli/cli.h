@@ -33,7 +33,7 @@ void zl_cli_set_precision(const char *cmd, int prec);
 #define ZL_CLI_PRECISION_HELP                                                                                           \
     "  --precision P          f32 (default) or bf16: products with the model's weights in bfloat16, summed\n"         \
     "                         in float32, on Intel AMX tile units (SDXL steps 2-3x faster; the UNet's output\n"   \
-    "                         moves by about 1 %, as with PyTorch's bfloat16 autocast). CPUs without\n"           \
+    "                         moves by about 1 %%, as with PyTorch's bfloat16 autocast). CPUs without\n"           \
     "                         AMX-BF16 compute float32 either way\n"
 
 /* The noise-schedule flags of generate, zip and eval-merge: --prediction P,
