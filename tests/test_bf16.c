@@ -192,6 +192,16 @@ static void check_packed(void) {
         CHECK_OK(zl_sgemm_stored_nn(N, M, K, ZL_DT_F16, W, Bm, M, 0.0f, c1, M));
         CHECK_OK(zl_sgemm_bf16p_nn(N, M, K, p1, Bm, M, 0.0f, c2, M));
         CHECKM(!memcmp(c1, c2, (size_t)M * N * 4), "packed conv weight = per-call packing (%d threads)", t);
+        /* mode 3: the columns packed once (stored or packed weight) */
+        uint16_t *bp = zl_bf16_pack_cols(Bm, M, K, M);
+        CHECK(bp != NULL);
+        if (bp) {
+            CHECK_OK(zl_sgemm_bf16_cols(N, M, K, ZL_DT_F16, W, NULL, bp, 0.0f, c2, M));
+            CHECKM(!memcmp(c1, c2, (size_t)M * N * 4), "columns packed once = per panel (%d threads)", t);
+            CHECK_OK(zl_sgemm_bf16_cols(N, M, K, ZL_DT_F16, NULL, p1, bp, 0.0f, c2, M));
+            CHECKM(!memcmp(c1, c2, (size_t)M * N * 4), "columns packed once, packed weight (%d threads)", t);
+            free(bp);
+        }
     }
     omp_set_num_threads(t0);
     free(A), free(Wv), free(c1), free(c2), free(Bm), free(W), free(p0), free(p1);

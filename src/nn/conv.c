@@ -155,6 +155,18 @@ void zl_conv2d_bwd(float *dx, float *dW, float *db, const float *dy, const float
     zl_conv2d_bwd_rows(dx, dW, db, dy, x, Wt, s, 0);
 }
 
+/* bfloat16 products: C [Cout, N] (+)= W B with B [K, N] (ldb N) packed once
+ * for all blocks of the product (zl_bf16_pack_cols); nonzero when its buffer
+ * cannot be had (nothing written then). */
+static int conv_gemm_bf16(const zl_conv_shape *s, int K, int N, const float *B, zl_dtype wdt, const void *Wst,
+                          const uint16_t *Wp, float beta, float *C, int ldc, int *rc) {
+    uint16_t *Bp = zl_bf16_pack_cols(B, N, K, N);
+    if (!Bp) return 1;
+    *rc = zl_sgemm_bf16_cols(s->Cout, N, K, wdt, Wst, Wp, Bp, beta, C, ldc);
+    free(Bp);
+    return 0;
+}
+
 /* The forward, with the weights as float32 (F != NULL), packed for the
  * bfloat16 tile products (Wp != NULL) or in a stored dtype. */
 static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, const void *Wst, const uint16_t *Wp,
@@ -169,6 +181,9 @@ static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, cons
             float *yb = y + (size_t)n * s->Cout * HWo;
             const float *xb = x + (size_t)n * s->Cin * HWi;
             if (b) fill_bias(yb, b, s->Cout, HWo);
+            if ((Wp || (!F && zl_bf16_active())) &&
+                !conv_gemm_bf16(s, s->Cin, (int)HWo, xb, wdt, Wst, Wp, b ? 1.0f : 0.0f, yb, (int)HWo, &rc))
+                continue;
             if (Wp)
                 rc = zl_sgemm_bf16p_nn(s->Cout, (int)HWo, s->Cin, Wp, xb, (int)HWo, b ? 1.0f : 0.0f, yb, (int)HWo);
             else if (F)
@@ -191,6 +206,9 @@ static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, cons
         for (int r0 = 0; r0 < Ho && !rc; r0 += R) {
             const int r1 = r0 + R < Ho ? r0 + R : Ho, N = (r1 - r0) * Wo;
             im2col(col, xb, s, Wo, r0, r1);
+            if ((Wp || (!F && zl_bf16_active())) &&
+                !conv_gemm_bf16(s, K, N, col, wdt, Wst, Wp, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo, (int)HWo, &rc))
+                continue;
             if (Wp)
                 rc = zl_sgemm_bf16p_nn(s->Cout, N, K, Wp, col, N, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo, (int)HWo);
             else if (F)

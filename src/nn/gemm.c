@@ -173,7 +173,7 @@ static float *wide_buf(size_t n) {
  * each block widening its own slice of W first (rows of W in modes 0 and 1,
  * a column range of every row in mode 2). */
 static int gemm_stored(int mode, int M, int N, int K, const float *F, int ldf, zl_dtype wdt, const void *W,
-                       const uint16_t *Wp, float beta, float *C, int ldc) {
+                       const uint16_t *Wp, const uint16_t *Fp, float beta, float *C, int ldc) {
     if (M <= 0 || N <= 0) return 0;
     if (beta_first(M, N, K, beta, C, ldc)) return 0;
     const float b = beta == 0.0f ? 1.0f : beta;
@@ -181,7 +181,7 @@ static int gemm_stored(int mode, int M, int N, int K, const float *F, int ldf, z
     int bm = M, bn = N;
     if (2.0 * M * N * K >= ZL_GEMM_PAR_FLOPS) grid(M, N, workers(), &bm, &bn);
     const int nbm = ceil_div(M, bm), nbn = ceil_div(N, bn), nblk = nbm * nbn;
-    const int bf16 = Wp || zl_bf16_active();
+    const int bf16 = Wp || Fp || zl_bf16_active();
     int fail = 0;
     #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel() && nblk > 1) reduction(| : fail)
     for (int t = 0; t < nblk; t++) {
@@ -191,7 +191,7 @@ static int gemm_stored(int mode, int M, int N, int K, const float *F, int ldf, z
             if (b != 1.0f)
                 for (int r = 0; r < m; r++)
                     for (int c = 0; c < n; c++) C[(size_t)(i + r) * ldc + j + c] *= b;
-            if (zl_bf16_block(mode, m, n, K, F, ldf, wdt, W, mode == 2 ? N : K, Wp, i, j, C, ldc)) fail = 1;
+            if (zl_bf16_block(mode, m, n, K, F, ldf, wdt, W, mode == 2 ? N : K, Wp, Fp, i, j, C, ldc)) fail = 1;
             continue;
         }
         float *w = wide_buf((size_t)(mode == 1 ? m : n) * K);
@@ -217,25 +217,30 @@ static int gemm_stored(int mode, int M, int N, int K, const float *F, int ldf, z
 
 int zl_sgemm_nt_stored(int M, int N, int K, const float *A, int lda, zl_dtype wdt, const void *W, float beta, float *C,
                        int ldc) {
-    return gemm_stored(0, M, N, K, A, lda, wdt, W, NULL, beta, C, ldc);
+    return gemm_stored(0, M, N, K, A, lda, wdt, W, NULL, NULL, beta, C, ldc);
 }
 
 int zl_sgemm_stored_nn(int M, int N, int K, zl_dtype wdt, const void *W, const float *B, int ldb, float beta, float *C,
                        int ldc) {
-    return gemm_stored(1, M, N, K, B, ldb, wdt, W, NULL, beta, C, ldc);
+    return gemm_stored(1, M, N, K, B, ldb, wdt, W, NULL, NULL, beta, C, ldc);
 }
 
 int zl_sgemm_nn_stored(int M, int N, int K, const float *A, int lda, zl_dtype wdt, const void *W, float beta, float *C,
                        int ldc) {
-    return gemm_stored(2, M, N, K, A, lda, wdt, W, NULL, beta, C, ldc);
+    return gemm_stored(2, M, N, K, A, lda, wdt, W, NULL, NULL, beta, C, ldc);
 }
 
 int zl_sgemm_nt_bf16p(int M, int N, int K, const float *A, int lda, const uint16_t *Wp, float beta, float *C, int ldc) {
-    return gemm_stored(0, M, N, K, A, lda, ZL_DT_BF16, NULL, Wp, beta, C, ldc);
+    return gemm_stored(0, M, N, K, A, lda, ZL_DT_BF16, NULL, Wp, NULL, beta, C, ldc);
 }
 
 int zl_sgemm_bf16p_nn(int M, int N, int K, const uint16_t *Wp, const float *B, int ldb, float beta, float *C, int ldc) {
-    return gemm_stored(1, M, N, K, B, ldb, ZL_DT_BF16, NULL, Wp, beta, C, ldc);
+    return gemm_stored(1, M, N, K, B, ldb, ZL_DT_BF16, NULL, Wp, NULL, beta, C, ldc);
+}
+
+int zl_sgemm_bf16_cols(int M, int N, int K, zl_dtype wdt, const void *W, const uint16_t *Wp, const uint16_t *Bp,
+                       float beta, float *C, int ldc) {
+    return gemm_stored(3, M, N, K, NULL, 0, wdt, W, Wp, Bp, beta, C, ldc);
 }
 
 void zl_sgemm_serial(int tA, int tB, int M, int N, int K, float alpha, const float *A, int lda, const float *B,

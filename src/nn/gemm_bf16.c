@@ -238,6 +238,21 @@ AMX_TARGET static void pack_b_avx(uint16_t *dst, const msrc *s, int nt, int c0, 
     }
 }
 
+/* Rows k and k+1 of B (zeros past K) as tile row pr of K block kb, for every
+ * group of 16 columns (zeros past N): dst + g gs + kb 512 + pr 32. */
+AMX_TARGET static void pack_pair_avx(uint16_t *dst, size_t gs, const msrc *s, int k, int K, int N, int ng, int kb,
+                                     int pr) {
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    for (int g = 0; g < ng; g++) {
+        const int len = N - g * 16;
+        const __m512 e = k < K ? load16(s, (size_t)k, (size_t)g * 16, len) : _mm512_setzero_ps();
+        const __m512 o = k + 1 < K ? load16(s, (size_t)k + 1, (size_t)g * 16, len) : _mm512_setzero_ps();
+        const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(o, e);
+        _mm512_storeu_si512(dst + (size_t)g * gs + (size_t)kb * 512 + (size_t)pr * 32, _mm512_permutexvar_epi16(idx, v));
+    }
+}
+
 /* ---- tile products -------------------------------------------------------
  * C block [m, n] (ldc) += A tiles (ceil(m,32)/16 groups) x B tiles. */
 typedef struct {
@@ -357,12 +372,12 @@ void zl_bf16_release_buffers(void) {
 }
 
 int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw,
-                  const uint16_t *Wp, int i, int j, float *C, int ldc) {
+                  const uint16_t *Wp, const uint16_t *Fp, int i, int j, float *C, int ldc) {
     const size_t K32 = (size_t)ceil_to(K, 32), gs = K32 * 16;
     /* the weight's side comes packed (Wp) or is packed here: all of A, and B a
      * panel of 32 columns at a time, just before its products (the panel then
-     * stays in cache for all of A's rows) */
-    const int packA = mode == 1 ? !Wp : 1, packB = mode == 0 ? !Wp : 1; /* mode 2: no Wp */
+     * stays in cache for all of A's rows); mode 3's B comes packed (Fp) */
+    const int packA = mode == 1 || mode == 3 ? !Wp : 1, packB = mode == 0 ? !Wp : mode != 3; /* mode 2: no Wp */
     const size_t asz = packA ? (size_t)ceil_to(m, 32) * K32 : 0, bsz = packB ? 32 * K32 : 0;
     uint16_t *buf = pack_buf(asz + bsz > 0 ? asz + bsz : 1);
     if (!buf) return ZL_ENOMEM;
@@ -370,7 +385,7 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
     /* mode 0: C = F W^T (W [N, K] rows); mode 1: C = W F (W [M, K] rows, F [K, N]);
      * mode 2: C = F W (W [K, N] rows). */
     const msrc f = {ZL_DT_F32, F, (size_t)ldf, 0.0f}, w = {wdt, W, (size_t)ldw, 0.0f};
-    const msrc *a = mode == 1 ? &w : &f, *b = mode == 1 ? &f : &w;
+    const msrc *a = mode == 1 || mode == 3 ? &w : &f, *b = mode == 1 ? &f : &w;
     const uint16_t *Ap = packA ? buf : Wp + (size_t)(i / 16) * gs;
     if (packA) {
         if (fast) pack_a_avx(buf, a, i, m, K);
@@ -378,7 +393,9 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
     }
     for (int jp = 0; jp < n; jp += 32) {
         const int np = n - jp < 32 ? n - jp : 32;
-        const uint16_t *Bp = Wp && mode == 0 ? Wp + (size_t)((j + jp) / 16) * gs : buf + asz;
+        const uint16_t *Bp = mode == 3           ? Fp + (size_t)((j + jp) / 16) * gs
+                             : Wp && mode == 0 ? Wp + (size_t)((j + jp) / 16) * gs
+                                               : buf + asz;
         if (packB) {
             if (fast) pack_b_avx(buf + asz, b, mode == 0, j + jp, np, K);
             else pack_b_scalar(buf + asz, b, mode == 0, j + jp, np, K);
@@ -390,6 +407,34 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
             kernel_emulated(Ap, gs, Bp, gs, m, np, K, c, ldc);
     }
     return 0;
+}
+
+/* B [K, N] (row stride ldb) as B tiles for all its columns, for mode 3. Pairs
+ * of rows at a time, each read along its length (the per-panel packing reads
+ * 16 columns of every row: a new page per row at im2col's widths). */
+uint16_t *zl_bf16_pack_cols(const float *B, int ldb, int K, int N) {
+    const size_t K32 = (size_t)ceil_to(K, 32), ng = (size_t)ceil_to(N, 32) / 16 + 1, gs = K32 * 16;
+    uint16_t *p = aligned_alloc(64, ng * gs * sizeof(uint16_t));
+    if (!p) return NULL;
+    const msrc s = {ZL_DT_F32, B, (size_t)ldb, 0.0f};
+    const int fast = !g_emulate && zl_bf16_units() == 1;
+    const long npair = (long)(K32 / 2);
+    #pragma omp parallel for schedule(static) if (!omp_in_parallel() && (size_t)K * N > 65536)
+    for (long q = 0; q < npair; q++) {
+        const int k = (int)q * 2, kb = k / 32, pr = (k % 32) / 2;
+        if (fast) {
+            pack_pair_avx(p, gs, &s, k, K, N, (int)ng, kb, pr);
+        } else {
+            for (size_t g = 0; g < ng; g++)
+                for (int c = 0; c < 16; c++)
+                    for (int h = 0; h < 2; h++) {
+                        const int col = (int)g * 16 + c, kk = k + h;
+                        const float v = col < N && kk < K ? src_at(&s, (size_t)kk, (size_t)col) : 0.0f;
+                        p[g * gs + (size_t)kb * 512 + (size_t)pr * 32 + (size_t)c * 2 + h] = zl_f32_to_bf16(v);
+                    }
+        }
+    }
+    return p;
 }
 
 uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int conv) {

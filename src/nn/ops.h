@@ -61,7 +61,13 @@ int zl_bf16_active(void);
 /* Wp: the whole weight packed by zl_bf16_pack_weight (conv = mode), or NULL
  * to pack W's slice here. i and j (block offsets) are multiples of 16. */
 int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw,
-                  const uint16_t *Wp, int i, int j, float *C, int ldc);
+                  const uint16_t *Wp, const uint16_t *Fp, int i, int j, float *C, int ldc);
+/* Mode 3, a convolution's product with its columns packed once for all blocks:
+ * C[M,N] = W[M,K] B (+ beta C), W stored (or packed, Wp), B packed by
+ * zl_bf16_pack_cols (aligned_alloc'd; free(); NULL when out of memory). */
+uint16_t *zl_bf16_pack_cols(const float *B, int ldb, int K, int N);
+int zl_sgemm_bf16_cols(int M, int N, int K, zl_dtype wdt, const void *W, const uint16_t *Wp, const uint16_t *Bp,
+                       float beta, float *C, int ldc);
 /* A weight [rows, K] packed once for the tile unit (aligned_alloc'd; free()):
  * conv = 0 for mode 0 (a linear's W, the B operand), 1 for mode 1 (a conv's
  * W [Cout, Cin kh kw], the A operand). Rows are padded to 32, K to 32, with
