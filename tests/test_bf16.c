@@ -101,11 +101,12 @@ static void check_cases(const char *path) {
 
 /* A 3x3 convolution (shape Winograd would take in float32) and a linear with
  * float32 weights, through the ops' own entries. */
-static void check_ops(const char *path) {
-    zl_conv_shape s = {.B = 2, .Cin = 24, .H = 20, .W = 18, .Cout = 40, .kh = 3, .kw = 3, .stride = 1,
-                       .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1};
-    CHECK(zl_conv2d_winograd_ok(&s)); /* float32 would take Winograd here; bf16 must not */
-    const size_t xn = (size_t)s.B * s.Cin * s.H * s.W, wn = (size_t)s.Cout * s.Cin * 9, yn = (size_t)s.B * s.Cout * s.H * s.W;
+/* One convolution through both entries (F16 stored, float32 weights): equal
+ * to each other, within the float32-sum bound of float64 on bf16-rounded
+ * factors, and not float32's result. */
+static void check_conv(const char *path, zl_conv_shape s) {
+    const int Ho = zl_conv_out_h(&s), Wo = zl_conv_out_w(&s), kk = s.kh * s.kw;
+    const size_t xn = (size_t)s.B * s.Cin * s.H * s.W, wn = (size_t)s.Cout * s.Cin * kk, yn = (size_t)s.B * s.Cout * Ho * Wo;
     float *x = malloc(xn * 4), *wv = malloc(wn * 4), *bias = malloc(s.Cout * 4), *y = malloc(yn * 4), *y2 = malloc(yn * 4);
     uint16_t *w16 = malloc(wn * 2);
     for (size_t i = 0; i < xn; i++) x[i] = frand();
@@ -114,28 +115,49 @@ static void check_ops(const char *path) {
     CHECK_OK(zl_conv2d_fwd_stored(y, x, ZL_DT_F16, w16, bias, &s));
     zl_conv2d_fwd(y2, x, wv, bias, &s);
     double worst = 0, d2 = 0, r2 = 0;
+    int same = 1;
     for (int b = 0; b < s.B; b++)
         for (int o = 0; o < s.Cout; o++)
-            for (int i = 0; i < s.H; i++)
-                for (int j = 0; j < s.W; j++) {
+            for (int i = 0; i < Ho; i++)
+                for (int j = 0; j < Wo; j++) {
                     double ref = bias[o], bound = fabs(bias[o]), exact = bias[o];
                     for (int c = 0; c < s.Cin; c++)
-                        for (int u = 0; u < 3; u++)
-                            for (int v = 0; v < 3; v++) {
-                                const int yi = i + u - 1, xj = j + v - 1;
+                        for (int u = 0; u < s.kh; u++)
+                            for (int v = 0; v < s.kw; v++) {
+                                const int yi = i * s.stride + u - s.pad_t, xj = j * s.stride + v - s.pad_l;
                                 if (yi < 0 || yi >= s.H || xj < 0 || xj >= s.W) continue;
-                                const float a = wv[((size_t)o * s.Cin + c) * 9 + u * 3 + v];
+                                const float a = wv[((size_t)o * s.Cin + c) * kk + u * s.kw + v];
                                 const float xv = x[(((size_t)b * s.Cin + c) * s.H + yi) * s.W + xj];
                                 ref += bf(a) * bf(xv), bound += fabs(bf(a) * bf(xv)), exact += (double)a * xv;
                             }
-                    const size_t at = (((size_t)b * s.Cout + o) * s.H + i) * s.W + j;
-                    const double r = fabs(y[at] - ref) / ((s.Cin * 9 + 2) * ldexp(1.0, -24) * bound);
+                    const size_t at = (((size_t)b * s.Cout + o) * Ho + i) * Wo + j;
+                    const double r = fabs(y[at] - ref) / ((s.Cin * kk + 2) * ldexp(1.0, -24) * bound);
                     if (!(r <= worst)) worst = r;
-                    CHECKM(y[at] == y2[at], "%s conv: float32-weight and F16-stored entries differ at %zu", path, at);
+                    same &= y[at] == y2[at];
                     d2 += (y[at] - exact) * (y[at] - exact), r2 += exact * exact;
                 }
-    CHECKM(worst <= 1.0, "%s conv 3x3: error %.3g of the bound", path, worst);
-    CHECKM(sqrt(d2 / r2) > 2e-4, "%s conv 3x3: no bfloat16 rounding (%.3g)", path, sqrt(d2 / r2));
+    CHECKM(same, "%s conv %dx%d stride %d: float32-weight and F16-stored entries differ", path, s.kh, s.kw, s.stride);
+    CHECKM(worst <= 1.0, "%s conv %dx%d stride %d (%dx%d): error %.3g of the bound", path, s.kh, s.kw, s.stride, s.H,
+           s.W, worst);
+    CHECKM(sqrt(d2 / r2) > 2e-4, "%s conv %dx%d: no bfloat16 rounding (%.3g)", path, s.kh, s.kw, sqrt(d2 / r2));
+    free(x), free(wv), free(bias), free(y), free(y2), free(w16);
+}
+
+static void check_ops(const char *path) {
+    zl_conv_shape s = {.B = 2, .Cin = 24, .H = 20, .W = 18, .Cout = 40, .kh = 3, .kw = 3, .stride = 1,
+                       .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1};
+    CHECK(zl_conv2d_winograd_ok(&s)); /* float32 would take Winograd here; bf16 must not */
+    check_conv(path, s);
+    /* the VAE's downsampler: stride 2, padding right/bottom only */
+    check_conv(path, (zl_conv_shape){.B = 1, .Cin = 16, .H = 17, .W = 32, .Cout = 20, .kh = 3, .kw = 3, .stride = 2,
+                                     .pad_t = 0, .pad_l = 0, .pad_b = 1, .pad_r = 1});
+    /* the UNet's downsampler (stride 2, padding 1) and a 1x1 shortcut */
+    check_conv(path, (zl_conv_shape){.B = 2, .Cin = 32, .H = 32, .W = 32, .Cout = 48, .kh = 3, .kw = 3, .stride = 2,
+                                     .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1});
+    check_conv(path, (zl_conv_shape){.B = 2, .Cin = 40, .H = 16, .W = 16, .Cout = 24, .kh = 1, .kw = 1, .stride = 1});
+    float *bias = malloc(64 * 4);
+    for (int o = 0; o < 64; o++) bias[o] = frand();
+    double worst;
 
     /* linear, float32 weights */
     const int N = 50, in = 70, out = 33;
@@ -152,7 +174,7 @@ static void check_ops(const char *path) {
             if (!(r <= worst)) worst = r;
         }
     CHECKM(worst <= 1.0, "%s linear (float32 weights): error %.3g of the bound", path, worst);
-    free(x), free(wv), free(bias), free(y), free(y2), free(w16), free(lx), free(lw), free(ly);
+    free(bias), free(lx), free(lw), free(ly);
 }
 
 /* The tile path: the same bytes on 1-4 threads (a shape zl_sgemm splits). */
