@@ -229,6 +229,35 @@ static void check_packed(void) {
     free(A), free(Wv), free(c1), free(c2), free(Bm), free(W), free(p0), free(p1);
 }
 
+/* Columns packed straight from the image = the im2col matrix (built here)
+ * packed, byte for byte: stride 1 with whole 16-pixel runs (the vector path,
+ * edges masked), and shapes that take the scalar path. */
+static void check_im2col(const char *path) {
+    static const zl_conv_shape shapes[] = {
+        {.B = 1, .Cin = 20, .H = 12, .W = 32, .Cout = 8, .kh = 3, .kw = 3, .stride = 1, .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1},
+        {.B = 1, .Cin = 7, .H = 9, .W = 16, .Cout = 8, .kh = 1, .kw = 1, .stride = 1},
+        {.B = 1, .Cin = 5, .H = 11, .W = 13, .Cout = 8, .kh = 3, .kw = 3, .stride = 1, .pad_t = 1, .pad_l = 1, .pad_b = 1, .pad_r = 1},
+        {.B = 1, .Cin = 6, .H = 17, .W = 32, .Cout = 8, .kh = 3, .kw = 3, .stride = 2, .pad_t = 0, .pad_l = 0, .pad_b = 1, .pad_r = 1}};
+    for (size_t t = 0; t < sizeof shapes / sizeof shapes[0]; t++) {
+        const zl_conv_shape *s = &shapes[t];
+        const int Ho = zl_conv_out_h(s), Wo = zl_conv_out_w(s), K = s->Cin * s->kh * s->kw;
+        const int r0 = 1, r1 = Ho - 1, N = (r1 - r0) * Wo;
+        float *x = malloc((size_t)s->Cin * s->H * s->W * 4), *col = malloc((size_t)K * N * 4);
+        for (int i = 0; i < s->Cin * s->H * s->W; i++) x[i] = frand();
+        for (int k = 0; k < K; k++)
+            for (int c = 0; c < N; c++) {
+                const int cin = k / (s->kh * s->kw), ky = (k / s->kw) % s->kh, kx = k % s->kw;
+                const int iy = (r0 + c / Wo) * s->stride - s->pad_t + ky, ix = (c % Wo) * s->stride - s->pad_l + kx;
+                col[(size_t)k * N + c] = iy < 0 || iy >= s->H || ix < 0 || ix >= s->W ? 0.0f : x[((size_t)cin * s->H + iy) * s->W + ix];
+            }
+        uint16_t *a = zl_bf16_pack_im2col(x, s, Wo, r0, r1), *b = zl_bf16_pack_cols(col, N, K, N);
+        const size_t bytes = ((size_t)(N + 31) / 32 * 2 + 1) * ((size_t)(K + 31) / 32 * 32) * 16 * 2;
+        CHECKM(a && b && !memcmp(a, b, bytes), "%s: im2col packing, shape %zu (%dx%d stride %d, %dx%d)", path, t, s->kh,
+               s->kw, s->stride, s->H, s->W);
+        free(a), free(b), free(x), free(col);
+    }
+}
+
 /* A whole UNet (mini-sdxl, mapped F32): its first bf16 forward packs per
  * product, later ones use the packed weights: the same bytes. Folding a LoRA
  * and clearing it repack; float32 afterwards reads the dropped pages again. */
@@ -500,6 +529,7 @@ int main(void) {
     check_cases("emulated");
     check_ops("emulated");
     check_packed(); /* emulated */
+    check_im2col("emulated");
     check_attention("emulated");
     zl_bf16_emulate(0);
     if (zl_bf16_units()) {
@@ -508,6 +538,7 @@ int main(void) {
         check_ops("AMX");
         check_threads();
         check_packed();
+        check_im2col("AMX");
         check_attention("AMX");
         check_unet();
     } else {

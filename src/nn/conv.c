@@ -205,10 +205,17 @@ static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, cons
         if (b) fill_bias(yb, b, s->Cout, HWo);
         for (int r0 = 0; r0 < Ho && !rc; r0 += R) {
             const int r1 = r0 + R < Ho ? r0 + R : Ho, N = (r1 - r0) * Wo;
+            if (Wp || (!F && zl_bf16_active())) {
+                /* bfloat16: the columns packed straight from x, for all blocks */
+                uint16_t *Bp = zl_bf16_pack_im2col(xb, s, Wo, r0, r1);
+                if (Bp) {
+                    rc = zl_sgemm_bf16_cols(s->Cout, N, K, wdt, Wst, Wp, Bp, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo,
+                                            (int)HWo);
+                    free(Bp);
+                    continue;
+                }
+            }
             im2col(col, xb, s, Wo, r0, r1);
-            if ((Wp || (!F && zl_bf16_active())) &&
-                !conv_gemm_bf16(s, K, N, col, wdt, Wst, Wp, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo, (int)HWo, &rc))
-                continue;
             if (Wp)
                 rc = zl_sgemm_bf16p_nn(s->Cout, N, K, Wp, col, N, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo, (int)HWo);
             else if (F)

@@ -437,6 +437,91 @@ uint16_t *zl_bf16_pack_cols(const float *B, int ldb, int K, int N) {
     return p;
 }
 
+/* Element (k, c) of the im2col matrix of x [Cin, H, W] for output rows from r0. */
+static inline float im2col_at(const float *x, const zl_conv_shape *s, int Wo, int r0, int k, int c) {
+    const int kk = s->kh * s->kw, cin = k / kk, ky = (k % kk) / s->kw, kx = k % s->kw;
+    const int oy = r0 + c / Wo, ox = c % Wo;
+    const int iy = oy * s->stride - s->pad_t + ky, ix = ox * s->stride - s->pad_l + kx;
+    if (iy < 0 || iy >= s->H || ix < 0 || ix >= s->W) return 0.0f;
+    return x[((size_t)cin * s->H + iy) * s->W + ix];
+}
+
+/* K block kb (32 rows) of the im2col matrix (stride 1, Wo a multiple of 16:
+ * every 16 columns are one run of an input row), for every column group: each
+ * group's 1 KB tile is written whole, in order, and each of the block's input
+ * rows is read along its length from one group to the next. */
+AMX_TARGET static void im2col_kb_avx(uint16_t *dst, size_t gs, const float *x, const zl_conv_shape *s, int Wo, int r0,
+                                     int r1, int kb, int ng) {
+    const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
+                                         21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const int kk = s->kh * s->kw, K = s->Cin * kk;
+    int cin[32], ky[32], kx[32], ok[32];
+    for (int t = 0; t < 32; t++) {
+        const int k = kb * 32 + t;
+        ok[t] = k < K;
+        cin[t] = k / kk, ky[t] = (k % kk) / s->kw, kx[t] = k % s->kw;
+    }
+    uint16_t *d = dst + (size_t)kb * 512;
+    int g = 0;
+    for (int oy = r0; oy < r1; oy++) {
+        uintptr_t row[32];
+        for (int t = 0; t < 32; t++) {
+            const int iy = oy - s->pad_t + ky[t];
+            row[t] = ok[t] && iy >= 0 && iy < s->H ? (uintptr_t)(x + ((size_t)cin[t] * s->H + iy) * s->W) : 0;
+        }
+        for (int ox0 = 0; ox0 < Wo; ox0 += 16, g++) {
+            uint16_t *tile = d + (size_t)g * gs;
+            for (int pr = 0; pr < 16; pr++) {
+                __m512 v[2];
+                for (int h = 0; h < 2; h++) {
+                    const int t = 2 * pr + h;
+                    if (!row[t]) {
+                        v[h] = _mm512_setzero_ps();
+                        continue;
+                    }
+                    const int ix0 = ox0 - s->pad_l + kx[t];
+                    unsigned mk = 0xFFFFu;
+                    if (ix0 < 0) mk &= 0xFFFFu << (-ix0 < 16 ? -ix0 : 16);
+                    if (ix0 + 16 > s->W) mk &= s->W - ix0 <= 0 ? 0u : (1u << (s->W - ix0)) - 1u;
+                    /* lanes outside the row are masked off, so they are never read */
+                    v[h] = _mm512_maskz_loadu_ps((__mmask16)mk, (const void *)(row[t] + (uintptr_t)((intptr_t)ix0 * 4)));
+                }
+                const __m512i b = (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]);
+                _mm512_storeu_si512(tile + (size_t)pr * 32, _mm512_permutexvar_epi16(idx, b));
+            }
+        }
+    }
+    for (; g < ng; g++)
+        for (int pr = 0; pr < 16; pr++) _mm512_storeu_si512(d + (size_t)g * gs + (size_t)pr * 32, _mm512_setzero_si512());
+}
+
+uint16_t *zl_bf16_pack_im2col(const float *x, const zl_conv_shape *s, int Wo, int r0, int r1) {
+    const int K = s->Cin * s->kh * s->kw, N = (r1 - r0) * Wo;
+    const size_t K32 = (size_t)ceil_to(K, 32), ng = (size_t)ceil_to(N, 32) / 16 + 1, gs = K32 * 16;
+    uint16_t *p = aligned_alloc(64, ng * gs * sizeof(uint16_t));
+    if (!p) return NULL;
+    const int fast = !g_emulate && zl_bf16_units() == 1 && s->stride == 1 && Wo % 16 == 0;
+    if (fast) {
+        const int nkb = (int)(K32 / 32);
+        #pragma omp parallel for schedule(static) if (!omp_in_parallel() && (size_t)K * N > 65536)
+        for (int kb = 0; kb < nkb; kb++) im2col_kb_avx(p, gs, x, s, Wo, r0, r1, kb, (int)ng);
+        return p;
+    }
+    const long npair = (long)(K32 / 2);
+    #pragma omp parallel for schedule(static) if (!omp_in_parallel() && (size_t)K * N > 65536)
+    for (long q = 0; q < npair; q++) {
+        const int k = (int)q * 2, kb = k / 32, pr = (k % 32) / 2;
+        for (size_t g = 0; g < ng; g++)
+            for (int c = 0; c < 16; c++)
+                for (int h = 0; h < 2; h++) {
+                    const int col = (int)g * 16 + c, kk = k + h;
+                    const float v = col < N && kk < K ? im2col_at(x, s, Wo, r0, kk, col) : 0.0f;
+                    p[g * gs + (size_t)kb * 512 + (size_t)pr * 32 + (size_t)c * 2 + h] = zl_f32_to_bf16(v);
+                }
+    }
+    return p;
+}
+
 uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int conv) {
     const size_t K32 = (size_t)ceil_to(K, 32), R32 = (size_t)ceil_to(rows, 32), gs = K32 * 16;
     /* one more zero group: a block of the grid may start at an odd group, and

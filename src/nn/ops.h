@@ -66,6 +66,7 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
  * C[M,N] = W[M,K] B (+ beta C), W stored (or packed, Wp), B packed by
  * zl_bf16_pack_cols (aligned_alloc'd; free(); NULL when out of memory). */
 uint16_t *zl_bf16_pack_cols(const float *B, int ldb, int K, int N);
+
 int zl_sgemm_bf16_cols(int M, int N, int K, zl_dtype wdt, const void *W, const uint16_t *Wp, const uint16_t *Bp,
                        float beta, float *C, int ldc);
 /* A weight [rows, K] packed once for the tile unit (aligned_alloc'd; free()):
@@ -106,6 +107,11 @@ typedef struct {
     int B, Cin, H, W, Cout, kh, kw, stride;
     int pad_t, pad_l, pad_b, pad_r;
 } zl_conv_shape;
+/* The bfloat16 column packing (zl_bf16_pack_cols) of the im2col matrix of one
+ * image x [Cin, H, W] for output rows [r0, r1) (K = Cin kh kw, N = (r1 - r0)
+ * Wo), straight from x: equal to im2col then zl_bf16_pack_cols, without the
+ * float32 columns. NULL when out of memory. */
+uint16_t *zl_bf16_pack_im2col(const float *x, const zl_conv_shape *s, int Wo, int r0, int r1);
 int zl_conv_out_h(const zl_conv_shape *s);
 int zl_conv_out_w(const zl_conv_shape *s);
 void zl_conv2d_fwd(float *y, const float *x, const float *Wt, const float *b, const zl_conv_shape *s);
