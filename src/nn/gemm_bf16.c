@@ -10,12 +10,18 @@
  *
  * Layout. The tile unit multiplies A tiles (16 rows x 32 bfloat16 of K) by B
  * tiles in "VNNI" order (16 pairs of K x 16 columns, each pair adjacent).
- * Operands are packed per block of zl_sgemm's grid into thread-local buffers
- * of whole tiles: A as [row group][K block][16][32], B as [column group][K
- * block][16][16][2], zero-padded to 32 rows or columns and to a multiple of 32
- * in K (zero products change no sum). The kernel then computes 32x32 blocks
- * of C from two A and two B tiles per K block, accumulating onto C as it was
- * (the caller has zeroed it or written the bias).
+ * Operands are packed as whole tiles: A as [row group][K block][16][32], B as
+ * [column group][K block][16][16][2], zero-padded to 32 rows or columns and to
+ * a multiple of 32 in K (zero products change no sum). Where they are packed:
+ * - a weight once for all products (zl_bf16_pack_weight; the UNet does so at a
+ *   weight's second use), or else its slice per block of zl_sgemm's grid,
+ *   into a thread-local buffer;
+ * - other B operands a panel of 32 columns at a time just before its products,
+ *   except a convolution's columns: once per product, straight from the image
+ *   (zl_bf16_pack_im2col) or from the input (zl_bf16_pack_cols).
+ * The kernel computes 32x32 blocks of C from two A and two B tiles per K
+ * block, accumulating onto C as it was (the caller has zeroed it or written
+ * the bias). Every way of packing gives the same tiles, so the same bytes.
  *
  * Determinism: every element of C is one accumulator's sum over the K blocks
  * in order, whatever the block of the grid around it, so results do not
