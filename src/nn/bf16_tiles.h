@@ -10,8 +10,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* 1 when the AMX tiles run the products (0: the scalar model, for tests). */
-int zl_bf16_fast(void);
 /* A tiles of src [m, K] (row stride ld), each value times mul first (0: as is). */
 void zl_bf16_pack_a_f32(uint16_t *dst, const float *src, int ld, int m, int K, float mul);
 /* B tiles of op(B) [K, n]: nt, op(B) = src^T with src [n, K]; else src [K, n]. */

@@ -155,18 +155,6 @@ void zl_conv2d_bwd(float *dx, float *dW, float *db, const float *dy, const float
     zl_conv2d_bwd_rows(dx, dW, db, dy, x, Wt, s, 0);
 }
 
-/* bfloat16 products: C [Cout, N] (+)= W B with B [K, N] (ldb N) packed once
- * for all blocks of the product (zl_bf16_pack_cols); nonzero when its buffer
- * cannot be had (nothing written then). */
-static int conv_gemm_bf16(const zl_conv_shape *s, int K, int N, const float *B, zl_dtype wdt, const void *Wst,
-                          const uint16_t *Wp, float beta, float *C, int ldc, int *rc) {
-    uint16_t *Bp = zl_bf16_pack_cols(B, N, K, N);
-    if (!Bp) return 1;
-    *rc = zl_sgemm_bf16_cols(s->Cout, N, K, wdt, Wst, Wp, Bp, beta, C, ldc);
-    free(Bp);
-    return 0;
-}
-
 /* The forward, with the weights as float32 (F != NULL), packed for the
  * bfloat16 tile products (Wp != NULL) or in a stored dtype. */
 static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, const void *Wst, const uint16_t *Wp,
@@ -176,14 +164,19 @@ static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, cons
     const int K = s->Cin * s->kh * s->kw;
     int rc = 0;
     if (Ho <= 0 || Wo <= 0 || s->Cout <= 0) return 0;
+    const int bf16 = Wp || (!F && zl_bf16_active());
     if (is_pointwise(s)) {
         for (int n = 0; n < s->B && !rc; n++) {
             float *yb = y + (size_t)n * s->Cout * HWo;
             const float *xb = x + (size_t)n * s->Cin * HWi;
             if (b) fill_bias(yb, b, s->Cout, HWo);
-            if ((Wp || (!F && zl_bf16_active())) &&
-                !conv_gemm_bf16(s, s->Cin, (int)HWo, xb, wdt, Wst, Wp, b ? 1.0f : 0.0f, yb, (int)HWo, &rc))
+            /* bfloat16: the input packed once for all blocks of the product */
+            uint16_t *Bp = bf16 ? zl_bf16_pack_cols(xb, (int)HWo, s->Cin, (int)HWo) : NULL;
+            if (Bp) {
+                rc = zl_sgemm_bf16_cols(s->Cout, (int)HWo, s->Cin, wdt, Wst, Wp, Bp, b ? 1.0f : 0.0f, yb, (int)HWo);
+                free(Bp);
                 continue;
+            }
             if (Wp)
                 rc = zl_sgemm_bf16p_nn(s->Cout, (int)HWo, s->Cin, Wp, xb, (int)HWo, b ? 1.0f : 0.0f, yb, (int)HWo);
             else if (F)
@@ -194,8 +187,10 @@ static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, cons
         return rc;
     }
     int R = rows > 0 ? (rows < Ho ? rows : Ho) : tile_rows(s, Ho, Wo);
-    float *col = alloc_col(K, Wo, &R); // [K, R*Wo]
-    if (!col) {
+    /* float32 columns [K, R*Wo]; bfloat16 packs from x and needs them only if
+     * its own buffer cannot be had */
+    float *col = bf16 ? NULL : alloc_col(K, Wo, &R);
+    if (!bf16 && !col) {
         poison(y, (size_t)s->B * s->Cout * HWo);
         return 0;
     }
@@ -204,16 +199,21 @@ static int conv_fwd(float *y, const float *x, const float *F, zl_dtype wdt, cons
         float *yb = y + (size_t)n * s->Cout * HWo; // [Cout, Ho*Wo]
         if (b) fill_bias(yb, b, s->Cout, HWo);
         for (int r0 = 0; r0 < Ho && !rc; r0 += R) {
-            const int r1 = r0 + R < Ho ? r0 + R : Ho, N = (r1 - r0) * Wo;
-            if (Wp || (!F && zl_bf16_active())) {
-                /* bfloat16: the columns packed straight from x, for all blocks */
-                uint16_t *Bp = zl_bf16_pack_im2col(xb, s, Wo, r0, r1);
-                if (Bp) {
-                    rc = zl_sgemm_bf16_cols(s->Cout, N, K, wdt, Wst, Wp, Bp, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo,
-                                            (int)HWo);
-                    free(Bp);
-                    continue;
+            int r1 = r0 + R < Ho ? r0 + R : Ho, N = (r1 - r0) * Wo;
+            /* bfloat16: the columns packed straight from x, once for all blocks */
+            uint16_t *Bp = bf16 ? zl_bf16_pack_im2col(xb, s, Wo, r0, r1) : NULL;
+            if (Bp) {
+                rc = zl_sgemm_bf16_cols(s->Cout, N, K, wdt, Wst, Wp, Bp, b ? 1.0f : 0.0f, yb + (size_t)r0 * Wo,
+                                        (int)HWo);
+                free(Bp);
+                continue;
+            }
+            if (!col) { /* bfloat16's buffer could not be had: float32 columns, maybe fewer rows */
+                if (!(col = alloc_col(K, Wo, &R))) {
+                    poison(y, (size_t)s->B * s->Cout * HWo);
+                    return 0;
                 }
+                r1 = r0 + R < Ho ? r0 + R : Ho, N = (r1 - r0) * Wo;
             }
             im2col(col, xb, s, Wo, r0, r1);
             if (Wp)

@@ -84,6 +84,8 @@ int zl_bf16_units(void) {
 void zl_set_matmul_precision(zl_matmul_precision p) { g_prec = p; }
 zl_matmul_precision zl_get_matmul_precision(void) { return g_prec; }
 void zl_bf16_emulate(int on) { g_emulate = on; }
+/* The tiles run the products (0: the scalar model, for tests). */
+static int tiles(void) { return !g_emulate && zl_bf16_units() == 1; }
 int zl_bf16_active(void) { return g_prec == ZL_MATMUL_BF16 && (g_emulate || zl_bf16_units()); }
 
 /* ---- packing -------------------------------------------------------------
@@ -387,7 +389,7 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
     const size_t asz = packA ? (size_t)ceil_to(m, 32) * K32 : 0, bsz = packB ? 32 * K32 : 0;
     uint16_t *buf = pack_buf(asz + bsz > 0 ? asz + bsz : 1);
     if (!buf) return ZL_ENOMEM;
-    const int fast = !g_emulate && zl_bf16_units() == 1;
+    const int fast = tiles();
     /* mode 0: C = F W^T (W [N, K] rows); mode 1: C = W F (W [M, K] rows, F [K, N]);
      * mode 2: C = F W (W [K, N] rows). */
     const msrc f = {ZL_DT_F32, F, (size_t)ldf, 0.0f}, w = {wdt, W, (size_t)ldw, 0.0f};
@@ -423,7 +425,7 @@ uint16_t *zl_bf16_pack_cols(const float *B, int ldb, int K, int N) {
     uint16_t *p = aligned_alloc(64, ng * gs * sizeof(uint16_t));
     if (!p) return NULL;
     const msrc s = {ZL_DT_F32, B, (size_t)ldb, 0.0f};
-    const int fast = !g_emulate && zl_bf16_units() == 1;
+    const int fast = tiles();
     const long npair = (long)(K32 / 2);
     #pragma omp parallel for schedule(static) if (!omp_in_parallel() && (size_t)K * N > 65536)
     for (long q = 0; q < npair; q++) {
@@ -506,7 +508,7 @@ uint16_t *zl_bf16_pack_im2col(const float *x, const zl_conv_shape *s, int Wo, in
     const size_t K32 = (size_t)ceil_to(K, 32), ng = (size_t)ceil_to(N, 32) / 16 + 1, gs = K32 * 16;
     uint16_t *p = aligned_alloc(64, ng * gs * sizeof(uint16_t));
     if (!p) return NULL;
-    const int fast = !g_emulate && zl_bf16_units() == 1 && s->stride == 1 && Wo % 16 == 0;
+    const int fast = tiles() && s->stride == 1 && Wo % 16 == 0;
     if (fast) {
         const int nkb = (int)(K32 / 32);
         #pragma omp parallel for schedule(static) if (!omp_in_parallel() && (size_t)K * N > 65536)
@@ -536,7 +538,7 @@ uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int c
     if (!p) return NULL;
     memset(p + R32 * K32, 0, 16 * K32 * sizeof(uint16_t));
     const msrc w = {dt, W, (size_t)K, 0.0f};
-    const int fast = !g_emulate && zl_bf16_units() == 1;
+    const int fast = tiles();
     const long np = (long)(R32 / 32);
     /* a pair of 16-row groups per task: the packers pad to 32 rows */
     #pragma omp parallel for schedule(dynamic, 4) if (np > 1 && !omp_in_parallel())
@@ -555,23 +557,22 @@ uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int c
 }
 
 /* ---- for other ops (attention) ------------------------------------------ */
-int zl_bf16_fast(void) { return !g_emulate && zl_bf16_units() == 1; }
 
 void zl_bf16_pack_a_f32(uint16_t *dst, const float *src, int ld, int m, int K, float mul) {
     const msrc s = {ZL_DT_F32, src, (size_t)ld, mul};
-    if (zl_bf16_fast()) pack_a_avx(dst, &s, 0, m, K);
+    if (tiles()) pack_a_avx(dst, &s, 0, m, K);
     else pack_a_scalar(dst, &s, 0, m, K);
 }
 
 void zl_bf16_pack_b_f32(uint16_t *dst, const float *src, int ld, int nt, int n, int K) {
     const msrc s = {ZL_DT_F32, src, (size_t)ld, 0.0f};
-    if (zl_bf16_fast()) pack_b_avx(dst, &s, nt, 0, n, K);
+    if (tiles()) pack_b_avx(dst, &s, nt, 0, n, K);
     else pack_b_scalar(dst, &s, nt, 0, n, K);
 }
 
 void zl_bf16_tiles(const uint16_t *Ap, size_t gsa, const uint16_t *Bp, size_t gsb, int m, int n, int K, float *C,
                    int ldc) {
-    if (zl_bf16_fast())
+    if (tiles())
         kernel_amx(Ap, gsa, Bp, gsb, m, n, K, C, ldc);
     else
         kernel_emulated(Ap, gsa, Bp, gsb, m, n, K, C, ldc);
