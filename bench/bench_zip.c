@@ -414,6 +414,7 @@ static int solve_bench(int argc, char **argv) {
             sink += sacc;
         }
         const double tb = zl_now() - t0;
+        (void)sink;
         printf("%-8d %10.3f s %12.3f s %8.2f   (objective %.6g -> %.6g)\n", n, ts, tb, ts / tb, before, after);
         free(a), free(X), free(C), free(mc), free(ms);
         for (int k = 0; k < 2; k++) free(L[k].down), free(L[k].up);
