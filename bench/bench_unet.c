@@ -392,10 +392,11 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--backward-only")) o.forward = 0;
         else if (!strcmp(a, "--f32-weights")) o.f32 = 1;
         else if (!strcmp(a, "--bf16")) zl_set_matmul_precision(ZL_MATMUL_BF16);
+        else if (!strcmp(a, "--bf16x3")) zl_set_matmul_precision(ZL_MATMUL_BF16X3);
         else {
             fprintf(stderr, "usage: %s [--dir D] [--threads N] [--quick] [--sizes 64,128] [--batches 1,2] [--reps N] "
                             "[--warmup N] [--no-backward] [--backward-only] [--grad-mode keep|recompute] [--rank R] "
-                            "[--f32-weights] [--bf16]\n", argv[0]);
+                            "[--f32-weights] [--bf16|--bf16x3]\n", argv[0]);
             return 2;
         }
     }
@@ -414,8 +415,9 @@ int main(int argc, char **argv) {
     printf("model: %s (SDXL base UNet, random weights, F16, %s weights%s)\n", model,
            o.f32 ? "resident F32" : "F16-resident (stored dtype)", written ? "" : "; reused");
     if (written) printf("synthesized in %.1f s\n", zl_now() - t0);
-    if (zl_get_matmul_precision() == ZL_MATMUL_BF16)
-        printf("matmul precision: bf16 (%s)\n", zl_bf16_units() ? "AMX-BF16 tiles" : "no AMX-BF16 here: float32");
+    if (zl_get_matmul_precision() != ZL_MATMUL_F32)
+        printf("matmul precision: %s (%s)\n", zl_get_matmul_precision() == ZL_MATMUL_BF16 ? "bf16" : "bf16x3",
+               zl_bf16_units() ? "AMX-BF16 tiles" : "no AMX-BF16 here: float32");
 
     machine_line();
     double sgc = 0, sg = sgemm_rate_forked(5, o.threads, &sgc);

@@ -70,8 +70,11 @@ int zl_get_threads(void);
  * F32 (the default) is exact float32. BF16 rounds both factors to bfloat16
  * and sums in float32 on Intel AMX tile units, where the CPU has them (several
  * times faster; relative error about 2^-8 per product, as PyTorch's bfloat16
- * autocast). Elsewhere BF16 is a permission only and products stay F32. */
-typedef enum { ZL_MATMUL_F32 = 0, ZL_MATMUL_BF16 = 1 } zl_matmul_precision;
+ * autocast). BF16X3 splits each factor into two bfloat16 parts, x = hi + lo,
+ * and sums three tile products, hi hi + hi lo + lo hi: about 2^-17 relative
+ * per product, near float32 (a stored F16 weight splits exactly). Elsewhere
+ * BF16 and BF16X3 are a permission only and products stay F32. */
+typedef enum { ZL_MATMUL_F32 = 0, ZL_MATMUL_BF16 = 1, ZL_MATMUL_BF16X3 = 2 } zl_matmul_precision;
 void zl_set_matmul_precision(zl_matmul_precision p);
 zl_matmul_precision zl_get_matmul_precision(void);
 /* 1 if this CPU and OS give this process AMX-BF16 tiles (ZL_NO_AMX=1 in the

@@ -85,9 +85,10 @@ typedef struct {
     int preview;                            /* rows of the preview grid (0: none) */
     const char *preview_out;                /* PNG (default: OUT without .safetensors + ".preview.png") */
     int preview_steps;                      /* 0: ref_steps */
-    int infer_bf16;                         /* generate references and previews with bfloat16 products
-                                               (ZL_MATMUL_BF16, on AMX where the CPU has it); the
-                                               optimisation and every measurement stay float32 */
+    int infer_precision;                    /* zl_matmul_precision of the generated references and
+                                               previews (0: F32; BF16 and BF16X3 run on AMX where the
+                                               CPU has it); the optimisation and every measurement
+                                               stay float32 */
     int progress;                           /* progress bars on stderr */
 } zl_ziprun_params;
 

@@ -24,17 +24,26 @@ int zl_cli_float(const char *cmd, const char *flag, const char *s, double *out);
  * argv[*i] was consumed (advancing *i over a value), 0 if not, -1 on error. */
 int zl_cli_common(const char *cmd, int argc, char **argv, int *i);
 
-/* --precision f32|bf16 (generate and the run stages): the precision of the
- * products with model weights (zl_set_matmul_precision). Same return
- * convention as zl_cli_common; *prec is set. */
+/* --precision auto|f32|bf16x3|bf16 (generate, zip, eval-merge and the run
+ * stages): the precision of the products with model weights
+ * (zl_set_matmul_precision). Same return convention as zl_cli_common; *prec
+ * is set to a zl_matmul_precision or ZL_CLI_PREC_AUTO. */
+#define ZL_CLI_PREC_AUTO (-1)
 int zl_cli_precision_flag(const char *cmd, int argc, char **argv, int *i, int *prec);
-/* Set it, and say so when bf16 has no AMX-BF16 tiles to run on here. */
+/* auto: bf16x3 where this process has AMX-BF16 tiles, else f32. */
+int zl_cli_resolve_precision(int prec);
+/* Set it (resolved), and say so when bf16/bf16x3 has no tiles to run on here. */
 void zl_cli_set_precision(const char *cmd, int prec);
+/* Its name: "f32", "bf16x3" or "bf16". */
+const char *zl_cli_precision_name(int prec);
 #define ZL_CLI_PRECISION_HELP                                                                                           \
-    "  --precision P          f32 (default) or bf16: products with the model's weights in bfloat16, summed\n"         \
-    "                         in float32, on Intel AMX tile units (SDXL steps 2-3x faster; the UNet's output\n"   \
-    "                         moves by about 1 %%, as with PyTorch's bfloat16 autocast). CPUs without\n"           \
-    "                         AMX-BF16 compute float32 either way\n"
+    "  --precision P          how products with the model's weights are computed: auto (default: bf16x3\n"       \
+    "                         where the CPU has Intel AMX-BF16 tile units, else f32), f32, bf16x3 or bf16.\n"     \
+    "                         bf16x3 splits each factor into two bfloat16 parts and sums three tile products\n"  \
+    "                         in float32 (about 2^-17 per product; a UNet's output within about 1e-5 of\n"       \
+    "                         float32's; SDXL 1.2-2x faster). bf16 keeps one part (2-3x faster; the output\n"    \
+    "                         moves by about 1 %%, as with PyTorch's bfloat16 autocast). Without AMX-BF16\n"      \
+    "                         all are float32\n"
 
 /* The noise-schedule flags of generate, zip and eval-merge: --prediction P,
  * --spacing S, --zero-snr, --no-zero-snr. Same return convention as

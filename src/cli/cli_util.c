@@ -96,7 +96,7 @@ int zl_cli_common(const char *cmd, int argc, char **argv, int *i) {
 int zl_cli_precision_flag(const char *cmd, int argc, char **argv, int *i, int *prec) {
     if (strcmp(argv[*i], "--precision")) return 0;
     if (*i + 1 >= argc) {
-        zl_cli_usage(cmd, "--precision needs a value: f32 or bf16");
+        zl_cli_usage(cmd, "--precision needs a value: auto, f32, bf16x3 or bf16");
         return -1;
     }
     const char *v = argv[++*i];
@@ -104,17 +104,32 @@ int zl_cli_precision_flag(const char *cmd, int argc, char **argv, int *i, int *p
         *prec = ZL_MATMUL_F32;
     else if (!strcmp(v, "bf16") || !strcmp(v, "bfloat16"))
         *prec = ZL_MATMUL_BF16;
+    else if (!strcmp(v, "bf16x3"))
+        *prec = ZL_MATMUL_BF16X3;
+    else if (!strcmp(v, "auto"))
+        *prec = ZL_CLI_PREC_AUTO;
     else {
-        zl_cli_usage(cmd, "--precision '%s': expected f32 or bf16", v);
+        zl_cli_usage(cmd, "--precision '%s': expected auto, f32, bf16x3 or bf16", v);
         return -1;
     }
     return 1;
 }
 
+int zl_cli_resolve_precision(int prec) {
+    if (prec == ZL_CLI_PREC_AUTO) return zl_bf16_units() ? ZL_MATMUL_BF16X3 : ZL_MATMUL_F32;
+    return prec == ZL_MATMUL_BF16 || prec == ZL_MATMUL_BF16X3 ? prec : ZL_MATMUL_F32;
+}
+
+const char *zl_cli_precision_name(int prec) {
+    return prec == ZL_MATMUL_BF16 ? "bf16" : prec == ZL_MATMUL_BF16X3 ? "bf16x3" : "f32";
+}
+
 void zl_cli_set_precision(const char *cmd, int prec) {
-    zl_set_matmul_precision(prec == ZL_MATMUL_BF16 ? ZL_MATMUL_BF16 : ZL_MATMUL_F32);
-    if (prec == ZL_MATMUL_BF16 && !zl_bf16_units())
-        zl_warn("%s --precision bf16: this CPU has no AMX-BF16 tile units; the products are float32", cmd);
+    const int p = zl_cli_resolve_precision(prec);
+    zl_set_matmul_precision((zl_matmul_precision)p);
+    if (p != ZL_MATMUL_F32 && !zl_bf16_units())
+        zl_warn("%s --precision %s: this CPU has no AMX-BF16 tile units; the products are float32", cmd,
+                zl_cli_precision_name(p));
 }
 
 /* "FILE:W" -> FILE (allocated), W. A trailing ":<number>" is a weight; a path

@@ -20,6 +20,7 @@
 #define MAX_LORAS 16
 #define MAX_EMBEDDINGS 16
 #define MAX_BATCH 64
+#define PREC_UNSET (-2) /* --precision not given (--from-png may set it) */
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -242,7 +243,7 @@ typedef struct {
     double strength; /* img2img's or the hires pass's; 0: txt2img */
     double hires_scale; /* 0: no hires fix */
     int hires_steps;    /* given for the hires pass; 0: --steps */
-    int bf16;           /* the products ran in bfloat16 (on AMX tiles) */
+    const char *precision; /* "bf16" or "bf16x3" when the products ran on AMX tiles; NULL: float32 */
     int chunks;      /* --long-prompt: chunks per prompt; 0: not asked */
     int no_emphasis; /* --long-prompt --no-emphasis */
 } infotext;
@@ -269,8 +270,8 @@ static int make_parameters(const infotext *it, uint64_t seed, long noise_index, 
     if (!rc && it->hires_scale > 0 && it->hires_steps) rc = sb_printf(&b, ", Hires steps: %d", it->hires_steps);
     if (!rc && it->hires_scale > 0) rc = sb_printf(&b, ", Hires upscaler: Latent");
     if (!rc && it->chunks) rc = sb_printf(&b, ", Prompt chunks: %d", it->chunks);
-    if (!rc && it->bf16) rc = sb_printf(&b, ", Precision: bf16");
     if (!rc && it->chunks && it->no_emphasis) rc = sb_printf(&b, ", Emphasis: None");
+    if (!rc && it->precision) rc = sb_printf(&b, ", Precision: %s", it->precision);
     if (!rc && it->vae_name) rc = sb_printf(&b, ", VAE hash: %s, VAE: ", it->vae_hash);
     if (!rc && it->vae_name) rc = sb_quoted(&b, it->vae_name);
     if (!rc && it->n_loras) {
@@ -384,7 +385,7 @@ typedef struct {
     double cfg, cfg_rescale, strength;
     double hires_scale; /* NAN: no hires fix */
     long hires_steps;   /* 0: --steps */
-    int precision;      /* zl_matmul_precision; -1: not given */
+    int precision;      /* zl_matmul_precision or ZL_CLI_PREC_AUTO; PREC_UNSET: not given */
     uint64_t seed;
     zl_sched_override sched;
     char sampler_buf[80]; /* --from-png's sampler name */
@@ -480,11 +481,19 @@ static int apply_png(const char *path, const zl_png_params *pp, gen_args *c) {
     if (!c->n_lora && ((v = zl_png_params_get(pp, "Lora weights")) || (v = zl_png_params_get(pp, "Lora hashes"))))
         zl_warn("%s was made with the LoRAs %s: the file names are not in the image; give them with --lora FILE:W", path,
                 v);
-    if (c->precision < 0 && (v = zl_png_params_get(pp, "Precision"))) {
+    /* the precision it was made with; none given: float32 if it is ours (else
+     * the default) */
+    if (c->precision == PREC_UNSET && (v = zl_png_params_get(pp, "Precision"))) {
         if (!strcmp(v, "bf16"))
             c->precision = ZL_MATMUL_BF16;
+        else if (!strcmp(v, "bf16x3"))
+            c->precision = ZL_MATMUL_BF16X3;
+        else if (!strcmp(v, "f32"))
+            c->precision = ZL_MATMUL_F32;
         else
-            zl_warn("%s: Precision '%s' is not one of this tool's (f32, bf16); using f32", path, v);
+            zl_warn("%s: Precision '%s' is not one of this tool's (f32, bf16x3, bf16); using the default", path, v);
+    } else if (c->precision == PREC_UNSET && (v = zl_png_params_get(pp, "Version")) && !strncmp(v, "ziplora", 7)) {
+        c->precision = ZL_MATMUL_F32;
     }
     if (!c->n_emb && (v = zl_png_params_get(pp, "TI hashes")))
         zl_warn("%s was made with the embeddings %s: give their files with --embedding FILE", path, v);
@@ -798,7 +807,9 @@ static int generate_run(gen_args *A) {
     it.strength = init_path || hires ? strength : 0;
     it.hires_scale = hires ? hires_scale : 0;
     it.hires_steps = (int)A->hires_steps;
-    it.bf16 = zl_get_matmul_precision() == ZL_MATMUL_BF16 && zl_bf16_units();
+    it.precision = zl_get_matmul_precision() != ZL_MATMUL_F32 && zl_bf16_units()
+                       ? zl_cli_precision_name(zl_get_matmul_precision())
+                       : NULL;
     it.chunks = long_prompt ? (cond.T > 0 ? cond.T : ZL_CLIP_CTX) / ZL_CLIP_CTX : 0;
     it.no_emphasis = no_emphasis;
 
@@ -861,7 +872,7 @@ done:
 
 int zl_cmd_generate(int argc, char **argv) {
     gen_args A = {.sampler_name = "euler", .steps = 50, .batch = 1, .clip_skip = 1, .cfg = NAN, .strength = NAN,
-                  .hires_scale = NAN, .precision = -1};
+                  .hires_scale = NAN, .precision = PREC_UNSET};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = zl_cli_common(CMD, argc, argv, &i);
@@ -962,7 +973,7 @@ int zl_cmd_generate(int argc, char **argv) {
             return code;
         }
     }
-    zl_cli_set_precision(CMD, A.precision);
+    zl_cli_set_precision(CMD, A.precision == PREC_UNSET ? ZL_CLI_PREC_AUTO : A.precision);
     int code = generate_run(&A); /* its strings may point into pp */
     zl_png_params_free(&pp);
     return code;

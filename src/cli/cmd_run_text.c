@@ -26,7 +26,8 @@ static void usage(FILE *f) {
             "  --te2-config JSON    heads are not 64 wide); likewise for the second\n"
             "  --clip-skip N        prompt_embeds from the N-th layer from the end (A1111's Clip skip, as\n"
             "                       generate); the per-encoder tensors are unchanged\n"
-            "  --precision P        f32 (default) or bf16: bfloat16 products on AMX tiles\n"
+            "  --precision P        auto (default: bf16x3 with AMX-BF16, else f32), f32, bf16x3 or bf16\n"
+            "                       (see generate --help)\n"
             "  --in FILE, -o FILE   input ids and output tensors\n"
             "  -q, -v, --threads N  quiet, verbose, thread count\n");
 }
@@ -64,7 +65,7 @@ int zl_run_text(int argc, char **argv) {
     const char *lora_args[MAX_LORAS];
     int n_lora = 0;
     long clip_skip = 1;
-    int prec = ZL_MATMUL_F32;
+    int prec = ZL_CLI_PREC_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = zl_cli_common("run text", argc, argv, &i);

@@ -24,7 +24,8 @@ static void usage(FILE *f) {
             "  --runtime            apply LoRAs as runtime branches\n"
             "  --unet-config JSON   diffusers unet config.json (for a non-standard single file)\n"
             "  --f32-weights        widen all weights to float32 once (more memory)\n"
-            "  --precision P        f32 (default) or bf16: bfloat16 products on AMX tiles\n"
+            "  --precision P        auto (default: bf16x3 with AMX-BF16, else f32), f32, bf16x3 or bf16\n"
+            "                       (see generate --help)\n"
             "  --in FILE, -o FILE   input and output tensors\n"
             "  -q, -v, --threads N  quiet, verbose, thread count\n");
 }
@@ -51,7 +52,7 @@ int zl_run_unet(int argc, char **argv) {
     const char *model = NULL, *in_path = NULL, *out_path = NULL, *cfg_path = NULL;
     const char *lora_args[MAX_LORAS];
     int n_lora = 0, runtime = 0, f32 = 0;
-    int prec = ZL_MATMUL_F32;
+    int prec = ZL_CLI_PREC_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = zl_cli_common("run unet", argc, argv, &i);

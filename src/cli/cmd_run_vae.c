@@ -18,7 +18,8 @@ static void usage(FILE *f, int enc) {
             "  --model M            diffusers model folder, single-file checkpoint or standalone VAE file\n"
             "  --vae-config JSON    diffusers vae/config.json (for a non-standard single file)\n"
             "%s"
-            "  --precision P        f32 (default) or bf16: bfloat16 products on AMX tiles\n"
+            "  --precision P        auto (default: bf16x3 with AMX-BF16, else f32), f32, bf16x3 or bf16\n"
+            "                       (see generate --help)\n"
             "  --in FILE, -o FILE   input and output tensors\n"
             "  -q, -v, --threads N  quiet, verbose, thread count\n",
             enc ? "vae-encode" : "vae-decode",
@@ -35,7 +36,7 @@ static int run_vae(int argc, char **argv, int enc) {
     const char *model = NULL, *in_path = NULL, *out_path = NULL, *cfg_path = NULL;
     long tile = 80, overlap = 16;
     zl_vae_tile_mode mode = ZL_VAE_TILE_AUTO;
-    int prec = ZL_MATMUL_F32;
+    int prec = ZL_CLI_PREC_AUTO;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         int c = zl_cli_common(cmd, argc, argv, &i);

@@ -14,6 +14,7 @@
 
 void zl_zip_cli_init(zl_zip_cli *z) {
     memset(z, 0, sizeof *z);
+    z->p.infer_precision = ZL_CLI_PREC_AUTO;
     zl_ziprun_params_default(&z->p);
 }
 
@@ -109,9 +110,9 @@ int zl_zip_cli_flag(const char *cmd, int argc, char **argv, int *i, zl_zip_cli *
     const char *a = argv[*i];
     int sc = zl_cli_sched_flag(cmd, argc, argv, i, &z->p.sched);
     if (sc) return sc;
-    int prec = ZL_MATMUL_F32;
+    int prec = ZL_CLI_PREC_AUTO;
     if ((sc = zl_cli_precision_flag(cmd, argc, argv, i, &prec))) {
-        z->p.infer_bf16 = prec == ZL_MATMUL_BF16;
+        z->p.infer_precision = prec;
         return sc;
     }
     int known = 0;
@@ -173,8 +174,10 @@ int zl_zip_cli_finish(const char *cmd, zl_zip_cli *z) {
     if (!p->content || !p->style) return zl_cli_usage(cmd, "both --content and --style are needed"), -1;
     if (p->fixed_inputs && (z->content_images.n || z->style_images.n))
         return zl_cli_usage(cmd, "--fixed-inputs and --content-images/--style-images exclude each other"), -1;
-    if (p->infer_bf16 && !zl_bf16_units())
-        zl_warn("%s --precision bf16: this CPU has no AMX-BF16 tile units; references and previews are float32", cmd);
+    if (p->infer_precision > 0 && !zl_bf16_units())
+        zl_warn("%s --precision %s: this CPU has no AMX-BF16 tile units; references and previews are float32", cmd,
+                zl_cli_precision_name(p->infer_precision));
+    p->infer_precision = zl_cli_resolve_precision(p->infer_precision);
     p->content_images = (const char *const *)z->content_images.v;
     p->n_content_images = z->content_images.n;
     p->style_images = (const char *const *)z->style_images.v;
@@ -208,9 +211,9 @@ void zl_zip_cli_help(FILE *f) {
             "  --ref-count N             generated references per LoRA (default 2)\n"
             "  --ref-steps N             sampler steps per generated reference (default 20, Euler)\n"
             "  --ref-cfg G               guidance for references and previews (default 5 SDXL, 7.5 SD 1.x)\n"
-            "  --precision P             f32 (default) or bf16: generate references and previews with bfloat16\n"
-            "                            products on Intel AMX tiles (about 2.5x faster per step; see 'ziplora\n"
-            "                            generate --help'); the optimisation and the measurements stay float32\n"
+            "  --precision P             auto (default), f32, bf16x3 or bf16: the products of generated references\n"
+            "                            and previews (see 'ziplora generate --help'; auto: bf16x3 where the CPU\n"
+            "                            has AMX-BF16, else f32); the optimisation and the measurements stay float32\n"
             "  --seed N                  seed of the noise/timestep draws, references and previews (default 0)\n"
             "  --resolution PX           working resolution (default: native, 1024 SDXL, 512 SD 1.x)\n"
             "  --fixed-inputs FILE       safetensors with noisy_content/noisy_style (zip) or x0_content/x0_style\n"

@@ -330,7 +330,7 @@ static int refs_generated(zl_ziprun *r, int s) {
     if (!rc && !u) rc = ZL_EIO;
     if (!rc) rc = zl_unet_add_lora(u, l, 1.0f, ZL_UNET_LORA_FOLD, NULL);
     const zl_matmul_precision prec = zl_get_matmul_precision();
-    if (p->infer_bf16) zl_set_matmul_precision(ZL_MATMUL_BF16);
+    if (p->infer_precision > 0) zl_set_matmul_precision((zl_matmul_precision)p->infer_precision);
     for (int i = 0; i < p->ref_count && !rc; i++) {
         char label[64];
         snprintf(label, sizeof label, "%s reference %d/%d", s ? "style" : "content", i + 1, p->ref_count);

@@ -141,7 +141,7 @@ static int write_preview(zl_ziprun *r, const zl_lora *merged, const char *path, 
     int rc = lat ? preview_prompts(r, N, prompts) : zl_set_error(ZL_ENOMEM, "out of memory");
     const float ws = p->style_scale;
     const zl_matmul_precision prec = zl_get_matmul_precision();
-    if (p->infer_bf16) zl_set_matmul_precision(ZL_MATMUL_BF16);
+    if (p->infer_precision > 0) zl_set_matmul_precision((zl_matmul_precision)p->infer_precision);
     for (int v = 0; v < V && !rc; v++) {
         const zl_lora *ls[2];
         float w[2] = {1, 1};
@@ -395,8 +395,9 @@ static json_t *params_json(const zl_ziprun *r) {
     json_object_set_new(o, "style_scale", json_real(p->style_scale));
     json_object_set_new(o, "preview", json_integer(p->preview));
     json_object_set_new(o, "threads", json_integer(zl_get_threads()));
+    const int ip = p->infer_precision > 0 && zl_bf16_units() ? p->infer_precision : 0;
     json_object_set_new(o, "inference_precision",
-                        json_string(p->infer_bf16 && zl_bf16_units() ? "bf16" : "f32"));
+                        json_string(ip == ZL_MATMUL_BF16 ? "bf16" : ip == ZL_MATMUL_BF16X3 ? "bf16x3" : "f32"));
     return o;
 }
 

@@ -362,7 +362,7 @@ const float *zl_unet_weight_f32(zl_unet *u, const zl_unet_mod *m) { return weigh
  * path ever needs them), so resident memory holds one copy. NULL: pack per
  * product (also when out of memory). Same results either way, bit for bit. */
 static const uint16_t *packed_bf16(zl_unet *u, const zl_unet_mod *cm) {
-    if (!zl_bf16_active()) return NULL;
+    if (!zl_bf16_active() || zl_bf16_parts() != 1) return NULL; /* bf16x3 packs per product */
     zl_unet_mod *m = (zl_unet_mod *)cm; /* the packing is a cache the module owns */
     if (m->w.bf16) return m->w.bf16;
     if (m->bf16_uses < 2 && ++m->bf16_uses < 2) return NULL;

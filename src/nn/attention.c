@@ -145,9 +145,10 @@ static int attention_fwd_bf16(float *o, float *lse, const float *q, int ldq, con
     const float scale = 1.0f / sqrtf((float)d);
     /* k: B operand of q k^T (columns = keys, K = d); v: B operand of P v
      * (columns = d, K = keys). One more zero group each: a pair of column
-     * groups may reach one past the last. */
-    const size_t gsk = (size_t)d32 * 16, kbh = ((size_t)T32 + 16) * d32;
-    const size_t gsv = (size_t)T32 * 16, vbh = ((size_t)d32 + 16) * T32;
+     * groups may reach one past the last. np parts per K block (bf16x3: 2). */
+    const size_t np = (size_t)zl_bf16_parts();
+    const size_t gsk = (size_t)d32 * 16 * np, kbh = ((size_t)T32 + 16) * d32 * np;
+    const size_t gsv = (size_t)T32 * 16 * np, vbh = ((size_t)d32 + 16) * T32 * np;
     const long nbh = (long)B * H, ntask = nbh * nqt;
     uint16_t *Kp = malloc(nbh * kbh * sizeof(uint16_t)), *Vp = malloc(nbh * vbh * sizeof(uint16_t));
     if (!Kp || !Vp) {
@@ -159,15 +160,15 @@ static int attention_fwd_bf16(float *o, float *lse, const float *q, int ldq, con
         const int b = (int)(bh / H), h = (int)(bh % H);
         uint16_t *kd = Kp + bh * kbh, *vd = Vp + bh * vbh;
         zl_bf16_pack_b_f32(kd, k + (size_t)b * Tk * ldk + (size_t)h * d, ldk, 1, Tk, d);
-        memset(kd + (size_t)T32 * d32, 0, (size_t)16 * d32 * sizeof(uint16_t));
+        memset(kd + (size_t)T32 * d32 * np, 0, (size_t)16 * d32 * np * sizeof(uint16_t));
         zl_bf16_pack_b_f32(vd, v + (size_t)b * Tk * ldv + (size_t)h * d, ldv, 0, d, Tk);
-        memset(vd + (size_t)d32 * T32, 0, (size_t)16 * T32 * sizeof(uint16_t));
+        memset(vd + (size_t)d32 * T32 * np, 0, (size_t)16 * T32 * np * sizeof(uint16_t));
     }
     int oom = 0;
     #pragma omp parallel
     {
         att_scratch w;
-        const size_t qa = (size_t)ceil32(ZL_ATT_BQ) * d32, pa = (size_t)ceil32(ZL_ATT_BQ) * ceil32(ZL_ATT_BK);
+        const size_t qa = (size_t)ceil32(ZL_ATT_BQ) * d32 * np, pa = (size_t)ceil32(ZL_ATT_BQ) * ceil32(ZL_ATT_BK) * np;
         uint16_t *Qa = malloc((qa + pa) * sizeof(uint16_t)), *Pa = Qa ? Qa + qa : NULL;
         const int ok = scratch_alloc(&w, d) && Qa;
         if (!ok) {
@@ -193,7 +194,8 @@ static int attention_fwd_bf16(float *o, float *lse, const float *q, int ldq, con
                 zl_bf16_tiles(Qa, gsk, Kp + bh * kbh + (size_t)(j0 / 16) * gsk, gsk, mq, n, d, S, n);
                 online_tile(S, m, l, acc, mq, n, d, causal, i0, j0);
                 zl_bf16_pack_a_f32(Pa, S, n, mq, n, 0.0f);
-                zl_bf16_tiles(Pa, (size_t)ceil32(n) * 16, Vp + bh * vbh + (size_t)(j0 / 32) * 512, gsv, mq, d, n, acc, d);
+                zl_bf16_tiles(Pa, (size_t)ceil32(n) * 16 * np, Vp + bh * vbh + (size_t)(j0 / 32) * 512 * np, gsv, mq, d,
+                              n, acc, d);
             }
             online_finish(op, HD, lrow, m, l, acc, mq, d);
         }

@@ -32,6 +32,7 @@
  * are checked everywhere. */
 #include <cpuid.h>
 #include <immintrin.h>
+#include <math.h>
 #include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -86,7 +87,8 @@ zl_matmul_precision zl_get_matmul_precision(void) { return g_prec; }
 void zl_bf16_emulate(int on) { g_emulate = on; }
 /* The tiles run the products (0: the scalar model, for tests). */
 static int tiles(void) { return !g_emulate && zl_bf16_units() == 1; }
-int zl_bf16_active(void) { return g_prec == ZL_MATMUL_BF16 && (g_emulate || zl_bf16_units()); }
+int zl_bf16_active(void) { return g_prec != ZL_MATMUL_F32 && (g_emulate || zl_bf16_units()); }
+int zl_bf16_parts(void) { return g_prec == ZL_MATMUL_BF16X3 ? 2 : 1; }
 
 /* ---- packing -------------------------------------------------------------
  * A source is a row-major matrix of `dt` values with leading dimension ld:
@@ -110,29 +112,39 @@ static inline float src_at(const msrc *s, size_t r, size_t c) {
 
 static int ceil_to(int a, int b) { return (a + b - 1) / b * b; }
 
+/* Part p of v in bfloat16: 0, v rounded; 1, what that rounding left, rounded
+ * (0 where the first part is not finite). */
+static inline uint16_t bf16_part(float v, int p) {
+    const uint16_t h = zl_f32_to_bf16(v);
+    if (!p) return h;
+    const float hv = zl_bf16_to_f32(h);
+    return isfinite(hv) ? zl_f32_to_bf16(v - hv) : 0;
+}
+
 /* A tiles of rows [r0, r0+m) x K of the logical matrix op(s) = s (rows of s),
  * into dst [ceil(m,32)/16][K32/32][16][32]. Scalar. */
-static void pack_a_scalar(uint16_t *dst, const msrc *s, int r0, int m, int K) {
+static void pack_a_scalar(uint16_t *dst, const msrc *s, int r0, int m, int K, int np) {
     const int mg = ceil_to(m, 32) / 16, nkb = ceil_to(K, 32) / 32;
     for (int g = 0; g < mg; g++)
-        for (int kb = 0; kb < nkb; kb++) {
-            uint16_t *t = dst + ((size_t)g * nkb + kb) * 512;
-            for (int r = 0; r < 16; r++)
-                for (int c = 0; c < 32; c++) {
-                    const int row = g * 16 + r, k = kb * 32 + c;
-                    t[r * 32 + c] = row < m && k < K ? zl_f32_to_bf16(src_at(s, (size_t)(r0 + row), (size_t)k)) : 0;
-                }
-        }
+        for (int kb = 0; kb < nkb; kb++)
+            for (int pt = 0; pt < np; pt++) {
+                uint16_t *t = dst + (((size_t)g * nkb + kb) * np + pt) * 512;
+                for (int r = 0; r < 16; r++)
+                    for (int c = 0; c < 32; c++) {
+                        const int row = g * 16 + r, k = kb * 32 + c;
+                        t[r * 32 + c] = row < m && k < K ? bf16_part(src_at(s, (size_t)(r0 + row), (size_t)k), pt) : 0;
+                    }
+            }
 }
 
 /* B tiles of columns [c0, c0+n) of op(B) [K, N]: with nt, op(B) = s^T (s is
  * [N, K], a linear's weight); else op(B) = s ([K, N], im2col columns).
  * dst [ceil(n,32)/16][K32/32][16 pairs][16 columns][2]. Scalar. */
-static void pack_b_scalar(uint16_t *dst, const msrc *s, int nt, int c0, int n, int K) {
+static void pack_b_scalar(uint16_t *dst, const msrc *s, int nt, int c0, int n, int K, int np) {
     const int ng = ceil_to(n, 32) / 16, nkb = ceil_to(K, 32) / 32;
     for (int g = 0; g < ng; g++)
         for (int kb = 0; kb < nkb; kb++) {
-            uint16_t *t = dst + ((size_t)g * nkb + kb) * 512;
+            uint16_t *t = dst + ((size_t)g * nkb + kb) * 512 * np;
             for (int p = 0; p < 16; p++)
                 for (int c = 0; c < 16; c++)
                     for (int h = 0; h < 2; h++) {
@@ -140,7 +152,7 @@ static void pack_b_scalar(uint16_t *dst, const msrc *s, int nt, int c0, int n, i
                         float v = 0.0f;
                         if (col < n && k < K)
                             v = nt ? src_at(s, (size_t)(c0 + col), (size_t)k) : src_at(s, (size_t)k, (size_t)(c0 + col));
-                        t[(p * 16 + c) * 2 + h] = zl_f32_to_bf16(v);
+                        for (int pt = 0; pt < np; pt++) t[pt * 512 + (p * 16 + c) * 2 + h] = bf16_part(v, pt);
                     }
         }
 }
@@ -162,23 +174,42 @@ AMX_TARGET static inline __m512 load16(const msrc *s, size_t r, size_t c, int le
     }
 }
 
-/* 32 values of a row as bfloat16, rounded to nearest even (VCVTNE2PS2BF16). */
-AMX_TARGET static inline __m512i row32(const msrc *s, size_t r, size_t c, int len) {
-    const __m512 lo = load16(s, r, c, len), hi = load16(s, r, c + 16, len - 16);
-    return (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+AMX_TARGET static inline __m512 widen16(__m256i h) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-AMX_TARGET static void pack_a_avx(uint16_t *dst, const msrc *s, int r0, int m, int K) {
+/* Of 32 values (lanes 0-15 in lo, 16-31 in hi) rounded to bfloat16 as v =
+ * VCVTNE2PS2BF16(hi, lo): what the rounding left, rounded the same way; 0
+ * where v is not finite (bf16_part's part 1). */
+AMX_TARGET static inline __m512i low_part(__m512 hi, __m512 lo, __m512i v) {
+    const __m512 vl = widen16(_mm512_castsi512_si256(v)), vh = widen16(_mm512_extracti64x4_epi64(v, 1));
+    const __m512 inf = _mm512_set1_ps(INFINITY);
+    const __mmask16 fl = _mm512_cmp_ps_mask(_mm512_abs_ps(vl), inf, _CMP_LT_OQ),
+                    fh = _mm512_cmp_ps_mask(_mm512_abs_ps(vh), inf, _CMP_LT_OQ);
+    return (__m512i)_mm512_cvtne2ps_pbh(_mm512_maskz_sub_ps(fh, hi, vh), _mm512_maskz_sub_ps(fl, lo, vl));
+}
+
+/* 32 values of a row as bfloat16, rounded to nearest even (VCVTNE2PS2BF16);
+ * with np 2 also their low parts, to *low. */
+AMX_TARGET static inline __m512i row32(const msrc *s, size_t r, size_t c, int len, int np, __m512i *low) {
+    const __m512 lo = load16(s, r, c, len), hi = load16(s, r, c + 16, len - 16);
+    const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(hi, lo);
+    if (np == 2) *low = low_part(hi, lo, v);
+    return v;
+}
+
+AMX_TARGET static void pack_a_avx(uint16_t *dst, const msrc *s, int r0, int m, int K, int np) {
     const int mg = ceil_to(m, 32) / 16, nkb = ceil_to(K, 32) / 32;
     for (int g = 0; g < mg; g++)
         for (int r = 0; r < 16; r++) {
             const int row = g * 16 + r;
             for (int kb = 0; kb < nkb; kb++) {
-                uint16_t *t = dst + ((size_t)g * nkb + kb) * 512 + r * 32;
-                if (row >= m)
-                    _mm512_storeu_si512(t, _mm512_setzero_si512());
-                else
-                    _mm512_storeu_si512(t, row32(s, (size_t)(r0 + row), (size_t)kb * 32, K - kb * 32));
+                uint16_t *t = dst + ((size_t)g * nkb + kb) * 512 * np + r * 32;
+                __m512i low = _mm512_setzero_si512();
+                const __m512i v =
+                    row >= m ? low : row32(s, (size_t)(r0 + row), (size_t)kb * 32, K - kb * 32, np, &low);
+                _mm512_storeu_si512(t, v);
+                if (np == 2) _mm512_storeu_si512(t + 512, low);
             }
         }
 }
@@ -210,21 +241,26 @@ AMX_TARGET static inline void transpose16(__m512i r[16]) {
     for (int i = 0; i < 16; i++) r[i] = t[i];
 }
 
-AMX_TARGET static void pack_b_avx(uint16_t *dst, const msrc *s, int nt, int c0, int n, int K) {
+AMX_TARGET static void pack_b_avx(uint16_t *dst, const msrc *s, int nt, int c0, int n, int K, int np) {
     const int ng = ceil_to(n, 32) / 16, nkb = ceil_to(K, 32) / 32;
     if (nt) {
         /* Rows of s are columns of op(B): 16 rows of 32 K values make 16 x 16
          * dwords (K pairs); the tile wants them transposed. */
         for (int g = 0; g < ng; g++)
             for (int kb = 0; kb < nkb; kb++) {
-                __m512i r[16];
+                __m512i r[16], l[16];
                 for (int c = 0; c < 16; c++) {
                     const int col = g * 16 + c;
-                    r[c] = col < n ? row32(s, (size_t)(c0 + col), (size_t)kb * 32, K - kb * 32) : _mm512_setzero_si512();
+                    l[c] = r[c] = _mm512_setzero_si512();
+                    if (col < n) r[c] = row32(s, (size_t)(c0 + col), (size_t)kb * 32, K - kb * 32, np, &l[c]);
                 }
+                uint16_t *t = dst + ((size_t)g * nkb + kb) * 512 * np;
                 transpose16(r);
-                uint16_t *t = dst + ((size_t)g * nkb + kb) * 512;
                 for (int p = 0; p < 16; p++) _mm512_storeu_si512(t + p * 32, r[p]);
+                if (np == 2) {
+                    transpose16(l);
+                    for (int p = 0; p < 16; p++) _mm512_storeu_si512(t + 512 + p * 32, l[p]);
+                }
             }
         return;
     }
@@ -234,22 +270,24 @@ AMX_TARGET static void pack_b_avx(uint16_t *dst, const msrc *s, int nt, int c0, 
     for (int g = 0; g < ng; g++) {
         const int len = n - g * 16;
         for (int kb = 0; kb < nkb; kb++) {
-            uint16_t *t = dst + ((size_t)g * nkb + kb) * 512;
+            uint16_t *t = dst + ((size_t)g * nkb + kb) * 512 * np;
             for (int p = 0; p < 16; p++) {
                 const int k = kb * 32 + 2 * p;
                 const __m512 e = k < K ? load16(s, (size_t)k, (size_t)(c0 + g * 16), len) : _mm512_setzero_ps();
                 const __m512 o = k + 1 < K ? load16(s, (size_t)k + 1, (size_t)(c0 + g * 16), len) : _mm512_setzero_ps();
                 const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(o, e); /* e in 0..15, o in 16..31 */
                 _mm512_storeu_si512(t + p * 32, _mm512_permutexvar_epi16(idx, v));
+                if (np == 2) _mm512_storeu_si512(t + 512 + p * 32, _mm512_permutexvar_epi16(idx, low_part(o, e, v)));
             }
         }
     }
 }
 
 /* Rows k and k+1 of B (zeros past K) as tile row pr of K block kb, for every
- * group of 16 columns (zeros past N): dst + g gs + kb 512 + pr 32. */
+ * group of 16 columns (zeros past N): dst + g gs + kb 512 np + pr 32 (and
+ * the low parts 512 further on). */
 AMX_TARGET static void pack_pair_avx(uint16_t *dst, size_t gs, const msrc *s, int k, int K, int N, int ng, int kb,
-                                     int pr) {
+                                     int pr, int np) {
     const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                                          21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     for (int g = 0; g < ng; g++) {
@@ -257,7 +295,9 @@ AMX_TARGET static void pack_pair_avx(uint16_t *dst, size_t gs, const msrc *s, in
         const __m512 e = k < K ? load16(s, (size_t)k, (size_t)g * 16, len) : _mm512_setzero_ps();
         const __m512 o = k + 1 < K ? load16(s, (size_t)k + 1, (size_t)g * 16, len) : _mm512_setzero_ps();
         const __m512i v = (__m512i)_mm512_cvtne2ps_pbh(o, e);
-        _mm512_storeu_si512(dst + (size_t)g * gs + (size_t)kb * 512 + (size_t)pr * 32, _mm512_permutexvar_epi16(idx, v));
+        uint16_t *t = dst + (size_t)g * gs + (size_t)kb * 512 * np + (size_t)pr * 32;
+        _mm512_storeu_si512(t, _mm512_permutexvar_epi16(idx, v));
+        if (np == 2) _mm512_storeu_si512(t + 512, _mm512_permutexvar_epi16(idx, low_part(o, e, v)));
     }
 }
 
@@ -298,7 +338,7 @@ static void tile_out(const float *sc, float *C, int ldc, int i, int j, int m, in
 /* Group strides: gsa, gsb elements from one 16-row (column) group's tiles to
  * the next (nkb * 512 when the packing holds exactly K). */
 AMX_TARGET static void kernel_amx(const uint16_t *Ap, size_t gsa, const uint16_t *Bp, size_t gsb, int m, int n, int K,
-                                  float *C, int ldc) {
+                                  float *C, int ldc, int np) {
     tiles_config();
     const int nkb = ceil_to(K, 32) / 32;
     const size_t ld = (size_t)ldc * sizeof(float);
@@ -314,16 +354,43 @@ AMX_TARGET static void kernel_amx(const uint16_t *Ap, size_t gsa, const uint16_t
             if (f11) _tile_loadd(3, c11, ld); else { tile_in(sc[3], C, ldc, i + 16, j + 16, m, n); _tile_loadd(3, sc[3], 64); }
             const uint16_t *a0 = Ap + (size_t)(i / 16) * gsa, *a1 = a0 + gsa;
             const uint16_t *b0 = Bp + (size_t)(j / 16) * gsb, *b1 = b0 + gsb;
-            for (int kb = 0; kb < nkb; kb++) {
-                _tile_loadd(4, a0 + (size_t)kb * 512, 64);
-                _tile_loadd(6, b0 + (size_t)kb * 512, 64);
-                _tile_loadd(5, a1 + (size_t)kb * 512, 64);
-                _tile_loadd(7, b1 + (size_t)kb * 512, 64);
-                _tile_dpbf16ps(0, 4, 6);
-                _tile_dpbf16ps(1, 4, 7);
-                _tile_dpbf16ps(2, 5, 6);
-                _tile_dpbf16ps(3, 5, 7);
-            }
+            if (np == 1)
+                for (int kb = 0; kb < nkb; kb++) {
+                    _tile_loadd(4, a0 + (size_t)kb * 512, 64);
+                    _tile_loadd(6, b0 + (size_t)kb * 512, 64);
+                    _tile_loadd(5, a1 + (size_t)kb * 512, 64);
+                    _tile_loadd(7, b1 + (size_t)kb * 512, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
+            else /* per K block: A hi B hi, A hi B lo, A lo B hi */
+                for (int kb = 0; kb < nkb; kb++) {
+                    const size_t o = (size_t)kb * 1024;
+                    _tile_loadd(4, a0 + o, 64);
+                    _tile_loadd(6, b0 + o, 64);
+                    _tile_loadd(5, a1 + o, 64);
+                    _tile_loadd(7, b1 + o, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                    _tile_loadd(6, b0 + o + 512, 64);
+                    _tile_loadd(7, b1 + o + 512, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                    _tile_loadd(4, a0 + o + 512, 64);
+                    _tile_loadd(6, b0 + o, 64);
+                    _tile_loadd(5, a1 + o + 512, 64);
+                    _tile_loadd(7, b1 + o, 64);
+                    _tile_dpbf16ps(0, 4, 6);
+                    _tile_dpbf16ps(1, 4, 7);
+                    _tile_dpbf16ps(2, 5, 6);
+                    _tile_dpbf16ps(3, 5, 7);
+                }
             if (f00) _tile_stored(0, c00, ld); else { _tile_stored(0, sc[0], 64); tile_out(sc[0], C, ldc, i, j, m, n); }
             if (f01) _tile_stored(1, c01, ld); else { _tile_stored(1, sc[1], 64); tile_out(sc[1], C, ldc, i, j + 16, m, n); }
             if (f10) _tile_stored(2, c10, ld); else { _tile_stored(2, sc[2], 64); tile_out(sc[2], C, ldc, i + 16, j, m, n); }
@@ -331,21 +398,25 @@ AMX_TARGET static void kernel_amx(const uint16_t *Ap, size_t gsa, const uint16_t
         }
 }
 
-/* The scalar model of the same kernel: per element, per K block, per pair,
- * the two products added to the float32 accumulator in order. */
+/* The scalar model of the same kernel: per element, per K block, per
+ * product of parts (np 2: A hi B hi, A hi B lo, A lo B hi), per pair, the two
+ * products added to the float32 accumulator in order. */
 static void kernel_emulated(const uint16_t *Ap, size_t gsa, const uint16_t *Bp, size_t gsb, int m, int n, int K,
-                            float *C, int ldc) {
-    const int nkb = ceil_to(K, 32) / 32;
+                            float *C, int ldc, int np) {
+    static const int pa[3] = {0, 0, 1}, pb[3] = {0, 1, 0};
+    const int nkb = ceil_to(K, 32) / 32, nprod = np == 2 ? 3 : 1;
     for (int i = 0; i < m; i++)
         for (int j = 0; j < n; j++) {
             const uint16_t *a = Ap + (size_t)(i / 16) * gsa + (size_t)(i % 16) * 32;
             const uint16_t *b = Bp + (size_t)(j / 16) * gsb + (size_t)(j % 16) * 2;
             float acc = C[(size_t)i * ldc + j];
             for (int kb = 0; kb < nkb; kb++)
-                for (int p = 0; p < 16; p++) {
-                    acc += zl_bf16_to_f32(a[(size_t)kb * 512 + 2 * p]) * zl_bf16_to_f32(b[(size_t)kb * 512 + p * 32]);
-                    acc += zl_bf16_to_f32(a[(size_t)kb * 512 + 2 * p + 1]) *
-                           zl_bf16_to_f32(b[(size_t)kb * 512 + p * 32 + 1]);
+                for (int q = 0; q < nprod; q++) {
+                    const uint16_t *ak = a + ((size_t)kb * np + pa[q]) * 512, *bk = b + ((size_t)kb * np + pb[q]) * 512;
+                    for (int p = 0; p < 16; p++) {
+                        acc += zl_bf16_to_f32(ak[2 * p]) * zl_bf16_to_f32(bk[p * 32]);
+                        acc += zl_bf16_to_f32(ak[2 * p + 1]) * zl_bf16_to_f32(bk[p * 32 + 1]);
+                    }
                 }
             C[(size_t)i * ldc + j] = acc;
         }
@@ -381,12 +452,13 @@ void zl_bf16_release_buffers(void) {
 
 int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw,
                   const uint16_t *Wp, const uint16_t *Fp, int i, int j, float *C, int ldc) {
-    const size_t K32 = (size_t)ceil_to(K, 32), gs = K32 * 16;
+    const int np = zl_bf16_parts();
+    const size_t K32 = (size_t)ceil_to(K, 32), gs = K32 * 16 * np;
     /* the weight's side comes packed (Wp) or is packed here: all of A, and B a
      * panel of 32 columns at a time, just before its products (the panel then
      * stays in cache for all of A's rows); mode 3's B comes packed (Fp) */
     const int packA = mode == 1 || mode == 3 ? !Wp : 1, packB = mode == 0 ? !Wp : mode != 3; /* mode 2: no Wp */
-    const size_t asz = packA ? (size_t)ceil_to(m, 32) * K32 : 0, bsz = packB ? 32 * K32 : 0;
+    const size_t asz = packA ? (size_t)ceil_to(m, 32) * K32 * np : 0, bsz = packB ? 32 * K32 * np : 0;
     uint16_t *buf = pack_buf(asz + bsz > 0 ? asz + bsz : 1);
     if (!buf) return ZL_ENOMEM;
     const int fast = tiles();
@@ -396,23 +468,23 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
     const msrc *a = mode == 1 || mode == 3 ? &w : &f, *b = mode == 1 ? &f : &w;
     const uint16_t *Ap = packA ? buf : Wp + (size_t)(i / 16) * gs;
     if (packA) {
-        if (fast) pack_a_avx(buf, a, i, m, K);
-        else pack_a_scalar(buf, a, i, m, K);
+        if (fast) pack_a_avx(buf, a, i, m, K, np);
+        else pack_a_scalar(buf, a, i, m, K, np);
     }
     for (int jp = 0; jp < n; jp += 32) {
-        const int np = n - jp < 32 ? n - jp : 32;
+        const int nc = n - jp < 32 ? n - jp : 32;
         const uint16_t *Bp = mode == 3           ? Fp + (size_t)((j + jp) / 16) * gs
                              : Wp && mode == 0 ? Wp + (size_t)((j + jp) / 16) * gs
                                                : buf + asz;
         if (packB) {
-            if (fast) pack_b_avx(buf + asz, b, mode == 0, j + jp, np, K);
-            else pack_b_scalar(buf + asz, b, mode == 0, j + jp, np, K);
+            if (fast) pack_b_avx(buf + asz, b, mode == 0, j + jp, nc, K, np);
+            else pack_b_scalar(buf + asz, b, mode == 0, j + jp, nc, K, np);
         }
         float *c = C + (size_t)i * ldc + j + jp;
         if (fast)
-            kernel_amx(Ap, gs, Bp, gs, m, np, K, c, ldc);
+            kernel_amx(Ap, gs, Bp, gs, m, nc, K, c, ldc, np);
         else
-            kernel_emulated(Ap, gs, Bp, gs, m, np, K, c, ldc);
+            kernel_emulated(Ap, gs, Bp, gs, m, nc, K, c, ldc, np);
     }
     return 0;
 }
@@ -421,7 +493,8 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
  * of rows at a time, each read along its length (the per-panel packing reads
  * 16 columns of every row: a new page per row at im2col's widths). */
 uint16_t *zl_bf16_pack_cols(const float *B, int ldb, int K, int N) {
-    const size_t K32 = (size_t)ceil_to(K, 32), ng = (size_t)ceil_to(N, 32) / 16 + 1, gs = K32 * 16;
+    const int np = zl_bf16_parts();
+    const size_t K32 = (size_t)ceil_to(K, 32), ng = (size_t)ceil_to(N, 32) / 16 + 1, gs = K32 * 16 * np;
     uint16_t *p = aligned_alloc(64, ng * gs * sizeof(uint16_t));
     if (!p) return NULL;
     const msrc s = {ZL_DT_F32, B, (size_t)ldb, 0.0f};
@@ -431,14 +504,16 @@ uint16_t *zl_bf16_pack_cols(const float *B, int ldb, int K, int N) {
     for (long q = 0; q < npair; q++) {
         const int k = (int)q * 2, kb = k / 32, pr = (k % 32) / 2;
         if (fast) {
-            pack_pair_avx(p, gs, &s, k, K, N, (int)ng, kb, pr);
+            pack_pair_avx(p, gs, &s, k, K, N, (int)ng, kb, pr, np);
         } else {
             for (size_t g = 0; g < ng; g++)
                 for (int c = 0; c < 16; c++)
                     for (int h = 0; h < 2; h++) {
                         const int col = (int)g * 16 + c, kk = k + h;
                         const float v = col < N && kk < K ? src_at(&s, (size_t)kk, (size_t)col) : 0.0f;
-                        p[g * gs + (size_t)kb * 512 + (size_t)pr * 32 + (size_t)c * 2 + h] = zl_f32_to_bf16(v);
+                        for (int pt = 0; pt < np; pt++)
+                            p[g * gs + ((size_t)kb * np + pt) * 512 + (size_t)pr * 32 + (size_t)c * 2 + h] =
+                                bf16_part(v, pt);
                     }
         }
     }
@@ -459,7 +534,7 @@ static inline float im2col_at(const float *x, const zl_conv_shape *s, int Wo, in
  * group's 1 KB tile is written whole, in order, and each of the block's input
  * rows is read along its length from one group to the next. */
 AMX_TARGET static void im2col_kb_avx(uint16_t *dst, size_t gs, const float *x, const zl_conv_shape *s, int Wo, int r0,
-                                     int r1, int kb, int ng) {
+                                     int r1, int kb, int ng, int np) {
     const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6,
                                          21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     const int kk = s->kh * s->kw, K = s->Cin * kk;
@@ -469,7 +544,7 @@ AMX_TARGET static void im2col_kb_avx(uint16_t *dst, size_t gs, const float *x, c
         ok[t] = k < K;
         cin[t] = k / kk, ky[t] = (k % kk) / s->kw, kx[t] = k % s->kw;
     }
-    uint16_t *d = dst + (size_t)kb * 512;
+    uint16_t *d = dst + (size_t)kb * 512 * np;
     int g = 0;
     for (int oy = r0; oy < r1; oy++) {
         uintptr_t row[32];
@@ -496,23 +571,25 @@ AMX_TARGET static void im2col_kb_avx(uint16_t *dst, size_t gs, const float *x, c
                 }
                 const __m512i b = (__m512i)_mm512_cvtne2ps_pbh(v[1], v[0]);
                 _mm512_storeu_si512(tile + (size_t)pr * 32, _mm512_permutexvar_epi16(idx, b));
+                if (np == 2)
+                    _mm512_storeu_si512(tile + 512 + (size_t)pr * 32,
+                                        _mm512_permutexvar_epi16(idx, low_part(v[1], v[0], b)));
             }
         }
     }
-    for (; g < ng; g++)
-        for (int pr = 0; pr < 16; pr++) _mm512_storeu_si512(d + (size_t)g * gs + (size_t)pr * 32, _mm512_setzero_si512());
+    for (; g < ng; g++) memset(d + (size_t)g * gs, 0, (size_t)512 * np * sizeof(uint16_t));
 }
 
 uint16_t *zl_bf16_pack_im2col(const float *x, const zl_conv_shape *s, int Wo, int r0, int r1) {
-    const int K = s->Cin * s->kh * s->kw, N = (r1 - r0) * Wo;
-    const size_t K32 = (size_t)ceil_to(K, 32), ng = (size_t)ceil_to(N, 32) / 16 + 1, gs = K32 * 16;
+    const int K = s->Cin * s->kh * s->kw, N = (r1 - r0) * Wo, np = zl_bf16_parts();
+    const size_t K32 = (size_t)ceil_to(K, 32), ng = (size_t)ceil_to(N, 32) / 16 + 1, gs = K32 * 16 * np;
     uint16_t *p = aligned_alloc(64, ng * gs * sizeof(uint16_t));
     if (!p) return NULL;
     const int fast = tiles() && s->stride == 1 && Wo % 16 == 0;
     if (fast) {
         const int nkb = (int)(K32 / 32);
         #pragma omp parallel for schedule(static) if (!omp_in_parallel() && (size_t)K * N > 65536)
-        for (int kb = 0; kb < nkb; kb++) im2col_kb_avx(p, gs, x, s, Wo, r0, r1, kb, (int)ng);
+        for (int kb = 0; kb < nkb; kb++) im2col_kb_avx(p, gs, x, s, Wo, r0, r1, kb, (int)ng, np);
         return p;
     }
     const long npair = (long)(K32 / 2);
@@ -524,16 +601,20 @@ uint16_t *zl_bf16_pack_im2col(const float *x, const zl_conv_shape *s, int Wo, in
                 for (int h = 0; h < 2; h++) {
                     const int col = (int)g * 16 + c, kk = k + h;
                     const float v = col < N && kk < K ? im2col_at(x, s, Wo, r0, kk, col) : 0.0f;
-                    p[g * gs + (size_t)kb * 512 + (size_t)pr * 32 + (size_t)c * 2 + h] = zl_f32_to_bf16(v);
+                    for (int pt = 0; pt < np; pt++)
+                        p[g * gs + ((size_t)kb * np + pt) * 512 + (size_t)pr * 32 + (size_t)c * 2 + h] =
+                            bf16_part(v, pt);
                 }
     }
     return p;
 }
 
 uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int conv) {
-    const size_t K32 = (size_t)ceil_to(K, 32), R32 = (size_t)ceil_to(rows, 32), gs = K32 * 16;
+    const int npt = zl_bf16_parts();
+    const size_t K32 = (size_t)ceil_to(K, 32) * npt, R32 = (size_t)ceil_to(rows, 32), gs = K32 * 16;
     /* one more zero group: a block of the grid may start at an odd group, and
-     * its last pair then reaches one group past the padded rows */
+     * its last pair then reaches one group past the padded rows (K32 here
+     * counts both parts) */
     uint16_t *p = aligned_alloc(64, (R32 + 16) * K32 * sizeof(uint16_t));
     if (!p) return NULL;
     memset(p + R32 * K32, 0, 16 * K32 * sizeof(uint16_t));
@@ -546,11 +627,11 @@ uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int c
         const int r0 = (int)q * 32, nr = rows - r0 < 32 ? rows - r0 : 32;
         uint16_t *dst = p + (size_t)q * 2 * gs;
         if (conv) {
-            if (fast) pack_a_avx(dst, &w, r0, nr, K);
-            else pack_a_scalar(dst, &w, r0, nr, K);
+            if (fast) pack_a_avx(dst, &w, r0, nr, K, npt);
+            else pack_a_scalar(dst, &w, r0, nr, K, npt);
         } else {
-            if (fast) pack_b_avx(dst, &w, 1, r0, nr, K);
-            else pack_b_scalar(dst, &w, 1, r0, nr, K);
+            if (fast) pack_b_avx(dst, &w, 1, r0, nr, K, npt);
+            else pack_b_scalar(dst, &w, 1, r0, nr, K, npt);
         }
     }
     return p;
@@ -560,20 +641,20 @@ uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int c
 
 void zl_bf16_pack_a_f32(uint16_t *dst, const float *src, int ld, int m, int K, float mul) {
     const msrc s = {ZL_DT_F32, src, (size_t)ld, mul};
-    if (tiles()) pack_a_avx(dst, &s, 0, m, K);
-    else pack_a_scalar(dst, &s, 0, m, K);
+    if (tiles()) pack_a_avx(dst, &s, 0, m, K, zl_bf16_parts());
+    else pack_a_scalar(dst, &s, 0, m, K, zl_bf16_parts());
 }
 
 void zl_bf16_pack_b_f32(uint16_t *dst, const float *src, int ld, int nt, int n, int K) {
     const msrc s = {ZL_DT_F32, src, (size_t)ld, 0.0f};
-    if (tiles()) pack_b_avx(dst, &s, nt, 0, n, K);
-    else pack_b_scalar(dst, &s, nt, 0, n, K);
+    if (tiles()) pack_b_avx(dst, &s, nt, 0, n, K, zl_bf16_parts());
+    else pack_b_scalar(dst, &s, nt, 0, n, K, zl_bf16_parts());
 }
 
 void zl_bf16_tiles(const uint16_t *Ap, size_t gsa, const uint16_t *Bp, size_t gsb, int m, int n, int K, float *C,
                    int ldc) {
     if (tiles())
-        kernel_amx(Ap, gsa, Bp, gsb, m, n, K, C, ldc);
+        kernel_amx(Ap, gsa, Bp, gsb, m, n, K, C, ldc, zl_bf16_parts());
     else
-        kernel_emulated(Ap, gsa, Bp, gsb, m, n, K, C, ldc);
+        kernel_emulated(Ap, gsa, Bp, gsb, m, n, K, C, ldc, zl_bf16_parts());
 }

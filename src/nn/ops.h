@@ -58,6 +58,9 @@ int zl_sgemm_nn_stored(int M, int N, int K, const float *A, int lda, zl_dtype wd
  * mode 1 (stored_nn), C[i.., j..] += W F (W [M, K] rows, F [K, N]); mode 2
  * (nn_stored, a linear's input gradient), C[i.., j..] += F W (W [K, N], ldw N). */
 int zl_bf16_active(void);
+/* bfloat16 parts per value in packed operands: 2 under ZL_MATMUL_BF16X3 (each
+ * K block's tile of high parts, then its tile of low parts), else 1. */
+int zl_bf16_parts(void);
 /* Wp: the whole weight packed by zl_bf16_pack_weight (conv = mode), or NULL
  * to pack W's slice here. i and j (block offsets) are multiples of 16. */
 int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw,
