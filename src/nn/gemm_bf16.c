@@ -335,67 +335,82 @@ static void tile_out(const float *sc, float *C, int ldc, int i, int j, int m, in
 
 #define TILE_FULL(i, j) ((i) + 16 <= m && (j) + 16 <= n)
 
-/* Group strides: gsa, gsb elements from one 16-row (column) group's tiles to
- * the next (nkb * 512 when the packing holds exactly K). */
+/* The 32x32 block of C at (i, j) += A B over K blocks [k0, k1). */
+AMX_TARGET static inline void block_amx(const uint16_t *Ap, size_t gsa, const uint16_t *Bp, size_t gsb, int m, int n,
+                                        int i, int j, int k0, int k1, float *C, int ldc, int np) {
+    const size_t ld = (size_t)ldc * sizeof(float);
+    float sc[4][256] __attribute__((aligned(64)));
+    float *c00 = C + (size_t)i * ldc + j, *c01 = c00 + 16, *c10 = c00 + (size_t)16 * ldc, *c11 = c10 + 16;
+    const int f00 = TILE_FULL(i, j), f01 = TILE_FULL(i, j + 16), f10 = TILE_FULL(i + 16, j),
+              f11 = TILE_FULL(i + 16, j + 16);
+    if (f00) _tile_loadd(0, c00, ld); else { tile_in(sc[0], C, ldc, i, j, m, n); _tile_loadd(0, sc[0], 64); }
+    if (f01) _tile_loadd(1, c01, ld); else { tile_in(sc[1], C, ldc, i, j + 16, m, n); _tile_loadd(1, sc[1], 64); }
+    if (f10) _tile_loadd(2, c10, ld); else { tile_in(sc[2], C, ldc, i + 16, j, m, n); _tile_loadd(2, sc[2], 64); }
+    if (f11) _tile_loadd(3, c11, ld); else { tile_in(sc[3], C, ldc, i + 16, j + 16, m, n); _tile_loadd(3, sc[3], 64); }
+    const uint16_t *a0 = Ap + (size_t)(i / 16) * gsa, *a1 = a0 + gsa;
+    const uint16_t *b0 = Bp + (size_t)(j / 16) * gsb, *b1 = b0 + gsb;
+    if (np == 1)
+        for (int kb = k0; kb < k1; kb++) {
+            _tile_loadd(4, a0 + (size_t)kb * 512, 64);
+            _tile_loadd(6, b0 + (size_t)kb * 512, 64);
+            _tile_loadd(5, a1 + (size_t)kb * 512, 64);
+            _tile_loadd(7, b1 + (size_t)kb * 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    else /* per K block: A hi B hi, A hi B lo, A lo B hi */
+        for (int kb = k0; kb < k1; kb++) {
+            const size_t o = (size_t)kb * 1024;
+            _tile_loadd(4, a0 + o, 64);
+            _tile_loadd(6, b0 + o, 64);
+            _tile_loadd(5, a1 + o, 64);
+            _tile_loadd(7, b1 + o, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+            _tile_loadd(6, b0 + o + 512, 64);
+            _tile_loadd(7, b1 + o + 512, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+            _tile_loadd(4, a0 + o + 512, 64);
+            _tile_loadd(6, b0 + o, 64);
+            _tile_loadd(5, a1 + o + 512, 64);
+            _tile_loadd(7, b1 + o, 64);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+        }
+    if (f00) _tile_stored(0, c00, ld); else { _tile_stored(0, sc[0], 64); tile_out(sc[0], C, ldc, i, j, m, n); }
+    if (f01) _tile_stored(1, c01, ld); else { _tile_stored(1, sc[1], 64); tile_out(sc[1], C, ldc, i, j + 16, m, n); }
+    if (f10) _tile_stored(2, c10, ld); else { _tile_stored(2, sc[2], 64); tile_out(sc[2], C, ldc, i + 16, j, m, n); }
+    if (f11) _tile_stored(3, c11, ld); else { _tile_stored(3, sc[3], 64); tile_out(sc[3], C, ldc, i + 16, j + 16, m, n); }
+}
+
+/* K blocks per chunk: a 32-row slice of A over one chunk (16 KB in one part,
+ * 32 KB in two) stays in L1 while it meets every 32 columns of B. */
+#define KB_CHUNK(np) ((np) == 2 ? 8 : 16)
+
+/* C [m, n] += A B. Group strides: gsa, gsb elements from one 16-row (column)
+ * group's tiles to the next (nkb * 512 * np when the packing holds exactly
+ * K). Over chunks of K, for every 32 rows of A, every 32 columns of B: A's
+ * slice is read from L1, B (n columns of one chunk) from L2. Partial sums
+ * wait in C in float32 between chunks, which the tiles hold anyway: the
+ * bytes do not depend on the chunking. */
 AMX_TARGET static void kernel_amx(const uint16_t *Ap, size_t gsa, const uint16_t *Bp, size_t gsb, int m, int n, int K,
                                   float *C, int ldc, int np) {
     tiles_config();
-    const int nkb = ceil_to(K, 32) / 32;
-    const size_t ld = (size_t)ldc * sizeof(float);
-    float sc[4][256] __attribute__((aligned(64)));
-    for (int j = 0; j < n; j += 32)
-        for (int i = 0; i < m; i += 32) {
-            float *c00 = C + (size_t)i * ldc + j, *c01 = c00 + 16, *c10 = c00 + (size_t)16 * ldc, *c11 = c10 + 16;
-            const int f00 = TILE_FULL(i, j), f01 = TILE_FULL(i, j + 16), f10 = TILE_FULL(i + 16, j),
-                      f11 = TILE_FULL(i + 16, j + 16);
-            if (f00) _tile_loadd(0, c00, ld); else { tile_in(sc[0], C, ldc, i, j, m, n); _tile_loadd(0, sc[0], 64); }
-            if (f01) _tile_loadd(1, c01, ld); else { tile_in(sc[1], C, ldc, i, j + 16, m, n); _tile_loadd(1, sc[1], 64); }
-            if (f10) _tile_loadd(2, c10, ld); else { tile_in(sc[2], C, ldc, i + 16, j, m, n); _tile_loadd(2, sc[2], 64); }
-            if (f11) _tile_loadd(3, c11, ld); else { tile_in(sc[3], C, ldc, i + 16, j + 16, m, n); _tile_loadd(3, sc[3], 64); }
-            const uint16_t *a0 = Ap + (size_t)(i / 16) * gsa, *a1 = a0 + gsa;
-            const uint16_t *b0 = Bp + (size_t)(j / 16) * gsb, *b1 = b0 + gsb;
-            if (np == 1)
-                for (int kb = 0; kb < nkb; kb++) {
-                    _tile_loadd(4, a0 + (size_t)kb * 512, 64);
-                    _tile_loadd(6, b0 + (size_t)kb * 512, 64);
-                    _tile_loadd(5, a1 + (size_t)kb * 512, 64);
-                    _tile_loadd(7, b1 + (size_t)kb * 512, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
-            else /* per K block: A hi B hi, A hi B lo, A lo B hi */
-                for (int kb = 0; kb < nkb; kb++) {
-                    const size_t o = (size_t)kb * 1024;
-                    _tile_loadd(4, a0 + o, 64);
-                    _tile_loadd(6, b0 + o, 64);
-                    _tile_loadd(5, a1 + o, 64);
-                    _tile_loadd(7, b1 + o, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                    _tile_loadd(6, b0 + o + 512, 64);
-                    _tile_loadd(7, b1 + o + 512, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                    _tile_loadd(4, a0 + o + 512, 64);
-                    _tile_loadd(6, b0 + o, 64);
-                    _tile_loadd(5, a1 + o + 512, 64);
-                    _tile_loadd(7, b1 + o, 64);
-                    _tile_dpbf16ps(0, 4, 6);
-                    _tile_dpbf16ps(1, 4, 7);
-                    _tile_dpbf16ps(2, 5, 6);
-                    _tile_dpbf16ps(3, 5, 7);
-                }
-            if (f00) _tile_stored(0, c00, ld); else { _tile_stored(0, sc[0], 64); tile_out(sc[0], C, ldc, i, j, m, n); }
-            if (f01) _tile_stored(1, c01, ld); else { _tile_stored(1, sc[1], 64); tile_out(sc[1], C, ldc, i, j + 16, m, n); }
-            if (f10) _tile_stored(2, c10, ld); else { _tile_stored(2, sc[2], 64); tile_out(sc[2], C, ldc, i + 16, j, m, n); }
-            if (f11) _tile_stored(3, c11, ld); else { _tile_stored(3, sc[3], 64); tile_out(sc[3], C, ldc, i + 16, j + 16, m, n); }
-        }
+    const int nkb = ceil_to(K, 32) / 32, kc = KB_CHUNK(np);
+    for (int k0 = 0; k0 < nkb; k0 += kc) {
+        const int k1 = nkb - k0 < kc ? nkb : k0 + kc;
+        for (int i = 0; i < m; i += 32)
+            for (int j = 0; j < n; j += 32) block_amx(Ap, gsa, Bp, gsb, m, n, i, j, k0, k1, C, ldc, np);
+    }
 }
 
 /* The scalar model of the same kernel: per element, per K block, per
@@ -450,15 +465,20 @@ void zl_bf16_release_buffers(void) {
     if (pack_key_ok) pthread_setspecific(pack_key, NULL);
 }
 
+/* Columns of B per call of the kernel (a multiple of 32): measured at SDXL's
+ * shapes, 256 ran 1.3-2x faster than 32 (bench/RESULTS.md, session 11). */
+#define B_PANEL 256
+
 int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw,
                   const uint16_t *Wp, const uint16_t *Fp, int i, int j, float *C, int ldc) {
     const int np = zl_bf16_parts();
     const size_t K32 = (size_t)ceil_to(K, 32), gs = K32 * 16 * np;
     /* the weight's side comes packed (Wp) or is packed here: all of A, and B a
-     * panel of 32 columns at a time, just before its products (the panel then
-     * stays in cache for all of A's rows); mode 3's B comes packed (Fp) */
+     * panel of B_PANEL columns at a time, just before its products (the
+     * kernel then keeps a K chunk of the panel in L2 for all of A's rows);
+     * mode 3's B comes packed (Fp) */
     const int packA = mode == 1 || mode == 3 ? !Wp : 1, packB = mode == 0 ? !Wp : mode != 3; /* mode 2: no Wp */
-    const size_t asz = packA ? (size_t)ceil_to(m, 32) * K32 * np : 0, bsz = packB ? 32 * K32 * np : 0;
+    const size_t asz = packA ? (size_t)ceil_to(m, 32) * K32 * np : 0, bsz = packB ? B_PANEL * K32 * np : 0;
     uint16_t *buf = pack_buf(asz + bsz > 0 ? asz + bsz : 1);
     if (!buf) return ZL_ENOMEM;
     const int fast = tiles();
@@ -471,8 +491,8 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
         if (fast) pack_a_avx(buf, a, i, m, K, np);
         else pack_a_scalar(buf, a, i, m, K, np);
     }
-    for (int jp = 0; jp < n; jp += 32) {
-        const int nc = n - jp < 32 ? n - jp : 32;
+    for (int jp = 0; jp < n; jp += B_PANEL) {
+        const int nc = n - jp < B_PANEL ? n - jp : B_PANEL;
         const uint16_t *Bp = mode == 3           ? Fp + (size_t)((j + jp) / 16) * gs
                              : Wp && mode == 0 ? Wp + (size_t)((j + jp) / 16) * gs
                                                : buf + asz;
