@@ -12,9 +12,10 @@
  * "bracketed": against sgemm rates measured in the child just before and just
  * after the steps), and the peak RSS.
  *
- * usage: bench_generate [--dir D] [--threads N] [--sizes 512,1024] [--steps N] [--warmup-steps N] [--bf16]
+ * usage: bench_generate [--dir D] [--threads N] [--sizes 512,1024] [--steps N] [--warmup-steps N] [--bf16|--bf16x3]
  *   --warmup-steps N: sample N steps first, untimed (with --bf16 the UNet packs its weights at their
- *   second use, so the timed steps are then the steady state); --bf16: bfloat16 products (AMX) */
+ *   second use, so the timed steps are then the steady state); --bf16: bfloat16 products (AMX);
+ *   --bf16x3: split-bfloat16 products, three per product (AMX; the `generate` default there) */
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -209,6 +210,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--threads") && v) threads = atoi(argv[++i]);
         else if (!strcmp(a, "--steps") && v) steps = atoi(argv[++i]);
         else if (!strcmp(a, "--bf16")) zl_set_matmul_precision(ZL_MATMUL_BF16);
+        else if (!strcmp(a, "--bf16x3")) zl_set_matmul_precision(ZL_MATMUL_BF16X3);
         else if (!strcmp(a, "--warmup-steps") && v) g_warmup_steps = atoi(argv[++i]);
         else if (!strcmp(a, "--sizes") && v) {
             n_sizes = 0;
@@ -219,7 +221,7 @@ int main(int argc, char **argv) {
                 s = c + 1;
             }
         } else {
-            fprintf(stderr, "usage: %s [--dir D] [--threads N] [--sizes 512,1024] [--steps N] [--warmup-steps N] [--bf16]\n", argv[0]);
+            fprintf(stderr, "usage: %s [--dir D] [--threads N] [--sizes 512,1024] [--steps N] [--warmup-steps N] [--bf16|--bf16x3]\n", argv[0]);
             return 2;
         }
     }
@@ -260,8 +262,9 @@ int main(int argc, char **argv) {
         return 1;
     }
     printf("model: %s (SDXL base shapes, random F16 weights%s)\n", model, written ? "" : ", reused");
-    if (zl_get_matmul_precision() == ZL_MATMUL_BF16)
-        printf("matmul precision: bf16 (%s)\n", zl_bf16_units() ? "AMX-BF16 tiles" : "no AMX-BF16 here: float32");
+    if (zl_get_matmul_precision() != ZL_MATMUL_F32)
+        printf("matmul precision: %s (%s)\n", zl_get_matmul_precision() == ZL_MATMUL_BF16 ? "bf16" : "bf16x3",
+               zl_bf16_units() ? "AMX-BF16 tiles" : "no AMX-BF16 here: float32");
     if (written) printf("synthesized in %.1f s\n", zl_now() - t0);
     zl_model_paths mp;
     if (!zl_model_paths_resolve(model, &mp)) {

@@ -155,6 +155,7 @@ void zl_sgemm_release_buffers(void) {
         if (wide_key_ok) pthread_setspecific(wide_key, NULL);
         zl_bf16_release_buffers();
     }
+    zl_bf16_release_shared();
 }
 
 static float *wide_buf(size_t n) {
@@ -182,6 +183,12 @@ static int gemm_stored(int mode, int M, int N, int K, const float *F, int ldf, z
     if (2.0 * M * N * K >= ZL_GEMM_PAR_FLOPS) grid(M, N, workers(), &bm, &bn);
     const int nbm = ceil_div(M, bm), nbn = ceil_div(N, bn), nblk = nbm * nbn;
     const int bf16 = Wp || Fp || zl_bf16_active();
+    /* bf16: an operand that several blocks would each pack is packed once, for
+     * all: the weight (not mode 2's), and mode 0's input rows */
+    const int share_w = bf16 && !Wp && mode != 2 && (mode == 0 ? nbm : nbn) > 1;
+    const int share_f = bf16 && mode == 0 && nbn > 1;
+    if (share_w) Wp = zl_bf16_shared_pack(0, wdt, W, K, mode == 0 ? N : M, K, mode != 0);
+    if (share_f) Fp = zl_bf16_shared_pack(1, ZL_DT_F32, F, ldf, M, K, 1);
     int fail = 0;
     #pragma omp parallel for schedule(dynamic, 1) if (!omp_in_parallel() && nblk > 1) reduction(| : fail)
     for (int t = 0; t < nblk; t++) {
@@ -211,6 +218,8 @@ static int gemm_stored(int mode, int M, int N, int K, const float *F, int ldf, z
             gemm1(0, 1, m, n, K, 1.0f, F + (size_t)i * ldf, ldf, w, K, b, C + (size_t)i * ldc + j, ldc);
         }
     }
+    if (share_w && Wp) zl_bf16_shared_done(0);
+    if (share_f && Fp) zl_bf16_shared_done(1);
     return fail ? zl_set_error(ZL_ENOMEM, "out of memory widening a slice of a %s weight",
                                mode == 1 ? "left" : "right") : 0;
 }

@@ -1,12 +1,22 @@
-/* Products with a stored weight in bfloat16 on Intel AMX (the opt-in
- * "bf16" matmul precision, zl_set_matmul_precision).
+/* Products with a stored weight in bfloat16 on Intel AMX (the "bf16" and
+ * "bf16x3" matmul precisions, zl_set_matmul_precision).
  *
- * Both operands are rounded to bfloat16 (nearest even) and their products are
- * summed in float32 by the tile unit's TDPBF16PS, 16x16 outputs at a time.
- * That is the precision of PyTorch's bfloat16 autocast on CPU; each product
- * carries a relative error of about 2^-8 (bench/RESULTS.md measures what it
- * does to a whole UNet). On a CPU without AMX-BF16 the precision setting is
- * a permission only: zl_bf16_active() is 0 and products stay float32.
+ * bf16: both operands are rounded to bfloat16 (nearest even) and their
+ * products are summed in float32 by the tile unit's TDPBF16PS, 16x16 outputs
+ * at a time. That is the precision of PyTorch's bfloat16 autocast on CPU;
+ * each product carries a relative error of about 2^-8.
+ *
+ * bf16x3: each operand value x is split into two bfloat16 parts, hi = x
+ * rounded and lo = (x - hi) rounded (x - hi is exact), which leave about
+ * 2^-16 |x|; the tiles sum hi hi + hi lo + lo hi in float32, dropping lo lo
+ * (about 2^-16 |a b|). That is about 2^-17..2^-15 per product (a stored F16
+ * weight splits exactly), what PyTorch calls "high" float32 matmul precision
+ * and oneMKL BF16X3. Packed operands then hold, per K block, the tile of high
+ * parts and after it the tile of low parts (np = 2 parts). bench/RESULTS.md
+ * measures what both do to a whole UNet.
+ *
+ * On a CPU without AMX-BF16 either setting is a permission only:
+ * zl_bf16_active() is 0 and products stay float32.
  *
  * Layout. The tile unit multiplies A tiles (16 rows x 32 bfloat16 of K) by B
  * tiles in "VNNI" order (16 pairs of K x 16 columns, each pair adjacent).
@@ -477,7 +487,7 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
      * panel of B_PANEL columns at a time, just before its products (the
      * kernel then keeps a K chunk of the panel in L2 for all of A's rows);
      * mode 3's B comes packed (Fp) */
-    const int packA = mode == 1 || mode == 3 ? !Wp : 1, packB = mode == 0 ? !Wp : mode != 3; /* mode 2: no Wp */
+    const int packA = mode == 1 || mode == 3 ? !Wp : !(mode == 0 && Fp), packB = mode == 0 ? !Wp : mode != 3; /* mode 2: no Wp */
     const size_t asz = packA ? (size_t)ceil_to(m, 32) * K32 * np : 0, bsz = packB ? B_PANEL * K32 * np : 0;
     uint16_t *buf = pack_buf(asz + bsz > 0 ? asz + bsz : 1);
     if (!buf) return ZL_ENOMEM;
@@ -486,7 +496,7 @@ int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dty
      * mode 2: C = F W (W [K, N] rows). */
     const msrc f = {ZL_DT_F32, F, (size_t)ldf, 0.0f}, w = {wdt, W, (size_t)ldw, 0.0f};
     const msrc *a = mode == 1 || mode == 3 ? &w : &f, *b = mode == 1 ? &f : &w;
-    const uint16_t *Ap = packA ? buf : Wp + (size_t)(i / 16) * gs;
+    const uint16_t *Ap = packA ? buf : (mode == 0 ? Fp : Wp) + (size_t)(i / 16) * gs;
     if (packA) {
         if (fast) pack_a_avx(buf, a, i, m, K, np);
         else pack_a_scalar(buf, a, i, m, K, np);
@@ -629,16 +639,20 @@ uint16_t *zl_bf16_pack_im2col(const float *x, const zl_conv_shape *s, int Wo, in
     return p;
 }
 
-uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int conv) {
+/* Elements of a packed weight [rows, K]: one more zero group than the rows
+ * padded to 32, since a block of the grid may start at an odd group and its
+ * last pair then reaches one group past the padded rows. */
+static size_t packed_weight_n(int rows, int K) {
+    return ((size_t)ceil_to(rows, 32) + 16) * (size_t)ceil_to(K, 32) * (size_t)zl_bf16_parts();
+}
+
+/* Rows [rows, K] of W (row stride ld) packed as A tiles (conv) or as the B
+ * tiles of W^T, with the zero group after them. */
+static void pack_weight_into(uint16_t *p, zl_dtype dt, const void *W, int ld, int rows, int K, int conv) {
     const int npt = zl_bf16_parts();
     const size_t K32 = (size_t)ceil_to(K, 32) * npt, R32 = (size_t)ceil_to(rows, 32), gs = K32 * 16;
-    /* one more zero group: a block of the grid may start at an odd group, and
-     * its last pair then reaches one group past the padded rows (K32 here
-     * counts both parts) */
-    uint16_t *p = aligned_alloc(64, (R32 + 16) * K32 * sizeof(uint16_t));
-    if (!p) return NULL;
     memset(p + R32 * K32, 0, 16 * K32 * sizeof(uint16_t));
-    const msrc w = {dt, W, (size_t)K, 0.0f};
+    const msrc w = {dt, W, (size_t)ld, 0.0f};
     const int fast = tiles();
     const long np = (long)(R32 / 32);
     /* a pair of 16-row groups per task: the packers pad to 32 rows */
@@ -654,7 +668,52 @@ uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int c
             else pack_b_scalar(dst, &w, 1, r0, nr, K, npt);
         }
     }
+}
+
+uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int conv) {
+    uint16_t *p = aligned_alloc(64, packed_weight_n(rows, K) * sizeof(uint16_t));
+    if (p) pack_weight_into(p, dt, W, K, rows, K, conv);
     return p;
+}
+
+/* Buffers kept between products (fresh pages cost a fault each) for an
+ * operand of the product running now, packed once for all its blocks: 0 the
+ * weight, 1 the A operand of mode 0 (the input rows). A mutex each keeps a
+ * buffer to one product at a time. */
+typedef struct {
+    pthread_mutex_t mu;
+    uint16_t *buf;
+    size_t n;
+} shared_pack;
+static shared_pack g_shared[2] = {{PTHREAD_MUTEX_INITIALIZER, NULL, 0}, {PTHREAD_MUTEX_INITIALIZER, NULL, 0}};
+
+const uint16_t *zl_bf16_shared_pack(int which, zl_dtype dt, const void *W, int ld, int rows, int K, int conv) {
+    shared_pack *sp = &g_shared[which];
+    if (omp_in_parallel() || pthread_mutex_trylock(&sp->mu)) return NULL;
+    const size_t n = packed_weight_n(rows, K);
+    if (sp->n < n) {
+        free(sp->buf);
+        sp->buf = aligned_alloc(64, (n * sizeof(uint16_t) + 63) / 64 * 64);
+        sp->n = sp->buf ? n : 0;
+    }
+    if (!sp->buf) {
+        pthread_mutex_unlock(&sp->mu);
+        return NULL;
+    }
+    pack_weight_into(sp->buf, dt, W, ld, rows, K, conv);
+    return sp->buf;
+}
+
+void zl_bf16_shared_done(int which) { pthread_mutex_unlock(&g_shared[which].mu); }
+
+void zl_bf16_release_shared(void) {
+    for (int w = 0; w < 2; w++) {
+        if (pthread_mutex_trylock(&g_shared[w].mu)) continue; /* in use */
+        free(g_shared[w].buf);
+        g_shared[w].buf = NULL;
+        g_shared[w].n = 0;
+        pthread_mutex_unlock(&g_shared[w].mu);
+    }
 }
 
 /* ---- for other ops (attention) ------------------------------------------ */

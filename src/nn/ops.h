@@ -52,7 +52,7 @@ int zl_sgemm_nn_stored(int M, int N, int K, const float *A, int lda, zl_dtype wd
                        int ldc);
 
 /* The bfloat16 products (src/nn/gemm_bf16.c). Active when the precision is
- * ZL_MATMUL_BF16 and AMX-BF16 is there (or emulated). The stored-weight
+ * ZL_MATMUL_BF16 or ZL_MATMUL_BF16X3 and AMX-BF16 is there (or emulated). The stored-weight
  * products above then run through zl_bf16_block, one block of their grid
  * each: mode 0 (nt_stored), C[i.., j..] += F W^T (W [N, K] rows, ldw K);
  * mode 1 (stored_nn), C[i.., j..] += W F (W [M, K] rows, F [K, N]); mode 2
@@ -62,7 +62,9 @@ int zl_bf16_active(void);
  * K block's tile of high parts, then its tile of low parts), else 1. */
 int zl_bf16_parts(void);
 /* Wp: the whole weight packed by zl_bf16_pack_weight (conv = mode), or NULL
- * to pack W's slice here. i and j (block offsets) are multiples of 16. */
+ * to pack W's slice here. Fp: mode 3's columns (zl_bf16_pack_cols); in mode 0
+ * all of F packed as A tiles (zl_bf16_shared_pack(1, ..)), or NULL. i and j
+ * (block offsets) are multiples of 16. */
 int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw,
                   const uint16_t *Wp, const uint16_t *Fp, int i, int j, float *C, int ldc);
 /* Mode 3, a convolution's product with its columns packed once for all blocks:
@@ -76,8 +78,19 @@ int zl_sgemm_bf16_cols(int M, int N, int K, zl_dtype wdt, const void *W, const u
  * conv = 0 for mode 0 (a linear's W, the B operand), 1 for mode 1 (a conv's
  * W [Cout, Cin kh kw], the A operand). Rows are padded to 32, K to 32, with
  * zeros. The products through it equal those that pack W per call, bit for
- * bit. NULL when out of memory. */
+ * bit. It holds zl_bf16_parts() parts per value, as when packed: use it only
+ * under the precision it was packed in. NULL when out of memory. */
 uint16_t *zl_bf16_pack_weight(zl_dtype dt, const void *W, int rows, int K, int conv);
+/* The same (W [rows, K], row stride ld) into a buffer kept between products,
+ * for an operand that several blocks of a product would each pack: which 0,
+ * the weight (passed on as Wp); which 1, mode 0's input rows F as A tiles
+ * (conv = 1; passed on as Fp). NULL (pack per block) inside a parallel
+ * region, while another product holds that buffer, or out of memory; else
+ * call zl_bf16_shared_done(which) after the product. */
+const uint16_t *zl_bf16_shared_pack(int which, zl_dtype dt, const void *W, int ld, int rows, int K, int conv);
+void zl_bf16_shared_done(int which);
+/* Free those buffers (unless a product holds one). */
+void zl_bf16_release_shared(void);
 /* Products with such a packed weight (bf16 only: call while zl_bf16_active()):
  * C[M,N] = A[M,K] Wp^T (+ beta C), and C[M,N] = Wp B[K,N] (+ beta C). */
 int zl_sgemm_nt_bf16p(int M, int N, int K, const float *A, int lda, const uint16_t *Wp, float beta, float *C, int ldc);
