@@ -593,6 +593,19 @@ static void check_cli(void) {
            "ZL_NO_AMX=1: --precision bf16x3 gives the float32 output bit for bit");
     free(a), free(b);
 
+    /* the VAE computes in float32 under bf16x3 (and so by default) */
+    {
+        char vio[1024];
+        snprintf(vio, sizeof vio, "%s", zt_data("mini-sdxl/vae_io.safetensors"));
+        rc = zt_cli("run vae-decode --model %s --in %s -o %s --precision f32 -q", zt_data("mini-sdxl"), vio, o32);
+        int rc2 = zt_cli("run vae-decode --model %s --in %s -o %s --precision bf16x3 -q", zt_data("mini-sdxl"), vio, o16);
+        CHECKM(rc == 0 && rc2 == 0, "run vae-decode: rc %d %d %s", rc, rc2, zt_err);
+        a = load_tensor(o32, "decoded", &n32), b = load_tensor(o16, "decoded", &n16);
+        CHECKM(a && b && n32 == n16 && memcmp(a, b, (size_t)n32 * sizeof(float)) == 0,
+               "run vae-decode --precision bf16x3 = float32, bit for bit");
+        free(a), free(b);
+    }
+
     rc = zt_cli("run unet --model %s --in %s -o %s --precision fp8", model, io, o16);
     CHECKM(rc == 2 && strstr(zt_err, "--precision 'fp8'"), "--precision fp8: rc %d, %s", rc, zt_err);
     rc = zt_cli("generate --model %s -p x --precision", model);

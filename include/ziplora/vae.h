@@ -68,7 +68,9 @@ const zl_vae_config *zl_vae_get_config(const zl_vae *v);
 int zl_vae_scale(const zl_vae *v);
 
 /* image [B, in_channels, H, W] in [-1, 1] -> mean, logvar [B, latent, H/s, W/s]
- * (logvar clamped to [-30, 20]). H and W must be multiples of s = zl_vae_scale. */
+ * (logvar clamped to [-30, 20]). H and W must be multiples of s = zl_vae_scale.
+ * Encode and decode compute in float32 under ZL_MATMUL_BF16X3 (faster here
+ * than three tile products); ZL_MATMUL_BF16 applies. */
 int zl_vae_encode(zl_vae *v, const float *image, int B, int H, int W, float *mean, float *logvar);
 
 /* Pipeline helpers around the scaling factor (sdxl.md "Images"):

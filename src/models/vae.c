@@ -781,7 +781,7 @@ static int encode_one(zl_vae *v, const float *img, int H, int W, float *moments)
     return rc;
 }
 
-int zl_vae_encode(zl_vae *v, const float *image, int B, int H, int W, float *mean, float *logvar) {
+static int vae_encode(zl_vae *v, const float *image, int B, int H, int W, float *mean, float *logvar) {
     const zl_vae_config *c = &v->cfg;
     int s = zl_vae_scale(v);
     if (B < 1 || H < s || W < s || H % s || W % s)
@@ -952,7 +952,7 @@ static int decode_tile_cb(void *ctx, const float *zt, int th, int tw, float *out
     return decode_one((zl_vae *)ctx, zt, th, tw, out);
 }
 
-int zl_vae_decode(zl_vae *v, const float *z, int B, int h, int w, float *image) {
+static int vae_decode(zl_vae *v, const float *z, int B, int h, int w, float *image) {
     const zl_vae_config *c = &v->cfg;
     if (B < 1 || h < 1 || w < 1 || h > 65536 / 8 || w > 65536 / 8)
         return zl_set_error(ZL_EINVAL, "VAE decode: bad latent size %dx%d (batch %d)", w, h, B);
@@ -968,6 +968,30 @@ int zl_vae_decode(zl_vae *v, const float *z, int B, int h, int w, float *image) 
             return zl_set_error(ZL_ENUMERIC, "VAE decode: non-finite values in image %d", b);
     }
     return ZL_OK;
+}
+
+/* Under the bf16x3 matmul precision the VAE computes in float32: its wide
+ * convolutions at few channels ran slower as three tile products each than
+ * as float32 (Winograd) (bench/RESULTS.md, session 11), and the VAE is meant
+ * to be float32 anyway (sdxl.md). bf16, when asked for, applies. */
+static zl_matmul_precision vae_precision_begin(void) {
+    const zl_matmul_precision p = zl_get_matmul_precision();
+    if (p == ZL_MATMUL_BF16X3) zl_set_matmul_precision(ZL_MATMUL_F32);
+    return p;
+}
+
+int zl_vae_encode(zl_vae *v, const float *image, int B, int H, int W, float *mean, float *logvar) {
+    const zl_matmul_precision p = vae_precision_begin();
+    const int rc = vae_encode(v, image, B, H, W, mean, logvar);
+    zl_set_matmul_precision(p);
+    return rc;
+}
+
+int zl_vae_decode(zl_vae *v, const float *z, int B, int h, int w, float *image) {
+    const zl_matmul_precision p = vae_precision_begin();
+    const int rc = vae_decode(v, z, B, h, w, image);
+    zl_set_matmul_precision(p);
+    return rc;
 }
 
 /* ---- pipeline helpers ------------------------------------------------------------- */
