@@ -562,25 +562,39 @@ static void check_cli(void) {
     free(a), free(b);
 
     /* bf16x3: diffusers' outputs within FIXTURES.md's tolerance, for every
-     * fixture, with a LoRA folded and as a runtime branch; without tiles,
-     * float32 bit for bit */
-    static const char *fx[] = {"tiny-sdxl", "mini-sdxl", "tiny-sd15"};
-    static const char *lora[] = {"", "--lora %s/loras/content.peft.safetensors", "--lora %s/loras/content.kohya.safetensors --runtime"};
-    for (int m = 0; m < 3; m++)
-        for (int l = 0; l < 3; l++) {
-            char mp[1024], iop[1100], la[1200], what[160];
-            snprintf(mp, sizeof mp, "%s", zt_data(fx[m]));
-            snprintf(iop, sizeof iop, "%s/unet_io.safetensors", mp);
-            snprintf(la, sizeof la, lora[l], mp);
-            rc = zt_cli("run unet --model %s %s --in %s -o %s --precision bf16x3 -q", mp, la, iop, o16);
-            CHECKM(rc == 0, "run unet --precision bf16x3 %s %s: rc %d %s", fx[m], la, rc, zt_err);
-            a = load_tensor(o16, "out", &n16), ref = load_tensor(iop, l ? "out_content" : "out_base", &nref);
-            snprintf(what, sizeof what, "run unet --precision bf16x3, %s%s", fx[m],
-                     l == 0 ? "" : l == 1 ? ", peft LoRA folded" : ", kohya LoRA runtime");
-            if (a && ref && n16 == nref) zt_close(what, a, ref, nref, 1e-4);
-            else CHECKM(0, "%s: no output", what);
-            free(a), free(ref);
-        }
+     * fixture, both model layouts, LoRAs in every format, folded and as a
+     * runtime branch, one and two; without tiles, float32 bit for bit */
+    static const struct {
+        const char *fx, *model, *lora, *ref;
+    } xc[] = {
+        {"tiny-sdxl", "", "", "out_base"},
+        {"tiny-sdxl", "", "--lora %s/loras/content.peft.safetensors", "out_content"},
+        {"tiny-sdxl", "", "--lora %s/loras/style.kohya.safetensors --runtime", "out_style"},
+        {"mini-sdxl", "", "", "out_base"},
+        {"mini-sdxl", "/single_file.safetensors", "--lora %s/loras/content.kohya_sgm.safetensors", "out_content"},
+        {"mini-sdxl", "", "--lora %s/loras/content.kohya.safetensors --lora %s/loras/style.peft.safetensors --runtime",
+         "out_direct_1_1"},
+        {"tiny-sd15", "", "", "out_base"},
+        {"tiny-sd15", "/single_file.safetensors", "--lora %s/loras/style.kohya_sgm.safetensors --runtime", "out_style"},
+        {"tiny-sd15", "", "--lora %s/loras/content.peft.safetensors:0.8 --lora %s/loras/style.kohya.safetensors:0.5",
+         "out_direct_08_05"},
+    };
+    for (size_t t = 0; t < sizeof xc / sizeof xc[0]; t++) {
+        char mp[1024], iop[1100], mf[2200], la[2400], what[4800];
+        snprintf(mp, sizeof mp, "%s", zt_data(xc[t].fx));
+        snprintf(iop, sizeof iop, "%s/unet_io.safetensors", mp);
+        /* a single file of a fixture needs its config: head counts cannot be inferred at these widths */
+        if (*xc[t].model) snprintf(mf, sizeof mf, "%s%s --unet-config %s/unet/config.json", mp, xc[t].model, mp);
+        else snprintf(mf, sizeof mf, "%s", mp);
+        snprintf(la, sizeof la, xc[t].lora, mp, mp);
+        rc = zt_cli("run unet --model %s %s --in %s -o %s --precision bf16x3 -q", mf, la, iop, o16);
+        CHECKM(rc == 0, "run unet --precision bf16x3 %s %s: rc %d %s", xc[t].fx, la, rc, zt_err);
+        a = load_tensor(o16, "out", &n16), ref = load_tensor(iop, xc[t].ref, &nref);
+        snprintf(what, sizeof what, "run unet --precision bf16x3, %s%s %s = %s", xc[t].fx, xc[t].model, la, xc[t].ref);
+        if (a && ref && n16 == nref) zt_close(what, a, ref, nref, 1e-4);
+        else CHECKM(0, "%s: no output", what);
+        free(a), free(ref);
+    }
     setenv("ZL_NO_AMX", "1", 1);
     rc = zt_cli("run unet --model %s --in %s -o %s --precision bf16x3", model, io, o16);
     if (saved) setenv("ZL_NO_AMX", saved, 1);

@@ -310,6 +310,9 @@ static void test_training_meta(void) {
 static void test_top_level(void) {
     CHECK(zt_cli("%s", "") == 2 && strstr(zt_err, "usage: ziplora COMMAND"));
     CHECK(zt_cli("--version") == 0 && strstr(zt_out, ZIPLORA_VERSION));
+    CHECKM(strstr(zt_out, zl_bf16_units() ? "AMX-BF16 tiles: yes (--precision auto = bf16x3)"
+                                          : "AMX-BF16 tiles: no (--precision auto = f32"),
+           "--version says what --precision auto is here: %s", zt_out);
     {
         /* The tool runs with OpenMP's passive wait policy unless the caller chose one: as the
          * runtime itself reports it (OMP_DISPLAY_ENV=verbose, at each start), the last start

@@ -87,6 +87,8 @@ int main(int argc, char **argv) {
         const char *wp = getenv("OMP_WAIT_POLICY"), *sc = getenv("GOMP_SPINCOUNT");
         printf("ziplora %s\nOpenMP wait policy: %s%s%s\n", ZIPLORA_VERSION, wp ? wp : "the runtime's default",
                sc ? ", GOMP_SPINCOUNT=" : "", sc ? sc : "");
+        printf("Intel AMX-BF16 tiles: %s\n", zl_bf16_units() ? "yes (--precision auto = bf16x3)"
+                                                             : "no (--precision auto = f32; bf16/bf16x3 compute f32)");
         return ZL_EXIT_OK;
     }
     zl_cmd_fn fn = lookup(c);
