@@ -607,6 +607,37 @@ static void check_cli(void) {
            "ZL_NO_AMX=1: --precision bf16x3 gives the float32 output bit for bit");
     free(a), free(b);
 
+    /* bf16x3 text encoders: text_io within FIXTURES.md's tolerance, both fixtures and layouts, with and
+     * without the text-encoder LoRA */
+    for (int t = 0; t < 8; t++) {
+        const char *fx = t < 4 ? "mini-sdxl" : "tiny-sd15";
+        const int lora = t & 1, single = (t >> 1) & 1;
+        char mp[1024], tio[1100], margs[3300], la[1200];
+        snprintf(mp, sizeof mp, "%s", zt_data(fx));
+        snprintf(tio, sizeof tio, "%s/text_io.safetensors", mp);
+        /* a fixture's single file needs its configs: its heads are not 64 wide */
+        if (!single) snprintf(margs, sizeof margs, "%s", mp);
+        else if (t < 4)
+            snprintf(margs, sizeof margs, "%s/single_file.safetensors --te1-config %s/text_encoder/config.json "
+                     "--te2-config %s/text_encoder_2/config.json", mp, mp, mp);
+        else
+            snprintf(margs, sizeof margs, "%s/single_file.safetensors --te1-config %s/text_encoder/config.json", mp, mp);
+        snprintf(la, sizeof la, lora ? "--lora %s/loras/text_encoders.kohya.safetensors" : "", mp);
+        rc = zt_cli("run text --model %s %s --in %s -o %s --precision bf16x3 -q", margs, la, tio, o16);
+        CHECKM(rc == 0, "run text --precision bf16x3 %s %s: rc %d %s", margs, la, rc, zt_err);
+        static const char *names[] = {"prompt_embeds", "te1_penultimate", "te1_last_hidden", "pooled_prompt_embeds",
+                                      "te2_penultimate", "te2_text_embeds"};
+        for (int k = 0; k < (t < 4 ? 6 : 3) && rc == 0; k++) {
+            char rn[64], what[4700];
+            snprintf(rn, sizeof rn, "%s%s", lora ? "lora." : "", names[k]);
+            a = load_tensor(o16, names[k], &n16), ref = load_tensor(tio, rn, &nref);
+            snprintf(what, sizeof what, "run text --precision bf16x3 %s %s: %s", margs, la, rn);
+            if (a && ref && n16 == nref) zt_close(what, a, ref, nref, 1e-4);
+            else CHECKM(0, "%s: missing", what);
+            free(a), free(ref);
+        }
+    }
+
     /* the VAE computes in float32 under bf16x3 (and so by default) */
     {
         char vio[1024];
