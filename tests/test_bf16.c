@@ -689,6 +689,49 @@ static void check_cli(void) {
     }
 }
 
+/* generate by default: bf16x3 on the tiles (the parameters say so) and --from-png repeats it; an image of
+ * ours made in float32 carries no Precision and --from-png repeats it in float32. */
+static void check_generate_default(void) {
+    char model[1024], p1[1024], p2[1024], l1[1024], l2[1024], l3[1024];
+    snprintf(model, sizeof model, "%s", zt_data("tiny-sd15"));
+    snprintf(p1, sizeof p1, "%s", zt_tmp("d1.png"));
+    snprintf(p2, sizeof p2, "%s", zt_tmp("d2.png"));
+    snprintf(l1, sizeof l1, "%s", zt_tmp("d1.safetensors"));
+    snprintf(l2, sizeof l2, "%s", zt_tmp("d2.safetensors"));
+    snprintf(l3, sizeof l3, "%s", zt_tmp("d3.safetensors"));
+    const char *gen = "generate --model %s -p 'a cat' -W 64 -H 64 --steps 3 --seed 9 --save-latent %s -o %s -q %s";
+    int rc = zt_cli(gen, model, l1, p1, "");
+    CHECKM(rc == 0, "generate (default precision): rc %d %s", rc, zt_err);
+    zl_png_params pp = {0};
+    if (!rc && !zl_png_params_read(p1, &pp)) {
+        const char *v = zl_png_params_get(&pp, "Precision");
+        if (zl_bf16_units())
+            CHECKM(v && !strcmp(v, "bf16x3"), "generate's default on AMX: 'Precision: %s'", v ? v : "-");
+        else
+            CHECKM(!v, "no AMX: the default is float32, and the parameters say no Precision");
+        zl_png_params_free(&pp);
+    }
+    rc = zt_cli("generate --model %s --from-png %s --save-latent %s -o %s -q", model, p1, l2, p2);
+    int64_t n1 = 0, n2 = 0;
+    float *a = load_tensor(l1, "latent", &n1), *b = load_tensor(l2, "latent", &n2);
+    CHECKM(rc == 0 && a && b && n1 == n2 && !memcmp(a, b, (size_t)n1 * 4), "--from-png repeats the default run");
+    free(b);
+    /* float32: no Precision parameter; --from-png of it computes float32 again */
+    rc = zt_cli(gen, model, l2, p2, "--precision f32");
+    CHECKM(rc == 0, "generate --precision f32: rc %d %s", rc, zt_err);
+    if (!rc && !zl_png_params_read(p2, &pp)) {
+        CHECKM(!zl_png_params_get(&pp, "Precision"), "a float32 image's parameters have no Precision");
+        zl_png_params_free(&pp);
+    }
+    rc = zt_cli("generate --model %s --from-png %s --save-latent %s -o %s -q", model, p2, l3, p1);
+    b = load_tensor(l2, "latent", &n2);
+    float *c = load_tensor(l3, "latent", &n1);
+    CHECKM(rc == 0 && b && c && n1 == n2 && !memcmp(b, c, (size_t)n1 * 4),
+           "--from-png of a float32 image of ours computes float32");
+    if (zl_bf16_units() && a && b) CHECKM(memcmp(a, b, (size_t)n2 * 4) != 0, "the default differs from float32 here");
+    free(a), free(b), free(c);
+}
+
 /* 1 when two safetensors files hold the same tensors, byte for byte (metadata aside). */
 static int same_tensors(const char *a, const char *b) {
     zl_st_file *fa = NULL, *fb = NULL;
@@ -773,6 +816,7 @@ int main(void) {
     zl_set_matmul_precision(ZL_MATMUL_F32);
     CHECK(!zl_bf16_active());
     check_cli();
+    check_generate_default();
     check_zip();
     return zt_done();
 }

@@ -41,7 +41,7 @@ const char *zl_cli_precision_name(int prec);
     "                         where the CPU has Intel AMX-BF16 tile units, else f32), f32, bf16x3 or bf16.\n"     \
     "                         bf16x3 splits each factor into two bfloat16 parts and sums three tile products\n"  \
     "                         in float32 (about 2^-17 per product; a UNet's output within about 1e-5 of\n"       \
-    "                         float32's; SDXL 1.2-2x faster). bf16 keeps one part (2-3x faster; the output\n"    \
+    "                         float32's; SDXL 1.2-1.4x faster). bf16 keeps one part (2-3x faster; the output\n"    \
     "                         moves by about 1 %%, as with PyTorch's bfloat16 autocast). Without AMX-BF16\n"      \
     "                         all are float32\n"
 
