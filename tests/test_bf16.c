@@ -425,6 +425,12 @@ static void check_unet_x3(const char *path) {
     CHECK_OK(zl_unet_forward(u, &in, a));
     CHECK_OK(zl_unet_forward(u2, &in, b));
     CHECKM(!memcmp(a, b, n * 4), "%s UNet bf16x3 after bf16's packing = a fresh model's", path);
+    /* the same bytes on one thread */
+    const int t0 = omp_get_max_threads();
+    omp_set_num_threads(1);
+    CHECK_OK(zl_unet_forward(u2, &in, b));
+    omp_set_num_threads(t0);
+    CHECKM(!memcmp(a, b, n * 4), "%s UNet bf16x3: %d threads = 1 thread, bit for bit", path, t0);
     char what[96];
     snprintf(what, sizeof what, "%s UNet bf16x3 = diffusers out_base (mini-sdxl)", path);
     zt_close(what, a, ref, (int64_t)n, 1e-4);
