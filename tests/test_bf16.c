@@ -127,7 +127,9 @@ static void check_cases(const char *path) {
             for (int d = 0; d < 3; d++)
                 for (int bi = 0; bi < 3; bi++) {
                     const int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
-                    if (s == 4 && (d != 0 || bi == 2)) continue; /* the large shape: F16 weights, beta 0 and 1 */
+                    /* the large shape: F16 weights, beta 0 and 1; for bf16x3's scalar model beta 1 only
+                     * (the grid's splits are also checked by check_packed and check_threads) */
+                    if (s == 4 && (d != 0 || bi == 2 || (g_x3 && !strcmp(path, "emulated") && bi == 0))) continue;
                     float *C = malloc((size_t)M * N * sizeof(float));
                     const outcome o = run_case(mode, M, N, K, dts[d], betas[bi], C);
                     CHECKM(o.maxratio <= 1.0, "%s %s mode %d %dx%dx%d %s beta %g: error %.3g of the float32-sum bound",
