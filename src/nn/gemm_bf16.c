@@ -9,8 +9,9 @@
  * bf16x3: each operand value x is split into two bfloat16 parts, hi = x
  * rounded and lo = (x - hi) rounded (x - hi is exact), which leave about
  * 2^-16 |x|; the tiles sum hi hi + hi lo + lo hi in float32, dropping lo lo
- * (about 2^-16 |a b|). That is about 2^-17..2^-15 per product (a stored F16
- * weight splits exactly), what PyTorch calls "high" float32 matmul precision
+ * (at most about 2^-16 |a b|). So each product is within 3.01 2^-16 |a b|,
+ * typically about 2^-17 (a stored F16 weight splits exactly, which leaves only
+ * the other factor's split), what PyTorch calls "high" float32 matmul precision
  * and oneMKL BF16X3. Packed operands then hold, per K block, the tile of high
  * parts and after it the tile of low parts (np = 2 parts). bench/RESULTS.md
  * measures what both do to a whole UNet.
