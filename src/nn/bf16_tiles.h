@@ -3,7 +3,9 @@
  *
  * A operands are packed as [16-row group][32-wide K block][16][32] bfloat16,
  * B operands as [16-column group][K block][16 K pairs][16][2] ("VNNI"); both
- * zero-padded to 32 rows/columns and to a multiple of 32 in K. */
+ * zero-padded to 32 rows/columns and to a multiple of 32 in K. Under bf16x3
+ * each K block holds zl_bf16_parts() = 2 tiles (high parts, then low parts),
+ * so group strides and buffer sizes double. */
 #ifndef ZL_NN_BF16_TILES_H
 #define ZL_NN_BF16_TILES_H
 

@@ -476,8 +476,9 @@ void zl_bf16_release_buffers(void) {
     if (pack_key_ok) pthread_setspecific(pack_key, NULL);
 }
 
-/* Columns of B per call of the kernel (a multiple of 32): measured at SDXL's
- * shapes, 256 ran 1.3-2x faster than 32 (bench/RESULTS.md, session 11). */
+/* Columns of B per call of the kernel (a multiple of 32): 256 instead of 32
+ * took an SDXL 128x128 bf16x3 forward from 20.4 s to 17.8 s (bench/RESULTS.md,
+ * session 11). */
 #define B_PANEL 256
 
 int zl_bf16_block(int mode, int m, int n, int K, const float *F, int ldf, zl_dtype wdt, const void *W, int ldw,
